@@ -1,0 +1,953 @@
+// Job specs: YAML -> JSON -> protobuf, then validation with defaults.
+//
+// Validation rules and defaults (field paths in proto field names; 0 / unset means "use the
+// default" where one is listed; every float and double must also be finite):
+//
+//   field                                   rule                                 default
+//   --------------------------------------  -----------------------------------  -------------
+//   name                                    <= 128 characters (UTF-8)            ""
+//   precision                               fp32 | fp16 | bf16 | auto            auto
+//   model.layers                            1 .. 256 layers, each with a kind;
+//                                           the last one linear (the outputs)
+//   model.layers[i].linear.out_features     [1, 65536]
+//   model.layers[i].linear.bias                                                  true
+//   model.layers[i].layer_norm.eps          (0, 1]                               1e-5
+//   model.layers[i].batch_norm.eps          (0, 1]                               1e-5
+//   model.layers[i].batch_norm.momentum     [0, 1]                               0.1
+//   model.layers[i].dropout.p               [0, 1)                               0
+//   model.loss                              cross_entropy | mse                  cross_entropy
+//   data                                    one of digits, csv, synthetic
+//   data.csv.path                           non-empty, relative, no '..' component, no NUL
+//   data.csv.target_columns                 [1, 65536]                           1
+//   data.synthetic.kind                     spirals | blobs | linear_regression
+//   data.synthetic.samples                  >= 0                                 1000
+//   data.synthetic.features                 >= 0                    2 (spirals), else 16
+//   data.synthetic.classes                  >= 0           1 (linear_regression), else 3
+//   data.synthetic.noise                    >= 0                                 0.1
+//   data.batch_size                         [1, 1048576]                         64
+//   data.validation_fraction                [0, 0.9]                             0.2
+//   data.shuffle                                                                 true
+//   optimizer                               one of sgd, adamw
+//   optimizer.sgd.lr                        > 0
+//   optimizer.sgd.momentum                  [0, 1)                               0
+//   optimizer.sgd.dampening                 [0, 1]                               0
+//   optimizer.sgd.weight_decay              >= 0                                 0
+//   optimizer.sgd.nesterov                  needs momentum > 0 and dampening 0   false
+//   optimizer.adamw.lr                      > 0
+//   optimizer.adamw.beta1 / beta2           [0, 1)                               0.9 / 0.999
+//   optimizer.adamw.eps                     > 0                                  1e-8
+//   optimizer.adamw.weight_decay            >= 0                                 0.01
+//   optimizer.grad_clip_norm                >= 0 (0 = off)                       0
+//   optimizer.no_decay_on_bias_and_norm                                          true
+//   lr_schedule.warmup_steps                >= 0                                 0
+//   lr_schedule.decay                       constant | cosine                    constant
+//   lr_schedule.cosine.min_lr_ratio         [0, 1]                               0
+//   loss_scaling (mode)                     dynamic | static | off      fp16, auto: dynamic
+//                                                                       fp32, bf16: off
+//   loss_scaling.dynamic.init_scale         > 0, min_scale <= it <= max_scale    65536
+//   loss_scaling.dynamic.growth_factor      > 1                                  2
+//   loss_scaling.dynamic.backoff_factor     (0, 1)                               0.5
+//   loss_scaling.dynamic.growth_interval    >= 1                                 2000
+//   loss_scaling.dynamic.hysteresis         >= 1                                 1
+//   loss_scaling.dynamic.min_scale          > 0                                  1
+//   loss_scaling.dynamic.max_scale          >= init_scale                        2^24
+//   loss_scaling.static.scale               > 0
+//   training.epochs                         [0, 100000]; epochs or max_steps > 0
+//   training.max_steps                      [0, 10^9]
+//   training.eval_every                     >= 0 (0 = only at the end)           0
+//   training.report_every                   >= 0                                 10
+//   training.checkpoint_every               >= 0 (0 = only at the end)           0
+#include "engine/job_spec.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <type_traits>
+#include <vector>
+
+namespace ampd::engine {
+namespace {
+
+namespace pb = google::protobuf;
+using ampd::v1::BatchNormSpec;
+using ampd::v1::DataSpec;
+using ampd::v1::DynamicLossScalingSpec;
+using ampd::v1::JobSpec;
+using ampd::v1::LayerSpec;
+using ampd::v1::LossScalingSpec;
+using ampd::v1::LrScheduleSpec;
+using ampd::v1::ModelSpec;
+using ampd::v1::OptimizerSpec;
+using ampd::v1::TrainingSpec;
+
+// A job spec is a few kilobytes (256 layers fit in ~10 KB); refuse anything absurd before
+// handing it to a parser.
+constexpr size_t kMaxSpecBytes = 1 << 20;
+// JobSpec nests 5 levels deep (model.layers[i].linear.out_features); anything much deeper
+// is not a job spec.
+constexpr int kMaxYamlDepth = 32;
+// At most this many errors are listed; the count line still gives the total.
+constexpr size_t kMaxListedErrors = 50;
+
+// ---------------------------------------------------------------------------------------
+// Formatting helpers
+// ---------------------------------------------------------------------------------------
+
+// Shortest text that reads back as the same value: 0.1f prints "0.1", not "0.100000001".
+template <typename T>
+std::string Num(T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  }
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  if (ec != std::errc()) return "?";
+  return std::string(buf, end);
+}
+
+// 'text' for messages: at most 64 bytes, control characters escaped.
+std::string Quote(std::string_view s) {
+  std::string out = "'";
+  size_t n = std::min<size_t>(s.size(), 64);
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > n) out += "...";
+  return out + "'";
+}
+
+void AppendJsonString(std::string_view s, std::string* out) {
+  out->push_back('"');
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          *out += buf;
+        } else {
+          out->push_back(ch);
+        }
+    }
+  }
+  out->push_back('"');
+}
+
+// Number of UTF-8 code points (bytes that do not continue a sequence).
+size_t Utf8Length(std::string_view s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+std::string_view StripBom(std::string_view text) {
+  if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
+  return text;
+}
+
+std::string_view LeadingSpaceStripped(std::string_view text) {
+  size_t i = text.find_first_not_of(" \t\r\n");
+  return i == std::string_view::npos ? std::string_view() : text.substr(i);
+}
+
+// ---------------------------------------------------------------------------------------
+// YAML -> JSON
+// ---------------------------------------------------------------------------------------
+
+bool AllDigits(std::string_view s, int base) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    bool ok = base == 16 ? std::isxdigit(static_cast<unsigned char>(c)) != 0
+                         : (c >= '0' && c < static_cast<char>('0' + base));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string StripLeadingZeros(std::string_view digits) {
+  size_t i = digits.find_first_not_of('0');
+  return i == std::string_view::npos ? "0" : std::string(digits.substr(i));
+}
+
+// A YAML 1.2 core-schema number as JSON text, or nullopt when `s` is not one. Decimal forms
+// are rewritten textually (no rounding): "+1." -> "1", ".5" -> "0.5", "007" -> "7".
+// 0x / 0o integers become decimal (or a string that protobuf will reject, past 2^64);
+// .inf / .nan become the strings protobuf's JSON mapping accepts for float fields.
+std::optional<std::string> YamlNumberToJson(std::string_view s) {
+  if (s == ".nan" || s == ".NaN" || s == ".NAN") return std::string("\"NaN\"");
+  std::string_view body = s;
+  bool negative = false;
+  if (!body.empty() && (body[0] == '+' || body[0] == '-')) {
+    negative = body[0] == '-';
+    body.remove_prefix(1);
+  }
+  if (body == ".inf" || body == ".Inf" || body == ".INF") {
+    return std::string(negative ? "\"-Infinity\"" : "\"Infinity\"");
+  }
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'o')) {
+    int base = s[1] == 'x' ? 16 : 8;
+    std::string_view digits = s.substr(2);
+    if (!AllDigits(digits, base)) return std::nullopt;
+    uint64_t v = 0;
+    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
+    if (ec != std::errc() || ptr != digits.data() + digits.size()) {
+      std::string quoted;
+      AppendJsonString(s, &quoted);
+      return quoted;
+    }
+    return std::to_string(v);
+  }
+  // [0-9]* ( . [0-9]* )? ( [eE] [-+]? [0-9]+ )?, with at least one mantissa digit.
+  size_t i = 0;
+  while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+  std::string_view int_part = body.substr(0, i);
+  std::string_view frac_part;
+  if (i < body.size() && body[i] == '.') {
+    size_t start = ++i;
+    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+    frac_part = body.substr(start, i - start);
+  }
+  if (int_part.empty() && frac_part.empty()) return std::nullopt;
+  std::string exponent;
+  if (i < body.size() && (body[i] == 'e' || body[i] == 'E')) {
+    ++i;
+    exponent = "e";
+    if (i < body.size() && (body[i] == '+' || body[i] == '-')) exponent += body[i++];
+    size_t start = i;
+    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+    if (i == start) return std::nullopt;
+    exponent += body.substr(start, i - start);
+  }
+  if (i != body.size()) return std::nullopt;
+  std::string out = negative ? "-" : "";
+  out += StripLeadingZeros(int_part);
+  if (!frac_part.empty()) {
+    out += '.';
+    out += frac_part;
+  }
+  return out + exponent;
+}
+
+// YAML 1.2 core schema booleans (not 1.1's yes/no/on/off).
+std::optional<bool> YamlBool(std::string_view s) {
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  return std::nullopt;
+}
+
+std::string AtMark(const YAML::Mark& mark) {
+  if (mark.is_null()) return "";
+  return "line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) +
+         ": ";
+}
+
+// The field a JSON key names: protobuf accepts the proto name and the lowerCamel JSON name.
+const pb::FieldDescriptor* FindField(const pb::Descriptor* message, const std::string& key) {
+  for (int i = 0; i < message->field_count(); ++i) {
+    const pb::FieldDescriptor* f = message->field(i);
+    if (f->name() == key || f->json_name() == key) return f;
+  }
+  return nullptr;
+}
+
+// Writes a YAML node as JSON text. The JobSpec descriptor is consulted where YAML leaves
+// the type open: a plain scalar given to a string field stays a string (`name: 2024`), and
+// an empty value given to a message field is that message with its defaults (`- relu:`,
+// `digits:`). Unknown keys pass through for protobuf to report.
+class YamlToJson {
+ public:
+  // What the node is the value of: a message (the top level, a message field or one
+  // element of a repeated message field), a scalar field, or nothing known.
+  struct Context {
+    const pb::Descriptor* message = nullptr;
+    const pb::FieldDescriptor* field = nullptr;
+    bool element = false;  // one element of the repeated `field`
+  };
+
+  Status Convert(const YAML::Node& node, const Context& ctx, int depth) {
+    if (depth > kMaxYamlDepth) {
+      return Error(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
+    }
+    switch (node.Type()) {
+      case YAML::NodeType::Undefined: return Error(node, "undefined YAML node");
+      case YAML::NodeType::Null: {
+        bool whole_list = ctx.field != nullptr && ctx.field->is_repeated() && !ctx.element;
+        out_ += ctx.message != nullptr && !whole_list ? "{}" : "null";
+        return Status::Ok();
+      }
+      case YAML::NodeType::Scalar: return ConvertScalar(node, ctx);
+      case YAML::NodeType::Sequence: {
+        Context element = ctx;
+        element.element = true;
+        out_ += '[';
+        bool first = true;
+        for (const YAML::Node& item : node) {
+          if (!first) out_ += ',';
+          first = false;
+          AMPD_RETURN_IF_ERROR(Convert(item, element, depth + 1));
+        }
+        out_ += ']';
+        return Status::Ok();
+      }
+      case YAML::NodeType::Map: {
+        out_ += '{';
+        std::set<std::string> seen;
+        bool first = true;
+        for (const auto& kv : node) {
+          const YAML::Node& key = kv.first;
+          if (!key.IsScalar()) return Error(key, "mapping keys must be field names");
+          const std::string& name = key.Scalar();
+          if (!seen.insert(name).second) return Error(key, "duplicate key " + Quote(name));
+          Context child;
+          if (ctx.message != nullptr) {
+            child.field = FindField(ctx.message, name);
+            if (child.field != nullptr) child.message = child.field->message_type();
+          }
+          if (!first) out_ += ',';
+          first = false;
+          AppendJsonString(name, &out_);
+          out_ += ':';
+          AMPD_RETURN_IF_ERROR(Convert(kv.second, child, depth + 1));
+        }
+        out_ += '}';
+        return Status::Ok();
+      }
+    }
+    return Error(node, "unexpected YAML node");
+  }
+
+  const std::string& json() const { return out_; }
+
+ private:
+  static Status Error(const YAML::Node& node, const std::string& what) {
+    return InvalidArgument("job spec: " + AtMark(node.Mark()) + what);
+  }
+
+  Status ConvertScalar(const YAML::Node& node, const Context& ctx) {
+    static const std::string kCore = "tag:yaml.org,2002:";
+    const std::string& tag = node.Tag();
+    const std::string& text = node.Scalar();
+    // "!" marks a quoted or block scalar: always a string.
+    if (tag == "!" || tag == kCore + "str") {
+      AppendJsonString(text, &out_);
+      return Status::Ok();
+    }
+    bool plain = tag == "?" || tag.empty();
+    if (plain && ctx.field != nullptr && ctx.field->type() == pb::FieldDescriptor::TYPE_STRING) {
+      AppendJsonString(text, &out_);
+      return Status::Ok();
+    }
+    if (plain || tag == kCore + "bool") {
+      if (std::optional<bool> b = YamlBool(text)) {
+        out_ += *b ? "true" : "false";
+        return Status::Ok();
+      }
+      if (!plain) return Error(node, Quote(text) + " is not a boolean (true or false)");
+    }
+    if (plain || tag == kCore + "int" || tag == kCore + "float") {
+      if (std::optional<std::string> number = YamlNumberToJson(text)) {
+        out_ += *number;
+        return Status::Ok();
+      }
+      if (!plain) return Error(node, Quote(text) + " is not a number");
+    }
+    if (plain) {
+      AppendJsonString(text, &out_);
+      return Status::Ok();
+    }
+    if (tag == kCore + "null") {
+      out_ += "null";
+      return Status::Ok();
+    }
+    return Error(node, "unsupported YAML tag " + Quote(tag));
+  }
+
+  std::string out_;
+};
+
+// YAML syntax only: the documents, or the parser's error with its line and column.
+StatusOr<std::vector<YAML::Node>> LoadYaml(std::string_view text) {
+  try {
+    return YAML::LoadAll(std::string(text));
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument("job spec: YAML syntax error at " + AtMark(e.mark) + e.msg);
+  }
+}
+
+StatusOr<std::string> YamlDocumentsToJson(const std::vector<YAML::Node>& docs) {
+  if (docs.size() > 1) {
+    return InvalidArgument("job spec: expected one YAML document, found " +
+                           std::to_string(docs.size()));
+  }
+  if (docs.empty() || docs[0].IsNull()) return InvalidArgument("job spec: empty document");
+  if (!docs[0].IsMap()) {
+    return InvalidArgument("job spec: " + AtMark(docs[0].Mark()) +
+                           "expected a mapping of JobSpec fields at the top level");
+  }
+  YamlToJson converter;
+  YamlToJson::Context top;
+  top.message = JobSpec::descriptor();
+  AMPD_RETURN_IF_ERROR(converter.Convert(docs[0], top, 0));
+  return converter.json();
+}
+
+StatusOr<JobSpec> ParseJson(std::string_view json) {
+  JobSpec spec;
+  pb::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  pb::util::Status status =
+      pb::util::JsonStringToMessage(pb::StringPiece(json.data(), json.size()), &spec, options);
+  if (!status.ok()) {
+    pb::StringPiece message = status.message();
+    return InvalidArgument("job spec: " + std::string(message.data(), message.size()));
+  }
+  return spec;
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+class Checker {
+ public:
+  void Add(const std::string& path, const std::string& message) {
+    errors_.push_back(path + ": " + message);
+  }
+  bool ok() const { return errors_.empty(); }
+
+  // One error alone; several under a count line, one per line.
+  Status ToStatus() const {
+    if (errors_.size() == 1) return InvalidArgument(errors_[0]);
+    std::string message = "job spec has " + std::to_string(errors_.size()) + " errors:";
+    for (size_t i = 0; i < errors_.size() && i < kMaxListedErrors; ++i) {
+      message += "\n  " + errors_[i];
+    }
+    if (errors_.size() > kMaxListedErrors) {
+      message += "\n  ... and " + std::to_string(errors_.size() - kMaxListedErrors) + " more";
+    }
+    return InvalidArgument(message);
+  }
+
+  template <typename T>
+  bool Finite(const std::string& path, T v) {
+    if (std::isfinite(v)) return true;
+    Add(path, "must be finite, got " + Num(v));
+    return false;
+  }
+
+  // v in the interval from lo to hi, each end closed or open; reported in interval notation.
+  template <typename T>
+  bool InRange(const std::string& path, T v, T lo, bool lo_closed, T hi, bool hi_closed) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!Finite(path, v)) return false;
+    }
+    bool ok = (lo_closed ? v >= lo : v > lo) && (hi_closed ? v <= hi : v < hi);
+    if (!ok) {
+      Add(path, "must be in " + std::string(lo_closed ? "[" : "(") + Num(lo) + ", " + Num(hi) +
+                    (hi_closed ? "]" : ")") + ", got " + Num(v));
+    }
+    return ok;
+  }
+  template <typename T>
+  bool Closed(const std::string& path, T v, T lo, T hi) {
+    return InRange(path, v, lo, true, hi, true);
+  }
+
+  // v > lo (strict) or v >= lo.
+  template <typename T>
+  bool Above(const std::string& path, T v, T lo, bool strict) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!Finite(path, v)) return false;
+    }
+    bool ok = strict ? v > lo : v >= lo;
+    if (!ok)
+      Add(path, std::string("must be ") + (strict ? "> " : ">= ") + Num(lo) + ", got " + Num(v));
+    return ok;
+  }
+  template <typename T>
+  bool Positive(const std::string& path, T v) {
+    return Above(path, v, T(0), true);
+  }
+  template <typename T>
+  bool NonNegative(const std::string& path, T v) {
+    return Above(path, v, T(0), false);
+  }
+
+  bool OneOf(const std::string& path, const std::string& v,
+             std::initializer_list<std::string_view> allowed) {
+    std::string list;
+    for (std::string_view a : allowed) {
+      if (v == a) return true;
+      if (!list.empty()) list += ", ";
+      list += a;
+    }
+    Add(path, "must be one of " + list + "; got " + Quote(v));
+    return false;
+  }
+
+ private:
+  std::vector<std::string> errors_;
+};
+
+const char* LayerKindName(const LayerSpec& layer) {
+  switch (layer.kind_case()) {
+    case LayerSpec::kLinear: return "linear";
+    case LayerSpec::kRelu: return "relu";
+    case LayerSpec::kGelu: return "gelu";
+    case LayerSpec::kTanh: return "tanh";
+    case LayerSpec::kLayerNorm: return "layer_norm";
+    case LayerSpec::kBatchNorm: return "batch_norm";
+    case LayerSpec::kDropout: return "dropout";
+    case LayerSpec::KIND_NOT_SET: break;
+  }
+  return "none";
+}
+
+constexpr float kDefaultNormEps = 1e-5f;
+constexpr int kMaxLayers = 256;
+constexpr int kMaxWidth = 65536;
+
+void ResolveModel(ModelSpec* model, Checker* c) {
+  if (model->loss().empty()) model->set_loss("cross_entropy");
+  c->OneOf("model.loss", model->loss(), {"cross_entropy", "mse"});
+
+  const int n = model->layers_size();
+  if (n == 0) c->Add("model.layers", "must have at least one layer (the last one linear)");
+  if (n > kMaxLayers) {
+    c->Add("model.layers",
+           "must have at most " + std::to_string(kMaxLayers) + " layers, got " + std::to_string(n));
+  }
+  for (int i = 0; i < n; ++i) {
+    LayerSpec* layer = model->mutable_layers(i);
+    const std::string path = "model.layers[" + std::to_string(i) + "]";
+    switch (layer->kind_case()) {
+      case LayerSpec::kLinear: {
+        auto* linear = layer->mutable_linear();
+        c->Closed(path + ".linear.out_features", linear->out_features(), 1, kMaxWidth);
+        if (!linear->has_bias()) linear->set_bias(true);
+        break;
+      }
+      case LayerSpec::kRelu:
+      case LayerSpec::kGelu:
+      case LayerSpec::kTanh: break;
+      case LayerSpec::kLayerNorm: {
+        auto* norm = layer->mutable_layer_norm();
+        if (!norm->has_eps()) norm->set_eps(kDefaultNormEps);
+        c->InRange(path + ".layer_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
+        break;
+      }
+      case LayerSpec::kBatchNorm: {
+        BatchNormSpec* norm = layer->mutable_batch_norm();
+        if (!norm->has_eps()) norm->set_eps(kDefaultNormEps);
+        if (!norm->has_momentum()) norm->set_momentum(0.1f);
+        c->InRange(path + ".batch_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
+        c->Closed(path + ".batch_norm.momentum", norm->momentum(), 0.0f, 1.0f);
+        break;
+      }
+      case LayerSpec::kDropout:
+        c->InRange(path + ".dropout.p", layer->dropout().p(), 0.0f, true, 1.0f, false);
+        break;
+      case LayerSpec::KIND_NOT_SET:
+        c->Add(path,
+               "no layer kind; set one of linear, relu, gelu, tanh, layer_norm, batch_norm, "
+               "dropout (e.g. `relu: {}`)");
+        break;
+    }
+  }
+  if (n > 0) {
+    const LayerSpec& last = model->layers(n - 1);
+    if (last.kind_case() != LayerSpec::kLinear && last.kind_case() != LayerSpec::KIND_NOT_SET) {
+      c->Add("model.layers[" + std::to_string(n - 1) + "]",
+             std::string("the last layer must be linear (it produces the outputs), got ") +
+                 LayerKindName(last));
+    }
+  }
+}
+
+// '/'-separated components; "a//b" has an empty one, which is harmless.
+bool HasDotDotComponent(std::string_view path) {
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    if (path.substr(start, end - start) == "..") return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+void ResolveData(DataSpec* data, Checker* c) {
+  switch (data->source_case()) {
+    case DataSpec::kDigits: break;
+    case DataSpec::kCsv: {
+      auto* csv = data->mutable_csv();
+      const std::string& path = csv->path();
+      if (path.empty()) {
+        c->Add("data.csv.path", "must not be empty");
+      } else if (path.find('\0') != std::string::npos) {
+        c->Add("data.csv.path", "must not contain a NUL character, got " + Quote(path));
+      } else if (path[0] == '/') {
+        c->Add("data.csv.path", "must be relative to the data directory, got " + Quote(path));
+      } else if (HasDotDotComponent(path)) {
+        c->Add("data.csv.path", "must not contain '..' components, got " + Quote(path));
+      }
+      if (csv->target_columns() == 0) csv->set_target_columns(1);
+      c->Closed("data.csv.target_columns", csv->target_columns(), 1, kMaxWidth);
+      break;
+    }
+    case DataSpec::kSynthetic: {
+      auto* syn = data->mutable_synthetic();
+      bool kind_ok =
+          c->OneOf("data.synthetic.kind", syn->kind(), {"spirals", "blobs", "linear_regression"});
+      if (c->NonNegative("data.synthetic.samples", syn->samples()) && syn->samples() == 0) {
+        syn->set_samples(1000);
+      }
+      if (c->NonNegative("data.synthetic.features", syn->features()) && syn->features() == 0 &&
+          kind_ok) {
+        syn->set_features(syn->kind() == "spirals" ? 2 : 16);
+      }
+      if (c->NonNegative("data.synthetic.classes", syn->classes()) && syn->classes() == 0 &&
+          kind_ok) {
+        syn->set_classes(syn->kind() == "linear_regression" ? 1 : 3);
+      }
+      if (!syn->has_noise()) syn->set_noise(0.1f);
+      c->NonNegative("data.synthetic.noise", syn->noise());
+      break;
+    }
+    case DataSpec::SOURCE_NOT_SET:
+      c->Add("data", "set one source: digits, csv or synthetic");
+      break;
+  }
+  if (data->batch_size() == 0) data->set_batch_size(64);
+  c->Closed("data.batch_size", data->batch_size(), 1, 1 << 20);
+  if (!data->has_validation_fraction()) data->set_validation_fraction(0.2f);
+  c->Closed("data.validation_fraction", data->validation_fraction(), 0.0f, 0.9f);
+  if (!data->has_shuffle()) data->set_shuffle(true);
+}
+
+void ResolveOptimizer(OptimizerSpec* opt, Checker* c) {
+  switch (opt->kind_case()) {
+    case OptimizerSpec::kSgd: {
+      const auto& sgd = opt->sgd();
+      c->Positive("optimizer.sgd.lr", sgd.lr());
+      bool momentum_ok =
+          c->InRange("optimizer.sgd.momentum", sgd.momentum(), 0.0f, true, 1.0f, false);
+      bool dampening_ok = c->Closed("optimizer.sgd.dampening", sgd.dampening(), 0.0f, 1.0f);
+      c->NonNegative("optimizer.sgd.weight_decay", sgd.weight_decay());
+      if (sgd.nesterov() && momentum_ok && dampening_ok &&
+          (sgd.momentum() <= 0 || sgd.dampening() != 0)) {
+        c->Add("optimizer.sgd.nesterov", "requires momentum > 0 and dampening == 0, got momentum " +
+                                             Num(sgd.momentum()) + ", dampening " +
+                                             Num(sgd.dampening()));
+      }
+      break;
+    }
+    case OptimizerSpec::kAdamw: {
+      auto* adamw = opt->mutable_adamw();
+      if (!adamw->has_beta1()) adamw->set_beta1(0.9f);
+      if (!adamw->has_beta2()) adamw->set_beta2(0.999f);
+      if (!adamw->has_eps()) adamw->set_eps(1e-8f);
+      if (!adamw->has_weight_decay()) adamw->set_weight_decay(0.01f);
+      c->Positive("optimizer.adamw.lr", adamw->lr());
+      c->InRange("optimizer.adamw.beta1", adamw->beta1(), 0.0f, true, 1.0f, false);
+      c->InRange("optimizer.adamw.beta2", adamw->beta2(), 0.0f, true, 1.0f, false);
+      c->Positive("optimizer.adamw.eps", adamw->eps());
+      c->NonNegative("optimizer.adamw.weight_decay", adamw->weight_decay());
+      break;
+    }
+    case OptimizerSpec::KIND_NOT_SET: c->Add("optimizer", "set sgd or adamw"); break;
+  }
+  c->NonNegative("optimizer.grad_clip_norm", opt->grad_clip_norm());
+  if (!opt->has_no_decay_on_bias_and_norm()) opt->set_no_decay_on_bias_and_norm(true);
+}
+
+void ResolveLrSchedule(LrScheduleSpec* schedule, Checker* c) {
+  c->NonNegative("lr_schedule.warmup_steps", schedule->warmup_steps());
+  switch (schedule->decay_case()) {
+    case LrScheduleSpec::kConstant: break;
+    case LrScheduleSpec::kCosine:
+      c->Closed("lr_schedule.cosine.min_lr_ratio", schedule->cosine().min_lr_ratio(), 0.0f, 1.0f);
+      break;
+    case LrScheduleSpec::DECAY_NOT_SET: schedule->mutable_constant(); break;
+  }
+}
+
+void ResolveLossScaling(LossScalingSpec* scaling, const std::string& precision, Checker* c) {
+  if (scaling->mode_case() == LossScalingSpec::MODE_NOT_SET) {
+    if (precision == "fp16" || precision == "auto") {
+      scaling->mutable_dynamic();
+    } else if (precision == "fp32" || precision == "bf16") {
+      scaling->mutable_off();
+    }
+    // An invalid precision has been reported; leave the mode for the user to fix.
+  }
+  switch (scaling->mode_case()) {
+    case LossScalingSpec::kDynamic: {
+      DynamicLossScalingSpec* d = scaling->mutable_dynamic();
+      // PyTorch GradScaler's defaults, DeepSpeed's hysteresis of 1, a floor and a cap.
+      if (!d->has_init_scale()) d->set_init_scale(65536.0);
+      if (!d->has_growth_factor()) d->set_growth_factor(2.0);
+      if (!d->has_backoff_factor()) d->set_backoff_factor(0.5);
+      if (!d->has_growth_interval()) d->set_growth_interval(2000);
+      if (!d->has_hysteresis()) d->set_hysteresis(1);
+      if (!d->has_min_scale()) d->set_min_scale(1.0);
+      if (!d->has_max_scale()) d->set_max_scale(16777216.0);
+      const std::string p = "loss_scaling.dynamic.";
+      bool init_ok = c->Positive(p + "init_scale", d->init_scale());
+      c->Above(p + "growth_factor", d->growth_factor(), 1.0, true);
+      c->InRange(p + "backoff_factor", d->backoff_factor(), 0.0, false, 1.0, false);
+      c->Above<int64_t>(p + "growth_interval", d->growth_interval(), 1, false);
+      c->Above<int32_t>(p + "hysteresis", d->hysteresis(), 1, false);
+      bool min_ok = c->Positive(p + "min_scale", d->min_scale());
+      bool max_ok = c->Finite(p + "max_scale", d->max_scale());
+      if (init_ok && max_ok && d->max_scale() < d->init_scale()) {
+        c->Add(p + "max_scale",
+               "must be >= init_scale (" + Num(d->init_scale()) + "), got " + Num(d->max_scale()));
+      }
+      if (init_ok && min_ok && d->init_scale() < d->min_scale()) {
+        c->Add(p + "init_scale",
+               "must be >= min_scale (" + Num(d->min_scale()) + "), got " + Num(d->init_scale()));
+      }
+      break;
+    }
+    case LossScalingSpec::kStatic:
+      c->Positive("loss_scaling.static.scale", scaling->static_().scale());
+      break;
+    case LossScalingSpec::kOff:
+    case LossScalingSpec::MODE_NOT_SET: break;
+  }
+}
+
+void ResolveTraining(TrainingSpec* t, Checker* c) {
+  bool epochs_ok = c->Closed("training.epochs", t->epochs(), 0, 100000);
+  bool steps_ok = c->Closed<int64_t>("training.max_steps", t->max_steps(), 0, int64_t{1000000000});
+  if (epochs_ok && steps_ok && t->epochs() == 0 && t->max_steps() == 0) {
+    c->Add("training", "set epochs or max_steps (at least one must be > 0)");
+  }
+  c->NonNegative("training.eval_every", t->eval_every());
+  if (t->report_every() == 0) t->set_report_every(10);
+  c->NonNegative("training.report_every", t->report_every());
+  c->NonNegative("training.checkpoint_every", t->checkpoint_every());
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+
+int64_t Mul(int64_t a, int64_t b) {
+  if (a <= 0 || b <= 0) return 0;
+  int64_t r;
+  return __builtin_mul_overflow(a, b, &r) ? kInt64Max : r;
+}
+int64_t Mul(int64_t a, int64_t b, int64_t c) {
+  return Mul(Mul(a, b), c);
+}
+int64_t Add(int64_t a, int64_t b) {
+  int64_t r;
+  return __builtin_add_overflow(a, b, &r) ? kInt64Max : r;
+}
+
+// The input width when the caller does not know it: the data spec's own, else (CSV) the
+// widest linear layer, which overstates a narrow input rather than understating it.
+int64_t AssumedInputWidth(const JobSpec& spec) {
+  switch (spec.data().source_case()) {
+    case DataSpec::kDigits: return 64;
+    case DataSpec::kSynthetic:
+      if (spec.data().synthetic().features() > 0) return spec.data().synthetic().features();
+      return spec.data().synthetic().kind() == "spirals" ? 2 : 16;
+    default: break;
+  }
+  int64_t widest = 1;
+  for (const LayerSpec& layer : spec.model().layers()) {
+    if (layer.has_linear()) widest = std::max<int64_t>(widest, layer.linear().out_features());
+  }
+  return widest;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------
+
+StatusOr<JobSpec> parse_job_spec(std::string_view text, std::string_view format) {
+  if (text.size() > kMaxSpecBytes) {
+    return InvalidArgument("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
+                           std::to_string(text.size()) + ")");
+  }
+  if (format != "" && format != "yaml" && format != "json") {
+    return InvalidArgument("job spec: format must be yaml, json or empty (guess), got " +
+                           Quote(format));
+  }
+  text = StripBom(text);
+  std::string_view body = LeadingSpaceStripped(text);
+  if (body.empty()) return InvalidArgument("job spec: empty document");
+  try {
+    if (format == "json") return ParseJson(text);
+    std::optional<Status> json_error;
+    if (format.empty() && body[0] == '{') {
+      // Most likely JSON; but a YAML flow mapping starts with '{' too. When protobuf rejects
+      // the text and it is YAML, the YAML reading's result (or error) is the one that
+      // speaks to what was written; when it is not YAML either, protobuf's error is.
+      StatusOr<JobSpec> json = ParseJson(text);
+      if (json.ok()) return json;
+      json_error = json.status();
+    }
+    StatusOr<std::vector<YAML::Node>> docs = LoadYaml(text);
+    if (!docs.ok()) return json_error.value_or(docs.status());
+    AMPD_ASSIGN_OR_RETURN(std::string converted, YamlDocumentsToJson(docs.value()));
+    return ParseJson(converted);
+  } catch (const std::exception& e) {
+    return InvalidArgument(std::string("job spec: ") + e.what());
+  } catch (...) {
+    return Internal("job spec: unknown exception while parsing");
+  }
+}
+
+StatusOr<JobSpec> load_job_spec_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found) return NotFound(path + ": no such file");
+  if (ec) return InvalidArgument(path + ": cannot read: " + ec.message());
+  if (st.type() == fs::file_type::directory) return InvalidArgument(path + ": is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgument(path + ": cannot open: " + std::strerror(errno));
+  std::string text;
+  char buf[65536];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxSpecBytes) {
+      return InvalidArgument(path + ": job spec larger than " + std::to_string(kMaxSpecBytes) +
+                             " bytes");
+    }
+  }
+  if (in.bad()) return InvalidArgument(path + ": read error");
+
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  std::string_view format = ext == ".json"                      ? "json"
+                            : (ext == ".yaml" || ext == ".yml") ? "yaml"
+                                                                : "";
+  StatusOr<JobSpec> spec = parse_job_spec(text, format);
+  if (!spec.ok()) return spec.status().with_context(path);
+  return spec;
+}
+
+StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
+  JobSpec spec = input;
+  Checker c;
+  if (Utf8Length(spec.name()) > 128) {
+    c.Add("name", "must be at most 128 characters, got " + std::to_string(Utf8Length(spec.name())));
+  }
+  if (spec.precision().empty()) spec.set_precision("auto");
+  c.OneOf("precision", spec.precision(), {"fp32", "fp16", "bf16", "auto"});
+  ResolveModel(spec.mutable_model(), &c);
+  ResolveData(spec.mutable_data(), &c);
+  ResolveOptimizer(spec.mutable_optimizer(), &c);
+  ResolveLrSchedule(spec.mutable_lr_schedule(), &c);
+  ResolveLossScaling(spec.mutable_loss_scaling(), spec.precision(), &c);
+  ResolveTraining(spec.mutable_training(), &c);
+  if (!c.ok()) return c.ToStatus();
+  return spec;
+}
+
+MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
+                               int64_t output_features) {
+  const bool fp32 = spec.precision() == "fp32";
+  // fp16, bf16 and auto (which resolves to one of them) keep 2-byte activations and a
+  // 2-byte working copy of the weights; fp32 keeps neither copy.
+  const int64_t act_bytes = fp32 ? 4 : 2;
+  const int64_t copy_bytes = fp32 ? 0 : 2;
+  const int64_t batch = spec.data().batch_size() > 0 ? spec.data().batch_size() : 64;
+
+  int64_t width = input_features > 0 ? input_features : AssumedInputWidth(spec);
+  int64_t params = 0;                // learned parameters
+  int64_t buffers = 0;               // fp32 running statistics
+  int64_t act_elements = 0;          // low-precision activation elements (values and gradients)
+  int64_t extra_bytes = 0;           // fp32 statistics, masks, loss buffers
+  act_elements = Mul(batch, width);  // the input batch (no gradient)
+  for (const LayerSpec& layer : spec.model().layers()) {
+    switch (layer.kind_case()) {
+      case LayerSpec::kLinear: {
+        const int64_t out = std::max<int64_t>(layer.linear().out_features(), 1);
+        const bool bias = !layer.linear().has_bias() || layer.linear().bias();
+        params = Add(params, Add(Mul(width, out), bias ? out : 0));
+        width = out;
+        break;
+      }
+      case LayerSpec::kLayerNorm:
+        params = Add(params, Mul(2, width));
+        extra_bytes = Add(extra_bytes, Mul(batch, 2, 4));  // mean and rstd per row
+        break;
+      case LayerSpec::kBatchNorm:
+        params = Add(params, Mul(2, width));
+        buffers = Add(buffers, Mul(2, width));
+        extra_bytes = Add(extra_bytes, Mul(width, 2, 4));  // batch mean and rstd
+        break;
+      case LayerSpec::kDropout:
+        extra_bytes = Add(extra_bytes, Mul(batch, width));  // a byte-per-element mask
+        break;
+      default: break;
+    }
+    act_elements = Add(act_elements, Mul(batch, width, 2));  // output and its gradient
+  }
+  // Softmax / loss in fp32: logits or probabilities and their gradient.
+  const int64_t out_width = std::max(output_features, width);
+  extra_bytes = Add(extra_bytes, Mul(batch, out_width, 8));
+
+  MemoryEstimate m;
+  m.parameter_bytes = Add(Mul(params, 4 + copy_bytes + 4), Mul(buffers, 4));
+  int64_t state_per_param = 0;
+  if (spec.optimizer().has_adamw()) {
+    state_per_param = 8;
+  } else if (spec.optimizer().has_sgd() && spec.optimizer().sgd().momentum() > 0) {
+    state_per_param = 4;
+  }
+  m.optimizer_bytes = Mul(params, state_per_param);
+  m.activation_bytes = Add(Mul(act_elements, act_bytes), extra_bytes);
+  m.total_bytes = Add(Add(m.parameter_bytes, m.optimizer_bytes), m.activation_bytes);
+  return m;
+}
+
+std::string job_spec_to_json(const JobSpec& spec, bool pretty) {
+  pb::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = false;
+  std::string out;
+  pb::util::Status status = pb::util::MessageToJsonString(spec, &out, options);
+  if (!status.ok()) return "{}";  // JobSpec has no Any or maps: printing cannot fail
+  return out;
+}
+
+}  // namespace ampd::engine

@@ -1,0 +1,399 @@
+#include "engine/trainer.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <numeric>
+
+#include "engine/job_spec.h"
+
+namespace ampd::engine {
+
+namespace fs = std::filesystem;
+using ampd::v1::JobEvent;
+using ampd::v1::JobState;
+
+std::string resolve_precision(const std::string& requested, const Backend& backend) {
+  if (requested == "auto" || requested.empty()) {
+    return backend.prefers_bf16() && backend.supports(DType::kBF16) ? "bf16" : "fp16";
+  }
+  return requested;
+}
+
+DType precision_dtype(const std::string& precision) {
+  if (precision == "fp16") return DType::kF16;
+  if (precision == "bf16") return DType::kBF16;
+  return DType::kF32;
+}
+
+StatusOr<std::unique_ptr<Trainer>> Trainer::create(Backend& backend, const ampd::v1::JobSpec& spec,
+                                                   TrainerOptions options) {
+  std::unique_ptr<Trainer> t(new Trainer(backend, std::move(options)));
+  AMPD_RETURN_IF_ERROR(t->init(spec));
+  return t;
+}
+
+Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
+  std::optional<LoadedCheckpoint> ckpt;
+  ampd::v1::JobSpec input = raw_spec;
+  if (!options_.resume_from.empty()) {
+    AMPD_ASSIGN_OR_RETURN(auto loaded, read_checkpoint(options_.resume_from));
+    input = loaded.meta.spec;  // the checkpoint's spec is authoritative
+    ckpt = std::move(loaded);
+  }
+  AMPD_ASSIGN_OR_RETURN(spec_, validate_and_resolve(input));
+  next_seq_ = options_.first_seq;
+
+  precision_ = resolve_precision(spec_.precision(), *backend_);
+  if (ckpt && !ckpt->meta.precision.empty() && ckpt->meta.precision != precision_) {
+    return FailedPrecondition("checkpoint was written in " + ckpt->meta.precision +
+                              " but this backend resolves the spec to " + precision_);
+  }
+  const DType dt = precision_dtype(precision_);
+  if (!backend_->supports(dt)) {
+    return InvalidArgument("precision: backend '" + backend_->name() + "' does not support " +
+                           precision_);
+  }
+
+  // Data.
+  const bool classification = spec_.model().loss() != "mse";
+  const TaskKind task = classification ? TaskKind::kClassification : TaskKind::kRegression;
+  AMPD_ASSIGN_OR_RETURN(
+      Dataset all, load_dataset(spec_.data(), task, options_.data_dir, spec_.training().seed()));
+  const float vf =
+      spec_.data().has_validation_fraction() ? spec_.data().validation_fraction() : 0.2f;
+  AMPD_ASSIGN_OR_RETURN(data_, split_dataset(std::move(all), vf, spec_.data().standardize(),
+                                             spec_.training().seed()));
+  const int64_t n_train = data_.train.num_examples;
+  if (n_train <= 0) return InvalidArgument("data: the training split is empty");
+  batch_size_ = std::min<int64_t>(spec_.data().batch_size(), n_train);
+  steps_per_epoch_ = (n_train + batch_size_ - 1) / batch_size_;
+  int64_t total = std::numeric_limits<int64_t>::max();
+  if (spec_.training().epochs() > 0) total = spec_.training().epochs() * steps_per_epoch_;
+  if (spec_.training().max_steps() > 0) total = std::min(total, spec_.training().max_steps());
+  total_steps_ = total;
+
+  // Model, optimizer, scaler, schedule.
+  Model::Options mo;
+  mo.act_dtype = dt;
+  mo.max_batch = batch_size_;
+  mo.in_features = data_.train.num_features;
+  mo.loss = classification ? LossKind::kCrossEntropy : LossKind::kMse;
+  mo.out_features = classification ? data_.train.num_classes : data_.train.num_targets;
+  mo.seed = spec_.training().seed();
+  backend_->reset_peak_memory();
+  AMPD_ASSIGN_OR_RETURN(model_, Model::create(*backend_, spec_.model(), mo));
+  AMPD_ASSIGN_OR_RETURN(optimizer_,
+                        Optimizer::create(*backend_, spec_.optimizer(), model_->params()));
+
+  // Loss scaling applies to fp16 only (DESIGN.md §2): bf16 and fp32 run at scale 1
+  // unless a static scale was asked for; the non-finite check runs in every mode.
+  LossScaler::Options so = LossScaler::options_from_spec(spec_.loss_scaling());
+  if (precision_ != "fp16" && so.mode == LossScaler::Mode::kDynamic) {
+    so.mode = LossScaler::Mode::kOff;
+    so.init_scale = 1.0;
+  }
+  scaler_ = std::make_unique<LossScaler>(so);
+  schedule_ =
+      std::make_unique<LrSchedule>(spec_.lr_schedule(), optimizer_->peak_lr(), total_steps_);
+
+  for (Param* p : model_->params()) {
+    grads_.push_back(p->grad_t());
+    grad_names_.push_back(p->display);
+  }
+  const auto n_grads = static_cast<int64_t>(grads_.size());
+  AMPD_ASSIGN_OR_RETURN(flags_,
+                        backend_->allocate(sizeof(int32_t) * std::max<int64_t>(1, n_grads)));
+  AMPD_ASSIGN_OR_RETURN(norm_, backend_->allocate(sizeof(float)));
+  AMPD_ASSIGN_OR_RETURN(loss_accum_, backend_->allocate(sizeof(float) * batch_size_));
+  AMPD_RETURN_IF_ERROR(backend_->fill(loss_accum_.view(DType::kF32, 1, batch_size_), 0.0f));
+  host_flags_.resize(static_cast<size_t>(n_grads));
+  batch_x_.resize(static_cast<size_t>(batch_size_ * mo.in_features));
+  if (classification) {
+    batch_y_.resize(static_cast<size_t>(batch_size_));
+  } else {
+    batch_t_.resize(static_cast<size_t>(batch_size_ * mo.out_features));
+  }
+
+  job_.set_id(options_.job_id);
+  *job_.mutable_spec() = spec_;
+  job_.set_precision(precision_);
+  job_.set_backend(backend_->name());
+  job_.set_total_steps(total_steps_);
+  job_.set_loss_scale(scaler_->scale());
+
+  if (ckpt) {
+    AMPD_RETURN_IF_ERROR(restore_checkpoint(*ckpt, *model_, *optimizer_));
+    scaler_->restore(ckpt->meta.scaler);
+    step_ = ckpt->meta.step;
+    job_.set_overflow_skipped_steps(ckpt->meta.overflow_skipped_steps);
+    job_.set_checkpoint(options_.resume_from);
+    job_.set_loss_scale(scaler_->scale());
+  }
+  auto* mem = job_.mutable_memory();
+  mem->set_parameter_bytes(model_->parameter_bytes());
+  mem->set_optimizer_bytes(optimizer_->state_bytes());
+  mem->set_activation_bytes(model_->activation_bytes());
+  return Status::Ok();
+}
+
+void Trainer::emit(JobEvent event) {
+  event.set_seq(next_seq_++);
+  event.set_job_id(job_.id());
+  *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  if (options_.on_event) options_.on_event(event);
+}
+
+void Trainer::emit_state(JobState state, const std::string& reason) {
+  job_.set_state(state);
+  if (state == ampd::v1::FAILED) job_.set_failure_reason(reason);
+  JobEvent e;
+  e.mutable_state_change()->set_state(state);
+  e.mutable_state_change()->set_reason(reason);
+  emit(std::move(e));
+}
+
+StatusOr<Trainer::Evaluation> Trainer::evaluate() {
+  const Dataset& d = data_.validation.num_examples > 0 ? data_.validation : data_.train;
+  const bool classification = d.task == TaskKind::kClassification;
+  PassContext ctx{backend_, /*training=*/false, step_, spec_.training().seed()};
+  std::vector<int64_t> order(static_cast<size_t>(d.num_examples));
+  std::iota(order.begin(), order.end(), 0);
+  std::vector<float> losses(static_cast<size_t>(batch_size_));
+  std::vector<int32_t> preds(static_cast<size_t>(batch_size_));
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (int64_t begin = 0; begin < d.num_examples; begin += batch_size_) {
+    const int64_t n = std::min(batch_size_, d.num_examples - begin);
+    gather_batch(d, order, begin, n, batch_x_.data(), classification ? batch_y_.data() : nullptr,
+                 classification ? nullptr : batch_t_.data());
+    AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
+    AMPD_RETURN_IF_ERROR(model_->forward(ctx, n));
+    AMPD_RETURN_IF_ERROR(model_->read_losses(n, losses.data()));
+    for (int64_t i = 0; i < n; ++i) loss_sum += losses[static_cast<size_t>(i)];
+    if (classification) {
+      AMPD_RETURN_IF_ERROR(model_->read_predictions(n, preds.data()));
+      for (int64_t i = 0; i < n; ++i) {
+        correct += preds[static_cast<size_t>(i)] == batch_y_[static_cast<size_t>(i)] ? 1 : 0;
+      }
+    }
+  }
+  Evaluation ev;
+  ev.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, d.num_examples));
+  ev.accuracy =
+      classification ? static_cast<double>(correct) / static_cast<double>(d.num_examples) : 0.0;
+  return ev;
+}
+
+StatusOr<std::string> Trainer::checkpoint() {
+  if (options_.checkpoint_dir.empty()) return std::string();
+  std::error_code ec;
+  fs::create_directories(options_.checkpoint_dir, ec);
+  if (ec) {
+    return FailedPrecondition("cannot create checkpoint directory " + options_.checkpoint_dir +
+                              ": " + ec.message());
+  }
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.applied_steps = optimizer_->applied_steps();
+  meta.epoch = static_cast<int32_t>(steps_per_epoch_ > 0 ? step_ / steps_per_epoch_ : 0);
+  meta.overflow_skipped_steps = job_.overflow_skipped_steps();
+  meta.scaler = scaler_->state();
+  meta.spec = spec_;
+  meta.precision = precision_;
+  meta.backend = backend_->name();
+  const std::string path =
+      (fs::path(options_.checkpoint_dir) / ("step-" + std::to_string(step_) + ".safetensors"))
+          .string();
+  AMPD_ASSIGN_OR_RETURN(int64_t bytes, save_checkpoint(path, *model_, *optimizer_, meta));
+  // Keep the newest two: the previous one stays until the next is safely on disk.
+  if (!job_.checkpoint().empty() && job_.checkpoint() != path &&
+      job_.checkpoint() != options_.resume_from) {
+    const std::string previous = job_.checkpoint();
+    for (const auto& entry : fs::directory_iterator(options_.checkpoint_dir, ec)) {
+      const std::string p = entry.path().string();
+      if (p != path && p != previous && entry.path().extension() == ".safetensors" &&
+          entry.path().filename().string().rfind("step-", 0) == 0) {
+        fs::remove(entry.path(), ec);
+      }
+    }
+  }
+  job_.set_checkpoint(path);
+  JobEvent e;
+  e.mutable_checkpoint()->set_step(step_);
+  e.mutable_checkpoint()->set_path(path);
+  e.mutable_checkpoint()->set_bytes(bytes);
+  emit(std::move(e));
+  return path;
+}
+
+Status Trainer::report_progress(int64_t step) {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<float> acc(static_cast<size_t>(batch_size_));
+  const Tensor accum = loss_accum_.view(DType::kF32, 1, batch_size_);
+  AMPD_RETURN_IF_ERROR(backend_->download(acc.data(), accum));
+  AMPD_RETURN_IF_ERROR(backend_->fill(accum, 0.0f));
+  double sum = 0;
+  for (float v : acc) sum += v;
+  const double mean_loss = window_samples_ > 0 ? sum / static_cast<double>(window_samples_) : 0.0;
+  const double secs = std::chrono::duration<double>(now - window_start_).count();
+  const double sps = secs > 0 ? static_cast<double>(window_samples_) / secs : 0.0;
+  const double run_secs = std::chrono::duration<double>(now - run_start_).count();
+  const int64_t done_here = step - run_start_step_;
+  const double eta = done_here > 0 ? run_secs / static_cast<double>(done_here) *
+                                         static_cast<double>(total_steps_ - step)
+                                   : 0.0;
+  JobEvent e;
+  auto* p = e.mutable_progress();
+  p->set_step(step);
+  p->set_total_steps(total_steps_);
+  p->set_epoch(static_cast<int32_t>((step - 1) / steps_per_epoch_));
+  p->set_loss(mean_loss);
+  p->set_learning_rate(last_lr_);
+  p->set_loss_scale(scaler_->scale());
+  p->set_overflow_skipped_steps(job_.overflow_skipped_steps());
+  p->set_samples_per_second(sps);
+  p->set_eta_seconds(eta);
+  job_.mutable_metrics()->set_train_loss(mean_loss);
+  job_.mutable_metrics()->set_samples_per_second(sps);
+  emit(std::move(e));
+  window_samples_ = 0;
+  window_steps_ = 0;
+  window_start_ = now;
+  return Status::Ok();
+}
+
+Status Trainer::run_evaluation(int64_t step) {
+  AMPD_ASSIGN_OR_RETURN(Evaluation ev, evaluate());
+  job_.mutable_metrics()->set_val_loss(ev.loss);
+  job_.mutable_metrics()->set_val_accuracy(ev.accuracy);
+  JobEvent e;
+  e.mutable_evaluation()->set_step(step);
+  e.mutable_evaluation()->set_val_loss(ev.loss);
+  e.mutable_evaluation()->set_val_accuracy(ev.accuracy);
+  e.mutable_evaluation()->set_train_loss(job_.metrics().train_loss());
+  emit(std::move(e));
+  return Status::Ok();
+}
+
+Status Trainer::train_step(int64_t step) {
+  const Dataset& d = data_.train;
+  const bool classification = d.task == TaskKind::kClassification;
+  const int64_t epoch = step / steps_per_epoch_;
+  const int64_t index = step % steps_per_epoch_;
+  if (epoch != order_epoch_) {
+    const bool shuffle = !spec_.data().has_shuffle() || spec_.data().shuffle();
+    order_ = epoch_order(d.num_examples, spec_.training().seed(), epoch, shuffle);
+    order_epoch_ = epoch;
+  }
+  const int64_t begin = index * batch_size_;
+  const int64_t n = std::min(batch_size_, d.num_examples - begin);
+  gather_batch(d, order_, begin, n, batch_x_.data(), classification ? batch_y_.data() : nullptr,
+               classification ? nullptr : batch_t_.data());
+
+  PassContext ctx{backend_, /*training=*/true, step, spec_.training().seed()};
+  const double scale = scaler_->scale();
+  AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
+  AMPD_RETURN_IF_ERROR(model_->forward(ctx, n));
+  AMPD_RETURN_IF_ERROR(
+      backend_->accumulate(model_->loss_rows(n), loss_accum_.view(DType::kF32, 1, n)));
+  AMPD_RETURN_IF_ERROR(model_->backward(ctx, n, static_cast<float>(scale)));
+  if (options_.after_backward) AMPD_RETURN_IF_ERROR(options_.after_backward(*model_, step));
+
+  // Unscale and look for inf/NaN in one pass; reading the flags is the step's sync point.
+  const Tensor flags = flags_.view(DType::kI32, 1, static_cast<int64_t>(grads_.size()));
+  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(grads_, static_cast<float>(1.0 / scale), flags));
+  AMPD_RETURN_IF_ERROR(backend_->download(host_flags_.data(), flags));
+  std::vector<std::string> bad;
+  for (size_t i = 0; i < host_flags_.size(); ++i) {
+    if (host_flags_[i] != 0) bad.push_back(grad_names_[i]);
+  }
+  const LossScaler::Decision dec = scaler_->update(!bad.empty());
+  if (dec.skip_step) {
+    job_.set_overflow_skipped_steps(job_.overflow_skipped_steps() + 1);
+    JobEvent e;
+    auto* o = e.mutable_overflow();
+    o->set_step(step + 1);
+    o->set_scale_before(dec.scale_before);
+    o->set_scale_after(dec.scale_after);
+    for (auto& name : bad) o->add_tensors(name);
+    emit(std::move(e));
+    if (dec.failure) return FailedPrecondition(*dec.failure);
+  } else {
+    float clip = 1.0f;
+    const float max_norm = spec_.optimizer().grad_clip_norm();
+    if (max_norm > 0) {
+      AMPD_RETURN_IF_ERROR(backend_->global_norm(grads_, norm_.view(DType::kF32, 1, 1)));
+      float norm = 0;
+      AMPD_RETURN_IF_ERROR(backend_->download(&norm, norm_.view(DType::kF32, 1, 1)));
+      // torch.nn.utils.clip_grad_norm_: factor = max_norm / (norm + 1e-6), capped at 1.
+      clip = std::min(1.0f, max_norm / (norm + 1e-6f));
+    }
+    last_lr_ = schedule_->lr(optimizer_->applied_steps());
+    AMPD_RETURN_IF_ERROR(optimizer_->step(last_lr_, clip));
+  }
+  job_.set_loss_scale(scaler_->scale());
+  window_samples_ += n;
+  samples_seen_ += n;
+  ++window_steps_;
+  return Status::Ok();
+}
+
+ampd::v1::Job Trainer::run() {
+  *job_.mutable_started_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  emit_state(ampd::v1::RUNNING, step_ > 0 ? "resumed from " + options_.resume_from : "");
+  run_start_ = window_start_ = std::chrono::steady_clock::now();
+  run_start_step_ = step_;
+  const auto& tr = spec_.training();
+  const int64_t report_every = tr.report_every() > 0 ? tr.report_every() : 10;
+  Status status;
+  bool cancelled = false;
+  while (step_ < total_steps_) {
+    if (options_.cancel != nullptr && options_.cancel->load()) {
+      cancelled = true;
+      break;
+    }
+    status = train_step(step_);
+    if (!status.ok()) break;
+    ++step_;
+    job_.set_step(step_);
+    job_.set_epoch(static_cast<int32_t>((step_ - 1) / steps_per_epoch_));
+    const bool last = step_ == total_steps_;
+    if (step_ % report_every == 0 || last) {
+      status = report_progress(step_);
+      if (!status.ok()) break;
+    }
+    if ((tr.eval_every() > 0 && step_ % tr.eval_every() == 0) || last) {
+      status = run_evaluation(step_);
+      if (!status.ok()) break;
+    }
+    if ((tr.checkpoint_every() > 0 && step_ % tr.checkpoint_every() == 0) || last) {
+      auto ck = checkpoint();
+      if (!ck.ok()) {
+        // A failed checkpoint (disk full) fails the job but leaves the previous one.
+        status = ck.status().with_context("checkpoint at step " + std::to_string(step_));
+        break;
+      }
+    }
+  }
+  auto* mem = job_.mutable_memory();
+  mem->set_peak_bytes(static_cast<int64_t>(backend_->memory_stats().peak_bytes));
+  *job_.mutable_finished_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  if (!status.ok()) {
+    emit_state(ampd::v1::FAILED, "step " + std::to_string(step_ + 1) + ": " + status.message());
+  } else if (cancelled) {
+    if (window_samples_ > 0) (void)report_progress(step_);
+    auto ck = checkpoint();
+    emit_state(ampd::v1::CANCELLED,
+               ck.ok() ? "cancelled at step " + std::to_string(step_)
+                       : "cancelled; final checkpoint failed: " + ck.status().message());
+  } else {
+    emit_state(ampd::v1::SUCCEEDED, "");
+  }
+  return job_;
+}
+
+}  // namespace ampd::engine

@@ -1,0 +1,120 @@
+// The training loop: one job, in-process, on one backend.
+//
+// One step (DESIGN.md §2):
+//   gather batch -> cast input to the working dtype -> forward -> FP32 loss ->
+//   backward of (mean loss x loss scale) -> one fused pass that unscales every FP32
+//   gradient and flags non-finite tensors -> read the flags (the step's one small
+//   device-to-host read) -> skip (count, back off, overflow event naming the tensors)
+//   or clip + optimizer step on the FP32 masters (which rewrites the low-precision
+//   copies) -> scaler update -> events, evaluation, checkpoint, cancellation check.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ampd/v1/job.pb.h"
+#include "engine/checkpoint.h"
+#include "engine/dataset.h"
+#include "engine/loss_scaler.h"
+#include "engine/lr_schedule.h"
+#include "engine/model.h"
+#include "engine/optimizer.h"
+#include "kernels/backend.h"
+
+namespace ampd::engine {
+
+struct TrainerOptions {
+  std::string job_id = "local";
+  std::string data_dir = ".";  // root of csv paths
+  std::string checkpoint_dir;  // empty: no checkpoints
+  std::string resume_from;     // checkpoint to continue from
+  // Receives every event in order (seq starts at first_seq). Called on the training
+  // thread: keep it cheap (the server only enqueues).
+  std::function<void(const ampd::v1::JobEvent&)> on_event;
+  int64_t first_seq = 1;
+  // Checked at every step boundary; when set the job ends CANCELLED after a checkpoint.
+  const std::atomic<bool>* cancel = nullptr;
+  // Test hook: runs after backward, before the non-finite check.
+  std::function<Status(Model&, int64_t step)> after_backward;
+};
+
+// "fp32" / "fp16" / "bf16" for a spec's precision on a backend ("auto" resolved).
+std::string resolve_precision(const std::string& requested, const Backend& backend);
+DType precision_dtype(const std::string& precision);
+
+class Trainer {
+ public:
+  // Validates and resolves the spec, loads the data, builds model and optimizer, and
+  // restores a checkpoint when options.resume_from is set.
+  static StatusOr<std::unique_ptr<Trainer>> create(Backend& backend, const ampd::v1::JobSpec& spec,
+                                                   TrainerOptions options);
+
+  // Runs to completion, failure or cancellation; returns the final job summary.
+  ampd::v1::Job run();
+
+  const ampd::v1::Job& job() const { return job_; }
+  Model& model() { return *model_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  LossScaler& scaler() { return *scaler_; }
+  const DataSplit& data() const { return data_; }
+  int64_t total_steps() const { return total_steps_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+
+  // Evaluates on the validation split (or the training split when there is none).
+  struct Evaluation {
+    double loss = 0;
+    double accuracy = 0;
+  };
+  StatusOr<Evaluation> evaluate();
+  // Writes a checkpoint now (to checkpoint_dir/step-<n>.safetensors and latest).
+  StatusOr<std::string> checkpoint();
+
+ private:
+  Trainer(Backend& backend, TrainerOptions options)
+      : backend_(&backend), options_(std::move(options)) {}
+  Status init(const ampd::v1::JobSpec& spec);
+  Status train_step(int64_t step);
+  void emit(ampd::v1::JobEvent event);
+  void emit_state(ampd::v1::JobState state, const std::string& reason);
+  Status report_progress(int64_t step);
+  Status run_evaluation(int64_t step);
+
+  Backend* backend_;
+  TrainerOptions options_;
+  ampd::v1::JobSpec spec_;
+  ampd::v1::Job job_;
+  std::string precision_;
+  DataSplit data_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LossScaler> scaler_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::vector<Tensor> grads_;
+  std::vector<std::string> grad_names_;
+  Buffer flags_, norm_, loss_accum_;
+  std::vector<int32_t> host_flags_;
+  std::vector<float> batch_x_, batch_t_;
+  std::vector<int32_t> batch_y_;
+  std::vector<int64_t> order_;
+  int64_t order_epoch_ = -1;
+  int64_t batch_size_ = 0;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  int64_t step_ = 0;  // steps taken so far
+  int64_t next_seq_ = 1;
+  // Report window.
+  int64_t window_samples_ = 0;
+  int64_t window_steps_ = 0;
+  int64_t samples_seen_ = 0;
+  double last_lr_ = 0;
+  std::chrono::steady_clock::time_point window_start_;
+  std::chrono::steady_clock::time_point run_start_;
+  int64_t run_start_step_ = 0;
+};
+
+}  // namespace ampd::engine

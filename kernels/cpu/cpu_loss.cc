@@ -1,0 +1,163 @@
+// Losses and argmax, hand-written, all in FP32.
+//
+// Memory layout: logits / pred / target are N x C row-major; labels I32 1 x N; per-row
+// outputs (loss, lse, argmax) are 1 x N vectors.
+//
+// Numerics:
+//   softmax cross-entropy  m = max_j x_ij, s = sum_j e^(x_ij - m), lse_i = m + log s,
+//                          loss_i = lse_i - x_i,label. Every exponent is <= 0, so nothing
+//                          overflows; e^x uses exp_approx (cpu_internal.h, <= 2 ulp,
+//                          vectorized) and s is an FP32-lane / FP64-block sum.
+//   backward               dlogits = grad_scale (e^(x - lse) - onehot), element-wise, so
+//                          dlogits may alias logits (each element is read before written).
+//   mse                    loss_i = sum_j (p - t)^2 / C;  dpred = (2 grad_scale / C) (p - t).
+//   argmax                 exact comparisons of the widened values; the first maximum
+//                          wins ties; NaN counts as larger than any number (the first
+//                          NaN wins), so a row holding NaN points at it.
+// A label outside [0, C) fails the op with InvalidArgument before anything is written.
+#include <cmath>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
+
+namespace ampd {
+
+using cpu_detail::exp_approx;
+using cpu_detail::kBlock;
+using cpu_detail::load_f32;
+using cpu_detail::out_f32;
+using cpu_detail::store_f32;
+using cpu_detail::sum_blocks;
+
+namespace {
+
+Status check_labels(const char* op, const Tensor& labels, int64_t classes) {
+  const int32_t* l = labels.as<const int32_t>();
+  const int64_t n = labels.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (l[i] < 0 || l[i] >= classes) {
+      return InvalidArgument(std::string(op) + ": labels[" + std::to_string(i) + "] = " +
+                             std::to_string(l[i]) + " is outside [0, " +
+                             std::to_string(classes) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status CpuBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
+                                             const Tensor& loss, const Tensor& lse) {
+  cpu_detail::OpScope scope(*state_);
+  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_forward", labels, logits.cols));
+  return cpu_detail::guarded("softmax_xent_forward", [&]() -> Status {
+    const int64_t cols = logits.cols;
+    float* bufs = state_->rows.get(static_cast<size_t>(state_->threads * cols));
+    const int32_t* label = labels.as<const int32_t>();
+    cpu_detail::parallel_rows_tid(logits.rows, cols, [&](int64_t r, int tid) {
+      const float* x = load_f32(logits, r * cols, cols, bufs + static_cast<size_t>(tid) * cols);
+      float m = x[0];
+#pragma omp simd reduction(max : m)
+      for (int64_t j = 1; j < cols; ++j) m = x[j] > m ? x[j] : m;
+      const double s = sum_blocks(cols, [&](int64_t j) { return exp_approx(x[j] - m); });
+      const float l = static_cast<float>(static_cast<double>(m) + std::log(s));
+      lse.as<float>()[r] = l;
+      loss.as<float>()[r] = l - x[label[r]];
+    });
+    return Status::Ok();
+  });
+}
+
+Status CpuBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor& labels,
+                                              const Tensor& lse, const Tensor& dlogits,
+                                              float grad_scale) {
+  cpu_detail::OpScope scope(*state_);
+  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_backward", labels, logits.cols));
+  const int64_t cols = logits.cols;
+  const int32_t* label = labels.as<const int32_t>();
+  const float* lse_v = lse.as<const float>();
+  cpu_detail::parallel_rows(logits.rows, cols, [&](int64_t r) {
+    float buf[kBlock];
+    const float l = lse_v[r];
+    const int64_t target = label[r];
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t n = std::min(kBlock, cols - c0);
+      const int64_t i = r * cols + c0;
+      const float* x = load_f32(logits, i, n, buf);
+      float* out = out_f32(dlogits, i, buf);
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const float onehot = c0 + j == target ? 1.0f : 0.0f;
+        out[j] = grad_scale * (exp_approx(x[j] - l) - onehot);
+      }
+      store_f32(out, dlogits, i, n);
+    }
+  });
+  return Status::Ok();
+}
+
+Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target,
+                                    const Tensor& loss) {
+  cpu_detail::OpScope scope(*state_);
+  const int64_t cols = pred.cols;
+  const float* t = target.as<const float>();
+  cpu_detail::parallel_rows(pred.rows, cols, [&](int64_t r) {
+    float buf[kBlock];
+    double total = 0.0;
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t n = std::min(kBlock, cols - c0);
+      const float* p = load_f32(pred, r * cols + c0, n, buf);
+      const float* tv = t + r * cols + c0;
+      total += sum_blocks(n, [&](int64_t j) {
+        const float d = p[j] - tv[j];
+        return d * d;
+      });
+    }
+    loss.as<float>()[r] = static_cast<float>(total / cols);
+  });
+  return Status::Ok();
+}
+
+Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target,
+                                     const Tensor& dpred, float grad_scale) {
+  cpu_detail::OpScope scope(*state_);
+  const float k = static_cast<float>(2.0 * grad_scale / static_cast<double>(pred.cols));
+  const float* t = target.as<const float>();
+  cpu_detail::parallel_blocks(pred.numel(), [&](int64_t b, int64_t e) {
+    float buf[kBlock];
+    const int64_t n = e - b;
+    const float* p = load_f32(pred, b, n, buf);
+    float* out = out_f32(dpred, b, buf);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] = k * (p[j] - t[b + j]);
+    store_f32(out, dpred, b, n);
+  });
+  return Status::Ok();
+}
+
+Status CpuBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
+  cpu_detail::OpScope scope(*state_);
+  const int64_t cols = x.cols;
+  int32_t* idx = out.as<int32_t>();
+  cpu_detail::parallel_rows(x.rows, cols, [&](int64_t r) {
+    float buf[kBlock];
+    float best = 0.0f;
+    int64_t best_j = 0;
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      const int64_t n = std::min(kBlock, cols - c0);
+      const float* v = load_f32(x, r * cols + c0, n, buf);
+      for (int64_t j = 0; j < n; ++j) {
+        if ((c0 == 0 && j == 0) || v[j] > best || v[j] != v[j]) {
+          best = v[j];
+          best_j = c0 + j;
+          if (v[j] != v[j]) break;
+        }
+      }
+      if (best != best) break;
+    }
+    idx[r] = static_cast<int32_t>(best_j);
+  });
+  return Status::Ok();
+}
+
+}  // namespace ampd

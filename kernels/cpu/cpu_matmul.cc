@@ -1,0 +1,200 @@
+// CpuBackend::matmul_impl on oneDNN's matmul primitive.
+//
+//   C (M x N) = alpha * op(A) (M x K) @ op(B) (K x N) + beta * C + bias (1 x N, per column)
+//
+// Memory layout: all matrices are dense row-major. A transpose is not a copy but a
+// different stride: op(A) = A^T (A stored K x M) is the M x K matrix with strides {1, M};
+// the same for B. oneDNN's brgemm kernels read these layouts directly.
+//
+// Numerics: products accumulate in FP32 inside oneDNN (brgemm f32 FMA, or vdpbf16ps for
+// BF16, which accumulates bf16 x bf16 products in FP32). A low-precision C is rounded once,
+// to nearest even, after alpha, beta * C and the bias have been applied in FP32.
+//   * alpha: oneDNN's output scale. oneDNN scales its bias argument too
+//     (dst = alpha * (acc + bias)), so with alpha != 1 the bias becomes a binary-add
+//     post-op applied after the scale: alpha * acc + beta * C + bias, as specified.
+//   * beta: a sum post-op (dst = beta * dst_old + ...); with beta == 0, C is never read
+//     (it may hold NaN).
+//   * FP16: oneDNN 2.6 has no CPU f16. A and B (and an f16 bias, and C when beta != 0)
+//     are widened to FP32 into grow-only scratch buffers (exact), the FP32 primitive
+//     runs, and an f16 C is rounded once from an FP32 scratch C. A product of two FP16
+//     values is exact in FP32, so this is the same arithmetic as a GPU's FP16 GEMM with
+//     FP32 accumulation; and an FP16 matmul is bit-identical to an FP32 matmul of the
+//     widened operands (the same primitive runs on the same values).
+//   * K == 0: C = beta * C + bias by hand (oneDNN rejects empty reductions).
+//
+// Performance: creating a primitive costs ~0.3 ms, so primitives are cached in an LRU map
+// keyed by everything that changes them (shape, dtypes, transposes, bias, alpha, beta).
+// oneDNN's scratchpad is user-managed (grow-only buffer) so that no call allocates.
+#include <cstring>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_internal.h"
+
+namespace ampd {
+
+using cpu_detail::CpuState;
+using cpu_detail::MatmulKey;
+using cpu_detail::MatmulPlan;
+
+namespace {
+
+using dnnl::memory;
+
+memory::data_type dnnl_type(DType t) {
+  switch (t) {
+    case DType::kF32: return memory::data_type::f32;
+    case DType::kBF16: return memory::data_type::bf16;
+    case DType::kF16: return memory::data_type::f16;
+    default: return memory::data_type::undef;
+  }
+}
+
+// A logical rows x cols matrix stored row-major, or (transposed) stored as cols x rows.
+memory::desc matrix_desc(int64_t rows, int64_t cols, DType t, bool transposed) {
+  return memory::desc({rows, cols}, dnnl_type(t),
+                      transposed ? memory::dims{1, rows} : memory::dims{cols, 1});
+}
+
+MatmulPlan make_plan(const CpuState& s, const MatmulKey& k, float alpha, float beta) {
+  MatmulPlan p;
+  p.a = matrix_desc(k.m, k.k, k.ab, k.trans_a);
+  p.b = matrix_desc(k.k, k.n, k.ab, k.trans_b);
+  p.c = matrix_desc(k.m, k.n, k.c, false);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  dnnl::post_ops ops;
+  if (beta != 0.0f) ops.append_sum(beta);
+  if (k.has_bias) {
+    p.bias = matrix_desc(1, k.n, k.bias, false);
+    if (alpha != 1.0f) {
+      p.bias_as_post_op = true;
+      p.bias_post_op_index = ops.len();
+      ops.append_binary(dnnl::algorithm::binary_add, p.bias);
+    }
+  }
+  attr.set_post_ops(ops);
+  const bool native_bias = k.has_bias && !p.bias_as_post_op;
+  const dnnl::matmul::desc desc = native_bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c)
+                                              : dnnl::matmul::desc(p.a, p.b, p.c);
+  const dnnl::matmul::primitive_desc pd(desc, attr, s.engine);
+  p.scratchpad = pd.scratchpad_desc();
+  p.primitive = dnnl::matmul(pd);
+  return p;
+}
+
+// C = beta * C + bias for an empty reduction (K == 0), in FP32, rounded once.
+void empty_product(const MatmulArgs& m) {
+  const Tensor& c = m.c;
+  cpu_detail::parallel_rows(c.rows, c.cols, [&](int64_t r) {
+    float cbuf[cpu_detail::kBlock], bbuf[cpu_detail::kBlock];
+    for (int64_t c0 = 0; c0 < c.cols; c0 += cpu_detail::kBlock) {
+      const int64_t n = std::min(cpu_detail::kBlock, c.cols - c0);
+      const int64_t i = r * c.cols + c0;
+      float* out = cpu_detail::out_f32(c, i, cbuf);
+      if (m.beta != 0.0f) {
+        const float* cv = cpu_detail::load_f32(c, i, n, cbuf);
+        for (int64_t j = 0; j < n; ++j) out[j] = m.beta * cv[j];
+      } else {
+        std::fill(out, out + n, 0.0f);
+      }
+      if (!m.bias.empty()) {
+        const float* bv = cpu_detail::load_f32(m.bias, c0, n, bbuf);
+        for (int64_t j = 0; j < n; ++j) out[j] += bv[j];
+      }
+      cpu_detail::store_f32(out, c, i, n);
+    }
+  });
+}
+
+// dst[0, n) = widened src (exact), in parallel.
+void widen(const void* src, DType t, float* dst, int64_t n) {
+  cpu_detail::parallel_blocks(n, [&](int64_t b, int64_t e) {
+    convert(cpu_detail::byte_at(src, t, b), t, dst + b, DType::kF32, static_cast<size_t>(e - b));
+  });
+}
+
+}  // namespace
+
+Status CpuBackend::matmul_impl(const MatmulArgs& m) {
+  cpu_detail::OpScope scope(*state_);
+  return cpu_detail::guarded("matmul", [&]() -> Status {
+    CpuState& s = *state_;
+    MatmulKey key;
+    key.m = m.trans_a ? m.a.cols : m.a.rows;
+    key.k = m.trans_a ? m.a.rows : m.a.cols;
+    key.n = m.trans_b ? m.b.rows : m.b.cols;
+    if (key.k == 0) {
+      empty_product(m);
+      return Status::Ok();
+    }
+    key.ab = m.a.dtype;
+    key.c = m.c.dtype;
+    key.has_bias = !m.bias.empty();
+    key.bias = key.has_bias ? m.bias.dtype : DType::kF32;
+    key.trans_a = m.trans_a;
+    key.trans_b = m.trans_b;
+    key.alpha_bits = std::bit_cast<uint32_t>(m.alpha);
+    key.beta_bits = std::bit_cast<uint32_t>(m.beta == 0.0f ? 0.0f : m.beta);  // -0 == 0
+
+    const void* a = m.a.data;
+    const void* b = m.b.data;
+    void* c = m.c.data;
+    const void* bias = m.bias.data;
+    float* c32 = nullptr;  // FP32 stand-in for an f16 C
+    if (m.a.dtype == DType::kF16) {
+      float* a32 = s.a32.get(static_cast<size_t>(m.a.numel()));
+      float* b32 = s.b32.get(static_cast<size_t>(m.b.numel()));
+      widen(m.a.data, DType::kF16, a32, m.a.numel());
+      widen(m.b.data, DType::kF16, b32, m.b.numel());
+      a = a32;
+      b = b32;
+      key.ab = DType::kF32;
+      if (m.c.dtype == DType::kF16) {
+        c32 = s.c32.get(static_cast<size_t>(m.c.numel()));
+        if (m.beta != 0.0f) widen(m.c.data, DType::kF16, c32, m.c.numel());
+        c = c32;
+        key.c = DType::kF32;
+      }
+      if (key.has_bias && m.bias.dtype == DType::kF16) {
+        float* bias32 = s.bias32.get(static_cast<size_t>(m.bias.numel()));
+        widen(m.bias.data, DType::kF16, bias32, m.bias.numel());
+        bias = bias32;
+        key.bias = DType::kF32;
+      }
+    }
+
+    MatmulPlan* plan = s.matmul_plans.find(key);
+    if (plan == nullptr) plan = &s.matmul_plans.insert(key, make_plan(s, key, m.alpha, m.beta));
+
+    std::unordered_map<int, memory> args;
+    args.reserve(6);
+    args.emplace(DNNL_ARG_SRC, memory(plan->a, s.engine, const_cast<void*>(a)));
+    args.emplace(DNNL_ARG_WEIGHTS, memory(plan->b, s.engine, const_cast<void*>(b)));
+    args.emplace(DNNL_ARG_DST, memory(plan->c, s.engine, c));
+    if (key.has_bias) {
+      const int slot = plan->bias_as_post_op
+                           ? (DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op_index) |
+                              DNNL_ARG_SRC_1)
+                           : DNNL_ARG_BIAS;
+      args.emplace(slot, memory(plan->bias, s.engine, const_cast<void*>(bias)));
+    }
+    if (const size_t bytes = plan->scratchpad.get_size(); bytes > 0) {
+      args.emplace(DNNL_ARG_SCRATCHPAD,
+                   memory(plan->scratchpad, s.engine, s.scratchpad.get(bytes)));
+    }
+    plan->primitive.execute(s.stream, args);
+    s.stream.wait();
+
+    if (c32 != nullptr) {  // round the FP32 result once into the f16 C
+      const int64_t n = m.c.numel();
+      cpu_detail::parallel_blocks(n, [&](int64_t b0, int64_t e0) {
+        convert(c32 + b0, DType::kF32, cpu_detail::byte_at(m.c.data, DType::kF16, b0),
+                DType::kF16, static_cast<size_t>(e0 - b0));
+      });
+    }
+    return Status::Ok();
+  });
+}
+
+}  // namespace ampd

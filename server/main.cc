@@ -1,0 +1,18 @@
+// ampd: the mixed-precision training server and its in-process trainer.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "server/train_command.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "ampd trains neural networks in mixed precision (FP16 with dynamic loss scaling, BF16,\n"
+      "FP32; FP32 accumulation and FP32 master weights)."};
+  app.require_subcommand(1);
+  app.footer("\nRun 'ampd <command> --help' for a command's options.");
+  int exit_code = 0;
+  ampd::server::TrainCommandOptions train;
+  ampd::server::add_train_command(app, train, &exit_code);
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

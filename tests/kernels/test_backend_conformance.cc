@@ -1,0 +1,881 @@
+// Conformance of every fast backend with the FP64 reference backend (the oracle).
+//
+// The suite is parameterized over (backend, dtype): every op of the Backend interface runs
+// on the backend under test ("dut") and on ReferenceBackend with the same inputs, and the
+// outputs are compared. Backends come from conformance_backends() below: "cpu" (oneDNN),
+// and "cuda" (the dlopen plugin), which skips itself with the reason when no plugin or no
+// GPU is there. To add a backend, add one line to that list.
+//
+// Method:
+//   * Inputs are random (fixed seeds) and exactly representable in their dtype, so both
+//     backends see the same values. Sizes are awkward on purpose: 1, 7, 513, 1031,
+//     4099 ... (not multiples of any vector width), and a few tensors larger than one
+//     parallel task of the CPU backend (32768 elements).
+//   * Outputs are poisoned before the op (NaN for floats, junk for integers), on both
+//     backends, so an element the dut forgets to write shows up as a mismatch.
+//   * Tolerances: default_tolerance(out_dtype, K, magnitude) from test_util.h (one ulp of
+//     the output dtype for the rounding, 4 sqrt(K) 2^-24 for an FP32 sum of K terms, and an
+//     absolute part scaled by the size of the terms), stated per op where it differs.
+//     Results that are exact by construction (casts, ReLU, masks, argmax, flags) are
+//     compared bit for bit (kExact).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <source_location>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/reference/reference_backend.h"
+#include "tests/kernels/test_util.h"
+#if AMPD_TEST_HAVE_CPU_BACKEND
+#include "kernels/backend_factory.h"
+#include "kernels/cpu/cpu_backend.h"
+#endif
+
+namespace ampd::test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// ---- the backends under test -------------------------------------------------------------
+
+struct BackendEntry {
+  std::string name;
+  std::function<StatusOr<std::unique_ptr<Backend>>()> create;
+};
+
+// Every backend that is checked against the reference. A backend whose create() fails
+// (no GPU, plugin not built) is skipped with the reason.
+std::vector<BackendEntry> conformance_backends() {
+  std::vector<BackendEntry> list;
+#if AMPD_TEST_HAVE_CPU_BACKEND
+  list.push_back({"cpu", [] { return make_cpu_backend(CpuBackendOptions{}); }});
+  list.push_back({"cuda", [] { return load_cuda_backend(""); }});
+#endif
+  return list;
+}
+
+std::vector<std::string> backend_names() {
+  std::vector<std::string> names;
+  for (const BackendEntry& e : conformance_backends()) names.push_back(e.name);
+  return names;
+}
+
+// One instance of each backend for the whole run (a CUDA context is slow to create).
+struct Instance {
+  std::unique_ptr<Backend> backend;
+  std::string unavailable;  // why backend is null
+};
+
+Instance& instance(const std::string& name) {
+  static std::map<std::string, Instance> instances;
+  auto it = instances.find(name);
+  if (it != instances.end()) return it->second;
+  Instance inst;
+  for (const BackendEntry& e : conformance_backends()) {
+    if (e.name != name) continue;
+    StatusOr<std::unique_ptr<Backend>> made = e.create();
+    if (made.ok()) {
+      inst.backend = std::move(made).value();
+    } else {
+      inst.unavailable = made.status().to_string();
+    }
+  }
+  if (!inst.backend && inst.unavailable.empty()) inst.unavailable = "not registered";
+  return instances.emplace(name, std::move(inst)).first->second;
+}
+
+Backend& reference() {
+  static std::unique_ptr<Backend> ref = make_reference_backend();
+  return *ref;
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+HostTensor normal(DType t, int64_t rows, int64_t cols, Rng& rng, double mean = 0.0,
+                  double stddev = 1.0) {
+  HostTensor h(t, rows, cols);
+  fill_normal(h, rng, mean, stddev);
+  return h;
+}
+
+HostTensor uniform(DType t, int64_t rows, int64_t cols, Rng& rng, double lo, double hi) {
+  HostTensor h(t, rows, cols);
+  fill_uniform(h, rng, lo, hi);
+  return h;
+}
+
+// Fills with values no op produces by accident: NaN for floats, junk for integers.
+DeviceTensor poisoned(Backend& be, DType t, int64_t rows, int64_t cols) {
+  DeviceTensor d = device_tensor(be, t, rows, cols);
+  const float junk = t == DType::kI32 ? -12345.0f : t == DType::kU8 ? 165.0f : kNaN;
+  const Status s = be.fill(d.tensor, junk);
+  if (!s.ok()) ADD_FAILURE() << "poison: " << s.to_string();
+  return d;
+}
+
+std::string dims(int64_t a, int64_t b, int64_t c) {
+  return std::to_string(a) + "x" + std::to_string(b) + "x" + std::to_string(c);
+}
+
+// The same tensor on the backend under test and on the reference.
+struct Pair {
+  DeviceTensor dut;
+  DeviceTensor ref;
+};
+
+using Param = std::tuple<std::string, DType>;
+
+class Conformance : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    Instance& inst = instance(std::get<0>(GetParam()));
+    if (!inst.backend) GTEST_SKIP() << std::get<0>(GetParam()) << ": " << inst.unavailable;
+    dut_ = inst.backend.get();
+    if (!dut_->supports(dt())) {
+      GTEST_SKIP() << dut_->name() << " does not support " << dtype_name(dt());
+    }
+  }
+
+  Backend& dut() { return *dut_; }
+  Backend& ref() { return reference(); }
+  DType dt() const { return std::get<1>(GetParam()); }
+
+  Pair both(const HostTensor& h) { return {to_device(dut(), h), to_device(ref(), h)}; }
+  Pair outputs(DType t, int64_t rows, int64_t cols) {
+    return {poisoned(dut(), t, rows, cols), poisoned(ref(), t, rows, cols)};
+  }
+  // An output that the op also reads (beta != 0, in-place): the same start values.
+  Pair inout(const HostTensor& h) { return both(h); }
+
+  HostTensor dut_host(const Pair& p) { return to_host(dut(), p.dut); }
+  HostTensor ref_host(const Pair& p) { return to_host(ref(), p.ref); }
+
+  void expect_same(const Pair& p, Tolerance tol, const std::string& what,
+                   std::source_location loc = std::source_location::current()) {
+    expect_close(dut_host(p), ref_host(p), tol, what, loc);
+  }
+
+  // Runs op(backend, tensor-of-that-backend...) on both backends; both must succeed.
+  template <typename Op>
+  void run(Op op) {
+    const Status a = op(dut(), false);
+    ASSERT_TRUE(a.ok()) << dut().name() << ": " << a.to_string();
+    const Status b = op(ref(), true);
+    ASSERT_TRUE(b.ok()) << "reference: " << b.to_string();
+  }
+
+ private:
+  Backend* dut_ = nullptr;
+};
+
+// Selects the dut's or the reference's half of a Pair.
+const Tensor& pick(const Pair& p, bool is_ref) { return is_ref ? p.ref.tensor : p.dut.tensor; }
+Tensor pick_opt(const Pair* p, bool is_ref) { return p ? pick(*p, is_ref) : Tensor{}; }
+
+// ---- memory ---------------------------------------------------------------------------------
+
+TEST_P(Conformance, UploadDownloadCopyRoundTripBitExact) {
+  Rng rng(11);
+  for (int64_t n : {1, 7, 513, 40000}) {
+    HostTensor h = normal(dt(), 1, n, rng);
+    DeviceTensor a = to_device(dut(), h);
+    DeviceTensor b = poisoned(dut(), dt(), 1, n);
+    AMPD_ASSERT_OK(dut().copy(b, a));
+    HostTensor back = to_host(dut(), b);
+    EXPECT_EQ(back.bytes, h.bytes) << "n=" << n;
+  }
+  HostTensor labels(DType::kI32, 1, 9);
+  fill_integers(labels, rng, -5, 5);
+  EXPECT_EQ(to_host(dut(), to_device(dut(), labels)).bytes, labels.bytes);
+  AMPD_EXPECT_OK(dut().synchronize());
+}
+
+TEST_P(Conformance, MemoryStatsCountAllocations) {
+  const MemoryStats before = dut().memory_stats();
+  {
+    StatusOr<Buffer> buf = dut().allocate(1000);
+    ASSERT_TRUE(buf.ok()) << buf.status().to_string();
+    EXPECT_NE(buf->data(), nullptr);
+    EXPECT_EQ(dut().memory_stats().in_use_bytes, before.in_use_bytes + 1000);
+    EXPECT_GE(dut().memory_stats().peak_bytes, before.in_use_bytes + 1000);
+  }
+  EXPECT_EQ(dut().memory_stats().in_use_bytes, before.in_use_bytes);
+}
+
+TEST_P(Conformance, FillRoundsOnceLikeReference) {
+  for (float v : {0.0f, -0.0f, 0.1f, -3.5f, 65519.996f, 65520.0f, 1e-8f, 3e38f, kInf, kNaN}) {
+    Pair t = outputs(dt(), 3, 7);
+    run([&](Backend& be, bool r) { return be.fill(pick(t, r), v); });
+    expect_same(t, kExact, "fill " + std::to_string(v));
+  }
+  // Integer dtypes: round half to even, saturate, NaN -> 0.
+  for (DType it : {DType::kI32, DType::kU8}) {
+    for (float v : {2.5f, 3.5f, -1.0f, 300.0f, kNaN}) {
+      Pair t = outputs(it, 1, 5);
+      run([&](Backend& be, bool r) { return be.fill(pick(t, r), v); });
+      expect_same(t, kExact, std::string("fill ") + std::string(dtype_name(it)) + " " +
+                                 std::to_string(v));
+    }
+  }
+}
+
+// ---- dense algebra ---------------------------------------------------------------------------
+
+// C = alpha op(A) op(B) + beta C + bias for M, N, K in {1, 7, 64, 513} (product bounded to
+// keep the FP64 reference quick), every transpose pair, C in f32 and in A's dtype, and a
+// rotation of alpha / beta / bias variants. Tolerance: an entry sums K products of
+// unit-normal values, so partial sums grow like sqrt(K): default_tolerance(c, K,
+// |alpha| sqrt(K) + |beta| + |bias|).
+TEST_P(Conformance, Matmul) {
+  struct Variant {
+    float alpha, beta;
+    int bias;  // 0 none, 1 f32, 2 C's dtype
+  };
+  const Variant variants[] = {{1, 0, 0}, {0.5f, 0, 1}, {1, 1, 2},
+                              {-2, 0.25f, 1}, {1, 0, 2}, {0.75f, -1, 0}};
+  Rng rng(21);
+  int case_no = 0;
+  const int64_t sizes[] = {1, 7, 64, 513};
+  for (int64_t M : sizes) {
+    for (int64_t N : sizes) {
+      for (int64_t K : sizes) {
+        if (M * N * K > 64 * 64 * 513) continue;
+        for (int t = 0; t < 4; ++t) {
+          const bool ta = t & 1, tb = t & 2;
+          std::vector<DType> c_types = {DType::kF32};
+          if (dt() != DType::kF32) c_types.push_back(dt());
+          for (DType ct : c_types) {
+            const Variant v = variants[case_no++ % 6];
+            const std::string what = "matmul " + dims(M, N, K) + " ta=" + std::to_string(ta) +
+                                     " tb=" + std::to_string(tb) + " c=" +
+                                     std::string(dtype_name(ct)) + " alpha=" +
+                                     std::to_string(v.alpha) + " beta=" + std::to_string(v.beta) +
+                                     " bias=" + std::to_string(v.bias);
+            SCOPED_TRACE(what);
+            Pair a = both(normal(dt(), ta ? K : M, ta ? M : K, rng));
+            Pair b = both(normal(dt(), tb ? N : K, tb ? K : N, rng));
+            // beta == 0 must not read C: it stays poisoned (NaN) then.
+            Pair c = v.beta != 0 ? inout(normal(ct, M, N, rng)) : outputs(ct, M, N);
+            std::unique_ptr<Pair> bias;
+            if (v.bias != 0) {
+              bias = std::make_unique<Pair>(
+                  both(normal(v.bias == 1 ? DType::kF32 : ct, 1, N, rng)));
+            }
+            run([&](Backend& be, bool r) {
+              MatmulArgs args;
+              args.a = pick(a, r);
+              args.b = pick(b, r);
+              args.c = pick(c, r);
+              args.trans_a = ta;
+              args.trans_b = tb;
+              args.alpha = v.alpha;
+              args.beta = v.beta;
+              args.bias = pick_opt(bias.get(), r);
+              return be.matmul(args);
+            });
+            const double mag = std::fabs(v.alpha) * std::sqrt(double(K)) + std::fabs(v.beta) +
+                               (v.bias ? 1.0 : 0.0);
+            expect_same(c, default_tolerance(ct, K, mag), what);
+          }
+        }
+      }
+    }
+  }
+}
+
+// K == 0: an empty sum, C = beta C + bias.
+TEST_P(Conformance, MatmulEmptyReduction) {
+  Rng rng(22);
+  Pair a = both(HostTensor(dt(), 5, 0));
+  Pair b = both(HostTensor(dt(), 0, 9));
+  Pair c = inout(normal(dt(), 5, 9, rng));
+  Pair bias = both(normal(DType::kF32, 1, 9, rng));
+  run([&](Backend& be, bool r) {
+    MatmulArgs args{pick(a, r), pick(b, r), pick(c, r)};
+    args.beta = 0.5f;
+    args.bias = pick(bias, r);
+    return be.matmul(args);
+  });
+  expect_same(c, default_tolerance(dt()), "matmul K=0");
+}
+
+// Widening is exact and narrowing rounds once: bit-exact, special values included.
+TEST_P(Conformance, CastAllPairsBitExact) {
+  Rng rng(31);
+  const double specials[] = {0.0, -0.0, INFINITY, -INFINITY, NAN, 65504.0, 65520.0, -65519.0,
+                             1e-8, -3e-5, 6e-8, 3e38, 1e-40, 1.0 + 0x1p-11, 1.0 + 3 * 0x1p-8};
+  for (DType to : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int64_t n : {1, 7, 513, 1031}) {
+      HostTensor src = normal(dt(), 1, n, rng, 0.0, 100.0);
+      for (int64_t i = 0; i < n && i < 15; ++i) src.set(i * 7 % n, specials[i]);
+      Pair s = both(src);
+      Pair d = outputs(to, 1, n);
+      run([&](Backend& be, bool r) { return be.cast(pick(s, r), pick(d, r)); });
+      expect_same(d, kExact,
+                  "cast to " + std::string(dtype_name(to)) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST_P(Conformance, AddBias) {
+  Rng rng(41);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 513}, {65, 7}, {3, 1031}}) {
+    for (DType bt : {DType::kF32, dt()}) {
+      Pair x = inout(normal(dt(), rows, cols, rng));
+      Pair bias = both(normal(bt, 1, cols, rng));
+      run([&](Backend& be, bool r) { return be.add_bias(pick(x, r), pick(bias, r)); });
+      // One FP32 addition, then one rounding to x's dtype (two roundings for f16/bf16).
+      expect_same(x, default_tolerance(dt(), 1, 2.0), "add_bias " + dims(rows, cols, 0));
+    }
+  }
+}
+
+TEST_P(Conformance, BiasGrad) {
+  Rng rng(42);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 513}, {513, 7}, {100, 1031}}) {
+    for (float beta : {0.0f, 0.5f}) {
+      Pair dy = both(normal(dt(), rows, cols, rng));
+      Pair db = beta != 0 ? inout(normal(DType::kF32, 1, cols, rng))
+                          : outputs(DType::kF32, 1, cols);
+      run([&](Backend& be, bool r) { return be.bias_grad(pick(dy, r), pick(db, r), beta); });
+      // A column sum of `rows` unit normals.
+      expect_same(db, default_tolerance(DType::kF32, rows, std::sqrt(double(rows)) + 1),
+                  "bias_grad " + dims(rows, cols, 0) + " beta=" + std::to_string(beta));
+    }
+  }
+}
+
+TEST_P(Conformance, ScaleAndAccumulate) {
+  Rng rng(43);
+  for (int64_t n : {1, 7, 513, 40000}) {
+    for (float alpha : {0.5f, -3.0f, 1.0f / 3.0f}) {
+      Pair x = inout(normal(dt(), 1, n, rng));
+      run([&](Backend& be, bool r) { return be.scale(pick(x, r), alpha); });
+      // One product rounded (f32: correctly rounded, the same as the reference).
+      expect_same(x, default_tolerance(dt()), "scale n=" + std::to_string(n));
+    }
+    for (DType xt : {DType::kF32, DType::kF16, DType::kBF16}) {
+      Pair x = both(normal(xt, 1, n, rng));
+      Pair y = inout(normal(dt(), 1, n, rng));
+      run([&](Backend& be, bool r) { return be.accumulate(pick(x, r), pick(y, r)); });
+      expect_same(y, default_tolerance(dt(), 1, 2.0),
+                  "accumulate x=" + std::string(dtype_name(xt)) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+// ---- activations ------------------------------------------------------------------------------
+
+// GELU and tanh are transcendental: the reference is FP64 erf / tanh, a fast backend uses
+// FP32 approximations. atol 1e-6 covers the ~4e-7 absolute error of vectorized erf
+// approximations (oneDNN's, PyTorch's CPU GELU) where GELU and its derivative are tiny
+// (x < -3); everywhere else the default relative tolerance applies.
+Tolerance activation_tolerance(Activation act, DType t) {
+  Tolerance tol = default_tolerance(t, 1, 1.0);
+  if (act != Activation::kReLU) tol.atol = std::max(tol.atol, 1e-6);
+  if (act == Activation::kReLU) tol = kExact;  // selects, never rounds
+  return tol;
+}
+
+HostTensor activation_input(DType t, int64_t n, Rng& rng) {
+  HostTensor x = normal(t, 1, n, rng, 0.0, 3.0);
+  const double specials[] = {0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0};
+  for (int64_t i = 0; i < n && i < 8; ++i) x.set(i * 5 % n, specials[i]);
+  return x;
+}
+
+TEST_P(Conformance, ActivationForward) {
+  Rng rng(51);
+  for (Activation act : {Activation::kReLU, Activation::kGELU, Activation::kTanh}) {
+    for (int64_t n : {1, 7, 513, 40000}) {
+      Pair x = both(activation_input(dt(), n, rng));
+      Pair y = outputs(dt(), 1, n);
+      run([&](Backend& be, bool r) { return be.activation_forward(act, pick(x, r), pick(y, r)); });
+      expect_same(y, activation_tolerance(act, dt()),
+                  std::string(activation_name(act)) + " forward n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST_P(Conformance, ActivationBackward) {
+  Rng rng(52);
+  for (Activation act : {Activation::kReLU, Activation::kGELU, Activation::kTanh}) {
+    for (int64_t n : {1, 7, 513, 40000}) {
+      // x in every dtype (it may differ from dy's), dy and dx in the suite's dtype.
+      for (DType xt : {dt(), DType::kF32}) {
+        const std::string what = std::string(activation_name(act)) + " backward n=" +
+                                 std::to_string(n) + " x=" + std::string(dtype_name(xt));
+        Pair x = both(activation_input(xt, n, rng));
+        Pair dy = both(normal(dt(), 1, n, rng));
+        Pair dx = outputs(dt(), 1, n);
+        run([&](Backend& be, bool r) {
+          return be.activation_backward(act, pick(x, r), pick(dy, r), pick(dx, r));
+        });
+        // dy * act'(x) is one more product: ReLU stays exact (it selects dy).
+        expect_same(dx, activation_tolerance(act, dt()), what);
+        // In place: dx aliases dy.
+        run([&](Backend& be, bool r) {
+          return be.activation_backward(act, pick(x, r), pick(dy, r), pick(dy, r));
+        });
+        expect_same(dy, activation_tolerance(act, dt()), what + " (dx aliases dy)");
+      }
+    }
+  }
+}
+
+// ---- normalization -----------------------------------------------------------------------------
+
+// Shapes: a single column (zero variance: y = beta), short and long rows, 1 and many rows.
+const std::pair<int64_t, int64_t> kNormShapes[] = {{1, 1}, {7, 1}, {1, 513}, {7, 7},
+                                                    {64, 513}, {33, 1031}};
+
+// LayerNorm statistics sum C terms; y = xhat gamma + beta with |xhat| up to ~4.
+TEST_P(Conformance, LayerNormForward) {
+  Rng rng(61);
+  for (auto [rows, cols] : kNormShapes) {
+    const std::string what = "layernorm forward " + dims(rows, cols, 0);
+    Pair x = both(normal(dt(), rows, cols, rng, 0.5, 2.0));
+    Pair g = both(normal(DType::kF32, 1, cols, rng, 1.0, 0.5));
+    Pair b = both(normal(DType::kF32, 1, cols, rng));
+    Pair y = outputs(dt(), rows, cols);
+    Pair mean = outputs(DType::kF32, 1, rows);
+    Pair rstd = outputs(DType::kF32, 1, rows);
+    run([&](Backend& be, bool r) {
+      return be.layernorm_forward(pick(x, r), pick(g, r), pick(b, r), pick(y, r), pick(mean, r),
+                                  pick(rstd, r), 1e-5f);
+    });
+    expect_same(y, default_tolerance(dt(), cols, 8.0), what + " y");
+    expect_same(mean, default_tolerance(DType::kF32, cols, 2.0), what + " mean");
+    expect_same(rstd, default_tolerance(DType::kF32, cols), what + " rstd");
+  }
+}
+
+// Backward from the reference's statistics (the same FP32 mean / rstd on both sides).
+// dx: two row reductions of C terms, scaled by rstd (~0.5 here); dgamma / dbeta: column
+// sums of N terms.
+TEST_P(Conformance, LayerNormBackward) {
+  Rng rng(62);
+  for (auto [rows, cols] : kNormShapes) {
+    const std::string what = "layernorm backward " + dims(rows, cols, 0);
+    HostTensor xh = normal(dt(), rows, cols, rng, 0.5, 2.0);
+    HostTensor gh = normal(DType::kF32, 1, cols, rng, 1.0, 0.5);
+    DeviceTensor x = to_device(ref(), xh), g = to_device(ref(), gh);
+    DeviceTensor b = device_filled(ref(), DType::kF32, 1, cols, 0.0f);
+    DeviceTensor y = device_tensor(ref(), dt(), rows, cols);
+    DeviceTensor m = device_tensor(ref(), DType::kF32, 1, rows);
+    DeviceTensor rs = device_tensor(ref(), DType::kF32, 1, rows);
+    AMPD_ASSERT_OK(ref().layernorm_forward(x, g, b, y, m, rs, 1e-5f));
+    Pair X = both(xh), G = both(gh);
+    Pair mean = both(to_host(ref(), m)), rstd = both(to_host(ref(), rs));
+    Pair dy = both(normal(dt(), rows, cols, rng));
+    Pair dx = outputs(dt(), rows, cols);
+    Pair dg = outputs(DType::kF32, 1, cols), db = outputs(DType::kF32, 1, cols);
+    run([&](Backend& be, bool r) {
+      return be.layernorm_backward(pick(dy, r), pick(X, r), pick(G, r), pick(mean, r),
+                                   pick(rstd, r), pick(dx, r), pick(dg, r), pick(db, r));
+    });
+    expect_same(dx, default_tolerance(dt(), cols, 4.0), what + " dx");
+    expect_same(dg, default_tolerance(DType::kF32, rows, 2.0 * std::sqrt(double(rows)) + 1),
+                what + " dgamma");
+    expect_same(db, default_tolerance(DType::kF32, rows, std::sqrt(double(rows)) + 1),
+                what + " dbeta");
+  }
+}
+
+const std::pair<int64_t, int64_t> kBatchNormShapes[] = {{2, 1}, {7, 7}, {64, 513}, {513, 7},
+                                                         {33, 1031}};
+
+TEST_P(Conformance, BatchNormForwardTrainAndEval) {
+  Rng rng(71);
+  for (auto [rows, cols] : kBatchNormShapes) {
+    const std::string what = "batchnorm " + dims(rows, cols, 0);
+    Pair x = both(normal(dt(), rows, cols, rng, 0.5, 2.0));
+    Pair g = both(normal(DType::kF32, 1, cols, rng, 1.0, 0.5));
+    Pair b = both(normal(DType::kF32, 1, cols, rng));
+    Pair y = outputs(dt(), rows, cols);
+    Pair mean = outputs(DType::kF32, 1, cols), rstd = outputs(DType::kF32, 1, cols);
+    Pair rm = inout(normal(DType::kF32, 1, cols, rng));
+    Pair rv = inout(uniform(DType::kF32, 1, cols, rng, 0.5, 2.0));
+    run([&](Backend& be, bool r) {
+      return be.batchnorm_forward_train(pick(x, r), pick(g, r), pick(b, r), pick(y, r),
+                                        pick(mean, r), pick(rstd, r), pick(rm, r), pick(rv, r),
+                                        0.1f, 1e-5f);
+    });
+    expect_same(y, default_tolerance(dt(), rows, 8.0), what + " train y");
+    expect_same(mean, default_tolerance(DType::kF32, rows, 2.0), what + " mean");
+    expect_same(rstd, default_tolerance(DType::kF32, rows), what + " rstd");
+    expect_same(rm, default_tolerance(DType::kF32, rows, 2.0), what + " running_mean");
+    expect_same(rv, default_tolerance(DType::kF32, rows, 4.0), what + " running_var");
+
+    Pair ye = outputs(dt(), rows, cols);
+    run([&](Backend& be, bool r) {
+      return be.batchnorm_forward_eval(pick(x, r), pick(g, r), pick(b, r), pick(rm, r),
+                                       pick(rv, r), pick(ye, r), 1e-5f);
+    });
+    expect_same(ye, default_tolerance(dt(), 1, 8.0), what + " eval y");
+  }
+}
+
+TEST_P(Conformance, BatchNormBackward) {
+  Rng rng(72);
+  for (auto [rows, cols] : kBatchNormShapes) {
+    const std::string what = "batchnorm backward " + dims(rows, cols, 0);
+    HostTensor xh = normal(dt(), rows, cols, rng, 0.5, 2.0);
+    HostTensor gh = normal(DType::kF32, 1, cols, rng, 1.0, 0.5);
+    DeviceTensor x = to_device(ref(), xh), g = to_device(ref(), gh);
+    DeviceTensor b = device_filled(ref(), DType::kF32, 1, cols, 0.0f);
+    DeviceTensor y = device_tensor(ref(), dt(), rows, cols);
+    DeviceTensor m = device_tensor(ref(), DType::kF32, 1, cols);
+    DeviceTensor rs = device_tensor(ref(), DType::kF32, 1, cols);
+    DeviceTensor rm = device_filled(ref(), DType::kF32, 1, cols, 0.0f);
+    DeviceTensor rv = device_filled(ref(), DType::kF32, 1, cols, 1.0f);
+    AMPD_ASSERT_OK(ref().batchnorm_forward_train(x, g, b, y, m, rs, rm, rv, 0.1f, 1e-5f));
+    Pair X = both(xh), G = both(gh);
+    Pair mean = both(to_host(ref(), m)), rstd = both(to_host(ref(), rs));
+    Pair dy = both(normal(dt(), rows, cols, rng));
+    Pair dx = outputs(dt(), rows, cols);
+    Pair dg = outputs(DType::kF32, 1, cols), db = outputs(DType::kF32, 1, cols);
+    run([&](Backend& be, bool r) {
+      return be.batchnorm_backward(pick(dy, r), pick(X, r), pick(G, r), pick(mean, r),
+                                   pick(rstd, r), pick(dx, r), pick(dg, r), pick(db, r));
+    });
+    // dx = gamma rstd (dy - dbeta/N - xhat dgamma/N): the column sums cancel against dy.
+    expect_same(dx, default_tolerance(dt(), rows, 4.0), what + " dx");
+    expect_same(dg, default_tolerance(DType::kF32, rows, 2.0 * std::sqrt(double(rows)) + 1),
+                what + " dgamma");
+    expect_same(db, default_tolerance(DType::kF32, rows, std::sqrt(double(rows)) + 1),
+                what + " dbeta");
+  }
+}
+
+// ---- dropout -------------------------------------------------------------------------------------
+
+// The mask must be the shared hash's, bit for bit; y = x mask / (1 - p) within ~2 ulp
+// (a fast backend may multiply by a rounded 1 / (1 - p)).
+TEST_P(Conformance, DropoutMaskBitExact) {
+  Rng rng(81);
+  for (int64_t n : {1, 7, 513, 40000}) {
+    for (float p : {0.0f, 0.1f, 0.5f, 0.9f}) {
+      for (uint64_t offset : {uint64_t{0}, uint64_t{123457}}) {
+        const std::string what = "dropout n=" + std::to_string(n) + " p=" + std::to_string(p) +
+                                 " offset=" + std::to_string(offset);
+        Pair x = both(normal(dt(), 1, n, rng));
+        Pair y = outputs(dt(), 1, n);
+        Pair mask = outputs(DType::kU8, 1, n);
+        run([&](Backend& be, bool r) {
+          return be.dropout_forward(pick(x, r), pick(y, r), pick(mask, r), p, 0xdecafbadull + n,
+                                    offset);
+        });
+        const HostTensor md = dut_host(mask), mr = ref_host(mask);
+        EXPECT_EQ(md.bytes, mr.bytes) << what << ": masks differ";
+        const Tolerance tol{default_tolerance(dt(), 1, 4.0).atol, 4.0 * default_tolerance(dt()).rtol};
+        expect_same(y, tol, what + " y");
+
+        // Backward with the (identical) reference mask.
+        Pair dy = both(normal(dt(), 1, n, rng));
+        Pair m2 = both(mr);
+        Pair dx = outputs(dt(), 1, n);
+        run([&](Backend& be, bool r) {
+          return be.dropout_backward(pick(dy, r), pick(m2, r), pick(dx, r), p);
+        });
+        expect_same(dx, tol, what + " backward");
+      }
+    }
+  }
+}
+
+// ---- losses ----------------------------------------------------------------------------------------
+
+const std::pair<int64_t, int64_t> kLossShapes[] = {{1, 1}, {7, 7}, {1, 513}, {64, 513},
+                                                    {5, 4099}};
+
+HostTensor random_labels(int64_t rows, int64_t classes, Rng& rng) {
+  HostTensor l(DType::kI32, 1, rows);
+  fill_integers(l, rng, 0, classes - 1);
+  return l;
+}
+
+// lse and loss of logits ~ N(0, 3): lse is a sum of C exponentials (<= 2 ulp each), and
+// loss = lse - x[label] cancels, so its absolute tolerance is scaled by |lse| (~16).
+TEST_P(Conformance, SoftmaxCrossEntropy) {
+  Rng rng(91);
+  for (auto [rows, cols] : kLossShapes) {
+    const std::string what = "softmax_xent " + dims(rows, cols, 0);
+    Pair logits = both(normal(dt(), rows, cols, rng, 0.0, 3.0));
+    Pair labels = both(random_labels(rows, cols, rng));
+    Pair loss = outputs(DType::kF32, 1, rows), lse = outputs(DType::kF32, 1, rows);
+    run([&](Backend& be, bool r) {
+      return be.softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r),
+                                     pick(lse, r));
+    });
+    expect_same(lse, default_tolerance(DType::kF32, cols, 16.0), what + " lse");
+    expect_same(loss, default_tolerance(DType::kF32, cols, 16.0), what + " loss");
+
+    // Backward from the reference's lse; probabilities are <= 1, times grad_scale.
+    Pair lse_in = both(ref_host(lse));
+    const float gs = 1024.0f / static_cast<float>(rows);
+    for (DType gt : {dt(), DType::kF32}) {
+      Pair d = outputs(gt, rows, cols);
+      run([&](Backend& be, bool r) {
+        return be.softmax_xent_backward(pick(logits, r), pick(labels, r), pick(lse_in, r),
+                                        pick(d, r), gs);
+      });
+      const Tolerance tol = default_tolerance(gt, 16 * cols, gs);
+      expect_same(d, tol, what + " dlogits " + std::string(dtype_name(gt)));
+    }
+    // dlogits aliasing logits.
+    run([&](Backend& be, bool r) {
+      return be.softmax_xent_backward(pick(logits, r), pick(labels, r), pick(lse_in, r),
+                                      pick(logits, r), gs);
+    });
+    expect_same(logits, default_tolerance(dt(), 16 * cols, gs), what + " dlogits in place");
+  }
+}
+
+TEST_P(Conformance, SoftmaxCrossEntropyRejectsBadLabelsBeforeWriting) {
+  Rng rng(92);
+  for (int32_t bad : {-1, 7}) {
+    Pair logits = both(normal(dt(), 3, 7, rng));
+    HostTensor lh = random_labels(3, 7, rng);
+    lh.set(2, bad);
+    Pair labels = both(lh);
+    Pair loss = inout(HostTensor::from(DType::kF32, 1, 3, {5, 5, 5}));
+    Pair lse = inout(HostTensor::from(DType::kF32, 1, 3, {6, 6, 6}));
+    for (Backend* be : {&dut(), &ref()}) {
+      const bool r = be == &ref();
+      const Status s = be->softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r),
+                                                pick(lse, r));
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << be->name() << ": " << s.to_string();
+      const Status s2 = be->softmax_xent_backward(pick(logits, r), pick(labels, r), pick(lse, r),
+                                                  pick(logits, r), 1.0f);
+      EXPECT_EQ(s2.code(), StatusCode::kInvalidArgument) << be->name() << ": " << s2.to_string();
+    }
+    expect_same(loss, kExact, "loss untouched by a rejected call");
+    expect_same(logits, kExact, "logits untouched by a rejected backward");
+  }
+}
+
+TEST_P(Conformance, MeanSquaredError) {
+  Rng rng(93);
+  for (auto [rows, cols] : kLossShapes) {
+    const std::string what = "mse " + dims(rows, cols, 0);
+    Pair pred = both(normal(dt(), rows, cols, rng));
+    Pair target = both(normal(DType::kF32, rows, cols, rng));
+    Pair loss = outputs(DType::kF32, 1, rows);
+    run([&](Backend& be, bool r) { return be.mse_forward(pick(pred, r), pick(target, r), pick(loss, r)); });
+    // Mean of C squares of ~N(0, 2): positive terms, no cancellation.
+    expect_same(loss, default_tolerance(DType::kF32, cols, 1.0), what + " loss");
+    for (DType gt : {dt(), DType::kF32}) {
+      Pair d = outputs(gt, rows, cols);
+      run([&](Backend& be, bool r) {
+        return be.mse_backward(pick(pred, r), pick(target, r), pick(d, r), 3.0f);
+      });
+      // (2 gs / C) (p - t): a subtraction and a product.
+      expect_same(d, default_tolerance(gt, 4, 6.0 / cols), what + " dpred");
+    }
+  }
+}
+
+TEST_P(Conformance, ArgmaxRowsBitExact) {
+  Rng rng(94);
+  for (auto [rows, cols] : kLossShapes) {
+    // Small integers: many ties (the first wins).
+    HostTensor xh(dt(), rows, cols);
+    fill_integers(xh, rng, -3, 3);
+    if (rows * cols > 3) {
+      xh.set(1, NAN);  // row 0 holds a NaN: it wins
+    }
+    Pair x = both(xh);
+    Pair out = outputs(DType::kI32, 1, rows);
+    run([&](Backend& be, bool r) { return be.argmax_rows(pick(x, r), pick(out, r)); });
+    expect_same(out, kExact, "argmax " + dims(rows, cols, 0));
+  }
+}
+
+// ---- mixed-precision bookkeeping ----------------------------------------------------------------
+
+// Flags identical; unflagged tensors scaled exactly like the reference (one FP32 product,
+// correctly rounded). Flagged tensors may be left partially scaled, so they are not compared.
+TEST_P(Conformance, UnscaleAndCheck) {
+  Rng rng(101);
+  const int64_t sizes[] = {1, 7, 513, 40000, 70001, 33};
+  for (float inv : {0x1p-16f, 1.0f / 3.0f, 1.0f, 0x1p100f}) {
+    std::vector<HostTensor> host;
+    for (int64_t n : sizes) host.push_back(normal(DType::kF32, 1, n, rng, 0.0, 1e3));
+    host[1].set(3, NAN);
+    host[3].set(39999, INFINITY);   // last element
+    host[4].set(65536, -INFINITY);  // in the third 32768-element span
+    host[5].set(32, 3e38);          // finite; overflows only when inv > 1
+    std::vector<Pair> g;
+    for (const HostTensor& h : host) g.push_back(both(h));
+    Pair flags = outputs(DType::kI32, 1, static_cast<int64_t>(host.size()));
+    run([&](Backend& be, bool r) {
+      std::vector<Tensor> ts;
+      for (const Pair& p : g) ts.push_back(pick(p, r));
+      return be.unscale_and_check(ts, inv, pick(flags, r));
+    });
+    const std::string what = "unscale_and_check inv=" + std::to_string(inv);
+    expect_same(flags, kExact, what + " flags");
+    const HostTensor f = ref_host(flags);
+    for (size_t t = 0; t < g.size(); ++t) {
+      if (f.get(static_cast<int64_t>(t)) == 0) {
+        expect_same(g[t], kExact, what + " tensor " + std::to_string(t));
+      }
+    }
+  }
+}
+
+TEST_P(Conformance, GlobalNorm) {
+  Rng rng(102);
+  std::vector<Pair> g;
+  for (int64_t n : {1, 7, 513, 70001}) g.push_back(both(normal(DType::kF32, 1, n, rng)));
+  Pair out = outputs(DType::kF32, 1, 1);
+  run([&](Backend& be, bool r) {
+    std::vector<Tensor> ts;
+    for (const Pair& p : g) ts.push_back(pick(p, r));
+    return be.global_norm(ts, pick(out, r));
+  });
+  // A sum of 70522 squares: FP32 accumulation allowed.
+  expect_same(out, default_tolerance(DType::kF32, 70522, 1.0), "global_norm");
+}
+
+// ---- optimizers ------------------------------------------------------------------------------------
+
+// A parameter list with awkward sizes (one spanning several 32768-element tasks of the CPU
+// backend), a bias-like slot exempt from weight decay, and (f16 / bf16 suites) a
+// low-precision working copy. Fresh gradients every step; several steps, so that the
+// optimizer state is exercised. Master weights and state are compared with a tolerance
+// that grows with the step count (each step may differ by a few FP32 ulps, and the
+// differences add up); the working copy must equal the backend's own master rounded once,
+// bit for bit, and the reference's within one ulp of its dtype.
+constexpr int64_t kParamSizes[] = {1, 7, 513, 70001};
+
+struct Slots {
+  std::vector<Pair> master, grad, s1, s2, low;
+  std::vector<float> decay_mult;
+  std::vector<ParamSlot> side(bool is_ref, bool with_s2) const {
+    std::vector<ParamSlot> v;
+    for (size_t i = 0; i < master.size(); ++i) {
+      ParamSlot p;
+      p.master = pick(master[i], is_ref);
+      p.grad = pick(grad[i], is_ref);
+      p.state1 = pick(s1[i], is_ref);
+      if (with_s2) p.state2 = pick(s2[i], is_ref);
+      if (!low.empty()) p.low_precision = pick(low[i], is_ref);
+      p.weight_decay_multiplier = decay_mult[i];
+      v.push_back(p);
+    }
+    return v;
+  }
+};
+
+TEST_P(Conformance, SgdSteps) {
+  struct Config {
+    float momentum, dampening, weight_decay;
+    bool nesterov;
+  };
+  for (const Config cfg : {Config{0, 0, 0, false}, Config{0.9f, 0, 1e-2f, false},
+                           Config{0.9f, 0, 1e-2f, true}, Config{0.5f, 0.25f, 0, false}}) {
+    Rng rng(111);
+    Slots s;
+    for (int64_t n : kParamSizes) {
+      s.master.push_back(both(normal(DType::kF32, 1, n, rng)));
+      s.grad.push_back(both(HostTensor(DType::kF32, 1, n)));
+      s.s1.push_back(both(HostTensor(DType::kF32, 1, n)));
+      s.s2.push_back(both(HostTensor(DType::kF32, 1, n)));
+      if (dt() != DType::kF32) s.low.push_back(outputs(dt(), 1, n));
+      s.decay_mult.push_back(n == 7 ? 0.0f : 1.0f);
+    }
+    for (int step = 1; step <= 5; ++step) {
+      for (size_t i = 0; i < s.grad.size(); ++i) {
+        s.grad[i] = both(normal(DType::kF32, 1, kParamSizes[i], rng));
+      }
+      SgdParams hp;
+      hp.lr = 0.1f;
+      hp.momentum = cfg.momentum;
+      hp.dampening = cfg.dampening;
+      hp.weight_decay = cfg.weight_decay;
+      hp.nesterov = cfg.nesterov;
+      hp.first_step = step == 1;
+      hp.grad_scale = 0.5f;
+      run([&](Backend& be, bool r) { return be.sgd_step(s.side(r, false), hp); });
+      const std::string what = "sgd momentum=" + std::to_string(cfg.momentum) +
+                               " nesterov=" + std::to_string(cfg.nesterov) + " step " +
+                               std::to_string(step);
+      const Tolerance tol{1e-6 * step, 1e-6 * step};
+      for (size_t i = 0; i < s.master.size(); ++i) {
+        const std::string at = what + " slot " + std::to_string(i);
+        expect_same(s.master[i], tol, at + " master");
+        if (cfg.momentum != 0) expect_same(s.s1[i], tol, at + " momentum");
+        if (!s.low.empty()) {
+          expect_same(s.low[i], default_tolerance(dt(), 1, 4.0), at + " low_precision");
+          const HostTensor w = dut_host(s.master[i]), lp = dut_host(s.low[i]);
+          std::vector<double> expected;
+          for (int64_t k = 0; k < w.numel(); ++k) expected.push_back(round_to(dt(), w.get(k)));
+          expect_close(lp, expected, kExact, at + " low_precision == round(master)");
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Conformance, AdamWSteps) {
+  Rng rng(112);
+  Slots s;
+  for (int64_t n : kParamSizes) {
+    s.master.push_back(both(normal(DType::kF32, 1, n, rng)));
+    s.grad.push_back(both(HostTensor(DType::kF32, 1, n)));
+    s.s1.push_back(both(HostTensor(DType::kF32, 1, n)));
+    s.s2.push_back(both(HostTensor(DType::kF32, 1, n)));
+    if (dt() != DType::kF32) s.low.push_back(outputs(dt(), 1, n));
+    s.decay_mult.push_back(n == 7 ? 0.0f : 1.0f);
+  }
+  for (int step = 1; step <= 5; ++step) {
+    for (size_t i = 0; i < s.grad.size(); ++i) {
+      s.grad[i] = both(normal(DType::kF32, 1, kParamSizes[i], rng, 0.0, step == 3 ? 1e-3 : 1.0));
+    }
+    AdamWParams hp;
+    hp.lr = 1e-2f;
+    hp.weight_decay = 0.1f;
+    hp.step = step;
+    hp.grad_scale = 0.5f;
+    run([&](Backend& be, bool r) { return be.adamw_step(s.side(r, true), hp); });
+    const std::string what = "adamw step " + std::to_string(step);
+    const Tolerance tol{1e-6 * step, 1e-6 * step};
+    for (size_t i = 0; i < s.master.size(); ++i) {
+      const std::string at = what + " slot " + std::to_string(i);
+      expect_same(s.master[i], tol, at + " master");
+      expect_same(s.s1[i], tol, at + " m");
+      expect_same(s.s2[i], tol, at + " v");
+      if (!s.low.empty()) {
+        expect_same(s.low[i], default_tolerance(dt(), 1, 4.0), at + " low_precision");
+        const HostTensor w = dut_host(s.master[i]), lp = dut_host(s.low[i]);
+        std::vector<double> expected;
+        for (int64_t k = 0; k < w.numel(); ++k) expected.push_back(round_to(dt(), w.get(k)));
+        expect_close(lp, expected, kExact, at + " low_precision == round(master)");
+      }
+    }
+  }
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  return std::get<0>(info.param) + "_" + std::string(dtype_name(std::get<1>(info.param)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance,
+                         ::testing::Combine(::testing::ValuesIn(backend_names()),
+                                            ::testing::Values(DType::kF32, DType::kF16,
+                                                              DType::kBF16)),
+                         param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(Conformance);
+
+}  // namespace
+}  // namespace ampd::test
