@@ -87,6 +87,7 @@ StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const O
   md["ampd.spec"] = job_spec_to_json(meta.spec);
   md["ampd.precision"] = meta.precision;
   md["ampd.backend"] = meta.backend;
+  if (!meta.standardization.empty()) md["ampd.standardization"] = meta.standardization;
   AMPD_RETURN_IF_ERROR(write_safetensors(path, file));
   int64_t bytes = 0;
   for (const auto& t : file.tensors) bytes += static_cast<int64_t>(t.data.size());
@@ -120,6 +121,8 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
   ck.meta.precision = prec == md.end() ? "" : prec->second;
   auto be = md.find("ampd.backend");
   ck.meta.backend = be == md.end() ? "" : be->second;
+  auto st = md.find("ampd.standardization");
+  ck.meta.standardization = st == md.end() ? "" : st->second;
   return ck;
 }
 

@@ -6,7 +6,8 @@
 //   metadata  ampd.step, ampd.applied_steps, ampd.epoch, ampd.overflow_skipped_steps,
 //             ampd.scaler (the whole loss-scaler state, JSON), ampd.rng (seed and the
 //             counter-based streams it drives), ampd.spec (the resolved job spec, JSON),
-//             ampd.precision, ampd.backend, and the checksum the writer adds.
+//             ampd.precision, ampd.backend, ampd.standardization (the feature mean and
+//             stddev a user must apply to inputs), and the checksum the writer adds.
 // Written atomically (temp file, fsync, rename); a resumed job restores everything a
 // step depends on, so resume is bit-exact on the same backend and thread count.
 #pragma once
@@ -30,6 +31,9 @@ struct CheckpointMeta {
   ampd::v1::JobSpec spec;  // resolved
   std::string precision;   // resolved: fp32 / fp16 / bf16
   std::string backend;
+  // The input standardization the model was trained with, JSON
+  // {"mean": [...], "stddev": [...]}; "" when the job does not standardize.
+  std::string standardization;
 };
 
 // Writes model + optimizer + meta to `path` atomically; returns the file size.

@@ -3,6 +3,7 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -118,6 +119,20 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
     batch_t_.resize(static_cast<size_t>(batch_size_ * mo.out_features));
   }
 
+  if (data_.standardization) {
+    auto list = [](const std::vector<float>& v) {
+      std::string out = "[";
+      char buf[32];
+      for (size_t i = 0; i < v.size(); ++i) {
+        std::snprintf(buf, sizeof buf, "%s%.9g", i ? "," : "", static_cast<double>(v[i]));
+        out += buf;
+      }
+      return out + "]";
+    };
+    standardization_json_ = "{\"mean\":" + list(data_.standardization->mean) +
+                            ",\"stddev\":" + list(data_.standardization->stddev) + "}";
+  }
+
   job_.set_id(options_.job_id);
   *job_.mutable_spec() = spec_;
   job_.set_precision(precision_);
@@ -205,6 +220,7 @@ StatusOr<std::string> Trainer::checkpoint() {
   meta.spec = spec_;
   meta.precision = precision_;
   meta.backend = backend_->name();
+  meta.standardization = standardization_json_;
   const std::string path =
       (fs::path(options_.checkpoint_dir) / ("step-" + std::to_string(step_) + ".safetensors"))
           .string();
@@ -311,6 +327,21 @@ Status Trainer::train_step(int64_t step) {
   for (size_t i = 0; i < host_flags_.size(); ++i) {
     if (host_flags_[i] != 0) bad.push_back(grad_names_[i]);
   }
+  // Clipping needs the global norm; an infinite norm (finite gradients whose squares
+  // overflow FP32) is treated like a non-finite gradient.
+  float clip = 1.0f;
+  const float max_norm = spec_.optimizer().grad_clip_norm();
+  if (bad.empty() && max_norm > 0) {
+    AMPD_RETURN_IF_ERROR(backend_->global_norm(grads_, norm_.view(DType::kF32, 1, 1)));
+    float norm = 0;
+    AMPD_RETURN_IF_ERROR(backend_->download(&norm, norm_.view(DType::kF32, 1, 1)));
+    if (!std::isfinite(norm)) {
+      bad.push_back("global gradient norm");
+    } else {
+      // torch.nn.utils.clip_grad_norm_: factor = max_norm / (norm + 1e-6), capped at 1.
+      clip = std::min(1.0f, max_norm / (norm + 1e-6f));
+    }
+  }
   const LossScaler::Decision dec = scaler_->update(!bad.empty());
   if (dec.skip_step) {
     job_.set_overflow_skipped_steps(job_.overflow_skipped_steps() + 1);
@@ -323,15 +354,6 @@ Status Trainer::train_step(int64_t step) {
     emit(std::move(e));
     if (dec.failure) return FailedPrecondition(*dec.failure);
   } else {
-    float clip = 1.0f;
-    const float max_norm = spec_.optimizer().grad_clip_norm();
-    if (max_norm > 0) {
-      AMPD_RETURN_IF_ERROR(backend_->global_norm(grads_, norm_.view(DType::kF32, 1, 1)));
-      float norm = 0;
-      AMPD_RETURN_IF_ERROR(backend_->download(&norm, norm_.view(DType::kF32, 1, 1)));
-      // torch.nn.utils.clip_grad_norm_: factor = max_norm / (norm + 1e-6), capped at 1.
-      clip = std::min(1.0f, max_norm / (norm + 1e-6f));
-    }
     last_lr_ = schedule_->lr(optimizer_->applied_steps());
     AMPD_RETURN_IF_ERROR(optimizer_->step(last_lr_, clip));
   }

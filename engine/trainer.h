@@ -59,6 +59,7 @@ class Trainer {
 
   const ampd::v1::Job& job() const { return job_; }
   Model& model() { return *model_; }
+  const Model& model() const { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
   LossScaler& scaler() { return *scaler_; }
   const DataSplit& data() const { return data_; }
@@ -89,6 +90,7 @@ class Trainer {
   ampd::v1::JobSpec spec_;
   ampd::v1::Job job_;
   std::string precision_;
+  std::string standardization_json_;
   DataSplit data_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Optimizer> optimizer_;

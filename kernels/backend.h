@@ -14,6 +14,15 @@
 //     and rstd, losses, log-sum-exp) are FP32 tensors. Optimizer state and master
 //     weights are FP32.
 //
+//   * Edge cases every backend follows (the reference backend defines them):
+//     beta == 0 in matmul and bias_grad means the old output is not read (a NaN there
+//     does not spread, as in BLAS); ReLU passes NaN forward and its backward selects
+//     dx = x > 0 ? dy : 0 (derivative 0 at 0, as PyTorch); dropout multiplies literally
+//     (a dropped inf gives NaN, as PyTorch); argmax treats NaN as the largest value
+//     (first wins); labels out of range are InvalidArgument naming labels[i] with the
+//     outputs untouched; fill() of integer tensors rounds to nearest and saturates; the
+//     optimizers' low-precision copy equals cast(master) bit for bit.
+//
 // Three implementations: ReferenceBackend (plain C++, FP64 accumulation, the oracle),
 // CpuBackend (oneDNN), and the CUDA plugin (cuBLASLt + own kernels).
 #pragma once
@@ -230,7 +239,9 @@ class Backend {
   // partially scaled (they are about to be discarded).
   Status unscale_and_check(std::span<const Tensor> grads, float inv_scale,
                            const Tensor& found_nonfinite);
-  // out (F32 1 x 1) = sqrt(sum over all tensors of sum g^2), accumulated in FP32.
+  // out (F32 1 x 1) = sqrt(sum over all tensors of sum g^2): squares summed in FP32
+  // lanes, partial sums combined in FP64 (the reference is FP64 throughout). A norm
+  // that does not fit FP32 comes out inf; the trainer then skips the step.
   Status global_norm(std::span<const Tensor> grads, const Tensor& out);
 
   // -- optimizers on FP32 master weights; each rewrites its low-precision copy.

@@ -8,9 +8,11 @@
 //     only values above 0x1.fep127 (after rounding) overflow.
 //   * FP16 / BF16 -> FP32 is exact (both are subsets of FP32).
 //   * NaN stays NaN in every direction and always comes out quiet: the payload bits
-//     that fit are kept and the quiet bit is set. This matches what x86 F16C
-//     (vcvtps2ph / vcvtph2ps) and AVX-512 BF16 (vcvtne2ps2bf16) do, so the vectorized
-//     bulk conversions in convert.h are bit-identical to these scalar ones.
+//     that fit are kept and the quiet bit is set, which is what x86 F16C
+//     (vcvtps2ph / vcvtph2ps) and AVX-512 BF16 (vcvtneps2bf16) do with NaNs.
+//     F16C also matches these functions on subnormals (it ignores MXCSR DAZ/FTZ), but
+//     vcvtneps2bf16 treats FP32 subnormal inputs as zero: convert.cc redoes those lanes
+//     with the integer rounding below, so the bulk conversions stay bit-identical.
 //
 // Header-only and constexpr so that the CUDA plugin, the reference backend and the
 // tests can all use the same definition.

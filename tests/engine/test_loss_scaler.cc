@@ -23,10 +23,10 @@ LossScaler::Options dynamic(double init = 65536, int64_t interval = 2000, int32_
 
 // torch/csrc/.../AmpKernels: _amp_update_scale_cpu_ transcribed (float scale, int tracker).
 struct TorchGradScaler {
-  float scale;
+  float scale = 0;
+  int interval = 0;
   int growth_tracker = 0;
   float growth = 2.0f, backoff = 0.5f;
-  int interval;
   void update(bool found_inf) {
     if (found_inf) {
       scale *= backoff;
@@ -71,8 +71,7 @@ TEST(LossScaler, HandWrittenTraceOfPyTorchRule) {
 TEST(LossScaler, MatchesTorchOnRandomOverflowSequence) {
   // No cap and a floor far below anything reached: exactly PyTorch's rule.
   LossScaler s(dynamic(65536, 7, 1, 1e-30, 1e300));
-  TorchGradScaler t{65536.0f};
-  t.interval = 7;
+  TorchGradScaler t{.scale = 65536.0f, .interval = 7};
   std::mt19937 rng(3);
   std::bernoulli_distribution overflow(0.1);
   for (int i = 0; i < 5000; ++i) {

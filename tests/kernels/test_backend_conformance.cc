@@ -24,6 +24,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <ostream>
 #include <memory>
 #include <source_location>
 #include <string>
@@ -37,6 +38,11 @@
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
 #endif
+
+namespace ampd {
+// Readable dtypes in gtest's messages ("GetParam() = (cpu, bf16)").
+inline void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
+}  // namespace ampd
 
 namespace ampd::test {
 namespace {
@@ -299,7 +305,10 @@ TEST_P(Conformance, MatmulEmptyReduction) {
   Pair c = inout(normal(dt(), 5, 9, rng));
   Pair bias = both(normal(DType::kF32, 1, 9, rng));
   run([&](Backend& be, bool r) {
-    MatmulArgs args{pick(a, r), pick(b, r), pick(c, r)};
+    MatmulArgs args;
+    args.a = pick(a, r);
+    args.b = pick(b, r);
+    args.c = pick(c, r);
     args.beta = 0.5f;
     args.bias = pick(bias, r);
     return be.matmul(args);
@@ -385,10 +394,12 @@ Tolerance activation_tolerance(Activation act, DType t) {
   return tol;
 }
 
+// N(0, 3) with zeros, tiny and large values, infinities and NaN mixed in.
 HostTensor activation_input(DType t, int64_t n, Rng& rng) {
   HostTensor x = normal(t, 1, n, rng, 0.0, 3.0);
-  const double specials[] = {0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0};
-  for (int64_t i = 0; i < n && i < 8; ++i) x.set(i * 5 % n, specials[i]);
+  const double specials[] = {0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0,
+                             NAN, INFINITY, -INFINITY};
+  for (int64_t i = 0; i < n && i < 11; ++i) x.set(i * 5 % n, specials[i]);
   return x;
 }
 

@@ -3,8 +3,10 @@
 //
 // API
 // ---
-// Random numbers (deterministic on every platform and standard library: only
-// std::mt19937_64's raw output is used, the distributions are written out here):
+// Random numbers (the same on every standard library: only std::mt19937_64's raw output
+// is used, the distributions are written out here; normal() goes through libm's log/cos,
+// whose last-bit differences between platforms vanish when values are rounded to a dtype
+// or snapped to a grid):
 //   Rng rng(seed);  rng.uniform(lo, hi);  rng.normal(mean, stddev);  rng.integer(lo, hi)
 //
 // Host tensors:
@@ -65,6 +67,8 @@
 //     errs by <= 2^-24 of the running partial sum. The worst case bound (K-1) 2^-24 sum|t|
 //     is far too pessimistic for tests; rounding errors of random data behave like a
 //     random walk, so the typical error is ~sqrt(K) 2^-24 sum|t|; 4x covers the tails.
+//     The term enters rtol (relative to |result|, right when the sum does not cancel)
+//     and, through atol, relative to `magnitude` (for sums that do cancel).
 //     Transcendentals in FP32 (expf, erff, tanhf; a few ulp) fit in the same term.
 //   * atol. Relative error is meaningless for results that cancel to ~0 (a dot product of
 //     random vectors, a normalized value near the mean), whose absolute error is set by
