@@ -28,6 +28,8 @@ std::string to_json_line(const google::protobuf::Message& message) {
   std::string json;
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
+  // Zero counts are information ("overflow_skipped_steps": "0"): print every field.
+  opts.always_print_primitive_fields = true;
   (void)google::protobuf::util::MessageToJsonString(message, &json, opts);
   return json;
 }
