@@ -20,6 +20,11 @@ class ProgressView {
   // The closing block: state, metrics, loss scale, skipped steps, checkpoint.
   void print_summary(const ampd::v1::Job& job);
 
+  // A line of text above the bar (the bar is redrawn below it): reconnect notices.
+  void message(const std::string& text) { line(text); }
+  // Erases the bar, leaving the cursor at the start of an empty line (before exiting early).
+  void finish_line() { clear_line(); }
+
   static std::string format_duration(double seconds);  // "1:02:03", "4:05"
 
  private:

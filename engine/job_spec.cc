@@ -1,4 +1,5 @@
-// Job specs: YAML -> JSON -> protobuf, then validation with defaults.
+// Job specs: parsing (YAML -> JSON -> protobuf, in client/job_spec_io.cc, shared with ampctl),
+// then validation with defaults.
 //
 // Validation rules and defaults (field paths in proto field names; 0 / unset means "use the
 // default" where one is listed; every float and double must also be finite):
@@ -60,23 +61,17 @@
 #include "engine/job_spec.h"
 
 #include <google/protobuf/util/json_util.h>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <exception>
-#include <filesystem>
-#include <fstream>
 #include <limits>
-#include <optional>
-#include <set>
-#include <sstream>
 #include <type_traits>
+#include <utility>
 #include <vector>
+
+#include "client/job_spec_io.h"
 
 namespace ampd::engine {
 namespace {
@@ -93,12 +88,6 @@ using ampd::v1::ModelSpec;
 using ampd::v1::OptimizerSpec;
 using ampd::v1::TrainingSpec;
 
-// A job spec is a few kilobytes (256 layers fit in ~10 KB); refuse anything absurd before
-// handing it to a parser.
-constexpr size_t kMaxSpecBytes = 1 << 20;
-// JobSpec nests 5 levels deep (model.layers[i].linear.out_features); anything much deeper
-// is not a job spec.
-constexpr int kMaxYamlDepth = 32;
 // At most this many errors are listed; the count line still gives the total.
 constexpr size_t kMaxListedErrors = 50;
 
@@ -137,297 +126,24 @@ std::string Quote(std::string_view s) {
   return out + "'";
 }
 
-void AppendJsonString(std::string_view s, std::string* out) {
-  out->push_back('"');
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          *out += buf;
-        } else {
-          out->push_back(ch);
-        }
-    }
-  }
-  out->push_back('"');
-}
-
 // Number of UTF-8 code points (bytes that do not continue a sequence).
 size_t Utf8Length(std::string_view s) {
   return static_cast<size_t>(std::count_if(
       s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
 
-std::string_view StripBom(std::string_view text) {
-  if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
-  return text;
-}
-
-std::string_view LeadingSpaceStripped(std::string_view text) {
-  size_t i = text.find_first_not_of(" \t\r\n");
-  return i == std::string_view::npos ? std::string_view() : text.substr(i);
-}
-
 // ---------------------------------------------------------------------------------------
-// YAML -> JSON
+// Parsing: client/job_spec_io (shared with ampctl) does it; its errors become Status here.
 // ---------------------------------------------------------------------------------------
 
-bool AllDigits(std::string_view s, int base) {
-  if (s.empty()) return false;
-  for (char c : s) {
-    bool ok = base == 16 ? std::isxdigit(static_cast<unsigned char>(c)) != 0
-                         : (c >= '0' && c < static_cast<char>('0' + base));
-    if (!ok) return false;
+StatusOr<JobSpec> FromSpecIo(spec_io::ParseResult r) {
+  switch (r.error) {
+    case spec_io::ErrorKind::kNone: return std::move(r.spec);
+    case spec_io::ErrorKind::kNotFound: return NotFound(std::move(r.message));
+    case spec_io::ErrorKind::kInvalid: return InvalidArgument(std::move(r.message));
+    case spec_io::ErrorKind::kInternal: break;
   }
-  return true;
-}
-
-std::string StripLeadingZeros(std::string_view digits) {
-  size_t i = digits.find_first_not_of('0');
-  return i == std::string_view::npos ? "0" : std::string(digits.substr(i));
-}
-
-// A YAML 1.2 core-schema number as JSON text, or nullopt when `s` is not one. Decimal forms
-// are rewritten textually (no rounding): "+1." -> "1", ".5" -> "0.5", "007" -> "7".
-// 0x / 0o integers become decimal (or a string that protobuf will reject, past 2^64);
-// .inf / .nan become the strings protobuf's JSON mapping accepts for float fields.
-std::optional<std::string> YamlNumberToJson(std::string_view s) {
-  if (s == ".nan" || s == ".NaN" || s == ".NAN") return std::string("\"NaN\"");
-  std::string_view body = s;
-  bool negative = false;
-  if (!body.empty() && (body[0] == '+' || body[0] == '-')) {
-    negative = body[0] == '-';
-    body.remove_prefix(1);
-  }
-  if (body == ".inf" || body == ".Inf" || body == ".INF") {
-    return std::string(negative ? "\"-Infinity\"" : "\"Infinity\"");
-  }
-  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'o')) {
-    int base = s[1] == 'x' ? 16 : 8;
-    std::string_view digits = s.substr(2);
-    if (!AllDigits(digits, base)) return std::nullopt;
-    uint64_t v = 0;
-    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
-    if (ec != std::errc() || ptr != digits.data() + digits.size()) {
-      std::string quoted;
-      AppendJsonString(s, &quoted);
-      return quoted;
-    }
-    return std::to_string(v);
-  }
-  // [0-9]* ( . [0-9]* )? ( [eE] [-+]? [0-9]+ )?, with at least one mantissa digit.
-  size_t i = 0;
-  while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
-  std::string_view int_part = body.substr(0, i);
-  std::string_view frac_part;
-  if (i < body.size() && body[i] == '.') {
-    size_t start = ++i;
-    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
-    frac_part = body.substr(start, i - start);
-  }
-  if (int_part.empty() && frac_part.empty()) return std::nullopt;
-  std::string exponent;
-  if (i < body.size() && (body[i] == 'e' || body[i] == 'E')) {
-    ++i;
-    exponent = "e";
-    if (i < body.size() && (body[i] == '+' || body[i] == '-')) exponent += body[i++];
-    size_t start = i;
-    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
-    if (i == start) return std::nullopt;
-    exponent += body.substr(start, i - start);
-  }
-  if (i != body.size()) return std::nullopt;
-  std::string out = negative ? "-" : "";
-  out += StripLeadingZeros(int_part);
-  if (!frac_part.empty()) {
-    out += '.';
-    out += frac_part;
-  }
-  return out + exponent;
-}
-
-// YAML 1.2 core schema booleans (not 1.1's yes/no/on/off).
-std::optional<bool> YamlBool(std::string_view s) {
-  if (s == "true" || s == "True" || s == "TRUE") return true;
-  if (s == "false" || s == "False" || s == "FALSE") return false;
-  return std::nullopt;
-}
-
-std::string AtMark(const YAML::Mark& mark) {
-  if (mark.is_null()) return "";
-  return "line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) +
-         ": ";
-}
-
-// The field a JSON key names: protobuf accepts the proto name and the lowerCamel JSON name.
-const pb::FieldDescriptor* FindField(const pb::Descriptor* message, const std::string& key) {
-  for (int i = 0; i < message->field_count(); ++i) {
-    const pb::FieldDescriptor* f = message->field(i);
-    if (f->name() == key || f->json_name() == key) return f;
-  }
-  return nullptr;
-}
-
-// Writes a YAML node as JSON text. The JobSpec descriptor is consulted where YAML leaves
-// the type open: a plain scalar given to a string field stays a string (`name: 2024`), and
-// an empty value given to a message field is that message with its defaults (`- relu:`,
-// `digits:`). Unknown keys pass through for protobuf to report.
-class YamlToJson {
- public:
-  // What the node is the value of: a message (the top level, a message field or one
-  // element of a repeated message field), a scalar field, or nothing known.
-  struct Context {
-    const pb::Descriptor* message = nullptr;
-    const pb::FieldDescriptor* field = nullptr;
-    bool element = false;  // one element of the repeated `field`
-  };
-
-  Status Convert(const YAML::Node& node, const Context& ctx, int depth) {
-    if (depth > kMaxYamlDepth) {
-      return Error(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
-    }
-    switch (node.Type()) {
-      case YAML::NodeType::Undefined: return Error(node, "undefined YAML node");
-      case YAML::NodeType::Null: {
-        bool whole_list = ctx.field != nullptr && ctx.field->is_repeated() && !ctx.element;
-        out_ += ctx.message != nullptr && !whole_list ? "{}" : "null";
-        return Status::Ok();
-      }
-      case YAML::NodeType::Scalar: return ConvertScalar(node, ctx);
-      case YAML::NodeType::Sequence: {
-        Context element = ctx;
-        element.element = true;
-        out_ += '[';
-        bool first = true;
-        for (const YAML::Node& item : node) {
-          if (!first) out_ += ',';
-          first = false;
-          AMPD_RETURN_IF_ERROR(Convert(item, element, depth + 1));
-        }
-        out_ += ']';
-        return Status::Ok();
-      }
-      case YAML::NodeType::Map: {
-        out_ += '{';
-        std::set<std::string> seen;
-        bool first = true;
-        for (const auto& kv : node) {
-          const YAML::Node& key = kv.first;
-          if (!key.IsScalar()) return Error(key, "mapping keys must be field names");
-          const std::string& name = key.Scalar();
-          if (!seen.insert(name).second) return Error(key, "duplicate key " + Quote(name));
-          Context child;
-          if (ctx.message != nullptr) {
-            child.field = FindField(ctx.message, name);
-            if (child.field != nullptr) child.message = child.field->message_type();
-          }
-          if (!first) out_ += ',';
-          first = false;
-          AppendJsonString(name, &out_);
-          out_ += ':';
-          AMPD_RETURN_IF_ERROR(Convert(kv.second, child, depth + 1));
-        }
-        out_ += '}';
-        return Status::Ok();
-      }
-    }
-    return Error(node, "unexpected YAML node");
-  }
-
-  const std::string& json() const { return out_; }
-
- private:
-  static Status Error(const YAML::Node& node, const std::string& what) {
-    return InvalidArgument("job spec: " + AtMark(node.Mark()) + what);
-  }
-
-  Status ConvertScalar(const YAML::Node& node, const Context& ctx) {
-    static const std::string kCore = "tag:yaml.org,2002:";
-    const std::string& tag = node.Tag();
-    const std::string& text = node.Scalar();
-    // "!" marks a quoted or block scalar: always a string.
-    if (tag == "!" || tag == kCore + "str") {
-      AppendJsonString(text, &out_);
-      return Status::Ok();
-    }
-    bool plain = tag == "?" || tag.empty();
-    if (plain && ctx.field != nullptr && ctx.field->type() == pb::FieldDescriptor::TYPE_STRING) {
-      AppendJsonString(text, &out_);
-      return Status::Ok();
-    }
-    if (plain || tag == kCore + "bool") {
-      if (std::optional<bool> b = YamlBool(text)) {
-        out_ += *b ? "true" : "false";
-        return Status::Ok();
-      }
-      if (!plain) return Error(node, Quote(text) + " is not a boolean (true or false)");
-    }
-    if (plain || tag == kCore + "int" || tag == kCore + "float") {
-      if (std::optional<std::string> number = YamlNumberToJson(text)) {
-        out_ += *number;
-        return Status::Ok();
-      }
-      if (!plain) return Error(node, Quote(text) + " is not a number");
-    }
-    if (plain) {
-      AppendJsonString(text, &out_);
-      return Status::Ok();
-    }
-    if (tag == kCore + "null") {
-      out_ += "null";
-      return Status::Ok();
-    }
-    return Error(node, "unsupported YAML tag " + Quote(tag));
-  }
-
-  std::string out_;
-};
-
-// YAML syntax only: the documents, or the parser's error with its line and column.
-StatusOr<std::vector<YAML::Node>> LoadYaml(std::string_view text) {
-  try {
-    return YAML::LoadAll(std::string(text));
-  } catch (const YAML::Exception& e) {
-    return InvalidArgument("job spec: YAML syntax error at " + AtMark(e.mark) + e.msg);
-  }
-}
-
-StatusOr<std::string> YamlDocumentsToJson(const std::vector<YAML::Node>& docs) {
-  if (docs.size() > 1) {
-    return InvalidArgument("job spec: expected one YAML document, found " +
-                           std::to_string(docs.size()));
-  }
-  if (docs.empty() || docs[0].IsNull()) return InvalidArgument("job spec: empty document");
-  if (!docs[0].IsMap()) {
-    return InvalidArgument("job spec: " + AtMark(docs[0].Mark()) +
-                           "expected a mapping of JobSpec fields at the top level");
-  }
-  YamlToJson converter;
-  YamlToJson::Context top;
-  top.message = JobSpec::descriptor();
-  AMPD_RETURN_IF_ERROR(converter.Convert(docs[0], top, 0));
-  return converter.json();
-}
-
-StatusOr<JobSpec> ParseJson(std::string_view json) {
-  JobSpec spec;
-  pb::util::JsonParseOptions options;
-  options.ignore_unknown_fields = false;
-  pb::util::Status status =
-      pb::util::JsonStringToMessage(pb::StringPiece(json.data(), json.size()), &spec, options);
-  if (!status.ok()) {
-    pb::StringPiece message = status.message();
-    return InvalidArgument("job spec: " + std::string(message.data(), message.size()));
-  }
-  return spec;
+  return Internal(std::move(r.message));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -799,68 +515,11 @@ int64_t AssumedInputWidth(const JobSpec& spec) {
 // ---------------------------------------------------------------------------------------
 
 StatusOr<JobSpec> parse_job_spec(std::string_view text, std::string_view format) {
-  if (text.size() > kMaxSpecBytes) {
-    return InvalidArgument("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
-                           std::to_string(text.size()) + ")");
-  }
-  if (format != "" && format != "yaml" && format != "json") {
-    return InvalidArgument("job spec: format must be yaml, json or empty (guess), got " +
-                           Quote(format));
-  }
-  text = StripBom(text);
-  std::string_view body = LeadingSpaceStripped(text);
-  if (body.empty()) return InvalidArgument("job spec: empty document");
-  try {
-    if (format == "json") return ParseJson(text);
-    std::optional<Status> json_error;
-    if (format.empty() && body[0] == '{') {
-      // Most likely JSON; but a YAML flow mapping starts with '{' too. When protobuf rejects
-      // the text and it is YAML, the YAML reading's result (or error) is the one that
-      // speaks to what was written; when it is not YAML either, protobuf's error is.
-      StatusOr<JobSpec> json = ParseJson(text);
-      if (json.ok()) return json;
-      json_error = json.status();
-    }
-    StatusOr<std::vector<YAML::Node>> docs = LoadYaml(text);
-    if (!docs.ok()) return json_error.value_or(docs.status());
-    AMPD_ASSIGN_OR_RETURN(std::string converted, YamlDocumentsToJson(docs.value()));
-    return ParseJson(converted);
-  } catch (const std::exception& e) {
-    return InvalidArgument(std::string("job spec: ") + e.what());
-  } catch (...) {
-    return Internal("job spec: unknown exception while parsing");
-  }
+  return FromSpecIo(spec_io::parse_job_spec_text(text, format));
 }
 
 StatusOr<JobSpec> load_job_spec_file(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::file_status st = fs::status(path, ec);
-  if (st.type() == fs::file_type::not_found) return NotFound(path + ": no such file");
-  if (ec) return InvalidArgument(path + ": cannot read: " + ec.message());
-  if (st.type() == fs::file_type::directory) return InvalidArgument(path + ": is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgument(path + ": cannot open: " + std::strerror(errno));
-  std::string text;
-  char buf[65536];
-  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
-    text.append(buf, static_cast<size_t>(in.gcount()));
-    if (text.size() > kMaxSpecBytes) {
-      return InvalidArgument(path + ": job spec larger than " + std::to_string(kMaxSpecBytes) +
-                             " bytes");
-    }
-  }
-  if (in.bad()) return InvalidArgument(path + ": read error");
-
-  std::string ext = fs::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-  std::string_view format = ext == ".json"                      ? "json"
-                            : (ext == ".yaml" || ext == ".yml") ? "yaml"
-                                                                : "";
-  StatusOr<JobSpec> spec = parse_job_spec(text, format);
-  if (!spec.ok()) return spec.status().with_context(path);
-  return spec;
+  return FromSpecIo(spec_io::read_job_spec_file(path));
 }
 
 StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {

@@ -15,10 +15,12 @@ PACKAGES=(
   # metrics, CPU kernels, persistence, config and command line
   prometheus-cpp-dev libdnnl-dev libsqlite3-dev libyaml-cpp-dev libcli11-dev
   nlohmann-json3-dev zlib1g-dev
+  # SHA-256 of uploads (libcrypto), in ampctl and the server
+  libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python side of the tests (reference numerics, Python client, checkpoint reader)
-  python3 python3-venv python3-pip python3-numpy python3-grpcio
+  python3 python3-venv python3-pip python3-numpy python3-grpcio python3-protobuf python3-yaml
   # integration tests: a real Prometheus server and promtool
   prometheus
 )

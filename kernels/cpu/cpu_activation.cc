@@ -42,8 +42,7 @@ dnnl::algorithm eltwise_alg(Activation act) {
                                   : dnnl::algorithm::eltwise_tanh;
 }
 
-EltwisePlan& eltwise_plan(CpuState& s, dnnl::algorithm alg, EltwiseDir dir, DType t,
-                          int64_t n) {
+EltwisePlan& eltwise_plan(CpuState& s, dnnl::algorithm alg, EltwiseDir dir, DType t, int64_t n) {
   const EltwiseKey key{static_cast<int>(alg), dir, t, n};
   if (EltwisePlan* p = s.eltwise_plans.find(key)) return *p;
   EltwisePlan plan;
@@ -56,8 +55,8 @@ EltwisePlan& eltwise_plan(CpuState& s, dnnl::algorithm alg, EltwiseDir dir, DTyp
     plan.primitive = dnnl::eltwise_forward(fwd);
     plan.scratchpad = fwd.scratchpad_desc();
   } else {
-    const dnnl::eltwise_backward::primitive_desc bwd({alg, plan.md, plan.md, 0.0f, 0.0f},
-                                                     attr, s.engine, fwd);
+    const dnnl::eltwise_backward::primitive_desc bwd({alg, plan.md, plan.md, 0.0f, 0.0f}, attr,
+                                                     s.engine, fwd);
     plan.primitive = dnnl::eltwise_backward(bwd);
     plan.scratchpad = bwd.scratchpad_desc();
   }
@@ -109,13 +108,13 @@ Status eltwise(CpuState& s, Activation act, EltwiseDir dir, const Tensor& x, con
     const int64_t len = std::min(kEltPiece, n - off);
     const float* xv = widened(x, off, len, s.x32.get(static_cast<size_t>(len)));
     const float* dyv = dy ? widened(*dy, off, len, s.dy32.get(static_cast<size_t>(len))) : nullptr;
-    float* o = out.dtype == DType::kF32 ? out.as<float>() + off
-                                        : s.out32.get(static_cast<size_t>(len));
+    float* o =
+        out.dtype == DType::kF32 ? out.as<float>() + off : s.out32.get(static_cast<size_t>(len));
     run_eltwise(s, alg, dir, DType::kF32, len, xv, dyv, o);
     if (out.dtype != DType::kF32) {
       cpu_detail::parallel_blocks(len, [&](int64_t b, int64_t e) {
-        convert(o + b, DType::kF32, cpu_detail::byte_at(out.data, out.dtype, off + b),
-                out.dtype, static_cast<size_t>(e - b));
+        convert(o + b, DType::kF32, cpu_detail::byte_at(out.data, out.dtype, off + b), out.dtype,
+                static_cast<size_t>(e - b));
       });
     }
   }
@@ -149,7 +148,10 @@ void relu_backward_loop(const Tensor& x, const T* dy, T* dx, int64_t n) {
     float buf[kBlock];
     const float* xv = cpu_detail::load_f32(x, b, e - b, buf);
 #pragma omp simd
-    for (int64_t i = 0; i < e - b; ++i) dx[b + i] = xv[i] > 0.0f ? dy[b + i] : T{0};
+    for (int64_t i = 0; i < e - b; ++i) {
+      const T d = dy[b + i];  // loaded unconditionally, so the select vectorizes
+      dx[b + i] = xv[i] > 0.0f ? d : T{0};
+    }
   });
 }
 

@@ -91,11 +91,10 @@ class CpuBackend final : public Backend {
                               uint64_t seed, uint64_t offset) override;
   Status dropout_backward_impl(const Tensor& dy, const Tensor& mask, const Tensor& dx,
                                float p) override;
-  Status softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
-                                   const Tensor& loss, const Tensor& lse) override;
-  Status softmax_xent_backward_impl(const Tensor& logits, const Tensor& labels,
-                                    const Tensor& lse, const Tensor& dlogits,
-                                    float grad_scale) override;
+  Status softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels, const Tensor& loss,
+                                   const Tensor& lse) override;
+  Status softmax_xent_backward_impl(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                                    const Tensor& dlogits, float grad_scale) override;
   Status mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) override;
   Status mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
                            float grad_scale) override;

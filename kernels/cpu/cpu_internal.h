@@ -10,9 +10,10 @@
 // with the same conversions (round to nearest even). load_f32 / out_f32 / store_f32 below
 // hide the difference.
 //
-// Parallelism: OpenMP with static schedules. Work is cut into a fixed number of tasks
-// that depends only on the shapes (never on the thread count), and every reduction sums
-// per-task partials in task order, so results are bit-identical for any thread count.
+// Parallelism: OpenMP with static schedules. The hand-written ops cut their work into
+// tasks that depend only on the shapes (never on the thread count), and every reduction
+// sums per-task partials in task order, so their results are bit-identical for any
+// thread count. (oneDNN's matmul and eltwise are deterministic for a fixed thread count.)
 #pragma once
 
 #include <omp.h>
@@ -36,6 +37,22 @@
 
 namespace ampd::cpu_detail {
 
+// AMPD_CPU_CLONES compiles a compute-bound kernel twice, for AVX-512 (x86-64-v4) and for the
+// baseline, and picks one when the program loads (GNU ifunc). The build targets baseline
+// x86-64 (SSE2) so that one binary runs anywhere; kernels whose throughput is bound by
+// arithmetic (the dropout hash's 64-bit multiplies, exp, LayerNorm rows) gain 2-10x.
+// Memory-bound loops are left at the baseline. FMA contraction is off in the clones: they
+// round every product and sum exactly as the baseline does (only the lane count, hence
+// the order of a reduction, differs), and exact cancellations stay exact (LayerNorm's
+// dy gamma - mean(dy gamma) over a constant row is 0, not the product's rounding error
+// amplified by rstd).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AMPD_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "default"), optimize("fp-contract=off")))
+#else
+#define AMPD_CPU_CLONES
+#endif
+
 // Elements converted at a time into a stack buffer (4 KiB of FP32).
 inline constexpr int64_t kBlock = 1024;
 // Elements per parallel task of an element-wise op: below this an op runs on one thread.
@@ -45,7 +62,9 @@ inline constexpr int64_t kRowChunk = 16;
 // Columns per task of a column reduction.
 inline constexpr int64_t kColBlock = 512;
 
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+constexpr int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // ---- grow-only, 64-byte aligned scratch ---------------------------------------------
 
@@ -130,10 +149,9 @@ struct MatmulKey {
 struct MatmulKeyHash {
   size_t operator()(const MatmulKey& k) const {
     uint64_t h = 0;
-    for (uint64_t v : {uint64_t(k.m), uint64_t(k.n), uint64_t(k.k), uint64_t(k.ab),
-                       uint64_t(k.c), uint64_t(k.bias), uint64_t(k.has_bias),
-                       uint64_t(k.trans_a), uint64_t(k.trans_b), uint64_t(k.alpha_bits),
-                       uint64_t(k.beta_bits)}) {
+    for (uint64_t v : {uint64_t(k.m), uint64_t(k.n), uint64_t(k.k), uint64_t(k.ab), uint64_t(k.c),
+                       uint64_t(k.bias), uint64_t(k.has_bias), uint64_t(k.trans_a),
+                       uint64_t(k.trans_b), uint64_t(k.alpha_bits), uint64_t(k.beta_bits)}) {
       h = hash_mix(h, v);
     }
     return h;
@@ -210,8 +228,8 @@ Status guarded(const char* op, F&& f) {
   try {
     return f();
   } catch (const dnnl::error& e) {
-    return Internal(std::string("cpu ") + op + ": oneDNN error " + std::to_string(e.status) +
-                    ": " + e.what());
+    return Internal(std::string("cpu ") + op + ": oneDNN error " + std::to_string(e.status) + ": " +
+                    e.what());
   } catch (const std::bad_alloc&) {
     return ResourceExhausted(std::string("cpu ") + op + ": out of host memory for scratch");
   } catch (const std::exception& e) {
@@ -280,9 +298,10 @@ void parallel_rows_tid(int64_t rows, int64_t cols, F&& fn) {
 }
 
 // sum of f(i) for i in [0, n): FP32 SIMD lanes within blocks of kBlock terms, the block
-// sums added in FP64. The order is fixed by the code, hence deterministic.
+// sums added in FP64. The order is fixed by the code, hence deterministic. Always
+// inlined, so that inside an AMPD_CPU_CLONES kernel it is compiled for that kernel's ISA.
 template <typename F>
-double sum_blocks(int64_t n, F&& f) {
+[[gnu::always_inline]] inline double sum_blocks(int64_t n, F&& f) {
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = std::min(n, b + kBlock);
@@ -301,6 +320,26 @@ double sum_blocks(int64_t n, F&& f) {
 // partials are added in FP64, in row order, so the result does not depend on the
 // thread count.
 inline constexpr int kMaxQuantities = 2;
+
+// out[q * cols + j] = sum over rc in [0, nrc), in order, of partials[(rc * nq + q) * cols + j],
+// in FP64; parallel over column blocks.
+inline void combine_partials(const float* partials, int64_t nrc, int nq, int64_t cols,
+                             double* out) {
+  parallel_for(ceil_div(cols, kColBlock), [&](int64_t cb) {
+    const int64_t c0 = cb * kColBlock;
+    const int64_t n = std::min(kColBlock, cols - c0);
+    for (int q = 0; q < nq; ++q) {
+      double acc[kColBlock] = {};
+      for (int64_t rc = 0; rc < nrc; ++rc) {
+        const float* p = partials + (rc * nq + q) * cols + c0;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) acc[j] += p[j];
+      }
+      std::copy(acc, acc + n, out + q * cols + c0);
+    }
+  });
+}
+
 template <typename F>
 void column_sums(CpuState& s, int64_t rows, int64_t cols, int nq, double* out, F&& fn) {
   const int64_t nrc = ceil_div(rows, kRowChunk);
@@ -315,23 +354,10 @@ void column_sums(CpuState& s, int64_t rows, int64_t cols, int nq, double* out, F
     const int64_t r_end = std::min(rows, (rc + 1) * kRowChunk);
     for (int64_t r = rc * kRowChunk; r < r_end; ++r) fn(r, c0, n, acc);
     for (int q = 0; q < nq; ++q) {
-      std::copy(acc + q * kColBlock, acc + q * kColBlock + n,
-                partials + (rc * nq + q) * cols + c0);
+      std::copy(acc + q * kColBlock, acc + q * kColBlock + n, partials + (rc * nq + q) * cols + c0);
     }
   });
-  parallel_for(ncb, [&](int64_t cb) {
-    const int64_t c0 = cb * kColBlock;
-    const int64_t n = std::min(kColBlock, cols - c0);
-    for (int q = 0; q < nq; ++q) {
-      double acc[kColBlock] = {};
-      for (int64_t rc = 0; rc < nrc; ++rc) {
-        const float* p = partials + (rc * nq + q) * cols + c0;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) acc[j] += p[j];
-      }
-      std::copy(acc, acc + n, out + q * cols + c0);
-    }
-  });
+  combine_partials(partials, nrc, nq, cols, out);
 }
 
 // ---- FP32 views of tensors of any floating dtype -----------------------------------------

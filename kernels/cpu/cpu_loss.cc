@@ -36,12 +36,40 @@ Status check_labels(const char* op, const Tensor& labels, int64_t classes) {
   const int64_t n = labels.numel();
   for (int64_t i = 0; i < n; ++i) {
     if (l[i] < 0 || l[i] >= classes) {
-      return InvalidArgument(std::string(op) + ": labels[" + std::to_string(i) + "] = " +
-                             std::to_string(l[i]) + " is outside [0, " +
+      return InvalidArgument(std::string(op) + ": labels[" + std::to_string(i) +
+                             "] = " + std::to_string(l[i]) + " is outside [0, " +
                              std::to_string(classes) + ")");
     }
   }
   return Status::Ok();
+}
+
+// max_j x[j]. A NaN may or may not win here; it makes the sum below NaN either way.
+AMPD_CPU_CLONES float row_max(const float* x, int64_t n) {
+  float m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 1; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// sum_j e^(x[j] - shift), FP32 lanes per block of kBlock, blocks added in FP64.
+// (Written out rather than through sum_blocks, whose instantiation would not be cloned.)
+AMPD_CPU_CLONES double exp_sum(const float* x, int64_t n, float shift) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = b; j < e; ++j) s += exp_approx(x[j] - shift);
+    total += s;
+  }
+  return total;
+}
+
+// out[j] = e^(x[j] - shift); out may alias x.
+AMPD_CPU_CLONES void exp_shifted(const float* x, float* out, int64_t n, float shift) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = exp_approx(x[j] - shift);
 }
 
 }  // namespace
@@ -56,10 +84,8 @@ Status CpuBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor&
     const int32_t* label = labels.as<const int32_t>();
     cpu_detail::parallel_rows_tid(logits.rows, cols, [&](int64_t r, int tid) {
       const float* x = load_f32(logits, r * cols, cols, bufs + static_cast<size_t>(tid) * cols);
-      float m = x[0];
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 1; j < cols; ++j) m = x[j] > m ? x[j] : m;
-      const double s = sum_blocks(cols, [&](int64_t j) { return exp_approx(x[j] - m); });
+      const float m = row_max(x, cols);
+      const double s = exp_sum(x, cols, m);
       const float l = static_cast<float>(static_cast<double>(m) + std::log(s));
       lse.as<float>()[r] = l;
       loss.as<float>()[r] = l - x[label[r]];
@@ -85,19 +111,17 @@ Status CpuBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor
       const int64_t i = r * cols + c0;
       const float* x = load_f32(logits, i, n, buf);
       float* out = out_f32(dlogits, i, buf);
+      exp_shifted(x, out, n, l);
+      if (target >= c0 && target < c0 + n) out[target - c0] -= 1.0f;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const float onehot = c0 + j == target ? 1.0f : 0.0f;
-        out[j] = grad_scale * (exp_approx(x[j] - l) - onehot);
-      }
+      for (int64_t j = 0; j < n; ++j) out[j] *= grad_scale;
       store_f32(out, dlogits, i, n);
     }
   });
   return Status::Ok();
 }
 
-Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target,
-                                    const Tensor& loss) {
+Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) {
   cpu_detail::OpScope scope(*state_);
   const int64_t cols = pred.cols;
   const float* t = target.as<const float>();
@@ -118,8 +142,8 @@ Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target,
   return Status::Ok();
 }
 
-Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target,
-                                     const Tensor& dpred, float grad_scale) {
+Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
+                                     float grad_scale) {
   cpu_detail::OpScope scope(*state_);
   const float k = static_cast<float>(2.0 * grad_scale / static_cast<double>(pred.cols));
   const float* t = target.as<const float>();

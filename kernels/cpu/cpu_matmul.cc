@@ -75,8 +75,8 @@ MatmulPlan make_plan(const CpuState& s, const MatmulKey& k, float alpha, float b
   }
   attr.set_post_ops(ops);
   const bool native_bias = k.has_bias && !p.bias_as_post_op;
-  const dnnl::matmul::desc desc = native_bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c)
-                                              : dnnl::matmul::desc(p.a, p.b, p.c);
+  const dnnl::matmul::desc desc =
+      native_bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c) : dnnl::matmul::desc(p.a, p.b, p.c);
   const dnnl::matmul::primitive_desc pd(desc, attr, s.engine);
   p.scratchpad = pd.scratchpad_desc();
   p.primitive = dnnl::matmul(pd);
@@ -173,10 +173,10 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
     args.emplace(DNNL_ARG_WEIGHTS, memory(plan->b, s.engine, const_cast<void*>(b)));
     args.emplace(DNNL_ARG_DST, memory(plan->c, s.engine, c));
     if (key.has_bias) {
-      const int slot = plan->bias_as_post_op
-                           ? (DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op_index) |
-                              DNNL_ARG_SRC_1)
-                           : DNNL_ARG_BIAS;
+      const int slot =
+          plan->bias_as_post_op
+              ? (DNNL_ARG_ATTR_MULTIPLE_POST_OP(plan->bias_post_op_index) | DNNL_ARG_SRC_1)
+              : DNNL_ARG_BIAS;
       args.emplace(slot, memory(plan->bias, s.engine, const_cast<void*>(bias)));
     }
     if (const size_t bytes = plan->scratchpad.get_size(); bytes > 0) {
@@ -189,8 +189,8 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
     if (c32 != nullptr) {  // round the FP32 result once into the f16 C
       const int64_t n = m.c.numel();
       cpu_detail::parallel_blocks(n, [&](int64_t b0, int64_t e0) {
-        convert(c32 + b0, DType::kF32, cpu_detail::byte_at(m.c.data, DType::kF16, b0),
-                DType::kF16, static_cast<size_t>(e0 - b0));
+        convert(c32 + b0, DType::kF32, cpu_detail::byte_at(m.c.data, DType::kF16, b0), DType::kF16,
+                static_cast<size_t>(e0 - b0));
       });
     }
     return Status::Ok();

@@ -12,6 +12,7 @@
 // computed in FP64 and rounded once.
 //
 //   LayerNorm   y = (x - mean) * rstd * gamma + beta         (mean, var over the row)
+//               (the row kernels are compute-bound on SSE2 and have AVX-512 clones)
 //     backward  xhat = (x - mean) rstd, g = dy gamma
 //               dx = rstd (g - mean_row(g) - xhat mean_row(g xhat))
 //               dgamma = sum_rows dy xhat, dbeta = sum_rows dy
@@ -70,91 +71,107 @@ void normalize_columns(const Tensor& x, const float* mean, const float* rstd, co
 
 // ---- LayerNorm ----------------------------------------------------------------------------
 
-Status CpuBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma,
-                                          const Tensor& beta, const Tensor& y,
-                                          const Tensor& mean, const Tensor& rstd, float eps) {
+namespace {
+
+// One row of C values (FP32): mean, rstd and y = (x - mean) rstd gamma + beta.
+AMPD_CPU_CLONES void layernorm_row(const float* x, const float* gamma, const float* beta, float* y,
+                                   int64_t cols, float eps, float* mean_out, float* rstd_out) {
+  const float mu = static_cast<float>(sum_blocks(cols, [&](int64_t j) { return x[j]; }) / cols);
+  const double var = sum_blocks(cols,
+                                [&](int64_t j) {
+                                  const float d = x[j] - mu;
+                                  return d * d;
+                                }) /
+                     cols;
+  const float rs = rstd_of(var, eps);
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) y[j] = (x[j] - mu) * rs * gamma[j] + beta[j];
+  *mean_out = mu;
+  *rstd_out = rs;
+}
+
+// One row of the backward pass: dgamma / dbeta contributions added to acc_g / acc_b, then
+// dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy gamma. dx may alias dy (the
+// contributions are taken first, and each dx[j] is written after every read of dy).
+AMPD_CPU_CLONES void layernorm_row_backward(const float* x, const float* dy, const float* gamma,
+                                            float mu, float rs, float* dx, float* acc_g,
+                                            float* acc_b, int64_t cols) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    acc_g[j] += dy[j] * ((x[j] - mu) * rs);
+    acc_b[j] += dy[j];
+  }
+  const float mean_g =
+      static_cast<float>(sum_blocks(cols, [&](int64_t j) { return dy[j] * gamma[j]; }) / cols);
+  const float mean_gx = static_cast<float>(
+      sum_blocks(cols, [&](int64_t j) { return dy[j] * gamma[j] * ((x[j] - mu) * rs); }) / cols);
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    const float xhat = (x[j] - mu) * rs;
+    dx[j] = rs * (dy[j] * gamma[j] - mean_g - xhat * mean_gx);
+  }
+}
+
+}  // namespace
+
+Status CpuBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          const Tensor& y, const Tensor& mean, const Tensor& rstd,
+                                          float eps) {
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("layernorm_forward", [&]() -> Status {
     CpuState& s = *state_;
     const int64_t cols = x.cols;
     float* bufs = s.rows.get(static_cast<size_t>(s.threads * 2 * cols));
-    const float* g = gamma.as<const float>();
-    const float* b = beta.as<const float>();
     cpu_detail::parallel_rows_tid(x.rows, cols, [&](int64_t r, int tid) {
       float* xbuf = bufs + static_cast<size_t>(tid) * 2 * cols;
       float* ybuf = xbuf + cols;
       const float* xv = load_f32(x, r * cols, cols, xbuf);
-      const float mu =
-          static_cast<float>(sum_blocks(cols, [&](int64_t j) { return xv[j]; }) / cols);
-      const double var = sum_blocks(cols, [&](int64_t j) {
-                           const float d = xv[j] - mu;
-                           return d * d;
-                         }) /
-                         cols;
-      const float rs = rstd_of(var, eps);
       float* out = out_f32(y, r * cols, ybuf);
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) out[j] = (xv[j] - mu) * rs * g[j] + b[j];
+      layernorm_row(xv, gamma.as<const float>(), beta.as<const float>(), out, cols, eps,
+                    mean.as<float>() + r, rstd.as<float>() + r);
       store_f32(out, y, r * cols, cols);
-      mean.as<float>()[r] = mu;
-      rstd.as<float>()[r] = rs;
     });
     return Status::Ok();
   });
 }
 
-Status CpuBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                           const Tensor& gamma, const Tensor& mean,
-                                           const Tensor& rstd, const Tensor& dx,
+// One pass over x and dy: tasks of kRowChunk whole rows compute dx and FP32 partial sums of
+// dgamma / dbeta per task, which are then added in FP64 in task order.
+Status CpuBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                           const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                            const Tensor& dgamma, const Tensor& dbeta) {
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("layernorm_backward", [&]() -> Status {
     CpuState& s = *state_;
-    const int64_t cols = x.cols;
+    const int64_t rows = x.rows, cols = x.cols;
+    const int64_t nrc = cpu_detail::ceil_div(rows, cpu_detail::kRowChunk);
+    float* partials = s.partials.get(static_cast<size_t>(nrc * 2 * cols));  // [rc][g|b][cols]
+    float* bufs = s.rows.get(static_cast<size_t>(s.threads * 3 * cols));
     const float* mu = mean.as<const float>();
     const float* rs = rstd.as<const float>();
-    const float* g = gamma.as<const float>();
-
-    // Parameter gradients first: dx may alias dy.
-    double* sums = s.partials64.get(static_cast<size_t>(2 * cols));
-    column_sums(s, x.rows, cols, 2, sums, [&](int64_t r, int64_t c0, int64_t n, float* acc) {
-      float xbuf[kColBlock], dybuf[kColBlock];
-      const float* xv = load_f32(x, r * cols + c0, n, xbuf);
-      const float* dyv = load_f32(dy, r * cols + c0, n, dybuf);
-      const float m = mu[r], rstd_r = rs[r];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        acc[j] += dyv[j] * ((xv[j] - m) * rstd_r);
-        acc[kColBlock + j] += dyv[j];
+    cpu_detail::parallel_for_tid(nrc, [&](int64_t rc, int tid) {
+      float* xbuf = bufs + static_cast<size_t>(tid) * 3 * cols;
+      float* dybuf = xbuf + cols;
+      float* dxbuf = dybuf + cols;
+      float* acc_g = partials + rc * 2 * cols;
+      float* acc_b = acc_g + cols;
+      std::fill(acc_g, acc_g + 2 * cols, 0.0f);
+      const int64_t r_end = std::min(rows, (rc + 1) * cpu_detail::kRowChunk);
+      for (int64_t r = rc * cpu_detail::kRowChunk; r < r_end; ++r) {
+        const float* xv = load_f32(x, r * cols, cols, xbuf);
+        const float* dyv = load_f32(dy, r * cols, cols, dybuf);
+        float* out = out_f32(dx, r * cols, dxbuf);
+        layernorm_row_backward(xv, dyv, gamma.as<const float>(), mu[r], rs[r], out, acc_g, acc_b,
+                               cols);
+        store_f32(out, dx, r * cols, cols);
       }
     });
+    double* sums = s.partials64.get(static_cast<size_t>(2 * cols));
+    cpu_detail::combine_partials(partials, nrc, 2, cols, sums);
     for (int64_t j = 0; j < cols; ++j) {
       dgamma.as<float>()[j] = static_cast<float>(sums[j]);
       dbeta.as<float>()[j] = static_cast<float>(sums[cols + j]);
     }
-
-    float* bufs = s.rows.get(static_cast<size_t>(s.threads * 3 * cols));
-    cpu_detail::parallel_rows_tid(x.rows, cols, [&](int64_t r, int tid) {
-      float* xbuf = bufs + static_cast<size_t>(tid) * 3 * cols;
-      float* dybuf = xbuf + cols;
-      float* dxbuf = dybuf + cols;
-      const float* xv = load_f32(x, r * cols, cols, xbuf);
-      const float* dyv = load_f32(dy, r * cols, cols, dybuf);
-      const float m = mu[r], rstd_r = rs[r];
-      const float mean_g =
-          static_cast<float>(sum_blocks(cols, [&](int64_t j) { return dyv[j] * g[j]; }) / cols);
-      const float mean_gx = static_cast<float>(sum_blocks(cols, [&](int64_t j) {
-                                                 return dyv[j] * g[j] * ((xv[j] - m) * rstd_r);
-                                               }) /
-                                               cols);
-      float* out = out_f32(dx, r * cols, dxbuf);
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) {
-        const float xhat = (xv[j] - m) * rstd_r;
-        out[j] = rstd_r * (dyv[j] * g[j] - mean_g - xhat * mean_gx);
-      }
-      store_f32(out, dx, r * cols, cols);
-    });
     return Status::Ok();
   });
 }
@@ -221,9 +238,8 @@ Status CpuBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tensor& ga
   });
 }
 
-Status CpuBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                           const Tensor& gamma, const Tensor& mean,
-                                           const Tensor& rstd, const Tensor& dx,
+Status CpuBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                           const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                            const Tensor& dgamma, const Tensor& dbeta) {
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("batchnorm_backward", [&]() -> Status {

@@ -24,8 +24,8 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <ostream>
 #include <memory>
+#include <ostream>
 #include <source_location>
 #include <string>
 #include <tuple>
@@ -41,7 +41,9 @@
 
 namespace ampd {
 // Readable dtypes in gtest's messages ("GetParam() = (cpu, bf16)").
-inline void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
+inline void PrintTo(DType t, std::ostream* os) {
+  *os << dtype_name(t);
+}
 }  // namespace ampd
 
 namespace ampd::test {
@@ -183,8 +185,12 @@ class Conformance : public ::testing::TestWithParam<Param> {
 };
 
 // Selects the dut's or the reference's half of a Pair.
-const Tensor& pick(const Pair& p, bool is_ref) { return is_ref ? p.ref.tensor : p.dut.tensor; }
-Tensor pick_opt(const Pair* p, bool is_ref) { return p ? pick(*p, is_ref) : Tensor{}; }
+const Tensor& pick(const Pair& p, bool is_ref) {
+  return is_ref ? p.ref.tensor : p.dut.tensor;
+}
+Tensor pick_opt(const Pair* p, bool is_ref) {
+  return p ? pick(*p, is_ref) : Tensor{};
+}
 
 // ---- memory ---------------------------------------------------------------------------------
 
@@ -227,8 +233,8 @@ TEST_P(Conformance, FillRoundsOnceLikeReference) {
     for (float v : {2.5f, 3.5f, -1.0f, 300.0f, kNaN}) {
       Pair t = outputs(it, 1, 5);
       run([&](Backend& be, bool r) { return be.fill(pick(t, r), v); });
-      expect_same(t, kExact, std::string("fill ") + std::string(dtype_name(it)) + " " +
-                                 std::to_string(v));
+      expect_same(t, kExact,
+                  std::string("fill ") + std::string(dtype_name(it)) + " " + std::to_string(v));
     }
   }
 }
@@ -245,8 +251,8 @@ TEST_P(Conformance, Matmul) {
     float alpha, beta;
     int bias;  // 0 none, 1 f32, 2 C's dtype
   };
-  const Variant variants[] = {{1, 0, 0}, {0.5f, 0, 1}, {1, 1, 2},
-                              {-2, 0.25f, 1}, {1, 0, 2}, {0.75f, -1, 0}};
+  const Variant variants[] = {{1, 0, 0},      {0.5f, 0, 1}, {1, 1, 2},
+                              {-2, 0.25f, 1}, {1, 0, 2},    {0.75f, -1, 0}};
   Rng rng(21);
   int case_no = 0;
   const int64_t sizes[] = {1, 7, 64, 513};
@@ -260,11 +266,11 @@ TEST_P(Conformance, Matmul) {
           if (dt() != DType::kF32) c_types.push_back(dt());
           for (DType ct : c_types) {
             const Variant v = variants[case_no++ % 6];
-            const std::string what = "matmul " + dims(M, N, K) + " ta=" + std::to_string(ta) +
-                                     " tb=" + std::to_string(tb) + " c=" +
-                                     std::string(dtype_name(ct)) + " alpha=" +
-                                     std::to_string(v.alpha) + " beta=" + std::to_string(v.beta) +
-                                     " bias=" + std::to_string(v.bias);
+            const std::string what =
+                "matmul " + dims(M, N, K) + " ta=" + std::to_string(ta) +
+                " tb=" + std::to_string(tb) + " c=" + std::string(dtype_name(ct)) +
+                " alpha=" + std::to_string(v.alpha) + " beta=" + std::to_string(v.beta) +
+                " bias=" + std::to_string(v.bias);
             SCOPED_TRACE(what);
             Pair a = both(normal(dt(), ta ? K : M, ta ? M : K, rng));
             Pair b = both(normal(dt(), tb ? N : K, tb ? K : N, rng));
@@ -272,8 +278,8 @@ TEST_P(Conformance, Matmul) {
             Pair c = v.beta != 0 ? inout(normal(ct, M, N, rng)) : outputs(ct, M, N);
             std::unique_ptr<Pair> bias;
             if (v.bias != 0) {
-              bias = std::make_unique<Pair>(
-                  both(normal(v.bias == 1 ? DType::kF32 : ct, 1, N, rng)));
+              bias =
+                  std::make_unique<Pair>(both(normal(v.bias == 1 ? DType::kF32 : ct, 1, N, rng)));
             }
             run([&](Backend& be, bool r) {
               MatmulArgs args;
@@ -319,8 +325,9 @@ TEST_P(Conformance, MatmulEmptyReduction) {
 // Widening is exact and narrowing rounds once: bit-exact, special values included.
 TEST_P(Conformance, CastAllPairsBitExact) {
   Rng rng(31);
-  const double specials[] = {0.0, -0.0, INFINITY, -INFINITY, NAN, 65504.0, 65520.0, -65519.0,
-                             1e-8, -3e-5, 6e-8, 3e38, 1e-40, 1.0 + 0x1p-11, 1.0 + 3 * 0x1p-8};
+  const double specials[] = {0.0,     -0.0,    INFINITY, -INFINITY,     NAN,
+                             65504.0, 65520.0, -65519.0, 1e-8,          -3e-5,
+                             6e-8,    3e38,    1e-40,    1.0 + 0x1p-11, 1.0 + 3 * 0x1p-8};
   for (DType to : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (int64_t n : {1, 7, 513, 1031}) {
       HostTensor src = normal(dt(), 1, n, rng, 0.0, 100.0);
@@ -328,8 +335,7 @@ TEST_P(Conformance, CastAllPairsBitExact) {
       Pair s = both(src);
       Pair d = outputs(to, 1, n);
       run([&](Backend& be, bool r) { return be.cast(pick(s, r), pick(d, r)); });
-      expect_same(d, kExact,
-                  "cast to " + std::string(dtype_name(to)) + " n=" + std::to_string(n));
+      expect_same(d, kExact, "cast to " + std::string(dtype_name(to)) + " n=" + std::to_string(n));
     }
   }
 }
@@ -352,8 +358,8 @@ TEST_P(Conformance, BiasGrad) {
   for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 513}, {513, 7}, {100, 1031}}) {
     for (float beta : {0.0f, 0.5f}) {
       Pair dy = both(normal(dt(), rows, cols, rng));
-      Pair db = beta != 0 ? inout(normal(DType::kF32, 1, cols, rng))
-                          : outputs(DType::kF32, 1, cols);
+      Pair db =
+          beta != 0 ? inout(normal(DType::kF32, 1, cols, rng)) : outputs(DType::kF32, 1, cols);
       run([&](Backend& be, bool r) { return be.bias_grad(pick(dy, r), pick(db, r), beta); });
       // A column sum of `rows` unit normals.
       expect_same(db, default_tolerance(DType::kF32, rows, std::sqrt(double(rows)) + 1),
@@ -397,8 +403,8 @@ Tolerance activation_tolerance(Activation act, DType t) {
 // N(0, 3) with zeros, tiny and large values, infinities and NaN mixed in.
 HostTensor activation_input(DType t, int64_t n, Rng& rng) {
   HostTensor x = normal(t, 1, n, rng, 0.0, 3.0);
-  const double specials[] = {0.0, -0.0, 1e-3, -1e-3, 8.0, -8.0, 20.0, -20.0,
-                             NAN, INFINITY, -INFINITY};
+  const double specials[] = {0.0,  -0.0,  1e-3, -1e-3,    8.0,      -8.0,
+                             20.0, -20.0, NAN,  INFINITY, -INFINITY};
   for (int64_t i = 0; i < n && i < 11; ++i) x.set(i * 5 % n, specials[i]);
   return x;
 }
@@ -422,8 +428,9 @@ TEST_P(Conformance, ActivationBackward) {
     for (int64_t n : {1, 7, 513, 40000}) {
       // x in every dtype (it may differ from dy's), dy and dx in the suite's dtype.
       for (DType xt : {dt(), DType::kF32}) {
-        const std::string what = std::string(activation_name(act)) + " backward n=" +
-                                 std::to_string(n) + " x=" + std::string(dtype_name(xt));
+        const std::string what = std::string(activation_name(act)) +
+                                 " backward n=" + std::to_string(n) +
+                                 " x=" + std::string(dtype_name(xt));
         Pair x = both(activation_input(xt, n, rng));
         Pair dy = both(normal(dt(), 1, n, rng));
         Pair dx = outputs(dt(), 1, n);
@@ -445,8 +452,8 @@ TEST_P(Conformance, ActivationBackward) {
 // ---- normalization -----------------------------------------------------------------------------
 
 // Shapes: a single column (zero variance: y = beta), short and long rows, 1 and many rows.
-const std::pair<int64_t, int64_t> kNormShapes[] = {{1, 1}, {7, 1}, {1, 513}, {7, 7},
-                                                    {64, 513}, {33, 1031}};
+const std::pair<int64_t, int64_t> kNormShapes[] = {{1, 1}, {7, 1},    {1, 513},
+                                                   {7, 7}, {64, 513}, {33, 1031}};
 
 // LayerNorm statistics sum C terms; y = xhat gamma + beta with |xhat| up to ~4.
 TEST_P(Conformance, LayerNormForward) {
@@ -501,8 +508,8 @@ TEST_P(Conformance, LayerNormBackward) {
   }
 }
 
-const std::pair<int64_t, int64_t> kBatchNormShapes[] = {{2, 1}, {7, 7}, {64, 513}, {513, 7},
-                                                         {33, 1031}};
+const std::pair<int64_t, int64_t> kBatchNormShapes[] = {
+    {2, 1}, {7, 7}, {64, 513}, {513, 7}, {33, 1031}};
 
 TEST_P(Conformance, BatchNormForwardTrainAndEval) {
   Rng rng(71);
@@ -528,8 +535,8 @@ TEST_P(Conformance, BatchNormForwardTrainAndEval) {
 
     Pair ye = outputs(dt(), rows, cols);
     run([&](Backend& be, bool r) {
-      return be.batchnorm_forward_eval(pick(x, r), pick(g, r), pick(b, r), pick(rm, r),
-                                       pick(rv, r), pick(ye, r), 1e-5f);
+      return be.batchnorm_forward_eval(pick(x, r), pick(g, r), pick(b, r), pick(rm, r), pick(rv, r),
+                                       pick(ye, r), 1e-5f);
     });
     expect_same(ye, default_tolerance(dt(), 1, 8.0), what + " eval y");
   }
@@ -567,7 +574,8 @@ TEST_P(Conformance, BatchNormBackward) {
   }
 }
 
-// ---- dropout -------------------------------------------------------------------------------------
+// ---- dropout
+// -------------------------------------------------------------------------------------
 
 // The mask must be the shared hash's, bit for bit; y = x mask / (1 - p) within ~2 ulp
 // (a fast backend may multiply by a rounded 1 / (1 - p)).
@@ -587,7 +595,8 @@ TEST_P(Conformance, DropoutMaskBitExact) {
         });
         const HostTensor md = dut_host(mask), mr = ref_host(mask);
         EXPECT_EQ(md.bytes, mr.bytes) << what << ": masks differ";
-        const Tolerance tol{default_tolerance(dt(), 1, 4.0).atol, 4.0 * default_tolerance(dt()).rtol};
+        const Tolerance tol{default_tolerance(dt(), 1, 4.0).atol,
+                            4.0 * default_tolerance(dt()).rtol};
         expect_same(y, tol, what + " y");
 
         // Backward with the (identical) reference mask.
@@ -603,10 +612,10 @@ TEST_P(Conformance, DropoutMaskBitExact) {
   }
 }
 
-// ---- losses ----------------------------------------------------------------------------------------
+// ---- losses
+// ----------------------------------------------------------------------------------------
 
-const std::pair<int64_t, int64_t> kLossShapes[] = {{1, 1}, {7, 7}, {1, 513}, {64, 513},
-                                                    {5, 4099}};
+const std::pair<int64_t, int64_t> kLossShapes[] = {{1, 1}, {7, 7}, {1, 513}, {64, 513}, {5, 4099}};
 
 HostTensor random_labels(int64_t rows, int64_t classes, Rng& rng) {
   HostTensor l(DType::kI32, 1, rows);
@@ -624,8 +633,7 @@ TEST_P(Conformance, SoftmaxCrossEntropy) {
     Pair labels = both(random_labels(rows, cols, rng));
     Pair loss = outputs(DType::kF32, 1, rows), lse = outputs(DType::kF32, 1, rows);
     run([&](Backend& be, bool r) {
-      return be.softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r),
-                                     pick(lse, r));
+      return be.softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r), pick(lse, r));
     });
     expect_same(lse, default_tolerance(DType::kF32, cols, 16.0), what + " lse");
     expect_same(loss, default_tolerance(DType::kF32, cols, 16.0), what + " loss");
@@ -662,8 +670,8 @@ TEST_P(Conformance, SoftmaxCrossEntropyRejectsBadLabelsBeforeWriting) {
     Pair lse = inout(HostTensor::from(DType::kF32, 1, 3, {6, 6, 6}));
     for (Backend* be : {&dut(), &ref()}) {
       const bool r = be == &ref();
-      const Status s = be->softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r),
-                                                pick(lse, r));
+      const Status s =
+          be->softmax_xent_forward(pick(logits, r), pick(labels, r), pick(loss, r), pick(lse, r));
       EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << be->name() << ": " << s.to_string();
       const Status s2 = be->softmax_xent_backward(pick(logits, r), pick(labels, r), pick(lse, r),
                                                   pick(logits, r), 1.0f);
@@ -681,7 +689,9 @@ TEST_P(Conformance, MeanSquaredError) {
     Pair pred = both(normal(dt(), rows, cols, rng));
     Pair target = both(normal(DType::kF32, rows, cols, rng));
     Pair loss = outputs(DType::kF32, 1, rows);
-    run([&](Backend& be, bool r) { return be.mse_forward(pick(pred, r), pick(target, r), pick(loss, r)); });
+    run([&](Backend& be, bool r) {
+      return be.mse_forward(pick(pred, r), pick(target, r), pick(loss, r));
+    });
     // Mean of C squares of ~N(0, 2): positive terms, no cancellation.
     expect_same(loss, default_tolerance(DType::kF32, cols, 1.0), what + " loss");
     for (DType gt : {dt(), DType::kF32}) {
@@ -758,7 +768,8 @@ TEST_P(Conformance, GlobalNorm) {
   expect_same(out, default_tolerance(DType::kF32, 70522, 1.0), "global_norm");
 }
 
-// ---- optimizers ------------------------------------------------------------------------------------
+// ---- optimizers
+// ------------------------------------------------------------------------------------
 
 // A parameter list with awkward sizes (one spanning several 32768-element tasks of the CPU
 // backend), a bias-like slot exempt from weight decay, and (f16 / bf16 suites) a

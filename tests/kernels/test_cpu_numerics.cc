@@ -96,10 +96,11 @@ TEST(CpuNumerics, Fp16MatmulAccumulatesInFp32) {
       const double rel16 = std::fabs(f16_bits_to_f32(fp16_sum) - exact) / exact;
       worst_fp32 = std::max(worst_fp32, rel32);
       best_fp16 = std::min(best_fp16, rel16);
-      EXPECT_LE(rel32, bound) << "C[" << i << "," << j << "] = " << c.get(i, j)
-                              << ", exact " << exact;
-      EXPECT_GT(rel16, 100 * bound) << "FP16 accumulation unexpectedly accurate: "
-                                    << f16_bits_to_f32(fp16_sum) << " vs " << exact;
+      EXPECT_LE(rel32, bound) << "C[" << i << "," << j << "] = " << c.get(i, j) << ", exact "
+                              << exact;
+      EXPECT_GT(rel16, 100 * bound)
+          << "FP16 accumulation unexpectedly accurate: " << f16_bits_to_f32(fp16_sum) << " vs "
+          << exact;
       EXPECT_LE(f16_bits_to_f32(fp16_sum), 4096.0) << "FP16 running sum should stagnate";
     }
   }
@@ -179,15 +180,15 @@ TEST(CpuNumerics, UnscaleAndCheckFlagsExactlyTheNonFiniteTensors) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   check_unscale(
       {
-          {1000, -1, 0},          // clean
-          {1000, 500, nan},       // NaN in the middle
-          {4099, 4098, inf},      // +inf at the last element
-          {37, 33, -inf},         // -inf in the tail after two 16-lane vectors
-          {100000, -1, 0},        // clean, several parallel tasks
-          {100000, 40000, nan},   // NaN in the second task of a tensor
-          {1, -1, 0},             // clean single element
-          {1, 0, -inf},           // a single bad element
-          {70001, 70000, inf},    // last element of the last (short) task
+          {1000, -1, 0},         // clean
+          {1000, 500, nan},      // NaN in the middle
+          {4099, 4098, inf},     // +inf at the last element
+          {37, 33, -inf},        // -inf in the tail after two 16-lane vectors
+          {100000, -1, 0},       // clean, several parallel tasks
+          {100000, 40000, nan},  // NaN in the second task of a tensor
+          {1, -1, 0},            // clean single element
+          {1, 0, -inf},          // a single bad element
+          {70001, 70000, inf},   // last element of the last (short) task
       },
       0x1p-16f);
 }
@@ -220,7 +221,7 @@ LayerNormRun run_layernorm(Backend& be, DType t) {
   DeviceTensor dg = nan_filled(be, DType::kF32, 1, cols), db = nan_filled(be, DType::kF32, 1, cols);
   EXPECT_TRUE(be.layernorm_forward(x, g, b, y, m, r, 1e-5f).ok());
   EXPECT_TRUE(be.layernorm_backward(dy, x, g, m, r, dx, dg, db).ok());
-  return {to_host(be, y), to_host(be, m), to_host(be, r),
+  return {to_host(be, y),  to_host(be, m),  to_host(be, r),
           to_host(be, dx), to_host(be, dg), to_host(be, db)};
 }
 
@@ -302,7 +303,7 @@ OptimRun run_optim(Backend& be) {
   DeviceTensor dy = to_device(be, normal(DType::kBF16, 4099, 77, rng));
   DeviceTensor db = nan_filled(be, DType::kF32, 1, 77);
   EXPECT_TRUE(be.bias_grad(dy, db).ok());
-  return {to_host(be, w), to_host(be, m), to_host(be, v),
+  return {to_host(be, w),   to_host(be, m),  to_host(be, v),
           to_host(be, low), to_host(be, db), to_host(be, norm)};
 }
 
@@ -323,7 +324,8 @@ TEST(CpuNumerics, OptimizerAndReductionsAreDeterministicForAnyThreadCount) {
   }
 }
 
-// ---- (d) FP16 matmul == FP32 matmul of the widened operands --------------------------------------
+// ---- (d) FP16 matmul == FP32 matmul of the widened operands
+// --------------------------------------
 
 HostTensor widened(const HostTensor& h) {
   HostTensor w(DType::kF32, h.rows, h.cols);
@@ -378,7 +380,8 @@ TEST(CpuNumerics, Fp16MatmulEqualsFp32MatmulOfWidenedInputs) {
   }
 }
 
-// ---- CPU-specific behaviour -----------------------------------------------------------------------
+// ---- CPU-specific behaviour
+// -----------------------------------------------------------------------
 
 TEST(CpuBackend, DescribesItself) {
   auto be = cpu(2);
@@ -397,8 +400,7 @@ TEST(CpuBackend, DescribesItself) {
 }
 
 TEST(CpuBackend, RejectsNegativeThreadCount) {
-  EXPECT_EQ(make_cpu_backend(CpuBackendOptions{-1}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(make_cpu_backend(CpuBackendOptions{-1}).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(CpuBackend, MatmulPrimitivesAreCachedPerShape) {
@@ -452,8 +454,7 @@ TEST(CpuBackend, GeluAndTanhAccuracy) {
       } else {
         f = std::tanh(v);
         df = 1.0 - f * f;
-        ASSERT_LE(std::fabs(yh.get(i) - f), 0x1p-22 * std::fabs(f))
-            << "tanh(" << v << ")";
+        ASSERT_LE(std::fabs(yh.get(i) - f), 0x1p-22 * std::fabs(f)) << "tanh(" << v << ")";
         ASSERT_LE(std::fabs(dh.get(i) - df), 2e-7) << "tanh'(" << v << ")";
       }
     }

@@ -1,0 +1,173 @@
+#include "client/ampctl/connection.h"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+
+namespace ampd::ampctl {
+
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+bool contains(const std::string& haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// What the transport said, in a few words: "connection refused", "cannot resolve the host".
+std::string transport_reason(const std::string& details) {
+  const std::string d = lower(details);
+  if (contains(d, "connection refused")) return "connection refused";
+  if (contains(d, "dns resolution failed") || contains(d, "domain name not found")) {
+    return "cannot resolve the host name";
+  }
+  if (contains(d, "no such file or directory")) return "no such socket";
+  if (contains(d, "connection reset") || contains(d, "socket closed") ||
+      contains(d, "broken pipe") || contains(d, "goaway") || contains(d, "end of stream")) {
+    return "the connection was closed";
+  }
+  if (contains(d, "timed out") || contains(d, "timeout")) return "connection timed out";
+  return details;
+}
+
+std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
+
+}  // namespace
+
+std::string short_reason(const grpc::Status& status) {
+  if (is_transport_failure(status)) return transport_reason(status.error_message());
+  return status.error_message();
+}
+
+bool is_transport_failure(const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return false;
+  const std::string d = lower(status.error_message());
+  for (std::string_view marker :
+       {"failed to connect", "connection refused", "dns resolution failed", "connection reset",
+        "socket closed", "broken pipe", "goaway", "end of stream", "keepalive",
+        "connections to all backends failing", "empty address list", "no such file"}) {
+    if (contains(d, marker)) return true;
+  }
+  return false;
+}
+
+Failure describe_failure(const grpc::Status& status, std::string_view what, std::string_view server,
+                         double timeout_s) {
+  const std::string w(what);
+  const std::string s(server);
+  const std::string& details = status.error_message();
+  Failure f;
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+      f.message = w + ": ok";
+      f.exit_code = kExitOk;
+      break;
+    case grpc::StatusCode::UNAVAILABLE:
+      f.exit_code = kExitUnreachable;
+      if (is_transport_failure(status)) {
+        const std::string reason = transport_reason(details);
+        const std::string hint = reason == "cannot resolve the host name"
+                                     ? "check the host name;"
+                                     : "is `ampd serve` running?";
+        f.message = "cannot reach ampd at " + s + ": " + reason + " — " + hint +
+                    " set --server or AMPD_SERVER";
+      } else {
+        f.message = w + ": ampd at " + s + " is unavailable: " + details +
+                    " (it may be shutting down; try again shortly)";
+      }
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      f.exit_code = kExitUnreachable;
+      f.message = w + ": no answer from ampd at " + s + " within " + seconds_text(timeout_s) +
+                  " s — check the address, or raise --timeout";
+      break;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      f.exit_code = kExitUsage;
+      f.message = w + ": " + details;
+      break;
+    case grpc::StatusCode::NOT_FOUND:
+      f.exit_code = kExitNotFound;
+      f.message = w + ": " + details;
+      break;
+    case grpc::StatusCode::ALREADY_EXISTS:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::ABORTED:
+      f.exit_code = kExitConflict;
+      f.message = w + ": " + details;
+      break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      f.exit_code = kExitExhausted;
+      f.message = w + ": " + details;
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+      f.exit_code = kExitUnauthenticated;
+      f.message = w + ": " + details + " — set --token or AMPD_TOKEN to the server's token";
+      break;
+    case grpc::StatusCode::UNIMPLEMENTED:
+      f.exit_code = kExitError;
+      f.message = w + ": ampd at " + s + " does not implement this call (" + details +
+                  ") — is it older than this ampctl?";
+      break;
+    case grpc::StatusCode::CANCELLED:
+      f.exit_code = kExitInterrupted;
+      f.message = w + ": cancelled";
+      break;
+    default:
+      f.exit_code = kExitError;
+      f.message = w + ": " + details + " (" + std::to_string(status.error_code()) + ")";
+      break;
+  }
+  return f;
+}
+
+Connection::Connection(const GlobalOptions& options) : options_(options) {
+  grpc::ChannelArguments args;
+  // Checkpoints and data sets move in chunks well under this, but a job with a long spec
+  // or many listed jobs may exceed gRPC's 4 MiB default.
+  args.SetMaxReceiveMessageSize(64 << 20);
+  channel_ = grpc::CreateCustomChannel(options_.server, grpc::InsecureChannelCredentials(), args);
+  stub_ = ampd::v1::Trainer::NewStub(channel_);
+}
+
+std::unique_ptr<grpc::ClientContext> Connection::stream_context() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
+  return ctx;
+}
+
+std::unique_ptr<grpc::ClientContext> Connection::unary_context() const {
+  auto ctx = stream_context();
+  if (options_.timeout_s > 0 && std::isfinite(options_.timeout_s)) {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                          std::chrono::duration<double>(options_.timeout_s)));
+  }
+  return ctx;
+}
+
+int Connection::report(const grpc::Status& status, std::string_view what) const {
+  Failure f = describe_failure(status, what, options_.server, options_.timeout_s);
+  return fail(f.exit_code, f.message);
+}
+
+int fail(int code, std::string_view message) {
+  std::cout.flush();
+  std::cerr << "ampctl: " << message << "\n";
+  return code;
+}
+
+}  // namespace ampd::ampctl

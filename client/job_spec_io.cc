@@ -1,0 +1,426 @@
+#include "client/job_spec_io.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+namespace ampd::spec_io {
+namespace {
+
+namespace pb = google::protobuf;
+using ampd::v1::JobSpec;
+
+// JobSpec nests 5 levels deep (model.layers[i].linear.out_features); anything much deeper
+// is not a job spec.
+constexpr int kMaxYamlDepth = 32;
+
+// An error message; empty means success. Every error here is ErrorKind::kInvalid.
+using Error = std::string;
+
+ParseResult Failure(ErrorKind kind, std::string message) {
+  ParseResult r;
+  r.error = kind;
+  r.message = std::move(message);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Formatting helpers
+// ---------------------------------------------------------------------------------------
+
+// 'text' for messages: at most 64 bytes, control characters escaped.
+std::string Quote(std::string_view s) {
+  std::string out = "'";
+  size_t n = std::min<size_t>(s.size(), 64);
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > n) out += "...";
+  return out + "'";
+}
+
+void AppendJsonString(std::string_view s, std::string* out) {
+  out->push_back('"');
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': *out += "\\\""; break;
+      case '\\': *out += "\\\\"; break;
+      case '\n': *out += "\\n"; break;
+      case '\r': *out += "\\r"; break;
+      case '\t': *out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          *out += buf;
+        } else {
+          out->push_back(ch);
+        }
+    }
+  }
+  out->push_back('"');
+}
+
+std::string_view StripBom(std::string_view text) {
+  if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
+  return text;
+}
+
+std::string_view LeadingSpaceStripped(std::string_view text) {
+  size_t i = text.find_first_not_of(" \t\r\n");
+  return i == std::string_view::npos ? std::string_view() : text.substr(i);
+}
+
+// ---------------------------------------------------------------------------------------
+// YAML -> JSON
+// ---------------------------------------------------------------------------------------
+
+bool AllDigits(std::string_view s, int base) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    bool ok = base == 16 ? std::isxdigit(static_cast<unsigned char>(c)) != 0
+                         : (c >= '0' && c < static_cast<char>('0' + base));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string StripLeadingZeros(std::string_view digits) {
+  size_t i = digits.find_first_not_of('0');
+  return i == std::string_view::npos ? "0" : std::string(digits.substr(i));
+}
+
+// A YAML 1.2 core-schema number as JSON text, or nullopt when `s` is not one. Decimal forms
+// are rewritten textually (no rounding): "+1." -> "1", ".5" -> "0.5", "007" -> "7".
+// 0x / 0o integers become decimal (or a string that protobuf will reject, past 2^64);
+// .inf / .nan become the strings protobuf's JSON mapping accepts for float fields.
+std::optional<std::string> YamlNumberToJson(std::string_view s) {
+  if (s == ".nan" || s == ".NaN" || s == ".NAN") return std::string("\"NaN\"");
+  std::string_view body = s;
+  bool negative = false;
+  if (!body.empty() && (body[0] == '+' || body[0] == '-')) {
+    negative = body[0] == '-';
+    body.remove_prefix(1);
+  }
+  if (body == ".inf" || body == ".Inf" || body == ".INF") {
+    return std::string(negative ? "\"-Infinity\"" : "\"Infinity\"");
+  }
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'o')) {
+    int base = s[1] == 'x' ? 16 : 8;
+    std::string_view digits = s.substr(2);
+    if (!AllDigits(digits, base)) return std::nullopt;
+    uint64_t v = 0;
+    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
+    if (ec != std::errc() || ptr != digits.data() + digits.size()) {
+      std::string quoted;
+      AppendJsonString(s, &quoted);
+      return quoted;
+    }
+    return std::to_string(v);
+  }
+  // [0-9]* ( . [0-9]* )? ( [eE] [-+]? [0-9]+ )?, with at least one mantissa digit.
+  size_t i = 0;
+  while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+  std::string_view int_part = body.substr(0, i);
+  std::string_view frac_part;
+  if (i < body.size() && body[i] == '.') {
+    size_t start = ++i;
+    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+    frac_part = body.substr(start, i - start);
+  }
+  if (int_part.empty() && frac_part.empty()) return std::nullopt;
+  std::string exponent;
+  if (i < body.size() && (body[i] == 'e' || body[i] == 'E')) {
+    ++i;
+    exponent = "e";
+    if (i < body.size() && (body[i] == '+' || body[i] == '-')) exponent += body[i++];
+    size_t start = i;
+    while (i < body.size() && body[i] >= '0' && body[i] <= '9') ++i;
+    if (i == start) return std::nullopt;
+    exponent += body.substr(start, i - start);
+  }
+  if (i != body.size()) return std::nullopt;
+  std::string out = negative ? "-" : "";
+  out += StripLeadingZeros(int_part);
+  if (!frac_part.empty()) {
+    out += '.';
+    out += frac_part;
+  }
+  return out + exponent;
+}
+
+// YAML 1.2 core schema booleans (not 1.1's yes/no/on/off).
+std::optional<bool> YamlBool(std::string_view s) {
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  return std::nullopt;
+}
+
+std::string AtMark(const YAML::Mark& mark) {
+  if (mark.is_null()) return "";
+  return "line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) +
+         ": ";
+}
+
+// The field a JSON key names: protobuf accepts the proto name and the lowerCamel JSON name.
+const pb::FieldDescriptor* FindField(const pb::Descriptor* message, const std::string& key) {
+  for (int i = 0; i < message->field_count(); ++i) {
+    const pb::FieldDescriptor* f = message->field(i);
+    if (f->name() == key || f->json_name() == key) return f;
+  }
+  return nullptr;
+}
+
+// Writes a YAML node as JSON text. The JobSpec descriptor is consulted where YAML leaves
+// the type open: a plain scalar given to a string field stays a string (`name: 2024`), and
+// an empty value given to a message field is that message with its defaults (`- relu:`,
+// `digits:`). Unknown keys pass through for protobuf to report.
+class YamlToJson {
+ public:
+  // What the node is the value of: a message (the top level, a message field or one
+  // element of a repeated message field), a scalar field, or nothing known.
+  struct Context {
+    const pb::Descriptor* message = nullptr;
+    const pb::FieldDescriptor* field = nullptr;
+    bool element = false;  // one element of the repeated `field`
+  };
+
+  // Appends the node's JSON to json(); returns an error message, or "" when it worked.
+  Error Convert(const YAML::Node& node, const Context& ctx, int depth) {
+    if (depth > kMaxYamlDepth) {
+      return Fail(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
+    }
+    switch (node.Type()) {
+      case YAML::NodeType::Undefined: return Fail(node, "undefined YAML node");
+      case YAML::NodeType::Null: {
+        bool whole_list = ctx.field != nullptr && ctx.field->is_repeated() && !ctx.element;
+        out_ += ctx.message != nullptr && !whole_list ? "{}" : "null";
+        return {};
+      }
+      case YAML::NodeType::Scalar: return ConvertScalar(node, ctx);
+      case YAML::NodeType::Sequence: {
+        Context element = ctx;
+        element.element = true;
+        out_ += '[';
+        bool first = true;
+        for (const YAML::Node& item : node) {
+          if (!first) out_ += ',';
+          first = false;
+          if (Error e = Convert(item, element, depth + 1); !e.empty()) return e;
+        }
+        out_ += ']';
+        return {};
+      }
+      case YAML::NodeType::Map: {
+        out_ += '{';
+        std::set<std::string> seen;
+        bool first = true;
+        for (const auto& kv : node) {
+          const YAML::Node& key = kv.first;
+          if (!key.IsScalar()) return Fail(key, "mapping keys must be field names");
+          const std::string& name = key.Scalar();
+          if (!seen.insert(name).second) return Fail(key, "duplicate key " + Quote(name));
+          Context child;
+          if (ctx.message != nullptr) {
+            child.field = FindField(ctx.message, name);
+            if (child.field != nullptr) child.message = child.field->message_type();
+          }
+          if (!first) out_ += ',';
+          first = false;
+          AppendJsonString(name, &out_);
+          out_ += ':';
+          if (Error e = Convert(kv.second, child, depth + 1); !e.empty()) return e;
+        }
+        out_ += '}';
+        return {};
+      }
+    }
+    return Fail(node, "unexpected YAML node");
+  }
+
+  const std::string& json() const { return out_; }
+
+ private:
+  static Error Fail(const YAML::Node& node, const std::string& what) {
+    return "job spec: " + AtMark(node.Mark()) + what;
+  }
+
+  Error ConvertScalar(const YAML::Node& node, const Context& ctx) {
+    static const std::string kCore = "tag:yaml.org,2002:";
+    const std::string& tag = node.Tag();
+    const std::string& text = node.Scalar();
+    // "!" marks a quoted or block scalar: always a string.
+    if (tag == "!" || tag == kCore + "str") {
+      AppendJsonString(text, &out_);
+      return {};
+    }
+    bool plain = tag == "?" || tag.empty();
+    if (plain && ctx.field != nullptr && ctx.field->type() == pb::FieldDescriptor::TYPE_STRING) {
+      AppendJsonString(text, &out_);
+      return {};
+    }
+    if (plain || tag == kCore + "bool") {
+      if (std::optional<bool> b = YamlBool(text)) {
+        out_ += *b ? "true" : "false";
+        return {};
+      }
+      if (!plain) return Fail(node, Quote(text) + " is not a boolean (true or false)");
+    }
+    if (plain || tag == kCore + "int" || tag == kCore + "float") {
+      if (std::optional<std::string> number = YamlNumberToJson(text)) {
+        out_ += *number;
+        return {};
+      }
+      if (!plain) return Fail(node, Quote(text) + " is not a number");
+    }
+    if (plain) {
+      AppendJsonString(text, &out_);
+      return {};
+    }
+    if (tag == kCore + "null") {
+      out_ += "null";
+      return {};
+    }
+    return Fail(node, "unsupported YAML tag " + Quote(tag));
+  }
+
+  std::string out_;
+};
+
+// YAML syntax only: the documents, or the parser's error with its line and column.
+Error LoadYaml(std::string_view text, std::vector<YAML::Node>* docs) {
+  try {
+    *docs = YAML::LoadAll(std::string(text));
+    return {};
+  } catch (const YAML::Exception& e) {
+    return "job spec: YAML syntax error at " + AtMark(e.mark) + e.msg;
+  }
+}
+
+Error YamlDocumentsToJson(const std::vector<YAML::Node>& docs, std::string* json) {
+  if (docs.size() > 1) {
+    return "job spec: expected one YAML document, found " + std::to_string(docs.size());
+  }
+  if (docs.empty() || docs[0].IsNull()) return "job spec: empty document";
+  if (!docs[0].IsMap()) {
+    return "job spec: " + AtMark(docs[0].Mark()) +
+           "expected a mapping of JobSpec fields at the top level";
+  }
+  YamlToJson converter;
+  YamlToJson::Context top;
+  top.message = JobSpec::descriptor();
+  if (Error e = converter.Convert(docs[0], top, 0); !e.empty()) return e;
+  *json = converter.json();
+  return {};
+}
+
+ParseResult ParseJson(std::string_view json) {
+  ParseResult r;
+  pb::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  pb::util::Status status =
+      pb::util::JsonStringToMessage(pb::StringPiece(json.data(), json.size()), &r.spec, options);
+  if (!status.ok()) {
+    pb::StringPiece message = status.message();
+    return Failure(ErrorKind::kInvalid, "job spec: " + std::string(message.data(), message.size()));
+  }
+  return r;
+}
+
+ParseResult Invalid(std::string message) {
+  return Failure(ErrorKind::kInvalid, std::move(message));
+}
+
+}  // namespace
+
+ParseResult parse_job_spec_text(std::string_view text, std::string_view format) {
+  if (text.size() > kMaxSpecBytes) {
+    return Invalid("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
+                   std::to_string(text.size()) + ")");
+  }
+  if (format != "" && format != "yaml" && format != "json") {
+    return Invalid("job spec: format must be yaml, json or empty (guess), got " + Quote(format));
+  }
+  text = StripBom(text);
+  std::string_view body = LeadingSpaceStripped(text);
+  if (body.empty()) return Invalid("job spec: empty document");
+  try {
+    if (format == "json") return ParseJson(text);
+    std::optional<ParseResult> json_error;
+    if (format.empty() && body[0] == '{') {
+      // Most likely JSON; but a YAML flow mapping starts with '{' too. When protobuf rejects
+      // the text and it is YAML, the YAML reading's result (or error) is the one that
+      // speaks to what was written; when it is not YAML either, protobuf's error is.
+      ParseResult json = ParseJson(text);
+      if (json.ok()) return json;
+      json_error = std::move(json);
+    }
+    std::vector<YAML::Node> docs;
+    if (Error e = LoadYaml(text, &docs); !e.empty()) {
+      return json_error ? std::move(*json_error) : Invalid(e);
+    }
+    std::string converted;
+    if (Error e = YamlDocumentsToJson(docs, &converted); !e.empty()) return Invalid(e);
+    return ParseJson(converted);
+  } catch (const std::exception& e) {
+    return Invalid(std::string("job spec: ") + e.what());
+  } catch (...) {
+    return Failure(ErrorKind::kInternal, "job spec: unknown exception while parsing");
+  }
+}
+
+ParseResult read_job_spec_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found) {
+    return Failure(ErrorKind::kNotFound, path + ": no such file");
+  }
+  if (ec) return Invalid(path + ": cannot read: " + ec.message());
+  if (st.type() == fs::file_type::directory) return Invalid(path + ": is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Invalid(path + ": cannot open: " + std::strerror(errno));
+  std::string text;
+  char buf[65536];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxSpecBytes) {
+      return Invalid(path + ": job spec larger than " + std::to_string(kMaxSpecBytes) + " bytes");
+    }
+  }
+  if (in.bad()) return Invalid(path + ": read error");
+
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  std::string_view format = ext == ".json"                      ? "json"
+                            : (ext == ".yaml" || ext == ".yml") ? "yaml"
+                                                                : "";
+  ParseResult spec = parse_job_spec_text(text, format);
+  if (!spec.ok()) spec.message = path + ": " + spec.message;
+  return spec;
+}
+
+}  // namespace ampd::spec_io

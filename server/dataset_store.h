@@ -1,0 +1,105 @@
+// Data sets in the server's data directory: verified uploads and listing. No gRPC here.
+//
+// An upload is written to a hidden temporary file in the data directory (names starting
+// with '.' are never valid data set names, so it cannot collide with one), counted and
+// hashed (SHA-256, OpenSSL's libcrypto) as it arrives, fsynced, and linked to its final
+// name only when the size and the hash match what the header declared. link(2) fails if
+// the name exists, so two concurrent uploads of one name cannot overwrite each other and
+// a job never sees a half-written file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/status.h"
+
+namespace ampd::server {
+
+struct DatasetInfo {
+  std::string name;
+  int64_t size_bytes = 0;
+  std::string sha256;  // lowercase hex
+};
+
+// Incremental SHA-256 over libcrypto's EVP interface.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(std::string_view data);
+  std::string HexDigest();  // finishes; call once
+
+ private:
+  void* ctx_;  // EVP_MD_CTX*, kept opaque so that callers need no OpenSSL headers
+};
+
+class DatasetStore {
+ public:
+  struct Options {
+    std::string data_dir;
+    int64_t max_upload_bytes = int64_t{256} << 20;
+  };
+
+  // One upload in progress. Destroying it without a successful Finish removes the
+  // temporary file.
+  class Upload {
+   public:
+    ~Upload();
+    Upload(const Upload&) = delete;
+    Upload& operator=(const Upload&) = delete;
+    // ResourceExhausted past the server's limit; InvalidArgument past the declared size.
+    Status Append(std::string_view chunk);
+    // InvalidArgument when the size or the SHA-256 differs from the header (the client
+    // sent something other than what it described; nothing is stored), AlreadyExists
+    // when the name was taken meanwhile.
+    StatusOr<DatasetInfo> Finish();
+
+   private:
+    friend class DatasetStore;
+    Upload(DatasetStore* store, DatasetInfo declared, std::string temp_path, int fd);
+    DatasetStore* store_;
+    DatasetInfo declared_;
+    std::string temp_path_;
+    int fd_;
+    int64_t received_ = 0;
+    Sha256 hash_;
+    bool finished_ = false;
+  };
+
+  static StatusOr<std::unique_ptr<DatasetStore>> Create(Options options);
+
+  // Validates the header: name ([A-Za-z0-9._-], 1..100, no leading '.'), size
+  // (ResourceExhausted above the limit), sha256 (64 hex digits); AlreadyExists for a name
+  // in use.
+  StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& name, int64_t size_bytes,
+                                                const std::string& sha256);
+
+  // Regular files directly in the data directory whose names are valid data set names,
+  // sorted by name. Hashes are computed once per (size, mtime) and remembered.
+  StatusOr<std::vector<DatasetInfo>> List();
+
+  const Options& options() const { return options_; }
+  static bool ValidName(const std::string& name);
+
+ private:
+  explicit DatasetStore(Options options) : options_(std::move(options)) {}
+  void Remember(const DatasetInfo& info, int64_t mtime_ns);
+
+  const Options options_;
+  std::mutex mu_;
+  struct CachedHash {
+    int64_t size = 0;
+    int64_t mtime_ns = 0;
+    std::string sha256;
+  };
+  std::map<std::string, CachedHash> hashes_;
+};
+
+}  // namespace ampd::server

@@ -1,0 +1,586 @@
+#include "server/job_manager.h"
+
+#include <fcntl.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/util/time_util.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "engine/checkpoint.h"
+#include "engine/dataset.h"
+#include "engine/job_spec.h"
+#include "engine/trainer.h"
+#include "server/log.h"
+
+namespace ampd::server {
+
+namespace fs = std::filesystem;
+using ampd::v1::Job;
+using ampd::v1::JobEvent;
+using ampd::v1::JobSpec;
+using ampd::v1::JobState;
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+constexpr int kDefaultPageSize = 50;
+constexpr int kMaxPageSize = 1000;
+constexpr size_t kMaxClientRequestId = 128;
+
+bool is_final(JobState s) {
+  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
+}
+
+std::string state_name(JobState s) {
+  return ampd::v1::JobState_Name(s);
+}
+
+// "j-" + 12 hex digits of Unix milliseconds + 4 random hex digits. Ids sort by creation
+// time (the store lists jobs ORDER BY id), the random part keeps two servers that were
+// wrongly pointed at one state dir from minting the same id.
+bool is_job_id(const std::string& s) {
+  return s.size() == 18 && s.rfind("j-", 0) == 0 &&
+         s.find_first_not_of("0123456789abcdef", 2) == std::string::npos;
+}
+
+// The step of "step-<n>.safetensors", or -1.
+int64_t checkpoint_step(const std::string& filename) {
+  constexpr std::string_view kPrefix = "step-", kSuffix = ".safetensors";
+  if (filename.size() <= kPrefix.size() + kSuffix.size() || filename.rfind(kPrefix, 0) != 0 ||
+      filename.compare(filename.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) {
+    return -1;
+  }
+  const std::string digits =
+      filename.substr(kPrefix.size(), filename.size() - kPrefix.size() - kSuffix.size());
+  if (digits.empty() || digits.size() > 18 ||
+      digits.find_first_not_of("0123456789") != std::string::npos) {
+    return -1;
+  }
+  return std::stoll(digits);
+}
+
+}  // namespace
+
+void ApplyEvent(const JobEvent& e, Job* job) {
+  switch (e.kind_case()) {
+    case JobEvent::kStateChange: {
+      const JobState s = e.state_change().state();
+      job->set_state(s);
+      if (s == ampd::v1::FAILED) job->set_failure_reason(e.state_change().reason());
+      if (s == ampd::v1::RUNNING && !job->has_started_at()) *job->mutable_started_at() = e.time();
+      if (is_final(s)) *job->mutable_finished_at() = e.time();
+      break;
+    }
+    case JobEvent::kProgress: {
+      const auto& p = e.progress();
+      job->set_step(p.step());
+      job->set_total_steps(p.total_steps());
+      job->set_epoch(p.epoch());
+      job->set_loss_scale(p.loss_scale());
+      job->set_overflow_skipped_steps(p.overflow_skipped_steps());
+      job->mutable_metrics()->set_train_loss(p.loss());
+      job->mutable_metrics()->set_samples_per_second(p.samples_per_second());
+      break;
+    }
+    case JobEvent::kOverflow:
+      job->set_loss_scale(e.overflow().scale_after());
+      job->set_overflow_skipped_steps(job->overflow_skipped_steps() + 1);
+      break;
+    case JobEvent::kEvaluation:
+      job->set_step(e.evaluation().step());
+      job->mutable_metrics()->set_val_loss(e.evaluation().val_loss());
+      job->mutable_metrics()->set_val_accuracy(e.evaluation().val_accuracy());
+      break;
+    case JobEvent::kCheckpoint: job->set_checkpoint(e.checkpoint().path()); break;
+    case JobEvent::KIND_NOT_SET: break;
+  }
+}
+
+JobManager::JobManager(std::unique_ptr<Backend> backend, JobManagerOptions options)
+    : backend_(std::move(backend)), options_(std::move(options)) {}
+
+StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<Backend> backend,
+                                                         JobManagerOptions options) {
+  if (backend == nullptr) return InvalidArgument("job manager: no backend");
+  std::unique_ptr<JobManager> m(new JobManager(std::move(backend), std::move(options)));
+  AMPD_RETURN_IF_ERROR(m->Init());
+  m->worker_ = std::thread([p = m.get()] { p->WorkerLoop(); });
+  return m;
+}
+
+Status JobManager::Init() {
+  std::error_code ec;
+  fs::create_directories(fs::path(options_.state_dir) / "jobs", ec);
+  if (ec) return Unavailable("state dir " + options_.state_dir + ": " + ec.message());
+  AMPD_ASSIGN_OR_RETURN(store_,
+                        JobStore::Open((fs::path(options_.state_dir) / "ampd.db").string()));
+  JobStore* store = store_.get();
+  hub_ = std::make_unique<EventHub>(options_.hub,
+                                    [store](const std::string& id, int64_t after, int limit) {
+                                      return store->ListEvents(id, after, limit);
+                                    });
+  DatasetStore::Options dopts;
+  dopts.data_dir = options_.data_dir;
+  dopts.max_upload_bytes = options_.max_upload_bytes;
+  AMPD_ASSIGN_OR_RETURN(datasets_, DatasetStore::Create(dopts));
+
+  // The backend is used by the worker thread alone; everything RPCs need from it is read
+  // once here.
+  static_info_.backend = backend_->name();
+  static_info_.device = backend_->device_description();
+  for (const char* p : {"fp32", "fp16", "bf16"}) {
+    if (backend_->supports(engine::precision_dtype(p))) static_info_.precisions.push_back(p);
+  }
+  static_info_.device_memory_bytes =
+      static_cast<int64_t>(backend_->memory_stats().device_total_bytes);
+  static_info_.max_queued_jobs = options_.max_queued_jobs;
+  auto_precision_ = engine::resolve_precision("auto", *backend_);
+
+  AMPD_ASSIGN_OR_RETURN(std::string max_id, store_->MaxJobId());
+  if (is_job_id(max_id)) last_id_ms_ = std::stoull(max_id.substr(2, 12), nullptr, 16);
+
+  // Unfinished jobs continue in submission order; a RUNNING one was first in line.
+  AMPD_ASSIGN_OR_RETURN(auto unfinished,
+                        store_->ListJobs({ampd::v1::QUEUED, ampd::v1::RUNNING}, "", INT32_MAX));
+  for (const Job& job : unfinished) {
+    queue_.push_back(job.id());
+    log_line("recovered job " + job.id() + " (" + state_name(job.state()) +
+             (job.state() == ampd::v1::RUNNING ? ", step " + std::to_string(job.step()) : "") +
+             ")");
+  }
+  return Status::Ok();
+}
+
+JobManager::~JobManager() {
+  Shutdown(std::chrono::steady_clock::time_point::max());
+  if (worker_.joinable()) worker_.join();
+}
+
+std::string JobManager::JobDir(const std::string& id) const {
+  return (fs::path(options_.state_dir) / "jobs" / id).string();
+}
+
+std::string JobManager::NewJobId() {
+  const uint64_t now =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  // Strictly increasing even within one millisecond or when the clock steps back, so that
+  // id order is submission order.
+  last_id_ms_ = std::max(now, last_id_ms_ + 1);
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "j-%012llx%04x",
+                static_cast<unsigned long long>(last_id_ms_ & 0xffffffffffffULL),
+                static_cast<unsigned>(rng() & 0xffff));
+  return buf;
+}
+
+Status JobManager::CheckSpec(JobSpec* resolved) const {
+  // Data: a CSV path must stay inside the data dir (resolve_data_path rejects absolute
+  // paths, "..", and symbolic links that leave it) and exist now, not at run time.
+  if (resolved->data().has_csv()) {
+    auto path = engine::resolve_data_path(options_.data_dir, resolved->data().csv().path(),
+                                          "data.csv.path");
+    if (!path.ok()) return path.status();
+    std::error_code ec;
+    if (!fs::is_regular_file(*path, ec)) {
+      return InvalidArgument("data.csv.path: '" + resolved->data().csv().path() +
+                             "' is not a regular file");
+    }
+  }
+  const std::string precision =
+      resolved->precision() == "auto" ? auto_precision_ : resolved->precision();
+  if (std::find(static_info_.precisions.begin(), static_info_.precisions.end(), precision) ==
+      static_info_.precisions.end()) {
+    return InvalidArgument("precision: backend '" + static_info_.backend + "' does not support " +
+                           precision);
+  }
+  const engine::MemoryEstimate need = engine::estimate_memory(*resolved, 0, 0);
+  if (static_info_.device_memory_bytes > 0 && need.total_bytes > static_info_.device_memory_bytes) {
+    return ResourceExhausted("the job needs about " + std::to_string(need.total_bytes) +
+                             " bytes but the device has " +
+                             std::to_string(static_info_.device_memory_bytes));
+  }
+  if (resolved->training().checkpoint_every() == 0) {
+    resolved->mutable_training()->set_checkpoint_every(options_.default_checkpoint_every);
+  }
+  return Status::Ok();
+}
+
+Status JobManager::RecordEvent(Job* job, JobState state, const std::string& reason) {
+  AMPD_ASSIGN_OR_RETURN(int64_t last, store_->LastSeq(job->id()));
+  JobEvent e;
+  e.set_seq(last + 1);
+  e.set_job_id(job->id());
+  *e.mutable_time() = TimeUtil::GetCurrentTime();
+  e.mutable_state_change()->set_state(state);
+  e.mutable_state_change()->set_reason(reason);
+  ApplyEvent(e, job);
+  AMPD_RETURN_IF_ERROR(store_->AppendEvent(*job, e, /*durable=*/true));
+  hub_->Publish(e);
+  return Status::Ok();
+}
+
+StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_request_id) {
+  if (client_request_id.size() > kMaxClientRequestId) {
+    return InvalidArgument("client_request_id: at most 128 characters, got " +
+                           std::to_string(client_request_id.size()));
+  }
+  AMPD_ASSIGN_OR_RETURN(JobSpec resolved, engine::validate_and_resolve(spec));
+  AMPD_RETURN_IF_ERROR(CheckSpec(&resolved));
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return Unavailable("server is shutting down");
+  if (!client_request_id.empty()) {
+    AMPD_ASSIGN_OR_RETURN(auto existing, store_->FindByClientRequestId(client_request_id));
+    if (existing) {
+      // A retry of a call whose answer was lost: the same job, not a second one.
+      if (google::protobuf::util::MessageDifferencer::Equals(existing->spec(), resolved)) {
+        return *existing;
+      }
+      return Status(StatusCode::kAlreadyExists, "client_request_id '" + client_request_id +
+                                                    "' was used for job " + existing->id() +
+                                                    " with a different spec");
+    }
+  }
+  if (static_cast<int>(queue_.size()) >= options_.max_queued_jobs) {
+    return ResourceExhausted("the queue is full (" + std::to_string(queue_.size()) +
+                             " jobs waiting, --max-queued-jobs " +
+                             std::to_string(options_.max_queued_jobs) + "); retry later");
+  }
+  Job job;
+  job.set_id(NewJobId());
+  job.set_state(ampd::v1::QUEUED);
+  *job.mutable_spec() = resolved;
+  job.set_client_request_id(client_request_id);
+  job.set_precision(resolved.precision() == "auto" ? auto_precision_ : resolved.precision());
+  job.set_backend(static_info_.backend);
+  if (resolved.training().epochs() == 0) job.set_total_steps(resolved.training().max_steps());
+  *job.mutable_created_at() = TimeUtil::GetCurrentTime();
+  JobEvent e;
+  e.set_seq(1);
+  e.set_job_id(job.id());
+  *e.mutable_time() = job.created_at();
+  e.mutable_state_change()->set_state(ampd::v1::QUEUED);
+  AMPD_RETURN_IF_ERROR(store_->InsertJob(job, e));
+  queue_.push_back(job.id());
+  work_cv_.notify_all();
+  hub_->Publish(e);
+  log_line("job " + job.id() + " queued" +
+           (resolved.name().empty() ? "" : " (" + resolved.name() + ")"));
+  return job;
+}
+
+StatusOr<Job> JobManager::Get(const std::string& job_id) {
+  if (job_id.empty()) return InvalidArgument("job_id: required");
+  return store_->GetJob(job_id);
+}
+
+StatusOr<JobManager::Page> JobManager::List(const std::vector<JobState>& states, int page_size,
+                                            const std::string& page_token) {
+  for (JobState s : states) {
+    if (s == ampd::v1::JOB_STATE_UNSPECIFIED || !ampd::v1::JobState_IsValid(s)) {
+      return InvalidArgument("states: invalid job state " + std::to_string(static_cast<int>(s)));
+    }
+  }
+  if (page_size < 0) return InvalidArgument("page_size: must be >= 0");
+  if (page_size == 0) page_size = kDefaultPageSize;
+  page_size = std::min(page_size, kMaxPageSize);
+  // The token is the last id of the previous page: stable under inserts (new ids sort
+  // last) and meaningful after a restart.
+  if (!page_token.empty() && !is_job_id(page_token)) {
+    return InvalidArgument("page_token: not a token returned by ListJobs");
+  }
+  AMPD_ASSIGN_OR_RETURN(auto jobs, store_->ListJobs(states, page_token, page_size + 1));
+  Page page;
+  if (static_cast<int>(jobs.size()) > page_size) {
+    jobs.resize(static_cast<size_t>(page_size));
+    page.next_page_token = jobs.back().id();
+  }
+  page.jobs = std::move(jobs);
+  return page;
+}
+
+StatusOr<Job> JobManager::Cancel(const std::string& job_id) {
+  if (job_id.empty()) return InvalidArgument("job_id: required");
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return Unavailable("server is shutting down");
+  AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  if (is_final(job.state())) {
+    return FailedPrecondition("job " + job_id + " already ended: " + state_name(job.state()));
+  }
+  if (running_id_ == job_id) {
+    // user_cancel_ first: the trainer's CANCELLED event is then recorded, not taken for a
+    // shutdown stop.
+    user_cancel_.store(true);
+    cancel_.store(true);
+    log_line("job " + job_id + ": cancel requested");
+    done_cv_.wait_for(lock, options_.cancel_wait, [&] { return running_id_ != job_id; });
+    return store_->GetJob(job_id);
+  }
+  // Queued (or RUNNING but waiting to be resumed after a restart): ends now; a resumable
+  // job's checkpoint stays where it is.
+  queue_.erase(std::remove(queue_.begin(), queue_.end(), job_id), queue_.end());
+  AMPD_RETURN_IF_ERROR(
+      RecordEvent(&job, ampd::v1::CANCELLED,
+                  job.state() == ampd::v1::QUEUED
+                      ? "cancelled while queued"
+                      : "cancelled before it resumed at step " + std::to_string(job.step())));
+  log_line("job " + job_id + " cancelled");
+  return job;
+}
+
+Status JobManager::Watch(const std::string& job_id, int64_t since_seq,
+                         const std::function<bool(const JobEvent&)>& write,
+                         const std::function<bool()>& cancelled) {
+  if (job_id.empty()) return InvalidArgument("job_id: required");
+  if (since_seq < 0) return InvalidArgument("since_seq: must be >= 0");
+  AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  // The row and its final event are written in one transaction, so a final state here
+  // means the final event is in the store.
+  return hub_->Watch(job_id, since_seq, is_final(job.state()), write, cancelled);
+}
+
+Status JobManager::ReadCheckpoint(
+    const std::string& job_id, int64_t chunk_bytes,
+    const std::function<bool(const ampd::v1::CheckpointChunk&)>& write) {
+  if (job_id.empty()) return InvalidArgument("job_id: required");
+  int fd = -1;
+  std::string path;
+  // The trainer keeps its two newest checkpoints: the one the store names can be deleted
+  // between the read and the open; the next read names its successor.
+  for (int attempt = 0; attempt < 3 && fd < 0; ++attempt) {
+    AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+    path = job.checkpoint();
+    if (path.empty()) {
+      return FailedPrecondition("job " + job_id + " has no checkpoint yet (state " +
+                                state_name(job.state()) + ", step " + std::to_string(job.step()) +
+                                ")");
+    }
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno != ENOENT) {
+      return Internal("cannot open checkpoint " + path + ": " + std::strerror(errno));
+    }
+  }
+  if (fd < 0) return Unavailable("the checkpoint of job " + job_id + " is being replaced; retry");
+  // The file is written to a temporary name and renamed into place, so the open file
+  // never changes under us, even if the trainer deletes its name.
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Internal("cannot stat " + path);
+  const int64_t total = st.st_size;
+  const int64_t step = checkpoint_step(fs::path(path).filename().string());
+  ampd::v1::CheckpointChunk chunk;
+  std::string buffer(static_cast<size_t>(std::max<int64_t>(1, chunk_bytes)), '\0');
+  int64_t offset = 0;
+  while (offset < total) {
+    const ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Internal("reading " + path + " failed at offset " + std::to_string(offset));
+    chunk.set_data(buffer.data(), static_cast<size_t>(n));
+    chunk.set_offset(offset);
+    chunk.set_total_bytes(total);
+    chunk.set_step(step);
+    if (!write(chunk)) return Status(StatusCode::kCancelled, "client went away");
+    offset += n;
+  }
+  return Status::Ok();
+}
+
+ManagerInfo JobManager::Info() const {
+  ManagerInfo info = static_info_;
+  std::lock_guard<std::mutex> lock(mu_);
+  info.queued_jobs = static_cast<int>(queue_.size());
+  info.running_job = running_id_;
+  return info;
+}
+
+bool JobManager::Shutdown(std::chrono::steady_clock::time_point deadline) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      if (!running_id_.empty()) {
+        // shutdown_stop_ before cancel_: the trainer's CANCELLED event is then dropped.
+        shutdown_stop_.store(true);
+        cancel_.store(true);
+        log_line("shutdown: stopping job " + running_id_ + " at its next step boundary");
+      }
+    }
+  }
+  work_cv_.notify_all();
+  bool exited;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (deadline == std::chrono::steady_clock::time_point::max()) {
+      done_cv_.wait(lock, [&] { return worker_exited_; });
+      exited = true;
+    } else {
+      exited = done_cv_.wait_until(lock, deadline, [&] { return worker_exited_; });
+    }
+  }
+  // Watchers see the job's last checkpoint event before their streams end.
+  hub_->Shutdown();
+  if (exited && worker_.joinable()) worker_.join();
+  return exited;
+}
+
+void JobManager::WorkerLoop() {
+  for (;;) {
+    std::string id;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) break;
+      id = queue_.front();
+      queue_.pop_front();
+      running_id_ = id;
+      cancel_.store(false);
+      user_cancel_.store(false);
+    }
+    try {
+      RunJob(id);
+    } catch (const std::exception& ex) {
+      // The engine reports errors as Status; this is a last line (std::bad_alloc) so that
+      // one job cannot take the server down.
+      log_line("job " + id + ": unexpected exception: " + ex.what());
+      auto job = store_->GetJob(id);
+      if (job.ok() && !is_final(job->state())) {
+        (void)RecordEvent(&*job, ampd::v1::FAILED, std::string("internal error: ") + ex.what());
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_id_.clear();
+    }
+    done_cv_.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    worker_exited_ = true;
+  }
+  done_cv_.notify_all();
+}
+
+std::string JobManager::PickCheckpoint(const std::string& id) const {
+  // The newest checkpoint that reads back and verifies (read_checkpoint checks the CRC);
+  // an older one is better than starting over.
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(JobDir(id), ec)) {
+    const int64_t step = checkpoint_step(entry.path().filename().string());
+    if (step >= 0) found.emplace_back(step, entry.path());
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a > b; });
+  for (const auto& [step, path] : found) {
+    auto ckpt = engine::read_checkpoint(path.string());
+    if (ckpt.ok()) return path.string();
+    log_line("job " + id + ": skipping unusable checkpoint " + path.string() + ": " +
+             ckpt.status().message());
+  }
+  return "";
+}
+
+void JobManager::RunJob(const std::string& id) {
+  auto loaded = store_->GetJob(id);
+  if (!loaded.ok()) {
+    log_line("job " + id + ": cannot load: " + loaded.status().message());
+    return;
+  }
+  Job job = std::move(loaded).value();
+  if (is_final(job.state())) return;
+  const bool resuming = job.state() == ampd::v1::RUNNING;
+  const std::string resume_from = resuming ? PickCheckpoint(id) : "";
+  auto last_seq = store_->LastSeq(id);
+  if (!last_seq.ok()) {
+    log_line("job " + id + ": " + last_seq.status().message());
+    return;
+  }
+
+  engine::TrainerOptions topts;
+  topts.job_id = id;
+  topts.data_dir = options_.data_dir;
+  topts.checkpoint_dir = JobDir(id);
+  topts.resume_from = resume_from;
+  topts.first_seq = *last_seq + 1;
+  topts.cancel = &cancel_;
+  topts.on_event = [this](const JobEvent& e) { OnTrainerEvent(e); };
+  if (resuming) {
+    log_line("job " + id + ": resuming " +
+             (resume_from.empty() ? "from step 0 (no checkpoint yet)" : "from " + resume_from));
+  }
+  auto trainer = engine::Trainer::create(*backend_, job.spec(), std::move(topts));
+  if (!trainer.ok()) {
+    const std::string reason = "cannot start: " + trainer.status().message();
+    log_line("job " + id + " failed: " + reason);
+    Status s = RecordEvent(&job, ampd::v1::FAILED, reason);
+    if (!s.ok()) log_line("job " + id + ": " + s.message());
+    return;
+  }
+  if (shutdown_stop_.load()) return;  // shutting down: leave it for the next start
+
+  const Job& t = (*trainer)->job();
+  job.set_precision(t.precision());
+  job.set_backend(t.backend());
+  job.set_total_steps(t.total_steps());
+  *job.mutable_memory() = t.memory();
+  if (!resume_from.empty()) {
+    job.set_checkpoint(resume_from);
+    job.set_step(checkpoint_step(fs::path(resume_from).filename().string()));
+  }
+  running_job_ = job;
+  log_line("job " + id + " running: " + std::to_string(t.total_steps()) + " steps, " +
+           t.precision() + " on " + static_info_.device);
+  const Job final_job = (*trainer)->run();
+
+  // The events have set state, step, metrics and checkpoint; take the rest from the
+  // trainer's summary.
+  Job& j = running_job_;
+  j.set_step(final_job.step());
+  j.set_epoch(final_job.epoch());
+  *j.mutable_metrics() = final_job.metrics();
+  j.set_loss_scale(final_job.loss_scale());
+  j.set_overflow_skipped_steps(final_job.overflow_skipped_steps());
+  if (!final_job.checkpoint().empty()) j.set_checkpoint(final_job.checkpoint());
+  *j.mutable_memory() = final_job.memory();
+  Status s = store_->UpdateJob(j, /*durable=*/true);
+  if (!s.ok()) log_line("job " + id + ": " + s.message());
+  if (is_final(j.state())) {
+    log_line("job " + id + " " + state_name(j.state()) + " at step " + std::to_string(j.step()) +
+             (j.failure_reason().empty() ? "" : ": " + j.failure_reason()));
+  } else {
+    log_line("job " + id + " stopped for shutdown at step " + std::to_string(j.step()) +
+             " (checkpoint " + j.checkpoint() + "); it resumes on the next start");
+  }
+}
+
+void JobManager::OnTrainerEvent(const JobEvent& e) {
+  // A stop for shutdown ends the trainer with CANCELLED; the job is not cancelled, so
+  // that event is not recorded (its seq is reused after the restart).
+  if (e.has_state_change() && e.state_change().state() == ampd::v1::CANCELLED &&
+      shutdown_stop_.load() && !user_cancel_.load()) {
+    return;
+  }
+  ApplyEvent(e, &running_job_);
+  // A state change is worth an fsync; a progress event is not (see job_store.h).
+  Status s = store_->AppendEvent(running_job_, e, /*durable=*/e.has_state_change());
+  if (!s.ok()) {
+    // Unpublished too: watchers only ever see what the store holds.
+    log_line("job " + e.job_id() + ": event " + std::to_string(e.seq()) +
+             " not stored: " + s.message());
+    return;
+  }
+  hub_->Publish(e);
+}
+
+}  // namespace ampd::server

@@ -1,0 +1,169 @@
+// The core of `ampd serve`: the job queue, the job state machine, persistence and the
+// worker that runs jobs, with no gRPC in sight (server/trainer_service.* is the thin RPC
+// layer over this, as in Triton's core/frontend split).
+//
+// Job lifecycle (ampd.v1.JobState):
+//   QUEUED     accepted and persisted; waits in submission order.
+//   RUNNING    the worker runs it (or ran it when the server stopped: it resumes on the
+//              next start from its newest valid checkpoint, or from step 0 without one).
+//   SUCCEEDED  trained to the end.
+//   FAILED     the spec could not start (data gone, checkpoint unusable) or a step failed.
+//   CANCELLED  a user cancelled it: at once while QUEUED, at the next step boundary and
+//              after a checkpoint while RUNNING.
+// A server shutdown is not a cancel: the running job stops at a step boundary after a
+// checkpoint but stays RUNNING in the store (the trainer's CANCELLED event is not
+// recorded), so that the next start resumes it.
+//
+// Every job event is persisted (JobStore) before it is published to watchers (EventHub);
+// event seqs of a job are contiguous from 1 across restarts (first_seq = last stored + 1).
+//
+// One worker thread runs one job at a time on the one backend: a device trains one job at
+// a time, and running two would only make both slower and their timings meaningless.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ampd/v1/job.pb.h"
+#include "ampd/v1/trainer.pb.h"
+#include "kernels/backend.h"
+#include "kernels/status.h"
+#include "server/dataset_store.h"
+#include "server/event_hub.h"
+#include "server/job_store.h"
+
+namespace ampd::server {
+
+struct JobManagerOptions {
+  std::string state_dir;  // ampd.db and jobs/<id>/ checkpoints
+  std::string data_dir;   // root of data.csv.path and of uploads
+  // QUEUED jobs accepted beyond the running one; more is RESOURCE_EXHAUSTED.
+  int max_queued_jobs = 100;
+  // checkpoint_every given to served jobs whose spec sets none (0), so that a restart
+  // repeats at most this many steps.
+  int64_t default_checkpoint_every = 50;
+  int64_t max_upload_bytes = int64_t{256} << 20;
+  EventHub::Options hub;
+  // How long CancelJob waits for a running job to reach its step boundary and
+  // checkpoint, so that the answer usually shows CANCELLED.
+  std::chrono::milliseconds cancel_wait{5000};
+};
+
+// What GetServerInfo reports beyond the version.
+struct ManagerInfo {
+  std::string backend;
+  std::string device;
+  std::vector<std::string> precisions;
+  int64_t device_memory_bytes = 0;
+  int max_queued_jobs = 0;
+  int queued_jobs = 0;
+  std::string running_job;
+};
+
+class JobManager {
+ public:
+  // Opens the store, recovers unfinished jobs (QUEUED and RUNNING, in submission order)
+  // and starts the worker.
+  static StatusOr<std::unique_ptr<JobManager>> Create(std::unique_ptr<Backend> backend,
+                                                      JobManagerOptions options);
+  ~JobManager();
+  JobManager(const JobManager&) = delete;
+  JobManager& operator=(const JobManager&) = delete;
+
+  // Validates the spec (InvalidArgument naming the field; NotFound for a missing data
+  // set; ResourceExhausted for a job that cannot fit the device), applies the served
+  // defaults and queues it. With a client_request_id already used: the same job when the
+  // spec is the same, AlreadyExists when it differs. ResourceExhausted when the queue is
+  // full; Unavailable while shutting down.
+  StatusOr<ampd::v1::Job> Submit(const ampd::v1::JobSpec& spec,
+                                 const std::string& client_request_id);
+
+  StatusOr<ampd::v1::Job> Get(const std::string& job_id);
+
+  struct Page {
+    std::vector<ampd::v1::Job> jobs;
+    std::string next_page_token;  // "" on the last page
+  };
+  // Oldest first. page_size 0 means 50; above 1000 is read as 1000.
+  StatusOr<Page> List(const std::vector<ampd::v1::JobState>& states, int page_size,
+                      const std::string& page_token);
+
+  // FailedPrecondition for a job that already ended. A queued job is CANCELLED at once;
+  // a running one at its next step boundary (waits up to options.cancel_wait for that,
+  // then returns the job as it is).
+  StatusOr<ampd::v1::Job> Cancel(const std::string& job_id);
+
+  // Streams events with seq > since_seq until the job's final one (see EventHub::Watch).
+  Status Watch(const std::string& job_id, int64_t since_seq,
+               const std::function<bool(const ampd::v1::JobEvent&)>& write,
+               const std::function<bool()>& cancelled);
+
+  // Streams the job's newest checkpoint file in chunks of chunk_bytes. FailedPrecondition
+  // when it has none yet.
+  Status ReadCheckpoint(const std::string& job_id, int64_t chunk_bytes,
+                        const std::function<bool(const ampd::v1::CheckpointChunk&)>& write);
+
+  DatasetStore& datasets() { return *datasets_; }
+  ManagerInfo Info() const;
+
+  // Stops taking work: no new job starts, the running one stops at its next step boundary
+  // after a checkpoint and stays RUNNING in the store, then every watch ends
+  // (Unavailable). Returns false when the worker did not stop by `deadline` (a step
+  // longer than the shutdown budget); the caller should then exit without destroying
+  // this object. Idempotent.
+  bool Shutdown(std::chrono::steady_clock::time_point deadline);
+
+ private:
+  JobManager(std::unique_ptr<Backend> backend, JobManagerOptions options);
+  Status Init();
+  void WorkerLoop();
+  void RunJob(const std::string& id);
+  void OnTrainerEvent(const ampd::v1::JobEvent& event);
+  // Records an event the manager itself produces (QUEUED, CANCELLED while queued,
+  // FAILED before start): applies it to *job, persists both, publishes.
+  Status RecordEvent(ampd::v1::Job* job, ampd::v1::JobState state, const std::string& reason);
+  std::string NewJobId();  // requires mu_
+  std::string PickCheckpoint(const std::string& id) const;
+  std::string JobDir(const std::string& id) const;
+  Status CheckSpec(ampd::v1::JobSpec* resolved) const;
+
+  std::unique_ptr<Backend> backend_;
+  const JobManagerOptions options_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<EventHub> hub_;
+  std::unique_ptr<DatasetStore> datasets_;
+  ManagerInfo static_info_;
+  std::string auto_precision_;  // what "auto" resolves to on this backend
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // queue_ or stopping_ changed
+  std::condition_variable done_cv_;  // running_id_ or worker_exited_ changed
+  std::deque<std::string> queue_;    // ids, submission order
+  std::string running_id_;
+  bool stopping_ = false;
+  bool worker_exited_ = false;
+  uint64_t last_id_ms_ = 0;
+
+  // Stop requests for the running job, read by the trainer at step boundaries.
+  std::atomic<bool> cancel_{false};
+  std::atomic<bool> user_cancel_{false};
+  std::atomic<bool> shutdown_stop_{false};
+  // The running job as its events describe it; touched only on the worker thread.
+  ampd::v1::Job running_job_;
+
+  std::thread worker_;
+};
+
+// Applies an event to the job summary it belongs to (state, step, metrics, checkpoint).
+void ApplyEvent(const ampd::v1::JobEvent& event, ampd::v1::Job* job);
+
+}  // namespace ampd::server

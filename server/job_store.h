@@ -1,0 +1,95 @@
+// The server's durable state: jobs and their complete event logs in one SQLite database
+// (<state-dir>/ampd.db). No gRPC here; the job manager is the only writer.
+//
+// Schema (PRAGMA user_version = 1):
+//   jobs(id TEXT PRIMARY KEY, state INTEGER, client_request_id TEXT UNIQUE (NULL when
+//        none), spec_json TEXT (for people with the sqlite3 shell), job BLOB (ampd.v1.Job),
+//        created_at / updated_at INTEGER (Unix ms))
+//   events(job_id, seq, event BLOB (ampd.v1.JobEvent), PRIMARY KEY (job_id, seq))
+// Job ids sort by submission time, so "ORDER BY id" is submission order.
+//
+// Durability: WAL journal, synchronous=NORMAL by default, FULL for the writes that
+// matter most. In WAL mode NORMAL never corrupts the database and loses nothing when the
+// process dies (SIGKILL, OOM kill): a commit is in the WAL file before it returns; only an
+// OS crash or power cut can roll back the last commits, because the WAL is fsynced at
+// checkpoints rather than at every commit. That is the right price for progress events,
+// which arrive every few milliseconds on the training thread (an fsync each would cost
+// milliseconds per event on a disk). Writes marked `durable` (a new job, every state
+// change) run with synchronous=FULL: their commit fsyncs the WAL, and since the WAL is
+// sequential that also makes every earlier event durable. So an acknowledged SubmitJob
+// survives a power cut, and what a power cut can lose is a tail of progress events, which
+// a resumed job re-creates from its checkpoint anyway.
+//
+// One connection guarded by a mutex: the writer is one training thread plus short RPC
+// transactions, and reads are small pages; more connections would buy nothing here.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ampd/v1/job.pb.h"
+#include "kernels/status.h"
+
+namespace ampd::server {
+
+class JobStore {
+ public:
+  // Opens (creating if needed) the database file and its schema. Unavailable when the
+  // file cannot be opened; DataLoss when it is not an ampd database or is corrupt.
+  static StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Inserts a new job and its first event in one transaction (durable). AlreadyExists
+  // when the id or the client_request_id is taken.
+  Status InsertJob(const ampd::v1::Job& job, const ampd::v1::JobEvent& first_event);
+
+  // Appends an event and stores the job as it is after that event, atomically.
+  Status AppendEvent(const ampd::v1::Job& job, const ampd::v1::JobEvent& event, bool durable);
+
+  // Stores the job row alone (no event).
+  Status UpdateJob(const ampd::v1::Job& job, bool durable);
+
+  // NotFound when there is no such job.
+  StatusOr<ampd::v1::Job> GetJob(const std::string& id);
+  // nullopt when no job carries this client_request_id.
+  StatusOr<std::optional<ampd::v1::Job>> FindByClientRequestId(const std::string& request_id);
+
+  // Up to `limit` events with seq > after_seq, in seq order.
+  StatusOr<std::vector<ampd::v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_seq,
+                                                       int limit);
+  // The highest stored seq of the job (0 when it has none).
+  StatusOr<int64_t> LastSeq(const std::string& job_id);
+
+  // Jobs with id > after_id, in id order, restricted to `states` unless it is empty; at
+  // most `limit` of them.
+  StatusOr<std::vector<ampd::v1::Job>> ListJobs(const std::vector<ampd::v1::JobState>& states,
+                                                const std::string& after_id, int limit);
+
+  // The largest job id ("" when there are no jobs): new ids must sort after it.
+  StatusOr<std::string> MaxJobId();
+
+ private:
+  explicit JobStore(sqlite3* db) : db_(db) {}
+  Status Exec(const char* sql);
+  Status SetSynchronous(bool full);
+  Status PutJob(const ampd::v1::Job& job, bool insert);
+  Status PutEvent(const ampd::v1::JobEvent& event);
+  // Runs `body` inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); `durable` switches
+  // the connection to synchronous=FULL for this commit only.
+  template <typename Body>
+  Status Transaction(bool durable, Body&& body);
+  Status Error(const std::string& what) const;
+
+  std::mutex mu_;
+  sqlite3* db_;
+};
+
+}  // namespace ampd::server

@@ -1,0 +1,309 @@
+#include "server/serve_command.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "kernels/backend_factory.h"
+#include "server/job_manager.h"
+#include "server/log.h"
+#include "server/trainer_service.h"
+
+#ifndef AMPD_VERSION
+#define AMPD_VERSION "0.0.0"
+#endif
+
+namespace ampd::server {
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+const char* const kServiceName = "ampd.v1.Trainer";
+
+// Turns SIGTERM/SIGINT into an ordinary event. The signals are blocked in every thread
+// (the mask is set before any thread exists and is inherited), and this thread collects
+// them with sigtimedwait: no code runs in signal-handler context, so the shutdown may lock,
+// log and allocate like any other code. A second signal during the drain exits at once;
+// the store and checkpoints are crash-safe, so that only loses progress since the last
+// checkpoint.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+  }
+  ~SignalWatcher() { Stop(); }
+
+  // Must run before any other thread is created.
+  void BlockSignals() { pthread_sigmask(SIG_BLOCK, &set_, nullptr); }
+
+  void Start() {
+    thread_ = std::thread([this] {
+      const timespec tick{0, 200 * 1000 * 1000};
+      while (!stop_.load()) {
+        const int sig = sigtimedwait(&set_, nullptr, &tick);
+        if (sig <= 0) continue;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (signal_ != 0) {
+          log_line(std::string("second signal (") + strsignal(sig) + "): exiting now");
+          std::_Exit(1);
+        }
+        signal_ = sig;
+        cv_.notify_all();
+      }
+    });
+  }
+
+  int Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return signal_ != 0; });
+    return signal_;
+  }
+
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  sigset_t set_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int signal_ = 0;
+};
+
+// Ends the process if the drain overruns its budget (a step that never returns, a stuck
+// RPC): Kubernetes would SIGKILL a little later anyway, and exiting ourselves leaves a
+// log line saying why. The job store and checkpoints are crash-safe.
+class Watchdog {
+ public:
+  explicit Watchdog(Clock::time_point deadline) {
+    thread_ = std::thread([this, deadline] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_until(lock, deadline, [&] { return done_; })) {
+        log_line("shutdown: still not done at --shutdown-timeout; exiting now");
+        std::_Exit(1);
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+Clock::duration seconds(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
+  CLI::App* serve = app.add_subcommand(
+      "serve", "Run the gRPC training service (ampd.v1.Trainer, health, reflection)");
+  serve->footer(
+      "\nExamples:\n"
+      "  ampd serve\n"
+      "  ampd serve --grpc-addr 0.0.0.0:50051 --state-dir /var/lib/ampd --backend cuda\n"
+      "  AMPD_STATE_DIR=/var/lib/ampd ampd serve\n\n"
+      "Jobs, their events and checkpoints live under --state-dir; after a restart every job\n"
+      "is still there and unfinished ones continue (running ones from their last checkpoint).\n"
+      "SIGTERM/SIGINT drain: new calls get UNAVAILABLE, health turns NOT_SERVING, the running\n"
+      "job checkpoints and stays RUNNING for the next start. Prometheus metrics come in a\n"
+      "later version.\n"
+      "Exit status: 0 drained, 1 failed or drain overran, 2 bad configuration, 3 backend or\n"
+      "address unavailable.");
+  const auto seconds_unit = CLI::AsNumberWithUnit(
+      std::map<std::string, double>{{"ms", 0.001}, {"s", 1}, {"m", 60}},
+      static_cast<CLI::AsNumberWithUnit::Options>(CLI::AsNumberWithUnit::CASE_INSENSITIVE |
+                                                  CLI::AsNumberWithUnit::UNIT_OPTIONAL),
+      "SECONDS");
+  serve->add_option("--grpc-addr", o.grpc_addr, "host:port to listen on (port 0: any free port)")
+      ->envname("AMPD_GRPC_ADDR")
+      ->capture_default_str();
+  serve->add_option("--state-dir", o.state_dir, "Job database (ampd.db) and checkpoints (jobs/)")
+      ->envname("AMPD_STATE_DIR")
+      ->capture_default_str();
+  serve
+      ->add_option("--data-dir", o.data_dir,
+                   "Root of data.csv.path and of uploaded data sets (default: <state-dir>/data)")
+      ->envname("AMPD_DATA_DIR");
+  serve->add_option("--backend", o.backend, "auto | cpu | cuda | reference")
+      ->envname("AMPD_BACKEND")
+      ->capture_default_str();
+  serve->add_option("--threads", o.threads, "CPU threads (0 = all cores)")
+      ->envname("AMPD_THREADS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--max-queued-jobs", o.max_queued_jobs,
+                   "Jobs that may wait behind the running one; more get RESOURCE_EXHAUSTED")
+      ->envname("AMPD_MAX_QUEUED_JOBS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--max-upload-bytes", o.max_upload_bytes,
+                   "Largest data set upload (256MiB, 1G, 4096)")
+      ->envname("AMPD_MAX_UPLOAD_BYTES")
+      ->transform(CLI::AsSizeValue(false))
+      ->capture_default_str();
+  serve
+      ->add_option("--checkpoint-every", o.checkpoint_every,
+                   "Checkpoint interval in steps for jobs whose spec sets none: a restart "
+                   "repeats at most this many steps")
+      ->envname("AMPD_CHECKPOINT_EVERY")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--shutdown-timeout", o.shutdown_timeout_s,
+                   "Upper bound on the drain after SIGTERM (20s fits Kubernetes' 30 s grace)")
+      ->envname("AMPD_SHUTDOWN_TIMEOUT")
+      ->transform(seconds_unit)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--drain-grace", o.drain_grace_s,
+                   "After SIGTERM, keep the listener open this long (NOT_SERVING, new calls "
+                   "UNAVAILABLE, running job continues) so that probes and load balancers "
+                   "notice before connections drop")
+      ->envname("AMPD_DRAIN_GRACE")
+      ->transform(seconds_unit)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--watch-buffer-events", o.watch_buffer_events,
+                   "Live events buffered per WatchJob stream; a slower client replays from "
+                   "the store instead")
+      ->envname("AMPD_WATCH_BUFFER_EVENTS")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve->callback([&o, exit_code] { *exit_code = run_serve_command(o); });
+}
+
+int run_serve_command(const ServeOptions& o) {
+  SignalWatcher signals;
+  signals.BlockSignals();
+  // A client that disconnects mid-write must not kill the server.
+  ::signal(SIGPIPE, SIG_IGN);
+  signals.Start();
+
+  const std::string data_dir =
+      o.data_dir.empty() ? (fs::path(o.state_dir) / "data").string() : o.data_dir;
+  std::error_code ec;
+  fs::create_directories(o.state_dir, ec);
+  if (ec) {
+    log_line("cannot create --state-dir " + o.state_dir + ": " + ec.message());
+    return 2;
+  }
+
+  BackendRequest request;
+  request.kind = o.backend;
+  request.threads = o.threads;
+  auto choice = create_backend(request);
+  if (!choice.ok()) {
+    log_line("backend: " + choice.status().message());
+    return choice.status().code() == StatusCode::kInvalidArgument ? 2 : 3;
+  }
+  if (!choice->note.empty()) log_line(choice->note);
+
+  JobManagerOptions mopts;
+  mopts.state_dir = o.state_dir;
+  mopts.data_dir = data_dir;
+  mopts.max_queued_jobs = o.max_queued_jobs;
+  mopts.default_checkpoint_every = o.checkpoint_every;
+  mopts.max_upload_bytes = static_cast<int64_t>(
+      std::min<uint64_t>(o.max_upload_bytes, static_cast<uint64_t>(INT64_MAX)));
+  mopts.hub.watcher_buffer = static_cast<size_t>(o.watch_buffer_events);
+  auto manager = JobManager::Create(std::move(choice->backend), mopts);
+  if (!manager.ok()) {
+    log_line(manager.status().message());
+    return 2;
+  }
+
+  TrainerServiceOptions sopts;
+  sopts.version = AMPD_VERSION;
+  TrainerService service(manager->get(), sopts);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    log_line("cannot listen on " + o.grpc_addr);
+    return 3;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(true);
+  const ManagerInfo info = (*manager)->Info();
+  log_line(std::string("ampd ") + AMPD_VERSION + " serving " + kServiceName + " on " +
+           o.grpc_addr.substr(0, o.grpc_addr.rfind(':')) + ":" + std::to_string(port) + " (" +
+           info.backend + ": " + info.device + "; state " + o.state_dir + ", data " + data_dir +
+           ")");
+
+  const int sig = signals.Wait();
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline = start + seconds(o.shutdown_timeout_s);
+  Watchdog watchdog(deadline);
+  log_line(std::string("received ") + strsignal(sig) + ": draining (bound " +
+           std::to_string(o.shutdown_timeout_s) + " s)");
+  // 1. Tell probes, refuse new work; calls in flight continue.
+  health->SetServingStatus(false);
+  service.BeginDrain();
+  if (o.drain_grace_s > 0) {
+    std::this_thread::sleep_until(std::min(deadline, start + seconds(o.drain_grace_s)));
+  }
+  // 2. Stop the running job at a step boundary after a checkpoint (it stays RUNNING),
+  //    then end the WatchJob streams. A quarter of the budget stays for step 3.
+  const bool stopped = (*manager)->Shutdown(deadline - (deadline - Clock::now()) / 4);
+  // 3. Give unary calls in flight a moment to finish, then cancel what remains. The
+  //    moment is short on purpose: gRPC's Shutdown also waits for idle client connections
+  //    to go away, which clients do lazily (measured: 5-15 s after the GOAWAY), and only
+  //    the cancel at the deadline closes them. WatchJob streams have already ended.
+  const Clock::duration rpc_grace = std::clamp<Clock::duration>(
+      deadline - Clock::now(), Clock::duration::zero(), std::chrono::seconds(1));
+  server->Shutdown(std::chrono::system_clock::now() + rpc_grace);
+  if (!stopped) {
+    // The worker is still inside a step: the manager cannot be destroyed under it.
+    log_line(
+        "shutdown: the running job did not reach a step boundary in time; exiting "
+        "(it resumes from its last checkpoint on the next start)");
+    std::_Exit(1);
+  }
+  server.reset();
+  manager->reset();
+  signals.Stop();
+  const double took = std::chrono::duration<double>(Clock::now() - start).count();
+  log_line("stopped after " + std::to_string(took).substr(0, 5) + " s");
+  return 0;
+}
+
+}  // namespace ampd::server

@@ -1,0 +1,37 @@
+// `ampd serve`: the gRPC training service. Options (each also from an AMPD_* environment
+// variable), building the server, and the signal-driven shutdown.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace ampd::server {
+
+struct ServeOptions {
+  std::string grpc_addr = "127.0.0.1:50051";
+  std::string state_dir = "ampd-state";
+  std::string data_dir;  // "" = <state_dir>/data
+  std::string backend = "auto";
+  int threads = 0;
+  int max_queued_jobs = 100;
+  uint64_t max_upload_bytes = uint64_t{256} << 20;
+  int64_t checkpoint_every = 50;
+  double shutdown_timeout_s = 20;
+  double drain_grace_s = 0;
+  int watch_buffer_events = 256;
+};
+
+// Adds the subcommand to the CLI; the callback stores the exit code in *exit_code.
+void add_serve_command(CLI::App& app, ServeOptions& options, int* exit_code);
+
+// Serves until SIGTERM or SIGINT, then drains. Exit codes: 0 after a clean drain, 1 when
+// the drain overran --shutdown-timeout (the running job still resumes on the next start)
+// or the server failed, 2 bad configuration (state dir, data dir), 3 backend unavailable
+// or the address cannot be bound.
+int run_serve_command(const ServeOptions& options);
+
+}  // namespace ampd::server

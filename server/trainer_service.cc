@@ -1,0 +1,183 @@
+#include "server/trainer_service.h"
+
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "server/log.h"
+
+namespace ampd::server {
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
+  switch (status.code()) {
+    case StatusCode::kOk: return grpc::Status::OK;
+    case StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
+    case StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case StatusCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
+    case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case StatusCode::kDataLoss: code = grpc::StatusCode::DATA_LOSS; break;
+    case StatusCode::kUnimplemented: code = grpc::StatusCode::UNIMPLEMENTED; break;
+  }
+  return grpc::Status(code, status.message());
+}
+
+template <typename Body>
+grpc::Status TrainerService::Handle(const char* method, Body&& body) {
+  if (draining_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+  }
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    log_line(std::string(method) + ": internal error: " + e.what());
+    return grpc::Status(grpc::StatusCode::INTERNAL, std::string("internal error: ") + e.what());
+  } catch (...) {
+    log_line(std::string(method) + ": internal error");
+    return grpc::Status(grpc::StatusCode::INTERNAL, "internal error");
+  }
+}
+
+grpc::Status TrainerService::SubmitJob(grpc::ServerContext*,
+                                       const ampd::v1::SubmitJobRequest* request,
+                                       ampd::v1::Job* response) {
+  return Handle("SubmitJob", [&] {
+    auto job = manager_->Submit(request->spec(), request->client_request_id());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    *response = std::move(job).value();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::GetJob(grpc::ServerContext*, const ampd::v1::GetJobRequest* request,
+                                    ampd::v1::Job* response) {
+  return Handle("GetJob", [&] {
+    auto job = manager_->Get(request->job_id());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    *response = std::move(job).value();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::ListJobs(grpc::ServerContext*,
+                                      const ampd::v1::ListJobsRequest* request,
+                                      ampd::v1::ListJobsResponse* response) {
+  return Handle("ListJobs", [&] {
+    std::vector<ampd::v1::JobState> states;
+    for (int s : request->states()) states.push_back(static_cast<ampd::v1::JobState>(s));
+    auto page = manager_->List(states, request->page_size(), request->page_token());
+    if (!page.ok()) return ToGrpcStatus(page.status());
+    for (auto& job : page->jobs) *response->add_jobs() = std::move(job);
+    response->set_next_page_token(page->next_page_token);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::CancelJob(grpc::ServerContext*,
+                                       const ampd::v1::CancelJobRequest* request,
+                                       ampd::v1::Job* response) {
+  return Handle("CancelJob", [&] {
+    auto job = manager_->Cancel(request->job_id());
+    if (!job.ok()) return ToGrpcStatus(job.status());
+    *response = std::move(job).value();
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::WatchJob(grpc::ServerContext* context,
+                                      const ampd::v1::WatchJobRequest* request,
+                                      grpc::ServerWriter<ampd::v1::JobEvent>* writer) {
+  return Handle("WatchJob", [&] {
+    // A blocking Write only holds up this stream's thread: the hub drops this watcher's
+    // buffered events meanwhile and it catches up from the store.
+    return ToGrpcStatus(manager_->Watch(
+        request->job_id(), request->since_seq(),
+        [&](const ampd::v1::JobEvent& e) { return writer->Write(e); },
+        [&] { return context->IsCancelled(); }));
+  });
+}
+
+grpc::Status TrainerService::UploadDataset(
+    grpc::ServerContext*, grpc::ServerReader<ampd::v1::UploadDatasetRequest>* reader,
+    ampd::v1::Dataset* response) {
+  return Handle("UploadDataset", [&] {
+    ampd::v1::UploadDatasetRequest message;
+    if (!reader->Read(&message)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty upload: send a header");
+    }
+    if (!message.has_header()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "header: the first message of an upload must be its header");
+    }
+    const auto& h = message.header();
+    auto upload = manager_->datasets().BeginUpload(h.name(), h.size_bytes(), h.sha256());
+    if (!upload.ok()) return ToGrpcStatus(upload.status());
+    while (reader->Read(&message)) {
+      if (message.has_header()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "header: only the first message may be a header");
+      }
+      // Returning early ends the call; the client's remaining messages are discarded and
+      // the Upload's destructor removes the partial file.
+      Status s = (*upload)->Append(message.chunk());
+      if (!s.ok()) return ToGrpcStatus(s);
+    }
+    auto info = (*upload)->Finish();
+    if (!info.ok()) return ToGrpcStatus(info.status());
+    response->set_name(info->name);
+    response->set_size_bytes(info->size_bytes);
+    response->set_sha256(info->sha256);
+    log_line("data set " + info->name + " uploaded (" + std::to_string(info->size_bytes) +
+             " bytes)");
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::ListDatasets(grpc::ServerContext*,
+                                          const ampd::v1::ListDatasetsRequest*,
+                                          ampd::v1::ListDatasetsResponse* response) {
+  return Handle("ListDatasets", [&] {
+    auto list = manager_->datasets().List();
+    if (!list.ok()) return ToGrpcStatus(list.status());
+    for (const auto& d : *list) {
+      auto* out = response->add_datasets();
+      out->set_name(d.name);
+      out->set_size_bytes(d.size_bytes);
+      out->set_sha256(d.sha256);
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status TrainerService::DownloadCheckpoint(
+    grpc::ServerContext*, const ampd::v1::DownloadCheckpointRequest* request,
+    grpc::ServerWriter<ampd::v1::CheckpointChunk>* writer) {
+  return Handle("DownloadCheckpoint", [&] {
+    return ToGrpcStatus(manager_->ReadCheckpoint(
+        request->job_id(), options_.checkpoint_chunk_bytes,
+        [&](const ampd::v1::CheckpointChunk& chunk) { return writer->Write(chunk); }));
+  });
+}
+
+grpc::Status TrainerService::GetServerInfo(grpc::ServerContext*,
+                                           const ampd::v1::GetServerInfoRequest*,
+                                           ampd::v1::ServerInfo* response) {
+  return Handle("GetServerInfo", [&] {
+    const ManagerInfo info = manager_->Info();
+    response->set_version(options_.version);
+    response->set_backend(info.backend);
+    response->set_device(info.device);
+    for (const auto& p : info.precisions) response->add_precisions(p);
+    response->set_device_memory_bytes(info.device_memory_bytes);
+    response->set_max_queued_jobs(info.max_queued_jobs);
+    response->set_queued_jobs(info.queued_jobs);
+    response->set_running_job(info.running_job);
+    return grpc::Status::OK;
+  });
+}
+
+}  // namespace ampd::server

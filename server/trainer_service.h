@@ -1,0 +1,67 @@
+// ampd.v1.Trainer over gRPC: the thin layer. Each method converts the request, calls the
+// JobManager, and maps the Status with ToGrpcStatus. No method lets an exception out
+// (gRPC's synchronous server would terminate the process on one).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "ampd/v1/trainer.grpc.pb.h"
+#include "kernels/status.h"
+#include "server/job_manager.h"
+
+namespace ampd::server {
+
+// The one place where ampd status codes become gRPC ones.
+grpc::Status ToGrpcStatus(const Status& status);
+
+struct TrainerServiceOptions {
+  int64_t checkpoint_chunk_bytes = int64_t{1} << 20;
+  std::string version;
+};
+
+class TrainerService final : public ampd::v1::Trainer::Service {
+ public:
+  TrainerService(JobManager* manager, TrainerServiceOptions options)
+      : manager_(manager), options_(std::move(options)) {}
+
+  // From now on every new call is answered UNAVAILABLE (the server is draining).
+  void BeginDrain() { draining_.store(true); }
+
+  grpc::Status SubmitJob(grpc::ServerContext* context, const ampd::v1::SubmitJobRequest* request,
+                         ampd::v1::Job* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context, const ampd::v1::GetJobRequest* request,
+                      ampd::v1::Job* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context, const ampd::v1::ListJobsRequest* request,
+                        ampd::v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context, const ampd::v1::CancelJobRequest* request,
+                         ampd::v1::Job* response) override;
+  grpc::Status WatchJob(grpc::ServerContext* context, const ampd::v1::WatchJobRequest* request,
+                        grpc::ServerWriter<ampd::v1::JobEvent>* writer) override;
+  grpc::Status UploadDataset(grpc::ServerContext* context,
+                             grpc::ServerReader<ampd::v1::UploadDatasetRequest>* reader,
+                             ampd::v1::Dataset* response) override;
+  grpc::Status ListDatasets(grpc::ServerContext* context,
+                            const ampd::v1::ListDatasetsRequest* request,
+                            ampd::v1::ListDatasetsResponse* response) override;
+  grpc::Status DownloadCheckpoint(grpc::ServerContext* context,
+                                  const ampd::v1::DownloadCheckpointRequest* request,
+                                  grpc::ServerWriter<ampd::v1::CheckpointChunk>* writer) override;
+  grpc::Status GetServerInfo(grpc::ServerContext* context,
+                             const ampd::v1::GetServerInfoRequest* request,
+                             ampd::v1::ServerInfo* response) override;
+
+ private:
+  // Runs a handler body: UNAVAILABLE while draining, INTERNAL for an escaped exception.
+  template <typename Body>
+  grpc::Status Handle(const char* method, Body&& body);
+
+  JobManager* manager_;
+  const TrainerServiceOptions options_;
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace ampd::server

@@ -1,0 +1,52 @@
+// A real `ampd serve` child process for the service tests: started with posix_spawn on a
+// free loopback port with its own state dir, ready once grpc.health.v1 says SERVING,
+// stopped by PID with the signal a test chooses. Its stdout/stderr go to a log file that
+// a failing test prints.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ampd::testing {
+
+class ServerProcess {
+ public:
+  // Starts `ampd serve --grpc-addr 127.0.0.1:<free port> --state-dir <state_dir>
+  // --backend cpu --threads 1 <extra...>` and waits (up to 30 s) for SERVING. Returns
+  // nullptr, with the reason in *error, when it does not come up.
+  static std::unique_ptr<ServerProcess> Start(const std::string& state_dir,
+                                              const std::vector<std::string>& extra_args,
+                                              std::string* error);
+  ~ServerProcess();  // SIGKILL if still running
+
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+  std::shared_ptr<grpc::Channel> NewChannel() const;
+
+  void Signal(int sig) const;
+  // Waits for the process to exit; its exit code (128 + signal when killed), or -1 when
+  // it is still running after `timeout`.
+  int Wait(std::chrono::milliseconds timeout);
+  // Signal + Wait.
+  int Stop(int sig, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  bool running() const { return exit_code_ < 0; }
+
+  std::string Log() const;
+
+ private:
+  ServerProcess() = default;
+  pid_t pid_ = -1;
+  int exit_code_ = -1;
+  std::string address_;
+  std::string log_path_;
+};
+
+// A port that nothing listens on right now (bind to port 0, read it, close).
+int PickFreePort();
+
+}  // namespace ampd::testing

@@ -1,0 +1,394 @@
+// The server's core pieces in-process: the SQLite job store, the event hub's replay and
+// overflow paths (driven deterministically, which a real network cannot do), and data set
+// uploads.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "server/dataset_store.h"
+#include "server/event_hub.h"
+#include "server/job_manager.h"
+#include "server/job_store.h"
+
+namespace ampd::server {
+namespace {
+
+namespace fs = std::filesystem;
+using ampd::v1::Job;
+using ampd::v1::JobEvent;
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/ampd-core-test-XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+JobEvent Event(const std::string& job, int64_t seq, bool final = false) {
+  JobEvent e;
+  e.set_job_id(job);
+  e.set_seq(seq);
+  if (final) {
+    e.mutable_state_change()->set_state(ampd::v1::SUCCEEDED);
+  } else {
+    e.mutable_progress()->set_step(seq);
+  }
+  return e;
+}
+
+// ---- JobStore --------------------------------------------------------------------------
+
+TEST(JobStore, PersistsJobsAndEventsAcrossReopen) {
+  TempDir dir;
+  const std::string db = (dir.path() / "ampd.db").string();
+  {
+    auto store = JobStore::Open(db);
+    ASSERT_TRUE(store.ok()) << store.status().to_string();
+    Job job;
+    job.set_id("j-000000000001aaaa");
+    job.set_state(ampd::v1::QUEUED);
+    job.set_client_request_id("r1");
+    job.mutable_spec()->set_name("one");
+    ASSERT_TRUE((*store)->InsertJob(job, Event(job.id(), 1)).ok());
+    // The same client_request_id cannot name a second job.
+    Job dup = job;
+    dup.set_id("j-000000000002aaaa");
+    EXPECT_EQ((*store)->InsertJob(dup, Event(dup.id(), 1)).code(), StatusCode::kAlreadyExists);
+    job.set_state(ampd::v1::RUNNING);
+    for (int64_t seq = 2; seq <= 10; ++seq) {
+      job.set_step(seq);
+      ASSERT_TRUE((*store)->AppendEvent(job, Event(job.id(), seq), seq % 5 == 0).ok());
+    }
+    // A seq cannot be stored twice.
+    EXPECT_FALSE((*store)->AppendEvent(job, Event(job.id(), 10), false).ok());
+  }
+  auto store = JobStore::Open(db);
+  ASSERT_TRUE(store.ok());
+  auto job = (*store)->GetJob("j-000000000001aaaa");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), ampd::v1::RUNNING);
+  EXPECT_EQ(job->step(), 10);
+  EXPECT_EQ(*(*store)->LastSeq(job->id()), 10);
+  auto events = (*store)->ListEvents(job->id(), 3, 4);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 4u);
+  EXPECT_EQ((*events)[0].seq(), 4);
+  EXPECT_EQ((*events)[3].seq(), 7);
+  auto found = (*store)->FindByClientRequestId("r1");
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_EQ((*found)->id(), job->id());
+  EXPECT_EQ((*store)->GetJob("j-ffffffffffffffff").status().code(), StatusCode::kNotFound);
+  auto running = (*store)->ListJobs({ampd::v1::RUNNING}, "", 10);
+  ASSERT_TRUE(running.ok());
+  EXPECT_EQ(running->size(), 1u);
+  EXPECT_EQ((*store)->ListJobs({ampd::v1::QUEUED}, "", 10)->size(), 0u);
+  EXPECT_EQ(*(*store)->MaxJobId(), "j-000000000001aaaa");
+}
+
+TEST(JobStore, RefusesAFileThatIsNotADatabase) {
+  TempDir dir;
+  const fs::path p = dir.path() / "junk.db";
+  std::FILE* f = std::fopen(p.c_str(), "w");
+  std::fputs("this is not sqlite, just text long enough to look like a header........", f);
+  std::fclose(f);
+  auto store = JobStore::Open(p.string());
+  EXPECT_FALSE(store.ok());
+}
+
+// ---- EventHub --------------------------------------------------------------------------
+
+// An in-memory "store" with the manager's discipline: persist, then publish.
+class FakeLog {
+ public:
+  StatusOr<std::vector<JobEvent>> Read(const std::string&, int64_t after, int limit) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Appended in seq order from 1, so seq n sits at index n - 1.
+    std::vector<JobEvent> out;
+    for (size_t i = static_cast<size_t>(std::max<int64_t>(0, after));
+         i < events_.size() && static_cast<int>(out.size()) < limit; ++i) {
+      out.push_back(events_[i]);
+    }
+    return out;
+  }
+  void Append(const JobEvent& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(e);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<JobEvent> events_;
+};
+
+EventHub::Options SmallHub() {
+  EventHub::Options o;
+  o.watcher_buffer = 8;
+  o.replay_page = 16;
+  o.poll_interval = std::chrono::milliseconds(20);
+  return o;
+}
+
+void ExpectSeqs(const std::vector<int64_t>& got, int64_t from, int64_t to) {
+  ASSERT_EQ(got.size(), static_cast<size_t>(to - from + 1));
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], from + static_cast<int64_t>(i));
+}
+
+TEST(EventHub, FastSlowAndLateWatchersGetEverySeqOnceInOrder) {
+  FakeLog log;
+  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.Read(id, after, limit);
+  });
+  constexpr int64_t kEvents = 3000;
+  auto publish = [&](int64_t seq) {
+    const JobEvent e = Event("j", seq, seq == kEvents);
+    log.Append(e);
+    hub.Publish(e);
+  };
+  for (int64_t seq = 1; seq <= 100; ++seq) publish(seq);  // history before anyone watches
+
+  std::vector<int64_t> fast, slow, late, resumed;
+  auto watch = [&](std::vector<int64_t>* out, int64_t since, int sleep_every) {
+    return hub.Watch(
+        "j", since, false,
+        [&, out, sleep_every](const JobEvent& e) {
+          out->push_back(e.seq());
+          if (sleep_every > 0 && e.seq() % sleep_every == 0) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+          return true;
+        },
+        nullptr);
+  };
+  Status s_fast, s_slow, s_late, s_resumed;
+  std::thread t_fast([&] { s_fast = watch(&fast, 0, 0); });
+  std::thread t_slow([&] { s_slow = watch(&slow, 0, 3); });  // overflows its 8 events
+  std::thread t_resumed([&] { s_resumed = watch(&resumed, 50, 0); });
+  std::thread producer([&] {
+    for (int64_t seq = 101; seq <= kEvents; ++seq) {
+      publish(seq);
+      if (seq == 1500) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  std::thread t_late([&] { s_late = watch(&late, 0, 0); });
+  producer.join();
+  t_fast.join();
+  t_slow.join();
+  t_resumed.join();
+  t_late.join();
+  for (const Status* s : {&s_fast, &s_slow, &s_late, &s_resumed}) EXPECT_TRUE(s->ok());
+  ExpectSeqs(fast, 1, kEvents);
+  ExpectSeqs(slow, 1, kEvents);
+  ExpectSeqs(late, 1, kEvents);
+  ExpectSeqs(resumed, 51, kEvents);
+  EXPECT_EQ(hub.watcher_count(), 0u);
+}
+
+TEST(EventHub, ABlockedWatcherNeverBlocksThePublisherAndCatchesUpAfterwards) {
+  FakeLog log;
+  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.Read(id, after, limit);
+  });
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  std::atomic<bool> first_written{false};
+  std::vector<int64_t> got;
+  Status status;
+  std::thread watcher([&] {
+    status = hub.Watch(
+        "j", 0, false,
+        [&](const JobEvent& e) {
+          got.push_back(e.seq());
+          first_written = true;
+          // A client that stops reading: the first write blocks until released.
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return release; });
+          return true;
+        },
+        nullptr);
+  });
+  const JobEvent first = Event("j", 1);
+  log.Append(first);
+  hub.Publish(first);
+  while (!first_written) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // 100k events while the watcher is stuck: publishing stays fast (bounded buffer).
+  const auto t0 = std::chrono::steady_clock::now();
+  constexpr int64_t kEvents = 100000;
+  for (int64_t seq = 2; seq <= kEvents; ++seq) {
+    const JobEvent e = Event("j", seq, seq == kEvents);
+    log.Append(e);
+    hub.Publish(e);
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 5.0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  watcher.join();
+  EXPECT_TRUE(status.ok()) << status.to_string();
+  ExpectSeqs(got, 1, kEvents);
+}
+
+TEST(EventHub, ShutdownEndsWatchesWithUnavailable) {
+  FakeLog log;
+  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.Read(id, after, limit);
+  });
+  Status status;
+  std::thread watcher([&] {
+    status = hub.Watch(
+        "j", 0, false, [](const JobEvent&) { return true; }, nullptr);
+  });
+  while (hub.watcher_count() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  hub.Shutdown();
+  watcher.join();
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(hub.Watch(
+                   "j", 0, false, [](const JobEvent&) { return true; }, nullptr)
+                .code(),
+            StatusCode::kUnavailable);
+}
+
+TEST(EventHub, AWatchOfAnEndedJobEndsAfterTheReplayEvenPastTheEnd) {
+  FakeLog log;
+  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.Read(id, after, limit);
+  });
+  for (int64_t seq = 1; seq <= 40; ++seq) log.Append(Event("j", seq, seq == 40));
+  std::vector<int64_t> got;
+  auto collect = [&](const JobEvent& e) {
+    got.push_back(e.seq());
+    return true;
+  };
+  EXPECT_TRUE(hub.Watch("j", 17, true, collect, nullptr).ok());
+  ExpectSeqs(got, 18, 40);
+  got.clear();
+  EXPECT_TRUE(hub.Watch("j", 40, true, collect, nullptr).ok());
+  EXPECT_TRUE(got.empty());
+}
+
+TEST(EventHub, AClientThatLeavesEndsItsWatch) {
+  FakeLog log;
+  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.Read(id, after, limit);
+  });
+  std::atomic<bool> gone{false};
+  Status status;
+  std::thread watcher([&] {
+    status = hub.Watch(
+        "j", 0, false, [](const JobEvent&) { return true; }, [&] { return gone.load(); });
+  });
+  gone = true;
+  watcher.join();
+  EXPECT_EQ(status.code(), StatusCode::kCancelled);
+  EXPECT_EQ(hub.watcher_count(), 0u);
+}
+
+// ---- ApplyEvent ------------------------------------------------------------------------
+
+TEST(ApplyEvent, KeepsTheJobSummaryInStepWithEvents) {
+  Job job;
+  JobEvent e;
+  e.mutable_state_change()->set_state(ampd::v1::RUNNING);
+  e.mutable_time()->set_seconds(100);
+  ApplyEvent(e, &job);
+  EXPECT_EQ(job.state(), ampd::v1::RUNNING);
+  EXPECT_EQ(job.started_at().seconds(), 100);
+  e.mutable_progress()->set_step(20);
+  e.mutable_progress()->set_loss(0.5);
+  e.mutable_progress()->set_loss_scale(1024);
+  ApplyEvent(e, &job);
+  EXPECT_EQ(job.step(), 20);
+  EXPECT_EQ(job.metrics().train_loss(), 0.5);
+  e.mutable_checkpoint()->set_path("/x/step-20.safetensors");
+  ApplyEvent(e, &job);
+  EXPECT_EQ(job.checkpoint(), "/x/step-20.safetensors");
+  e.mutable_state_change()->set_state(ampd::v1::FAILED);
+  e.mutable_state_change()->set_reason("boom");
+  e.mutable_time()->set_seconds(200);
+  ApplyEvent(e, &job);
+  EXPECT_EQ(job.failure_reason(), "boom");
+  EXPECT_EQ(job.started_at().seconds(), 100);
+  EXPECT_EQ(job.finished_at().seconds(), 200);
+}
+
+// ---- DatasetStore ----------------------------------------------------------------------
+
+TEST(Sha256, KnownVectors) {
+  Sha256 empty;
+  EXPECT_EQ(empty.HexDigest(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  Sha256 abc;
+  abc.Update("a");
+  abc.Update("bc");
+  EXPECT_EQ(abc.HexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(DatasetStore, VerifiedUploadsOnlyAndNoPartialFiles) {
+  TempDir dir;
+  DatasetStore::Options o;
+  o.data_dir = (dir.path() / "data").string();
+  o.max_upload_bytes = 16;
+  auto store = DatasetStore::Create(o);
+  ASSERT_TRUE(store.ok());
+  const std::string abc_sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+  {
+    auto up = (*store)->BeginUpload("abc.csv", 3, abc_sha);
+    ASSERT_TRUE(up.ok());
+    ASSERT_TRUE((*up)->Append("ab").ok());
+    ASSERT_TRUE((*up)->Append("c").ok());
+    auto info = (*up)->Finish();
+    ASSERT_TRUE(info.ok()) << info.status().to_string();
+    EXPECT_EQ(info->sha256, abc_sha);
+  }
+  {
+    auto up = (*store)->BeginUpload("bad.csv", 3, std::string(64, 'a'));
+    ASSERT_TRUE(up.ok());
+    ASSERT_TRUE((*up)->Append("abc").ok());
+    EXPECT_EQ((*up)->Finish().status().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ((*store)->BeginUpload("abc.csv", 3, abc_sha).status().code(),
+            StatusCode::kAlreadyExists);
+  EXPECT_EQ((*store)->BeginUpload("big.csv", 17, abc_sha).status().code(),
+            StatusCode::kResourceExhausted);
+  for (const char* name : {"", ".hidden", "../x", "a/b", "a b"}) {
+    EXPECT_EQ((*store)->BeginUpload(name, 3, abc_sha).status().code(), StatusCode::kInvalidArgument)
+        << name;
+  }
+  EXPECT_EQ((*store)->BeginUpload("x.csv", 3, "abc").status().code(), StatusCode::kInvalidArgument);
+  auto list = (*store)->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "abc.csv");
+  EXPECT_EQ((*list)[0].sha256, abc_sha);
+  // Only the finished upload is in the directory: no temporary files remain.
+  int files = 0;
+  for (const auto& entry : fs::directory_iterator(o.data_dir)) {
+    (void)entry;
+    ++files;
+  }
+  EXPECT_EQ(files, 1);
+}
+
+}  // namespace
+}  // namespace ampd::server
