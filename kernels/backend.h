@@ -178,7 +178,9 @@ class Backend {
   Status accumulate(const Tensor& x, const Tensor& y);
 
   // -- activations (y and dx have x's shape and dtype; the math is FP32).
-  // GELU is the exact erf form: 0.5 x (1 + erf(x / sqrt 2)).
+  // GELU is the exact erf form: 0.5 x (1 + erf(x / sqrt 2)). Fast backends may use
+  // vectorized erf/tanh approximations with absolute error up to 1e-6 (oneDNN's, as
+  // PyTorch's CPU GELU); the conformance tests allow exactly that.
   Status activation_forward(Activation act, const Tensor& x, const Tensor& y);
   // dx = dy * act'(x); dx may alias dy.
   Status activation_backward(Activation act, const Tensor& x, const Tensor& dy,
@@ -209,7 +211,8 @@ class Backend {
 
   // -- dropout. The keep mask is a pure function of (seed, offset + element index)
   // through a counter-based hash (dropout_keep() in dropout_hash.h), so every backend draws the
-  // same mask. mask: U8, x's shape (1 = kept). y = x * mask / (1 - p).
+  // same mask. mask: U8, x's shape (1 = kept). y = x * mask / (1 - p), where a backend
+  // may multiply by 1/(1 - p) rounded to FP32 (within 2 ulp of dividing).
   Status dropout_forward(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
                          uint64_t seed, uint64_t offset);
   Status dropout_backward(const Tensor& dy, const Tensor& mask, const Tensor& dx, float p);

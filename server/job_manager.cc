@@ -250,7 +250,9 @@ StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_
                                                     " with a different spec");
     }
   }
-  if (static_cast<int>(queue_.size()) >= options_.max_queued_jobs) {
+  // An idle server always takes a job (it starts at once), even with --max-queued-jobs 0.
+  const bool idle = running_id_.empty() && queue_.empty();
+  if (!idle && static_cast<int>(queue_.size()) >= options_.max_queued_jobs) {
     return ResourceExhausted("the queue is full (" + std::to_string(queue_.size()) +
                              " jobs waiting, --max-queued-jobs " +
                              std::to_string(options_.max_queued_jobs) + "); retry later");

@@ -11,6 +11,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -255,6 +257,13 @@ int run_serve_command(const ServeOptions& o) {
   int port = 0;
   builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  // Find clients that vanished without closing their connection (a WatchJob stream would
+  // otherwise hold its thread until TCP gives up), and accept the keepalive pings of
+  // clients that watch long jobs over idle-killing networks.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     log_line("cannot listen on " + o.grpc_addr);
@@ -273,11 +282,13 @@ int run_serve_command(const ServeOptions& o) {
   const Clock::time_point start = Clock::now();
   const Clock::time_point deadline = start + seconds(o.shutdown_timeout_s);
   Watchdog watchdog(deadline);
-  log_line(std::string("received ") + strsignal(sig) + ": draining (bound " +
-           std::to_string(o.shutdown_timeout_s) + " s)");
-  // 1. Tell probes, refuse new work; calls in flight continue.
-  health->SetServingStatus(false);
+  char bound[32];
+  std::snprintf(bound, sizeof bound, "%g", o.shutdown_timeout_s);
+  log_line(std::string("received ") + strsignal(sig) + ": draining (bound " + bound + " s)");
+  // 1. Refuse new work, then tell probes (in this order, so that a client that has seen
+  //    NOT_SERVING never gets a new call accepted); calls in flight continue.
   service.BeginDrain();
+  health->SetServingStatus(false);
   if (o.drain_grace_s > 0) {
     std::this_thread::sleep_until(std::min(deadline, start + seconds(o.drain_grace_s)));
   }

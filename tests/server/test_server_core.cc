@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/job_spec.h"
+#include "kernels/reference/reference_backend.h"
 #include "server/dataset_store.h"
 #include "server/event_hub.h"
 #include "server/job_manager.h"
@@ -331,6 +333,136 @@ TEST(ApplyEvent, KeepsTheJobSummaryInStepWithEvents) {
   EXPECT_EQ(job.failure_reason(), "boom");
   EXPECT_EQ(job.started_at().seconds(), 100);
   EXPECT_EQ(job.finished_at().seconds(), 200);
+}
+
+// ---- JobManager (in-process, on the reference backend) ----------------------------------
+
+ampd::v1::JobSpec TinySpec(int64_t max_steps) {
+  auto spec = engine::parse_job_spec(
+      "precision: fp32\n"
+      "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
+      "data: {synthetic: {kind: blobs, samples: 64, features: 4, classes: 3}, batch_size: 16}\n"
+      "optimizer: {sgd: {lr: 0.1}}\n"
+      "training: {max_steps: " +
+          std::to_string(max_steps) + ", report_every: 1, checkpoint_every: 5}\n",
+      "yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
+  return spec.ok() ? spec.value() : ampd::v1::JobSpec();
+}
+
+std::unique_ptr<JobManager> NewManager(const TempDir& dir) {
+  JobManagerOptions o;
+  o.state_dir = (dir.path() / "state").string();
+  o.data_dir = (dir.path() / "data").string();
+  o.max_queued_jobs = 100;
+  auto m = JobManager::Create(make_reference_backend(), o);
+  EXPECT_TRUE(m.ok()) << m.status().to_string();
+  return m.ok() ? std::move(m).value() : nullptr;
+}
+
+std::vector<JobEvent> WatchToEnd(JobManager& m, const std::string& id, Status* status) {
+  std::vector<JobEvent> events;
+  *status = m.Watch(
+      id, 0,
+      [&](const JobEvent& e) {
+        events.push_back(e);
+        return true;
+      },
+      nullptr);
+  return events;
+}
+
+void ExpectContiguous(const std::vector<JobEvent>& events) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1);
+  }
+}
+
+TEST(JobManager, ConcurrentSubmitsAndCancelsAllEndOnce) {
+  TempDir dir;
+  auto m = NewManager(dir);
+  ASSERT_NE(m, nullptr);
+  std::mutex mu;
+  std::vector<std::string> ids;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 3; ++k) {
+        auto job = m->Submit(TinySpec(3 + k), "c" + std::to_string(t) + "-" + std::to_string(k));
+        ASSERT_TRUE(job.ok()) << job.status().to_string();
+        if (k == 1) (void)m->Cancel(job->id());  // queued or running: either way it ends
+        std::lock_guard<std::mutex> lock(mu);
+        ids.push_back(job->id());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(ids.size(), 12u);
+  for (const auto& id : ids) {
+    Status s;
+    const auto events = WatchToEnd(*m, id, &s);
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    ExpectContiguous(events);
+    int finals = 0;
+    for (const auto& e : events) finals += EventHub::IsFinal(e) ? 1 : 0;
+    EXPECT_EQ(finals, 1) << id;
+  }
+  auto page = m->List({ampd::v1::SUCCEEDED, ampd::v1::CANCELLED}, 0, "");
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->jobs.size(), 12u);
+}
+
+TEST(JobManager, ShutdownLeavesTheJobRunningAndTheNextStartResumesIt) {
+  TempDir dir;
+  std::string id;
+  {
+    auto m = NewManager(dir);
+    ASSERT_NE(m, nullptr);
+    auto job = m->Submit(TinySpec(1000000), "");
+    ASSERT_TRUE(job.ok());
+    id = job->id();
+    // Follow it until step 12, then stop the watch.
+    std::atomic<bool> far{false};
+    Status s = m->Watch(
+        id, 0,
+        [&](const JobEvent& e) {
+          if (e.has_progress() && e.progress().step() >= 12) far = true;
+          return !far.load();
+        },
+        nullptr);
+    EXPECT_EQ(s.code(), StatusCode::kCancelled);
+    EXPECT_TRUE(m->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+    EXPECT_EQ(m->Submit(TinySpec(3), "").status().code(), StatusCode::kUnavailable);
+    auto stopped = m->Get(id);
+    ASSERT_TRUE(stopped.ok());
+    EXPECT_EQ(stopped->state(), ampd::v1::RUNNING);
+    EXPECT_FALSE(stopped->checkpoint().empty());
+  }
+  auto m = NewManager(dir);
+  ASSERT_NE(m, nullptr);
+  // The restarted job checkpoints again; then a user cancel ends it for good.
+  Status s = m->Watch(
+      id, 0,
+      [&](const JobEvent& e) {
+        if (e.has_state_change() && e.state_change().state() == ampd::v1::RUNNING &&
+            e.state_change().reason().rfind("resumed from", 0) == 0) {
+          std::thread([&m, id] { (void)m->Cancel(id); }).detach();
+        }
+        return true;
+      },
+      nullptr);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  auto done = m->Get(id);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), ampd::v1::CANCELLED);
+  Status ws;
+  const auto events = WatchToEnd(*m, id, &ws);
+  ExpectContiguous(events);
+  int cancelled = 0;
+  for (const auto& e : events) {
+    cancelled += e.has_state_change() && e.state_change().state() == ampd::v1::CANCELLED;
+  }
+  EXPECT_EQ(cancelled, 1);  // the shutdown's stop left no CANCELLED behind
 }
 
 // ---- DatasetStore ----------------------------------------------------------------------
