@@ -110,8 +110,13 @@ StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<Backend
   if (backend == nullptr) return InvalidArgument("job manager: no backend");
   std::unique_ptr<JobManager> m(new JobManager(std::move(backend), std::move(options)));
   AMPD_RETURN_IF_ERROR(m->Init());
-  m->worker_ = std::thread([p = m.get()] { p->WorkerLoop(); });
   return m;
+}
+
+void JobManager::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (worker_.joinable() || stopping_) return;
+  worker_ = std::thread([this] { WorkerLoop(); });
 }
 
 Status JobManager::Init() {
@@ -424,6 +429,7 @@ bool JobManager::Shutdown(std::chrono::steady_clock::time_point deadline) {
   bool exited;
   {
     std::unique_lock<std::mutex> lock(mu_);
+    if (!worker_.joinable()) worker_exited_ = true;  // never started
     if (deadline == std::chrono::steady_clock::time_point::max()) {
       done_cv_.wait(lock, [&] { return worker_exited_; });
       exited = true;

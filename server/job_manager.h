@@ -71,10 +71,13 @@ struct ManagerInfo {
 
 class JobManager {
  public:
-  // Opens the store, recovers unfinished jobs (QUEUED and RUNNING, in submission order)
-  // and starts the worker.
+  // Opens the store and queues the unfinished jobs (QUEUED and RUNNING, in submission
+  // order). Nothing runs before Start().
   static StatusOr<std::unique_ptr<JobManager>> Create(std::unique_ptr<Backend> backend,
                                                       JobManagerOptions options);
+  // Starts the worker: the serve command calls it once the server listens, so that a
+  // server that cannot bind its port has not started a job. Once only.
+  void Start();
   ~JobManager();
   JobManager(const JobManager&) = delete;
   JobManager& operator=(const JobManager&) = delete;

@@ -1,10 +1,12 @@
 #include "server/serve_command.h"
 
+#include <fcntl.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/file.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -224,6 +226,17 @@ int run_serve_command(const ServeOptions& o) {
     return 2;
   }
 
+  // One server per state dir: a second one would run the same jobs twice. flock is
+  // released by the kernel when the process dies, even by SIGKILL, so a crash never leaves
+  // a stale lock behind.
+  const std::string lock_path = (fs::path(o.state_dir) / "ampd.lock").string();
+  const int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0 || ::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    log_line("state dir " + o.state_dir + " is in use by another ampd serve (" + lock_path +
+             " is locked)");
+    return 2;
+  }
+
   BackendRequest request;
   request.kind = o.backend;
   request.threads = o.threads;
@@ -269,6 +282,7 @@ int run_serve_command(const ServeOptions& o) {
     log_line("cannot listen on " + o.grpc_addr);
     return 3;
   }
+  (*manager)->Start();
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
   health->SetServingStatus(true);

@@ -34,9 +34,15 @@
 #include "kernels/backend.h"
 #include "kernels/reference/reference_backend.h"
 #include "tests/kernels/test_util.h"
+#include "kernels/backend_factory.h"  // load_cuda_backend (ampd_kernels)
 #if AMPD_TEST_HAVE_CPU_BACKEND
-#include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
+#endif
+
+// Where the CUDA plugin is looked for: the build's bin directory (tests/kernels/CMakeLists.txt
+// sets it); "" means next to this test executable.
+#ifndef AMPD_TEST_CUDA_PLUGIN_DIR
+#define AMPD_TEST_CUDA_PLUGIN_DIR ""
 #endif
 
 namespace ampd {
@@ -60,13 +66,14 @@ struct BackendEntry {
 };
 
 // Every backend that is checked against the reference. A backend whose create() fails
-// (no GPU, plugin not built) is skipped with the reason.
+// (no GPU, plugin not built) is skipped with the reason. "cpu" needs oneDNN, which the
+// AMPD_KERNELS_ONLY build (the GPU machine) does not have; "cuda" is always registered.
 std::vector<BackendEntry> conformance_backends() {
   std::vector<BackendEntry> list;
 #if AMPD_TEST_HAVE_CPU_BACKEND
   list.push_back({"cpu", [] { return make_cpu_backend(CpuBackendOptions{}); }});
-  list.push_back({"cuda", [] { return load_cuda_backend(""); }});
 #endif
+  list.push_back({"cuda", [] { return load_cuda_backend(AMPD_TEST_CUDA_PLUGIN_DIR); }});
   return list;
 }
 

@@ -357,7 +357,9 @@ std::unique_ptr<JobManager> NewManager(const TempDir& dir) {
   o.max_queued_jobs = 100;
   auto m = JobManager::Create(make_reference_backend(), o);
   EXPECT_TRUE(m.ok()) << m.status().to_string();
-  return m.ok() ? std::move(m).value() : nullptr;
+  if (!m.ok()) return nullptr;
+  (*m)->Start();
+  return std::move(m).value();
 }
 
 std::vector<JobEvent> WatchToEnd(JobManager& m, const std::string& id, Status* status) {
@@ -441,16 +443,18 @@ TEST(JobManager, ShutdownLeavesTheJobRunningAndTheNextStartResumesIt) {
   auto m = NewManager(dir);
   ASSERT_NE(m, nullptr);
   // The restarted job checkpoints again; then a user cancel ends it for good.
+  std::thread canceller;
   Status s = m->Watch(
       id, 0,
       [&](const JobEvent& e) {
         if (e.has_state_change() && e.state_change().state() == ampd::v1::RUNNING &&
             e.state_change().reason().rfind("resumed from", 0) == 0) {
-          std::thread([&m, id] { (void)m->Cancel(id); }).detach();
+          canceller = std::thread([&m, id] { (void)m->Cancel(id); });
         }
         return true;
       },
       nullptr);
+  if (canceller.joinable()) canceller.join();
   EXPECT_TRUE(s.ok()) << s.to_string();
   auto done = m->Get(id);
   ASSERT_TRUE(done.ok());

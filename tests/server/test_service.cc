@@ -761,6 +761,18 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
   ASSERT_OK(CancelJob(stub(), job.id(), &after));
 }
 
+TEST_F(ServiceTest, ASecondServerOnTheSameStateDirIsRefused) {
+  ASSERT_NE(StartServer(), nullptr);
+  std::string error;
+  auto second = ServerProcess::Start(state_dir_, {}, &error);
+  EXPECT_EQ(second, nullptr);
+  EXPECT_NE(error.find("exited with 2"), std::string::npos) << error;
+  EXPECT_NE(error.find("in use by another ampd serve"), std::string::npos) << error;
+  // The first one is unaffected.
+  Job job;
+  EXPECT_EQ(GetJob(stub(), "j-0000000000000000", &job).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {

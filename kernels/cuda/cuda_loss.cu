@@ -1,0 +1,316 @@
+// Losses and predictions of the CUDA backend: softmax cross-entropy (forward, backward),
+// mean squared error (forward, backward), per-row argmax.
+//
+// Memory layout: logits / pred are row-major N x C in the working dtype; labels I32 1 x N;
+// target F32 N x C; loss and lse F32 1 x N.
+//
+// Softmax cross-entropy, forward: one block per row keeps an online (max m, sum s) pair per
+// thread, s = sum exp(x - m), rescaled when a larger value arrives, then combines the pairs
+// in a fixed tree; lse = m + log(s), loss = lse - x[label]. Probabilities are never stored:
+// backward recomputes exp(x - lse) from the stored FP32 lse, element-wise (dlogits may alias
+// logits: every element is read and then written by the same thread). Non-finite logits
+// follow the reference: NaN anywhere in a row, +inf, or a row of -inf give lse = NaN.
+//
+// Labels: backend.h requires an out-of-range label to be InvalidArgument naming labels[i]
+// with every output untouched. Label values live on the device, so each softmax launcher
+//   1. resets a device flag and runs check_labels_kernel (atomicMin of the first bad row
+//      index: an integer atomic, so the verdict is deterministic),
+//   2. runs the compute kernel, which returns without writing anything when the flag is set,
+//   3. copies the flag to pinned host memory and synchronizes the stream to read it.
+// Cost: one stream synchronization per call (~10-30 us of pipeline drain per training step
+// and loss call; the GPU stays busy until the sync, but the host must then enqueue the next
+// kernels before the GPU can continue). The alternative, validating on the host at upload
+// time, is impossible behind this interface (upload does not know a tensor holds labels);
+// backend.h could grow a `validate_labels()` the engine calls once per batch (see report).
+//
+// MSE: one block per row sums (pred - target)^2 in FP32; backward is element-wise with the
+// factor 2 grad_scale / C computed in FP64 and rounded once.
+//
+// Argmax: one block per row; NaN is larger than every number and the first index wins ties,
+// both in each thread's scan (increasing indices) and in the tree (lower index on ties).
+#include <climits>
+#include <cmath>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace ampd::cuda {
+
+namespace {
+
+// The flag's "no bad label" value: what cudaMemsetAsync(flag, 0x7f) leaves in an int32.
+constexpr int32_t kNoBadLabel = 0x7f7f7f7f;
+
+__global__ void check_labels_kernel(const int32_t* labels, int64_t n, int64_t classes,
+                                    int32_t* first_bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const int32_t l = labels[i];
+    if (l < 0 || l >= classes) atomicMin(first_bad, static_cast<int32_t>(i));
+  }
+}
+
+Status start_label_check(CudaContext& ctx, const Tensor& labels, int64_t classes) {
+  if (labels.numel() >= kNoBadLabel) return InvalidArgument("softmax_xent: too many rows");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ctx.device_flag, 0x7f, sizeof(int32_t), ctx.stream),
+                            "softmax_xent: reset label flag");
+  check_labels_kernel<<<grid_for(labels.numel(), kThreads, ctx.sm_count), kThreads, 0,
+                        ctx.stream>>>(labels.as<const int32_t>(), labels.numel(), classes,
+                                      ctx.device_flag);
+  AMPD_CUDA_CHECK_LAUNCH("softmax_xent: check labels");
+  return Status::Ok();
+}
+
+// Reads the verdict (synchronizes) and, for a bad label, its value, for the message.
+Status finish_label_check(CudaContext& ctx, const char* op, const Tensor& labels,
+                          int64_t classes) {
+  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ctx.host_flag, ctx.device_flag, sizeof(int32_t),
+                                            cudaMemcpyDeviceToHost, ctx.stream),
+                            std::string(op) + ": read label flag");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
+  const int32_t bad = ctx.host_flag[0];
+  if (bad == kNoBadLabel) return Status::Ok();
+  AMPD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(ctx.host_flag + 1, labels.as<const int32_t>() + bad, sizeof(int32_t),
+                      cudaMemcpyDeviceToHost, ctx.stream),
+      std::string(op) + ": read label");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
+  return InvalidArgument(std::string(op) + ": labels[" + std::to_string(bad) +
+                         "] = " + std::to_string(ctx.host_flag[1]) + " is outside [0, " +
+                         std::to_string(classes) + ")");
+}
+
+// ---- softmax cross-entropy -------------------------------------------------------------------
+
+struct MaxSum {
+  float m;  // running maximum (NaN once a NaN was seen)
+  float s;  // sum of exp(x - m)
+};
+
+__device__ __forceinline__ void online_add(MaxSum& a, float v) {
+  if (isnan(v) || v > a.m) {
+    // exp(v - v) rather than 1: +inf gives NaN, as exp(inf - inf) does in the reference.
+    a.s = a.s * expf(a.m - v) + expf(v - v);
+    a.m = v;
+  } else if (v != -INFINITY) {
+    a.s += expf(v - a.m);
+  }
+}
+
+__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
+  if (isnan(a.m) || isnan(b.m)) return {NAN, NAN};
+  if (b.m > a.m) {
+    const MaxSum t = a;
+    a = b;
+    b = t;
+  }
+  if (b.s == 0.0f) return a;  // empty (or all -inf) partial
+  return {a.m, a.s + b.s * expf(b.m - a.m)};
+}
+
+template <typename T>
+__global__ void softmax_xent_forward_kernel(const T* logits, const int32_t* labels, float* loss,
+                                            float* lse, int64_t rows, int64_t cols,
+                                            const int32_t* first_bad) {
+  if (*first_bad != kNoBadLabel) return;  // a bad label: leave every output untouched
+  __shared__ MaxSum red[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* x = logits + r * cols;
+    MaxSum a{-INFINITY, 0.0f};
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) online_add(a, to_f32(x[j]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const MaxSum b{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)};
+      a = combine(a, b);
+    }
+    __syncthreads();
+    if (lane == 0) red[warp] = a;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      MaxSum t = red[0];
+      for (int w = 1; w < warps; ++w) t = combine(t, red[w]);
+      // A row of -inf: m stays -inf; the reference's exp(-inf - -inf) makes that NaN.
+      const float l = t.m == -INFINITY ? NAN : t.m + logf(t.s);
+      lse[r] = l;
+      loss[r] = l - to_f32(x[labels[r]]);
+    }
+  }
+}
+
+template <typename TL, typename TD>
+struct SoftmaxXentBackward {
+  const TL* logits;
+  const int32_t* labels;
+  const float* lse;
+  TD* dlogits;
+  float grad_scale;
+  const int32_t* first_bad;
+  __device__ void operator()(int64_t r, int64_t j, int64_t k) const {
+    if (*first_bad != kNoBadLabel) return;
+    const float p = expf(to_f32(logits[k]) - lse[r]);
+    dlogits[k] = from_f32<TD>(grad_scale * (p - (j == labels[r] ? 1.0f : 0.0f)));
+  }
+};
+
+// ---- MSE ---------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void mse_forward_kernel(const T* pred, const float* target, float* loss, int64_t rows,
+                                   int64_t cols) {
+  __shared__ float red[32];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float d = to_f32(pred[r * cols + j]) - target[r * cols + j];
+      s += d * d;
+    }
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) loss[r] = s / static_cast<float>(cols);
+  }
+}
+
+template <typename TP, typename TD>
+struct MseBackwardOp {
+  const TP* pred;
+  const float* target;
+  TD* dpred;
+  float factor;  // 2 grad_scale / C
+  __device__ void one(int64_t i) const {
+    dpred[i] = from_f32<TD>(factor * (to_f32(pred[i]) - target[i]));
+  }
+  __device__ void pack8(int64_t i) const {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) one(i + k);
+  }
+};
+
+// ---- argmax ------------------------------------------------------------------------------------
+
+// Whether (va, ia) should win over (vb, ib): NaN beats numbers, then larger, then lower index.
+__device__ __forceinline__ bool better(float va, int64_t ia, float vb, int64_t ib) {
+  const bool na = isnan(va), nb = isnan(vb);
+  if (na != nb) return na;
+  if (!na && va != vb) return va > vb;
+  return ia < ib;
+}
+
+template <typename T>
+__global__ void argmax_kernel(const T* x, int32_t* out, int64_t rows, int64_t cols) {
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float bv = NAN;
+    int64_t bi = INT64_MAX;  // "no element": loses against everything
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float v = to_f32(x[r * cols + j]);
+      if (bi == INT64_MAX || better(v, j, bv, bi)) {
+        bv = v;
+        bi = j;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (oi != INT64_MAX && (bi == INT64_MAX || better(ov, oi, bv, bi))) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    __syncthreads();
+    if (lane == 0) {
+      sv[warp] = bv;
+      si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < warps; ++w) {
+        if (si[w] != INT64_MAX && (bi == INT64_MAX || better(sv[w], si[w], bv, bi))) {
+          bv = sv[w];
+          bi = si[w];
+        }
+      }
+      out[r] = static_cast<int32_t>(bi);
+    }
+  }
+}
+
+unsigned row_blocks(int64_t rows) {
+  return static_cast<unsigned>(rows < 65535 ? (rows > 0 ? rows : 1) : 65535);
+}
+
+}  // namespace
+
+// ---- launchers ------------------------------------------------------------------------------------
+
+Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
+                            const Tensor& loss, const Tensor& lse) {
+  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols));
+  AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto t) {
+    using T = decltype(t);
+    softmax_xent_forward_kernel<T>
+        <<<row_blocks(logits.rows), row_threads(logits.cols), 0, ctx.stream>>>(
+            logits.as<const T>(), labels.as<const int32_t>(), loss.as<float>(), lse.as<float>(),
+            logits.rows, logits.cols, ctx.device_flag);
+    AMPD_CUDA_CHECK_LAUNCH("softmax_xent_forward");
+    return Status::Ok();
+  }));
+  return finish_label_check(ctx, "softmax_xent_forward", labels, logits.cols);
+}
+
+Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
+                             const Tensor& lse, const Tensor& dlogits, float grad_scale) {
+  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols));
+  AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto a) {
+    return dispatch_float(dlogits.dtype, [&](auto d) {
+      using TL = decltype(a);
+      using TD = decltype(d);
+      SoftmaxXentBackward<TL, TD> op{logits.as<const TL>(), labels.as<const int32_t>(),
+                                     lse.as<const float>(),  dlogits.as<TD>(),
+                                     grad_scale,             ctx.device_flag};
+      return launch_rowcol("softmax_xent_backward", ctx.stream, op, logits.rows, logits.cols);
+    });
+  }));
+  return finish_label_check(ctx, "softmax_xent_backward", labels, logits.cols);
+}
+
+Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
+                   const Tensor& loss) {
+  return dispatch_float(pred.dtype, [&](auto t) {
+    using T = decltype(t);
+    mse_forward_kernel<T><<<row_blocks(pred.rows), row_threads(pred.cols), 0, ctx.stream>>>(
+        pred.as<const T>(), target.as<const float>(), loss.as<float>(), pred.rows, pred.cols);
+    AMPD_CUDA_CHECK_LAUNCH("mse_forward");
+    return Status::Ok();
+  });
+}
+
+Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
+                    const Tensor& dpred, float grad_scale) {
+  const float factor = static_cast<float>(2.0 * static_cast<double>(grad_scale) /
+                                          static_cast<double>(pred.cols));
+  return dispatch_float(pred.dtype, [&](auto a) {
+    return dispatch_float(dpred.dtype, [&](auto d) {
+      using TP = decltype(a);
+      using TD = decltype(d);
+      MseBackwardOp<TP, TD> op{pred.as<const TP>(), target.as<const float>(), dpred.as<TD>(),
+                               factor};
+      return launch_map("mse_backward", ctx.stream, ctx.sm_count, op, pred.numel(), false);
+    });
+  });
+}
+
+Status argmax_rows(CudaContext& ctx, const Tensor& x, const Tensor& out) {
+  return dispatch_float(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    argmax_kernel<T><<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+        x.as<const T>(), out.as<int32_t>(), x.rows, x.cols);
+    AMPD_CUDA_CHECK_LAUNCH("argmax_rows");
+    return Status::Ok();
+  });
+}
+
+}  // namespace ampd::cuda

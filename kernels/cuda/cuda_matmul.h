@@ -1,0 +1,38 @@
+// The CUDA backend's matmul on cuBLASLt, with a cache of matmul plans (cuda_matmul.cc).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_context.h"
+
+namespace ampd::cuda {
+
+struct MatmulCache;
+struct MatmulCacheDeleter {
+  void operator()(MatmulCache* cache) const noexcept;
+};
+using MatmulCachePtr = std::unique_ptr<MatmulCache, MatmulCacheDeleter>;
+
+struct MatmulOptions {
+  // FP32 matmuls on CUBLAS_COMPUTE_32F_FAST_TF32 instead of CUBLAS_COMPUTE_32F.
+  bool allow_tf32 = false;
+  void* workspace = nullptr;  // device memory for cuBLASLt (split-K partials etc.)
+  size_t workspace_bytes = 0;
+};
+
+// Creates the cuBLASLt handle; Internal if cuBLASLt cannot start.
+StatusOr<MatmulCachePtr> create_matmul_cache(const MatmulOptions& options);
+
+// C = alpha op(A) op(B) + beta C + bias, as Backend::matmul documents (arguments validated).
+Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& args);
+
+struct MatmulCacheStats {
+  size_t plans = 0;          // distinct plans built (heuristic queries made)
+  size_t executions = 0;     // cublasLtMatmul calls
+  size_t bias_fallbacks = 0;  // calls whose bias went through the FP32 fallback path
+};
+MatmulCacheStats matmul_cache_stats(const MatmulCache& cache);
+
+}  // namespace ampd::cuda

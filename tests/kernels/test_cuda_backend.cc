@@ -1,0 +1,636 @@
+// CUDA-specific behaviour that the conformance suite (every op against the FP64 reference,
+// test_backend_conformance.cc) does not show:
+//   * the plugin's entry point: API version check and an actionable reason when there is no
+//     GPU (these run everywhere, GPU or not);
+//   * the device, memory statistics (high-water mark, device capacity, out of memory);
+//   * cuBLASLt: plan cache reuse, beta == 0 never reads C, FP32 accumulation of FP16
+//     products, no TF32 by default, the engine's matmul shapes with an FP32 bias, pointers
+//     at odd alignments (a view that starts mid-row), and the bias fallback counter;
+//   * kernels at awkward sizes and misaligned views (vector and scalar paths), outputs
+//     poisoned first; grid-stride paths past gridDim.y's limit; long softmax rows;
+//   * multi-tensor ops over more tensors than one launch takes (several launches);
+//   * determinism: the same inputs give the same bits, run after run;
+//   * errors come back as Status and leave the backend usable (misaligned pointers,
+//     bad labels, out of memory).
+// Without a GPU every test that needs one is skipped with the reason.
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend_factory.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/reference/reference_backend.h"
+#include "tests/kernels/test_util.h"
+
+#ifndef AMPD_TEST_CUDA_PLUGIN_DIR
+#define AMPD_TEST_CUDA_PLUGIN_DIR ""
+#endif
+
+namespace ampd::test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// ---- the plugin entry point (no GPU needed) ---------------------------------------------------
+
+std::string plugin_path() {
+  return std::string(AMPD_TEST_CUDA_PLUGIN_DIR) + "/libampd_backend_cuda.so";
+}
+
+BackendPluginEntry plugin_entry() {
+  void* handle = dlopen(plugin_path().c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) return nullptr;
+  return reinterpret_cast<BackendPluginEntry>(dlsym(handle, kCudaPluginEntryPoint));
+}
+
+TEST(CudaPlugin, ExportsOnlyTheEntryPointAndChecksTheApiVersion) {
+  BackendPluginEntry entry = plugin_entry();
+  ASSERT_NE(entry, nullptr) << "cannot load " << plugin_path() << ": " << dlerror();
+  char error[512] = {0};
+  Backend* be = entry(kBackendPluginApiVersion + 100, error, sizeof error);
+  EXPECT_EQ(be, nullptr);
+  EXPECT_NE(std::string(error).find("API version"), std::string::npos) << error;
+}
+
+TEST(CudaPlugin, ExplainsWhyThereIsNoBackend) {
+  BackendPluginEntry entry = plugin_entry();
+  ASSERT_NE(entry, nullptr) << "cannot load " << plugin_path();
+  char error[512] = {0};
+  std::unique_ptr<Backend> be(entry(kBackendPluginApiVersion, error, sizeof error));
+  if (be != nullptr) {
+    EXPECT_EQ(be->name(), "cuda");
+    EXPECT_NE(be->device_description().find("sm_"), std::string::npos);
+    return;
+  }
+  const std::string reason = error;
+  EXPECT_FALSE(reason.empty());
+  // e.g. "no CUDA GPU: cudaGetDeviceCount returned cudaErrorInsufficientDriver (CUDA driver
+  // is not installed or too old)"
+  EXPECT_TRUE(reason.find("CUDA") != std::string::npos || reason.find("cuda") != std::string::npos)
+      << reason;
+  std::printf("plugin says: %s\n", reason.c_str());
+}
+
+TEST(CudaPlugin, LoaderReportsTheReasonAsUnavailable) {
+  auto be = load_cuda_backend(AMPD_TEST_CUDA_PLUGIN_DIR);
+  if (be.ok()) {
+    EXPECT_EQ((*be)->name(), "cuda");
+    return;
+  }
+  EXPECT_EQ(be.status().code(), StatusCode::kUnavailable) << be.status().to_string();
+  EXPECT_FALSE(be.status().message().empty());
+}
+
+// ---- the backend under test -----------------------------------------------------------------
+
+struct Shared {
+  std::unique_ptr<CudaBackend> cuda;
+  std::unique_ptr<Backend> ref;
+  std::string unavailable;
+};
+
+Shared& shared() {
+  static Shared s = [] {
+    Shared x;
+    auto made = make_cuda_backend();  // the same device checks as the plugin
+    if (made.ok()) {
+      x.cuda.reset(static_cast<CudaBackend*>(made.value().release()));
+    } else {
+      x.unavailable = made.status().to_string();
+    }
+    x.ref = make_reference_backend();
+    return x;
+  }();
+  return s;
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!shared().cuda) GTEST_SKIP() << "no usable CUDA GPU: " << shared().unavailable;
+  }
+  CudaBackend& be() { return *shared().cuda; }
+  Backend& ref() { return *shared().ref; }
+};
+
+HostTensor normal(DType t, int64_t rows, int64_t cols, Rng& rng, double mean = 0.0,
+                  double stddev = 1.0) {
+  HostTensor h(t, rows, cols);
+  fill_normal(h, rng, mean, stddev);
+  return h;
+}
+
+DeviceTensor poisoned(Backend& be, DType t, int64_t rows, int64_t cols) {
+  return device_filled(be, t, rows, cols, t == DType::kI32 ? -12345.0f : kNaN);
+}
+
+MatmulArgs mm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta = false,
+              bool tb = false) {
+  MatmulArgs m;
+  m.a = a;
+  m.b = b;
+  m.c = c;
+  m.trans_a = ta;
+  m.trans_b = tb;
+  return m;
+}
+
+// A view of `count` elements that starts `offset` elements into the buffer (misaligned for
+// 16-byte vector access when offset * size is not a multiple of 16).
+Tensor view_at(const DeviceTensor& d, int64_t offset, int64_t rows, int64_t cols) {
+  Tensor t = d.tensor;
+  t.data = static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(t.dtype));
+  t.rows = rows;
+  t.cols = cols;
+  return t;
+}
+
+// Uploads h into a buffer `offset` elements in (the view), poisoning the buffer first.
+struct OffsetTensor {
+  DeviceTensor buffer;
+  Tensor view;
+};
+OffsetTensor offset_upload(Backend& be, const HostTensor& h, int64_t offset) {
+  OffsetTensor o;
+  o.buffer = poisoned(be, h.dtype, 1, h.numel() + offset + 8);
+  o.view = view_at(o.buffer, offset, h.rows, h.cols);
+  const Status s = be.upload(o.view, h.data());
+  if (!s.ok()) ADD_FAILURE() << s.to_string();
+  return o;
+}
+
+HostTensor download_view(Backend& be, const Tensor& t) { return to_host(be, t); }
+
+// ---- device and memory ------------------------------------------------------------------------
+
+TEST_F(CudaBackendTest, DescribesTheDevice) {
+  EXPECT_EQ(be().name(), "cuda");
+  EXPECT_NE(be().device_description().find("sm_"), std::string::npos)
+      << be().device_description();
+  EXPECT_TRUE(be().supports(DType::kF32) && be().supports(DType::kF16) &&
+              be().supports(DType::kBF16));
+  EXPECT_TRUE(be().prefers_bf16());
+  EXPECT_GT(be().memory_stats().device_total_bytes, size_t{1} << 30);
+  RecordProperty("device", be().device_description());
+  std::printf("device: %s, TF32 %s\n", be().device_description().c_str(),
+              be().allow_tf32() ? "on" : "off");
+}
+
+TEST_F(CudaBackendTest, MemoryHighWaterMark) {
+  const MemoryStats before = be().memory_stats();
+  const size_t a_bytes = size_t{64} << 20, b_bytes = size_t{32} << 20;
+  {
+    StatusOr<Buffer> a = be().allocate(a_bytes);
+    ASSERT_TRUE(a.ok()) << a.status().to_string();
+    StatusOr<Buffer> b = be().allocate(b_bytes);
+    ASSERT_TRUE(b.ok()) << b.status().to_string();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a->data()) % 256, 0u);
+    EXPECT_EQ(be().memory_stats().in_use_bytes, before.in_use_bytes + a_bytes + b_bytes);
+    a->reset();
+    const MemoryStats mid = be().memory_stats();
+    EXPECT_EQ(mid.in_use_bytes, before.in_use_bytes + b_bytes);
+    EXPECT_GE(mid.peak_bytes, before.in_use_bytes + a_bytes + b_bytes);
+    be().reset_peak_memory();
+    EXPECT_EQ(be().memory_stats().peak_bytes, mid.in_use_bytes);
+  }
+  EXPECT_EQ(be().memory_stats().in_use_bytes, before.in_use_bytes);
+  EXPECT_LT(be().memory_stats().in_use_bytes, be().memory_stats().device_total_bytes);
+}
+
+TEST_F(CudaBackendTest, OutOfMemoryIsResourceExhaustedAndRecoverable) {
+  const size_t too_much = be().memory_stats().device_total_bytes * 2;
+  StatusOr<Buffer> huge = be().allocate(too_much);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), StatusCode::kResourceExhausted) << huge.status().to_string();
+  // The backend still works.
+  DeviceTensor x = device_filled(be(), DType::kF32, 1, 1000, 2.5f);
+  const HostTensor h = to_host(be(), x);
+  EXPECT_EQ(h.get(999), 2.5);
+}
+
+// ---- matmul -----------------------------------------------------------------------------------
+
+TEST_F(CudaBackendTest, MatmulPlansAreBuiltOnceAndReused) {
+  Rng rng(1);
+  DeviceTensor a = to_device(be(), normal(DType::kBF16, 96, 64, rng));
+  DeviceTensor b = to_device(be(), normal(DType::kBF16, 64, 80, rng));
+  DeviceTensor c = device_tensor(be(), DType::kF32, 96, 80);
+  const cuda::MatmulCacheStats s0 = be().matmul_stats();
+  for (int i = 0; i < 3; ++i) AMPD_ASSERT_OK(be().matmul(mm(a, b, c)));
+  const cuda::MatmulCacheStats s1 = be().matmul_stats();
+  EXPECT_EQ(s1.plans, s0.plans + 1);
+  EXPECT_EQ(s1.executions, s0.executions + 3);
+  // Another shape (a row slice: same buffers), another plan; then both are reused.
+  const Tensor a2 = a.tensor.row_slice(0, 48), c2 = c.tensor.row_slice(0, 48);
+  AMPD_ASSERT_OK(be().matmul(mm(a2, b, c2)));
+  AMPD_ASSERT_OK(be().matmul(mm(a2, b, c2)));
+  AMPD_ASSERT_OK(be().matmul(mm(a, b, c)));
+  const cuda::MatmulCacheStats s2 = be().matmul_stats();
+  EXPECT_EQ(s2.plans, s1.plans + 1);
+  EXPECT_EQ(s2.executions, s1.executions + 3);
+  AMPD_EXPECT_OK(be().synchronize());
+}
+
+// beta == 0: C holds NaN and must not leak into the result (BLAS semantics).
+TEST_F(CudaBackendTest, MatmulBetaZeroNeverReadsC) {
+  Rng rng(2);
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType ct : {DType::kF32, t}) {
+      DeviceTensor a = to_device(be(), normal(t, 33, 40, rng));
+      DeviceTensor b = to_device(be(), normal(t, 40, 24, rng));
+      DeviceTensor c = poisoned(be(), ct, 33, 24);
+      AMPD_ASSERT_OK(be().matmul(mm(a, b, c)));
+      const HostTensor h = to_host(be(), c);
+      for (int64_t i = 0; i < h.numel(); ++i) {
+        ASSERT_FALSE(std::isnan(h.get(i))) << dtype_name(t) << "->" << dtype_name(ct) << " [" << i
+                                           << "]";
+      }
+    }
+  }
+}
+
+// FP16 products summed in FP32 (cf. test_cpu_numerics.cc): an FP16 accumulator (or FP16
+// split-K partials) would stagnate at 2048 and be off by ~87%; FP32 stays within 2^-8.
+TEST_F(CudaBackendTest, Fp16MatmulAccumulatesInFp32) {
+  const int64_t M = 4, N = 3, K = 65536;
+  Rng rng(3);
+  HostTensor a(DType::kF16, M, K), b(DType::kF16, K, N);
+  for (int64_t i = 0; i < a.numel(); ++i) a.set(i, rng.integer(1, 1023) * 0x1p-10);
+  for (int64_t i = 0; i < b.numel(); ++i) b.set(i, rng.integer(1, 1023) * 0x1p-10);
+  for (DType ct : {DType::kF32, DType::kF16}) {
+    DeviceTensor A = to_device(be(), a), B = to_device(be(), b);
+    DeviceTensor C = poisoned(be(), ct, M, N);
+    AMPD_ASSERT_OK(be().matmul(mm(A, B, C)));
+    const HostTensor c = to_host(be(), C);
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        double exact = 0;
+        for (int64_t k = 0; k < K; ++k) exact += a.get(i, k) * b.get(k, j);
+        EXPECT_NEAR(c.get(i, j), exact, exact * (0x1p-8 + 0x1p-10)) << i << "," << j;
+      }
+    }
+  }
+}
+
+// FP32 mode is FP32 arithmetic unless AMPD_CUDA_ALLOW_TF32=1: TF32's 10-bit products would
+// miss this bound by ~100x.
+TEST_F(CudaBackendTest, Fp32MatmulIsNotTf32ByDefault) {
+  if (be().allow_tf32()) GTEST_SKIP() << "AMPD_CUDA_ALLOW_TF32 is set";
+  Rng rng(4);
+  const int64_t M = 64, N = 48, K = 4096;
+  const HostTensor a = normal(DType::kF32, M, K, rng), b = normal(DType::kF32, K, N, rng);
+  DeviceTensor A = to_device(be(), a), B = to_device(be(), b);
+  DeviceTensor C = poisoned(be(), DType::kF32, M, N);
+  AMPD_ASSERT_OK(be().matmul(mm(A, B, C)));
+  DeviceTensor RA = to_device(ref(), a), RB = to_device(ref(), b);
+  DeviceTensor RC = device_tensor(ref(), DType::kF32, M, N);
+  AMPD_ASSERT_OK(ref().matmul(mm(RA, RB, RC)));
+  expect_close(to_host(be(), C), to_host(ref(), RC),
+               default_tolerance(DType::kF32, K, std::sqrt(double(K))), "fp32 matmul K=4096");
+}
+
+// The engine's three products per linear layer (engine/layers.cc), in every precision:
+// y = x W^T + b (FP32 bias, C in the working dtype), dW = dy^T x (FP32 C), dx = dy W.
+TEST_F(CudaBackendTest, EngineLinearLayerProducts) {
+  Rng rng(5);
+  const int64_t B = 96, in = 80, out = 72;
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const HostTensor x = normal(t, B, in, rng), w = normal(t, out, in, rng, 0.0, 0.1);
+    const HostTensor bias = normal(DType::kF32, 1, out, rng), dy = normal(t, B, out, rng);
+    struct Run {
+      DeviceTensor x, w, bias, dy, y, dw, dx;
+    };
+    auto run = [&](Backend& b) {
+      Run r{to_device(b, x), to_device(b, w), to_device(b, bias), to_device(b, dy),
+            poisoned(b, t, B, out), poisoned(b, DType::kF32, out, in), poisoned(b, t, B, in)};
+      MatmulArgs fwd = mm(r.x, r.w, r.y, false, true);
+      fwd.bias = r.bias;
+      AMPD_EXPECT_OK(b.matmul(fwd));
+      AMPD_EXPECT_OK(b.matmul(mm(r.dy, r.x, r.dw, true, false)));
+      AMPD_EXPECT_OK(b.matmul(mm(r.dy, r.w, r.dx)));
+      return r;
+    };
+    const size_t fallbacks_before = be().matmul_stats().bias_fallbacks;
+    Run g = run(be());
+    Run c = run(ref());
+    const std::string what = std::string(dtype_name(t));
+    expect_close(to_host(be(), g.y), to_host(ref(), c.y),
+                 default_tolerance(t, in, 0.1 * std::sqrt(double(in)) + 1), what + " y");
+    expect_close(to_host(be(), g.dw), to_host(ref(), c.dw),
+                 default_tolerance(DType::kF32, B, std::sqrt(double(B))), what + " dW");
+    expect_close(to_host(be(), g.dx), to_host(ref(), c.dx),
+                 default_tolerance(t, out, 0.1 * std::sqrt(double(out))), what + " dx");
+    const size_t fallbacks = be().matmul_stats().bias_fallbacks - fallbacks_before;
+    std::printf("%s: FP32 bias with %s C %s\n", what.c_str(), what.c_str(),
+                fallbacks == 0 ? "ran in the cuBLASLt epilogue" : "took the FP32 fallback");
+  }
+}
+
+// Operands that start mid-row (2-byte aligned FP16/BF16, 4-byte FP32), odd leading
+// dimensions: either the right answer (cuBLASLt picked an algorithm valid for that
+// alignment) or InvalidArgument naming the alignment, and the backend keeps working.
+TEST_F(CudaBackendTest, MatmulWithMisalignedViews) {
+  Rng rng(6);
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const int64_t M = 9, K = 7, N = 5;
+    const HostTensor a = normal(t, M, K, rng), b = normal(t, K, N, rng);
+    OffsetTensor A = offset_upload(be(), a, 1);
+    OffsetTensor B = offset_upload(be(), b, 3);
+    DeviceTensor cbuf = poisoned(be(), DType::kF32, 1, M * N + 1);
+    const Tensor C = view_at(cbuf, 1, M, N);
+    const Status s = be().matmul(mm(A.view, B.view, C));
+    if (s.ok()) {
+      DeviceTensor RA = to_device(ref(), a), RB = to_device(ref(), b);
+      DeviceTensor RC = device_tensor(ref(), DType::kF32, M, N);
+      AMPD_ASSERT_OK(ref().matmul(mm(RA, RB, RC)));
+      expect_close(download_view(be(), C), to_host(ref(), RC),
+                   default_tolerance(DType::kF32, K, std::sqrt(double(K))),
+                   std::string("misaligned ") + std::string(dtype_name(t)));
+    } else {
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+      EXPECT_NE(s.message().find("align"), std::string::npos) << s.to_string();
+    }
+  }
+  DeviceTensor x = device_filled(be(), DType::kF32, 4, 4, 1.0f);
+  DeviceTensor y = device_tensor(be(), DType::kF32, 4, 4);
+  AMPD_ASSERT_OK(be().matmul(mm(x, x, y)));
+  EXPECT_EQ(to_host(be(), y).get(5), 4.0);
+}
+
+// A pointer not aligned to its element size is rejected before any kernel can fault.
+TEST_F(CudaBackendTest, PointerNotAlignedToItsElementsIsInvalidArgument) {
+  DeviceTensor buf = device_filled(be(), DType::kF32, 1, 64, 1.0f);
+  Tensor bad = buf.tensor;
+  bad.data = static_cast<char*>(bad.data) + 2;
+  bad.cols = 16;
+  DeviceTensor out = device_tensor(be(), DType::kBF16, 1, 16);
+  const Status s = be().cast(bad, out);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("aligned"), std::string::npos) << s.to_string();
+  AMPD_ASSERT_OK(be().cast(buf.tensor.reshaped(4, 16).row_slice(0, 1), out));
+  EXPECT_EQ(to_host(be(), out).get(15), 1.0);
+}
+
+// ---- kernels at awkward sizes and alignments ----------------------------------------------------
+
+// Sizes around the 8-element vector width and large enough for many blocks; views offset
+// by 0 (vector path) and 1 element (scalar path). Outputs poisoned, compared with the
+// reference: casts bit for bit, the rest with the conformance tolerances.
+TEST_F(CudaBackendTest, ElementwiseOpsAtAwkwardSizesAndOffsets) {
+  Rng rng(7);
+  for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{4097},
+                    (int64_t{1} << 20) + 3}) {
+    for (int64_t offset : {0, 1}) {
+      for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+        const std::string what = std::string(dtype_name(t)) + " n=" + std::to_string(n) +
+                                 " offset=" + std::to_string(offset);
+        const HostTensor x = normal(t, 1, n, rng, 0.0, 3.0);
+        OffsetTensor gx = offset_upload(be(), x, offset);
+        DeviceTensor rx = to_device(ref(), x);
+        // cast to each other dtype
+        for (DType to : {DType::kF32, DType::kF16, DType::kBF16}) {
+          OffsetTensor gy = offset_upload(be(), HostTensor(to, 1, n), offset);
+          AMPD_ASSERT_OK(be().fill(gy.view, kNaN));
+          DeviceTensor ry = device_tensor(ref(), to, 1, n);
+          AMPD_ASSERT_OK(be().cast(gx.view, gy.view));
+          AMPD_ASSERT_OK(ref().cast(rx, ry));
+          expect_close(download_view(be(), gy.view), to_host(ref(), ry), kExact,
+                       what + " cast to " + std::string(dtype_name(to)));
+        }
+        // GELU forward
+        OffsetTensor gy = offset_upload(be(), HostTensor(t, 1, n), offset);
+        AMPD_ASSERT_OK(be().fill(gy.view, kNaN));
+        DeviceTensor ry = device_tensor(ref(), t, 1, n);
+        AMPD_ASSERT_OK(be().activation_forward(Activation::kGELU, gx.view, gy.view));
+        AMPD_ASSERT_OK(ref().activation_forward(Activation::kGELU, rx, ry));
+        Tolerance tol = default_tolerance(t);
+        tol.atol = std::max(tol.atol, 1e-6);
+        expect_close(download_view(be(), gy.view), to_host(ref(), ry), tol, what + " gelu");
+        // accumulate y += x from the same y on both sides, then scale
+        const HostTensor y0 = normal(t, 1, n, rng);
+        AMPD_ASSERT_OK(be().upload(gy.view, y0.data()));
+        AMPD_ASSERT_OK(ref().upload(ry, y0.data()));
+        AMPD_ASSERT_OK(be().accumulate(gx.view, gy.view));
+        AMPD_ASSERT_OK(ref().accumulate(rx, ry));
+        AMPD_ASSERT_OK(be().scale(gy.view, 0.75f));
+        AMPD_ASSERT_OK(ref().scale(ry, 0.75f));
+        expect_close(download_view(be(), gy.view), to_host(ref(), ry),
+                     default_tolerance(t, 4, 4.0), what + " accumulate+scale");
+        // dropout: masks bit-identical
+        OffsetTensor gm = offset_upload(be(), HostTensor(DType::kU8, 1, n), offset);
+        DeviceTensor rm = device_tensor(ref(), DType::kU8, 1, n);
+        AMPD_ASSERT_OK(be().dropout_forward(gx.view, gy.view, gm.view, 0.3f, 99, 12345));
+        AMPD_ASSERT_OK(ref().dropout_forward(rx, ry, rm, 0.3f, 99, 12345));
+        EXPECT_EQ(download_view(be(), gm.view).bytes, to_host(ref(), rm).bytes) << what;
+      }
+    }
+  }
+}
+
+// 600000 rows x 1 column: the row/column kernels' grid-stride loop over gridDim.y's 65535
+// limit; a softmax row much longer than a block.
+TEST_F(CudaBackendTest, LongAndTallShapes) {
+  Rng rng(8);
+  {
+    const HostTensor x = normal(DType::kBF16, 600000, 1, rng), b = normal(DType::kF32, 1, 1, rng);
+    DeviceTensor gx = to_device(be(), x), gb = to_device(be(), b);
+    DeviceTensor rx = to_device(ref(), x), rb = to_device(ref(), b);
+    AMPD_ASSERT_OK(be().add_bias(gx, gb));
+    AMPD_ASSERT_OK(ref().add_bias(rx, rb));
+    expect_close(to_host(be(), gx), to_host(ref(), rx), default_tolerance(DType::kBF16, 1, 2.0),
+                 "add_bias 600000x1");
+    DeviceTensor gd = poisoned(be(), DType::kF32, 1, 1), rd = poisoned(ref(), DType::kF32, 1, 1);
+    AMPD_ASSERT_OK(be().bias_grad(gx, gd));
+    AMPD_ASSERT_OK(ref().bias_grad(rx, rd));
+    expect_close(to_host(be(), gd), to_host(ref(), rd),
+                 default_tolerance(DType::kF32, 600000, std::sqrt(600000.0) + 2), "bias_grad tall");
+  }
+  {
+    const int64_t rows = 3, cols = 50000;
+    const HostTensor x = normal(DType::kF16, rows, cols, rng, 0.0, 3.0);
+    HostTensor labels(DType::kI32, 1, rows);
+    for (int64_t i = 0; i < rows; ++i) labels.set(i, static_cast<double>(rng.integer(0, cols - 1)));
+    DeviceTensor gx = to_device(be(), x), gl = to_device(be(), labels);
+    DeviceTensor rx = to_device(ref(), x), rl = to_device(ref(), labels);
+    DeviceTensor gloss = poisoned(be(), DType::kF32, 1, rows), glse = poisoned(be(), DType::kF32, 1, rows);
+    DeviceTensor rloss = poisoned(ref(), DType::kF32, 1, rows), rlse = poisoned(ref(), DType::kF32, 1, rows);
+    AMPD_ASSERT_OK(be().softmax_xent_forward(gx, gl, gloss, glse));
+    AMPD_ASSERT_OK(ref().softmax_xent_forward(rx, rl, rloss, rlse));
+    expect_close(to_host(be(), glse), to_host(ref(), rlse),
+                 default_tolerance(DType::kF32, cols, 16.0), "lse of 50000 classes");
+    DeviceTensor gam = poisoned(be(), DType::kI32, 1, rows), ram = poisoned(ref(), DType::kI32, 1, rows);
+    AMPD_ASSERT_OK(be().argmax_rows(gx, gam));
+    AMPD_ASSERT_OK(ref().argmax_rows(rx, ram));
+    expect_close(to_host(be(), gam), to_host(ref(), ram), kExact, "argmax of 50000 classes");
+  }
+}
+
+// ---- errors leave the backend usable -------------------------------------------------------------
+
+TEST_F(CudaBackendTest, BadLabelIsInvalidArgumentNamingItAndBackendStaysUsable) {
+  Rng rng(9);
+  const HostTensor x = normal(DType::kBF16, 4, 7, rng);
+  HostTensor labels = HostTensor::from(DType::kI32, 1, 4, {1, 2, 7, -1});
+  DeviceTensor gx = to_device(be(), x), gl = to_device(be(), labels);
+  DeviceTensor loss = device_filled(be(), DType::kF32, 1, 4, 5.0f);
+  DeviceTensor lse = device_filled(be(), DType::kF32, 1, 4, 6.0f);
+  const Status s = be().softmax_xent_forward(gx, gl, loss, lse);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("labels[2] = 7 is outside [0, 7)"), std::string::npos)
+      << s.to_string();
+  EXPECT_EQ(to_host(be(), loss).values(), std::vector<double>(4, 5.0));
+  labels.set(2, 0);
+  labels.set(3, 6);
+  AMPD_ASSERT_OK(be().upload(gl, labels.data()));
+  AMPD_ASSERT_OK(be().softmax_xent_forward(gx, gl, loss, lse));
+  for (double v : to_host(be(), loss).values()) EXPECT_TRUE(std::isfinite(v) && v > 0) << v;
+}
+
+// ---- multi-tensor ops over several launches ---------------------------------------------------------
+
+// 300 tensors (the kernels take 128 per launch), sizes from 0 to ~70000, a few holding
+// inf / NaN at their last element or in a later chunk.
+TEST_F(CudaBackendTest, MultiTensorOpsOverManyTensors) {
+  Rng rng(10);
+  const size_t count = 300;
+  std::vector<HostTensor> host;
+  for (size_t t = 0; t < count; ++t) {
+    const int64_t n = t % 37 == 0 ? 0 : rng.integer(1, t % 10 == 0 ? 70000 : 300);
+    host.push_back(normal(DType::kF32, 1, n, rng));
+  }
+  host[5].set(host[5].numel() - 1, INFINITY);
+  host[130].set(0, NAN);
+  host[290].set(host[290].numel() / 2, -INFINITY);
+  std::vector<DeviceTensor> g, r;
+  std::vector<Tensor> gt, rt;
+  for (const HostTensor& h : host) {
+    g.push_back(to_device(be(), h));
+    r.push_back(to_device(ref(), h));
+  }
+  for (size_t t = 0; t < count; ++t) {
+    gt.push_back(g[t].tensor);
+    rt.push_back(r[t].tensor);
+  }
+  DeviceTensor gf = poisoned(be(), DType::kI32, 1, count), rf = poisoned(ref(), DType::kI32, 1, count);
+  AMPD_ASSERT_OK(be().unscale_and_check(gt, 0.25f, gf));
+  AMPD_ASSERT_OK(ref().unscale_and_check(rt, 0.25f, rf));
+  const HostTensor flags = to_host(be(), gf);
+  expect_close(flags, to_host(ref(), rf), kExact, "flags of 300 tensors");
+  for (size_t t = 0; t < count; ++t) {
+    if (flags.get(static_cast<int64_t>(t)) == 0) {
+      expect_close(to_host(be(), g[t]), to_host(ref(), r[t]), kExact, "unscaled " + std::to_string(t));
+    }
+  }
+  // global norm and AdamW over the finite tensors only
+  std::vector<Tensor> gfin, rfin;
+  std::vector<ParamSlot> gslots, rslots;
+  std::vector<DeviceTensor> keep;
+  int64_t total = 0;
+  for (size_t t = 0; t < count; ++t) {
+    if (flags.get(static_cast<int64_t>(t)) != 0) continue;
+    gfin.push_back(gt[t]);
+    rfin.push_back(rt[t]);
+    total += gt[t].numel();
+    const int64_t n = gt[t].numel();
+    const HostTensor w = normal(DType::kF32, 1, n, rng);
+    HostTensor zeros(DType::kF32, 1, n);
+    ParamSlot gs, rs;
+    for (Backend* b : {static_cast<Backend*>(&be()), &ref()}) {
+      const bool is_ref = b == &ref();
+      keep.push_back(to_device(*b, w));
+      ParamSlot& s = is_ref ? rs : gs;
+      s.master = keep.back().tensor;
+      s.grad = is_ref ? rt[t] : gt[t];
+      keep.push_back(to_device(*b, zeros));
+      s.state1 = keep.back().tensor;
+      keep.push_back(to_device(*b, zeros));
+      s.state2 = keep.back().tensor;
+      keep.push_back(poisoned(*b, DType::kBF16, 1, n));
+      s.low_precision = keep.back().tensor;
+    }
+    gslots.push_back(gs);
+    rslots.push_back(rs);
+  }
+  DeviceTensor gn = poisoned(be(), DType::kF32, 1, 1), rn = poisoned(ref(), DType::kF32, 1, 1);
+  AMPD_ASSERT_OK(be().global_norm(gfin, gn));
+  AMPD_ASSERT_OK(ref().global_norm(rfin, rn));
+  expect_close(to_host(be(), gn), to_host(ref(), rn), default_tolerance(DType::kF32, total, 1.0),
+               "global_norm of " + std::to_string(gfin.size()) + " tensors");
+  AdamWParams hp;
+  hp.lr = 1e-2f;
+  hp.weight_decay = 0.1f;
+  for (int step = 1; step <= 2; ++step) {
+    hp.step = step;
+    AMPD_ASSERT_OK(be().adamw_step(gslots, hp));
+    AMPD_ASSERT_OK(ref().adamw_step(rslots, hp));
+  }
+  for (size_t i = 0; i < gslots.size(); ++i) {
+    const std::string at = "adamw slot " + std::to_string(i);
+    const HostTensor w = to_host(be(), gslots[i].master);
+    expect_close(w, to_host(ref(), rslots[i].master), Tolerance{2e-6, 2e-6}, at + " master");
+    std::vector<double> rounded;
+    for (int64_t k = 0; k < w.numel(); ++k) rounded.push_back(round_to(DType::kBF16, w.get(k)));
+    expect_close(to_host(be(), gslots[i].low_precision), rounded, kExact, at + " bf16 copy");
+  }
+}
+
+// ---- determinism ------------------------------------------------------------------------------------
+
+// Everything that reduces (matmul with a long K, column sums, row statistics, the global
+// norm, the loss) gives the same bits when run again on the same inputs.
+TEST_F(CudaBackendTest, ResultsAreBitIdenticalRunToRun) {
+  Rng rng(11);
+  const int64_t N = 1024, C = 1000, K = 8192;
+  const HostTensor a = normal(DType::kBF16, 128, K, rng), b = normal(DType::kBF16, K, 96, rng);
+  const HostTensor x = normal(DType::kBF16, N, C, rng, 0.5, 2.0), dy = normal(DType::kBF16, N, C, rng);
+  const HostTensor gamma = normal(DType::kF32, 1, C, rng, 1.0, 0.5), beta = normal(DType::kF32, 1, C, rng);
+  HostTensor labels(DType::kI32, 1, N);
+  for (int64_t i = 0; i < N; ++i) labels.set(i, static_cast<double>(rng.integer(0, C - 1)));
+  DeviceTensor A = to_device(be(), a), B = to_device(be(), b), X = to_device(be(), x),
+               DY = to_device(be(), dy), G = to_device(be(), gamma), Bt = to_device(be(), beta),
+               L = to_device(be(), labels);
+  auto run = [&]() {
+    std::vector<std::vector<uint8_t>> out;
+    DeviceTensor c = poisoned(be(), DType::kF32, 128, 96);
+    AMPD_EXPECT_OK(be().matmul(mm(A, B, c)));
+    out.push_back(to_host(be(), c).bytes);
+    DeviceTensor db = poisoned(be(), DType::kF32, 1, C);
+    AMPD_EXPECT_OK(be().bias_grad(DY, db));
+    out.push_back(to_host(be(), db).bytes);
+    DeviceTensor y = poisoned(be(), DType::kBF16, N, C), mean = poisoned(be(), DType::kF32, 1, N),
+                 rstd = poisoned(be(), DType::kF32, 1, N), dx = poisoned(be(), DType::kBF16, N, C),
+                 dg = poisoned(be(), DType::kF32, 1, C), dbt = poisoned(be(), DType::kF32, 1, C);
+    AMPD_EXPECT_OK(be().layernorm_forward(X, G, Bt, y, mean, rstd, 1e-5f));
+    AMPD_EXPECT_OK(be().layernorm_backward(DY, X, G, mean, rstd, dx, dg, dbt));
+    for (const DeviceTensor* t : {&y, &mean, &rstd, &dx, &dg, &dbt}) out.push_back(to_host(be(), *t).bytes);
+    DeviceTensor bm = poisoned(be(), DType::kF32, 1, C), brs = poisoned(be(), DType::kF32, 1, C),
+                 rm = device_filled(be(), DType::kF32, 1, C, 0.0f),
+                 rv = device_filled(be(), DType::kF32, 1, C, 1.0f);
+    AMPD_EXPECT_OK(be().batchnorm_forward_train(X, G, Bt, y, bm, brs, rm, rv, 0.1f, 1e-5f));
+    AMPD_EXPECT_OK(be().batchnorm_backward(DY, X, G, bm, brs, dx, dg, dbt));
+    for (const DeviceTensor* t : {&y, &bm, &brs, &rm, &rv, &dx, &dg, &dbt}) {
+      out.push_back(to_host(be(), *t).bytes);
+    }
+    DeviceTensor loss = poisoned(be(), DType::kF32, 1, N), lse = poisoned(be(), DType::kF32, 1, N);
+    AMPD_EXPECT_OK(be().softmax_xent_forward(X, L, loss, lse));
+    out.push_back(to_host(be(), loss).bytes);
+    DeviceTensor norm = poisoned(be(), DType::kF32, 1, 1);
+    const std::vector<Tensor> gl = {c.tensor, db.tensor, dg.tensor};
+    AMPD_EXPECT_OK(be().global_norm(gl, norm));
+    out.push_back(to_host(be(), norm).bytes);
+    return out;
+  };
+  const auto first = run();
+  const auto second = run();
+  ASSERT_EQ(first.size(), second.size());
+  for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i], second[i]) << "output " << i;
+}
+
+}  // namespace
+}  // namespace ampd::test
