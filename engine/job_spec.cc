@@ -1,4 +1,4 @@
-// Job specs: parsing (YAML -> JSON -> protobuf, in client/job_spec_io.cc, shared with ampctl),
+// Job specs: parsing (YAML -> JSON -> protobuf, in proto/job_spec_io.cc, shared with ampctl),
 // then validation with defaults.
 //
 // Validation rules and defaults (field paths in proto field names; 0 / unset means "use the
@@ -71,7 +71,7 @@
 #include <utility>
 #include <vector>
 
-#include "client/job_spec_io.h"
+#include "proto/job_spec_io.h"
 
 namespace ampd::engine {
 namespace {
@@ -133,7 +133,7 @@ size_t Utf8Length(std::string_view s) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Parsing: client/job_spec_io (shared with ampctl) does it; its errors become Status here.
+// Parsing: proto/job_spec_io (shared with ampctl) does it; its errors become Status here.
 // ---------------------------------------------------------------------------------------
 
 StatusOr<JobSpec> FromSpecIo(spec_io::ParseResult r) {

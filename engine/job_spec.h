@@ -8,7 +8,7 @@
 // strings), guided by the message descriptors only where YAML is ambiguous (a plain `42`
 // given to a string field stays the string "42"; an empty `relu:` on a message field is
 // the empty message {}). Nothing here throws.
-// The parsing is client/job_spec_io.h (ampd_spec_io, shared with ampctl); this header wraps
+// The parsing is proto/job_spec_io.h (ampd_spec_io, shared with ampctl); this header wraps
 // it in Status and adds validation.
 //
 //   AMPD_ASSIGN_OR_RETURN(ampd::v1::JobSpec spec, load_job_spec_file("job.yaml"));

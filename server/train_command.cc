@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "client/progress_view.h"
+#include "proto/progress_view.h"
 #include "engine/job_spec.h"
 #include "engine/trainer.h"
 #include "kernels/backend_factory.h"

@@ -17,8 +17,8 @@
 #include "client/ampctl/connection.h"
 #include "client/ampctl/interrupts.h"
 #include "client/ampctl/output.h"
-#include "client/job_spec_io.h"
-#include "client/progress_view.h"
+#include "proto/job_spec_io.h"
+#include "proto/progress_view.h"
 
 namespace ampd::ampctl {
 

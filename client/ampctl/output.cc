@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <ctime>
 
-#include "client/progress_view.h"
+#include "proto/progress_view.h"
 
 namespace ampd::ampctl {
 

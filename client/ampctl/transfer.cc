@@ -20,7 +20,7 @@
 #include "client/ampctl/connection.h"
 #include "client/ampctl/interrupts.h"
 #include "client/ampctl/output.h"
-#include "client/progress_view.h"
+#include "proto/progress_view.h"
 
 namespace ampd::ampctl {
 

@@ -7,7 +7,7 @@
 
 #include "client/ampctl/connection.h"
 #include "client/ampctl/output.h"
-#include "client/job_spec_io.h"
+#include "proto/job_spec_io.h"
 
 namespace ampd::ampctl {
 namespace {

@@ -1,4 +1,4 @@
-#include "client/progress_view.h"
+#include "proto/progress_view.h"
 
 #include <google/protobuf/util/json_util.h>
 

@@ -1,4 +1,4 @@
-#include "client/job_spec_io.h"
+#include "proto/job_spec_io.h"
 
 #include <google/protobuf/util/json_util.h>
 #include <yaml-cpp/yaml.h>
