@@ -96,16 +96,26 @@ note build "$rc"
 # ---- tests -----------------------------------------------------------------------------------
 rc=0
 if [ -x "$BUILD/bin/test_cuda_backend" ]; then
+  # A few informative tests first, run directly so that their notes show: the device, TF32,
+  # which path the FP32 bias takes, and (without a GPU) the reason the plugin gives.
+  timeout 120 "$BUILD/bin/test_cuda_backend" \
+    --gtest_filter='*DescribesTheDevice*:*EngineLinearLayerProducts*:*MisalignedViews*:*ExplainsWhy*' \
+    2>&1 | grep -E 'device:|plugin says|FP32 bias|misaligned matmuls|Skipped|no usable|FAILED|Failure' \
+    | sort -u | head -20 || true
   timeout 300 ctest --test-dir "$BUILD" -R 'cuda|conformance' -j 8 --timeout 240 \
     --output-on-failure > "$OUT/ctest.log" 2>&1 || rc=$?
   summary=$(grep -E 'tests passed|tests failed' "$OUT/ctest.log" | tail -1 || true)
-  skipped=$(grep -c 'Skipped' "$OUT/ctest.log" || true)
+  skipped=$(grep -c '(Skipped)' "$OUT/ctest.log" || true)
   log "ctest rc=$rc: $summary; $skipped skipped"
   if [ "$rc" -ne 0 ]; then
-    grep -E 'Failed|\*\*\*|FAILED|Failure|error:' "$OUT/ctest.log" | head -60 || true
+    grep -E '\(Failed\)|\(Timeout\)|\(SEGFAULT\)|Failure|error:' "$OUT/ctest.log" | head -60 || true
   fi
-  grep -E 'plugin says|FP32 bias with|device:' "$OUT/ctest.log" | sort -u | head -10 || true
-  note tests "$rc" "$summary"
+  if [ "$skipped" -gt 0 ] && nvidia-smi > /dev/null 2>&1; then
+    # A GPU is there but the CUDA tests skipped: the backend did not start. Say so.
+    log "a GPU is present but $skipped CUDA tests were skipped"
+    rc=1
+  fi
+  note tests "$rc" "$summary; $skipped skipped"
 else
   note tests 1 "not built"
 fi

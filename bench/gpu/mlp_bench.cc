@@ -393,7 +393,8 @@ int main(int argc, char** argv) {
     const std::string name(ampd::dtype_name(dt));
     std::printf("matmul peak %s %lld^3: %.1f TFLOP/s\n", name.c_str(),
                 static_cast<long long>(o.peak), tf);
-    std::snprintf(buf, sizeof buf, "{\"kind\":\"peak\",\"dtype\":\"%s\",\"size\":%lld,\"tflops\":%.3f}",
+    std::snprintf(buf, sizeof buf,
+                  "{\"kind\":\"peak\",\"dtype\":\"%s\",\"size\":%lld,\"tflops\":%.3f}",
                   name.c_str(), static_cast<long long>(o.peak), tf);
     emit(buf);
   }

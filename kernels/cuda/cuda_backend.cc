@@ -33,10 +33,8 @@ bool is_sticky_error(cudaError_t err) {
     case cudaErrorHardwareStackError:
     case cudaErrorAssert:
     case cudaErrorLaunchTimeout:
-    case cudaErrorECCUncorrectable:
-      return true;
-    default:
-      return false;
+    case cudaErrorECCUncorrectable: return true;
+    default: return false;
   }
 }
 
@@ -78,8 +76,7 @@ Status check_aligned(const char* op, std::initializer_list<Named> tensors) {
       char addr[32];
       std::snprintf(addr, sizeof addr, "%p", t.data);
       return InvalidArgument(std::string(op) + ": " + n.name + " " + t.describe() + " at " + addr +
-                             " is not aligned to its " + std::to_string(size) +
-                             "-byte elements");
+                             " is not aligned to its " + std::to_string(size) + "-byte elements");
     }
   }
   return Status::Ok();
@@ -98,9 +95,9 @@ constexpr size_t kAllocGranularity = 256;
 }  // namespace
 
 // Every op: serialize, make the device current, check pointer alignment.
-#define AMPD_CUDA_OP(op, ...)                                   \
-  std::lock_guard<std::mutex> ampd_op_lock_(mu_);               \
-  AMPD_RETURN_IF_ERROR(enter());                                \
+#define AMPD_CUDA_OP(op, ...)                     \
+  std::lock_guard<std::mutex> ampd_op_lock_(mu_); \
+  AMPD_RETURN_IF_ERROR(enter());                  \
   AMPD_RETURN_IF_ERROR(check_aligned(op, {__VA_ARGS__}))
 
 // ---- creation -------------------------------------------------------------------------------
@@ -113,11 +110,11 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::create(const CudaBackendOpti
 
 Status CudaBackend::init(const CudaBackendOptions& options) {
   const int device = options.device >= 0 ? options.device : env_int("AMPD_CUDA_DEVICE", 0);
-  allow_tf32_ = options.allow_tf32 >= 0 ? options.allow_tf32 != 0
-                                        : env_int("AMPD_CUDA_ALLOW_TF32", 0) != 0;
+  allow_tf32_ =
+      options.allow_tf32 >= 0 ? options.allow_tf32 != 0 : env_int("AMPD_CUDA_ALLOW_TF32", 0) != 0;
   ctx_.device = device;
-  AMPD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cuda: cudaSetDevice(" +
-                                                       std::to_string(device) + ")");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device),
+                            "cuda: cudaSetDevice(" + std::to_string(device) + ")");
   cudaDeviceProp prop{};
   AMPD_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device), "cuda: device properties");
   sm_major_ = prop.major;
@@ -171,6 +168,7 @@ Status CudaBackend::init(const CudaBackendOptions& options) {
   AMPD_ASSIGN_OR_RETURN(workspace_, allocate(options.workspace_bytes));
   cuda::MatmulOptions mo;
   mo.allow_tf32 = allow_tf32_;
+  mo.fallback_gemm_only = options.fallback_gemm_only;
   mo.workspace = workspace_.data();
   mo.workspace_bytes = workspace_.bytes();
   AMPD_ASSIGN_OR_RETURN(matmul_, cuda::create_matmul_cache(mo));
@@ -228,10 +226,10 @@ StatusOr<void*> CudaBackend::allocate_impl(size_t bytes) {
     size_t free_bytes = 0, total = 0;
     (void)cudaMemGetInfo(&free_bytes, &total);
     const MemoryStats ms = memory_stats();
-    return cuda::cuda_status(err, "cuda: allocating " + std::to_string(bytes) + " bytes (ampd holds " +
-                                      std::to_string(ms.in_use_bytes) + ", the device has " +
-                                      std::to_string(free_bytes) + " free of " +
-                                      std::to_string(total) + ")");
+    return cuda::cuda_status(err, "cuda: allocating " + std::to_string(bytes) +
+                                      " bytes (ampd holds " + std::to_string(ms.in_use_bytes) +
+                                      ", the device has " + std::to_string(free_bytes) +
+                                      " free of " + std::to_string(total) + ")");
   }
   return p;
 }
@@ -262,18 +260,18 @@ Status CudaBackend::upload_impl(const Tensor& dst, const void* host_src) {
   AMPD_RETURN_IF_ERROR(enter());
   // From pageable memory this returns once the source has been staged, so the caller may
   // reuse its buffer at once.
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data, host_src, dst.bytes(),
-                                            cudaMemcpyHostToDevice, ctx_.stream),
-                            "upload " + dst.describe());
+  AMPD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst.data, host_src, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream),
+      "upload " + dst.describe());
   return Status::Ok();
 }
 
 Status CudaBackend::download_impl(void* host_dst, const Tensor& src) {
   std::lock_guard<std::mutex> lock(mu_);
   AMPD_RETURN_IF_ERROR(enter());
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_dst, src.data, src.bytes(),
-                                            cudaMemcpyDeviceToHost, ctx_.stream),
-                            "download " + src.describe());
+  AMPD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host_dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream),
+      "download " + src.describe());
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream), "download " + src.describe());
   return Status::Ok();
 }
@@ -353,18 +351,18 @@ Status CudaBackend::activation_backward_impl(Activation act, const Tensor& x, co
   return cuda::activation_backward(ctx_, act, x, dy, dx);
 }
 
-Status CudaBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma,
-                                           const Tensor& beta, const Tensor& y,
-                                           const Tensor& mean, const Tensor& rstd, float eps) {
+Status CudaBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                           const Tensor& y, const Tensor& mean, const Tensor& rstd,
+                                           float eps) {
   AMPD_CUDA_OP("layernorm_forward", {"x", &x}, {"gamma", &gamma}, {"beta", &beta}, {"y", &y},
                {"mean", &mean}, {"rstd", &rstd});
   return cuda::layernorm_forward(ctx_, x, gamma, beta, y, mean, rstd, eps);
 }
 
-Status CudaBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                            const Tensor& gamma, const Tensor& mean,
-                                            const Tensor& rstd, const Tensor& dx,
-                                            const Tensor& dgamma, const Tensor& dbeta) {
+Status CudaBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                            const Tensor& mean, const Tensor& rstd,
+                                            const Tensor& dx, const Tensor& dgamma,
+                                            const Tensor& dbeta) {
   AMPD_CUDA_OP("layernorm_backward", {"dy", &dy}, {"x", &x}, {"gamma", &gamma}, {"mean", &mean},
                {"rstd", &rstd}, {"dx", &dx}, {"dgamma", &dgamma}, {"dbeta", &dbeta});
   return cuda::layernorm_backward(ctx_, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
@@ -376,8 +374,8 @@ Status CudaBackend::batchnorm_forward_train_impl(const Tensor& x, const Tensor& 
                                                  const Tensor& running_mean,
                                                  const Tensor& running_var, float momentum,
                                                  float eps) {
-  AMPD_CUDA_OP("batchnorm_forward_train", {"x", &x}, {"gamma", &gamma}, {"beta", &beta},
-               {"y", &y}, {"mean", &mean}, {"rstd", &rstd}, {"running_mean", &running_mean},
+  AMPD_CUDA_OP("batchnorm_forward_train", {"x", &x}, {"gamma", &gamma}, {"beta", &beta}, {"y", &y},
+               {"mean", &mean}, {"rstd", &rstd}, {"running_mean", &running_mean},
                {"running_var", &running_var});
   return cuda::batchnorm_forward_train(ctx_, x, gamma, beta, y, mean, rstd, running_mean,
                                        running_var, momentum, eps);
@@ -392,10 +390,10 @@ Status CudaBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tensor& g
   return cuda::batchnorm_forward_eval(ctx_, x, gamma, beta, running_mean, running_var, y, eps);
 }
 
-Status CudaBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                            const Tensor& gamma, const Tensor& mean,
-                                            const Tensor& rstd, const Tensor& dx,
-                                            const Tensor& dgamma, const Tensor& dbeta) {
+Status CudaBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                            const Tensor& mean, const Tensor& rstd,
+                                            const Tensor& dx, const Tensor& dgamma,
+                                            const Tensor& dbeta) {
   AMPD_CUDA_OP("batchnorm_backward", {"dy", &dy}, {"x", &x}, {"gamma", &gamma}, {"mean", &mean},
                {"rstd", &rstd}, {"dx", &dx}, {"dgamma", &dgamma}, {"dbeta", &dbeta});
   return cuda::batchnorm_backward(ctx_, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
@@ -415,8 +413,8 @@ Status CudaBackend::dropout_backward_impl(const Tensor& dy, const Tensor& mask, 
 
 Status CudaBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
                                               const Tensor& loss, const Tensor& lse) {
-  AMPD_CUDA_OP("softmax_xent_forward", {"logits", &logits}, {"labels", &labels},
-               {"loss", &loss}, {"lse", &lse});
+  AMPD_CUDA_OP("softmax_xent_forward", {"logits", &logits}, {"labels", &labels}, {"loss", &loss},
+               {"lse", &lse});
   return cuda::softmax_xent_forward(ctx_, logits, labels, loss, lse);
 }
 
@@ -428,14 +426,13 @@ Status CudaBackend::softmax_xent_backward_impl(const Tensor& logits, const Tenso
   return cuda::softmax_xent_backward(ctx_, logits, labels, lse, dlogits, grad_scale);
 }
 
-Status CudaBackend::mse_forward_impl(const Tensor& pred, const Tensor& target,
-                                     const Tensor& loss) {
+Status CudaBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) {
   AMPD_CUDA_OP("mse_forward", {"pred", &pred}, {"target", &target}, {"loss", &loss});
   return cuda::mse_forward(ctx_, pred, target, loss);
 }
 
-Status CudaBackend::mse_backward_impl(const Tensor& pred, const Tensor& target,
-                                      const Tensor& dpred, float grad_scale) {
+Status CudaBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
+                                      float grad_scale) {
   AMPD_CUDA_OP("mse_backward", {"pred", &pred}, {"target", &target}, {"dpred", &dpred});
   return cuda::mse_backward(ctx_, pred, target, dpred, grad_scale);
 }
@@ -498,15 +495,11 @@ StatusOr<std::unique_ptr<Backend>> make_cuda_backend(const CudaBackendOptions& o
     (void)cudaGetLastError();
     std::string why;
     switch (err) {
-      case cudaErrorInsufficientDriver:
-        why = "CUDA driver is not installed or too old";
-        break;
+      case cudaErrorInsufficientDriver: why = "CUDA driver is not installed or too old"; break;
       case cudaErrorNoDevice:
         why = "no CUDA-capable device is visible; check CUDA_VISIBLE_DEVICES";
         break;
-      default:
-        why = cudaGetErrorString(err);
-        break;
+      default: why = cudaGetErrorString(err); break;
     }
     return Unavailable(std::string("no CUDA GPU: cudaGetDeviceCount returned ") +
                        cudaGetErrorName(err) + " (" + why + ")");
@@ -515,8 +508,9 @@ StatusOr<std::unique_ptr<Backend>> make_cuda_backend(const CudaBackendOptions& o
   CudaBackendOptions opts = options;
   if (opts.device < 0) opts.device = env_int("AMPD_CUDA_DEVICE", 0);
   if (opts.device >= count) {
-    return Unavailable("CUDA device " + std::to_string(opts.device) + " requested (AMPD_CUDA_DEVICE)" +
-                       " but only " + std::to_string(count) + " visible");
+    return Unavailable("CUDA device " + std::to_string(opts.device) +
+                       " requested (AMPD_CUDA_DEVICE)" + " but only " + std::to_string(count) +
+                       " visible");
   }
   auto be = CudaBackend::create(opts);
   if (!be.ok()) {

@@ -38,9 +38,10 @@
 namespace ampd {
 
 struct CudaBackendOptions {
-  int device = -1;          // -1: AMPD_CUDA_DEVICE or 0
-  int allow_tf32 = -1;      // -1: AMPD_CUDA_ALLOW_TF32; 0 / 1 override it
+  int device = -1;      // -1: AMPD_CUDA_DEVICE or 0
+  int allow_tf32 = -1;  // -1: AMPD_CUDA_ALLOW_TF32; 0 / 1 override it
   size_t workspace_bytes = size_t{32} << 20;
+  bool fallback_gemm_only = false;  // tests: every matmul on the plain fallback GEMM
 };
 
 class CudaBackend final : public Backend {

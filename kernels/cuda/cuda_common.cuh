@@ -30,9 +30,15 @@ namespace ampd::cuda {
 
 // ---- element conversions --------------------------------------------------------------------
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(fp16 v) { return f16_bits_to_f32(v.bits); }
-__device__ __forceinline__ float to_f32(bf16 v) { return bf16_bits_to_f32(v.bits); }
+__device__ __forceinline__ float to_f32(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_f32(fp16 v) {
+  return f16_bits_to_f32(v.bits);
+}
+__device__ __forceinline__ float to_f32(bf16 v) {
+  return bf16_bits_to_f32(v.bits);
+}
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
@@ -58,8 +64,7 @@ Status dispatch_float(DType t, F&& f) {
     case DType::kBF16: return f(bf16{});
     default: break;
   }
-  return InvalidArgument(std::string("cuda: not a floating dtype: ") +
-                         std::string(dtype_name(t)));
+  return InvalidArgument(std::string("cuda: not a floating dtype: ") + std::string(dtype_name(t)));
 }
 
 // ---- vector access ----------------------------------------------------------------------------
@@ -92,7 +97,9 @@ __device__ __forceinline__ void store8(T* p, const Vec8<T>& v) {
   for (int k = 0; k < kWords; ++k) q[k] = w[k];
 }
 
-__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+__host__ __device__ inline bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
 
 // ---- launch geometry ----------------------------------------------------------------------------
 
@@ -108,7 +115,8 @@ inline unsigned grid_for(int64_t work, int64_t per_block, int sm_count) {
   return static_cast<unsigned>(blocks);
 }
 
-// ---- deterministic reductions --------------------------------------------------------------------
+// ---- deterministic reductions
+// --------------------------------------------------------------------
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

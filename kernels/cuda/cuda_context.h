@@ -40,12 +40,12 @@ struct CudaContext {
 }  // namespace ampd::cuda
 
 // Returns a Status from the enclosing function when a CUDA runtime call fails.
-#define AMPD_CUDA_RETURN_IF_ERROR(expr, what)                          \
-  do {                                                                 \
-    const cudaError_t ampd_cuda_err_ = (expr);                         \
-    if (ampd_cuda_err_ != cudaSuccess) {                               \
-      return ::ampd::cuda::cuda_status(ampd_cuda_err_, (what));        \
-    }                                                                  \
+#define AMPD_CUDA_RETURN_IF_ERROR(expr, what)                   \
+  do {                                                          \
+    const cudaError_t ampd_cuda_err_ = (expr);                  \
+    if (ampd_cuda_err_ != cudaSuccess) {                        \
+      return ::ampd::cuda::cuda_status(ampd_cuda_err_, (what)); \
+    }                                                           \
   } while (0)
 
 // After every kernel launch: configuration errors show up here at once; errors during the

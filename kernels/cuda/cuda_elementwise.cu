@@ -57,9 +57,8 @@ Status launch_fill(CudaContext& ctx, void* data, int64_t n, Word value) {
                        : sizeof(Word) == 2 ? 0x00010001u * value
                                            : static_cast<uint32_t>(value);
   if (sizeof(Word) == 1) {
-    AMPD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(data, static_cast<int>(value), static_cast<size_t>(n),
-                                              ctx.stream),
-                              "fill");
+    AMPD_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(data, static_cast<int>(value), static_cast<size_t>(n), ctx.stream), "fill");
     return Status::Ok();
   }
   FillOp<Word> op{static_cast<Word*>(data), value, make_uint4(w32, w32, w32, w32)};
@@ -122,11 +121,12 @@ struct AccumulateOp {
   }
 };
 
-// ---- bias ----------------------------------------------------------------------------------------
+// ---- bias
+// ----------------------------------------------------------------------------------------
 
 template <typename TIn, typename TOut, typename TB>
 struct AffineBiasOp {
-  const TIn* in;  // null when beta == 0 (not read)
+  const TIn* in;   // null when beta == 0 (not read)
   const TB* bias;  // may be null
   TOut* out;
   float beta;
@@ -137,7 +137,8 @@ struct AffineBiasOp {
   }
 };
 
-// ---- activations ---------------------------------------------------------------------------------
+// ---- activations
+// ---------------------------------------------------------------------------------
 
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1 / sqrt(2 pi)
@@ -207,7 +208,8 @@ struct ActBackwardOp {
   }
 };
 
-// ---- dropout -------------------------------------------------------------------------------------
+// ---- dropout
+// -------------------------------------------------------------------------------------
 
 template <typename T>
 struct DropoutForwardOp {
@@ -263,16 +265,20 @@ struct DropoutBackwardOp {
   }
 };
 
-float inverse_keep(float p) { return static_cast<float>(1.0 / (1.0 - static_cast<double>(p))); }
+float inverse_keep(float p) {
+  return static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
+}
 
 }  // namespace
 
-// ---- launchers ---------------------------------------------------------------------------------------
+// ---- launchers
+// ---------------------------------------------------------------------------------------
 
 Status fill(CudaContext& ctx, const Tensor& dst, float value) {
   const int64_t n = dst.numel();
   switch (dst.dtype) {
-    case DType::kF32: return launch_fill<uint32_t>(ctx, dst.data, n, std::bit_cast<uint32_t>(value));
+    case DType::kF32:
+      return launch_fill<uint32_t>(ctx, dst.data, n, std::bit_cast<uint32_t>(value));
     case DType::kF16: return launch_fill<uint16_t>(ctx, dst.data, n, f32_to_f16_bits(value));
     case DType::kBF16: return launch_fill<uint16_t>(ctx, dst.data, n, f32_to_bf16_bits(value));
     case DType::kI32:
@@ -285,6 +291,7 @@ Status fill(CudaContext& ctx, const Tensor& dst, float value) {
 
 Status cast(CudaContext& ctx, const Tensor& src, const Tensor& dst) {
   if (src.dtype == dst.dtype) {
+    if (src.data == dst.data) return Status::Ok();
     AMPD_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, ctx.stream),
         "cast");
@@ -319,8 +326,8 @@ Status affine_bias(CudaContext& ctx, const Tensor& in, float beta, const Tensor&
       auto with_bias = [&](auto b) {
         using TB = decltype(b);
         AffineBiasOp<TIn, TOut, TB> op{read_in ? in.as<const TIn>() : nullptr,
-                                       bias.empty() ? nullptr : bias.as<const TB>(),
-                                       out.as<TOut>(), beta};
+                                       bias.empty() ? nullptr : bias.as<const TB>(), out.as<TOut>(),
+                                       beta};
         return launch_rowcol("affine_bias", ctx.stream, op, out.rows, out.cols);
       };
       return bias_dtype == DType::kF32 ? with_bias(float{}) : with_bias(TOut{});
@@ -365,9 +372,10 @@ Status activation_backward(CudaContext& ctx, Activation act, const Tensor& x, co
     return dispatch_float(dy.dtype, [&](auto d) {
       using TX = decltype(a);
       using TD = decltype(d);
-      return launch_map("activation_backward", ctx.stream, ctx.sm_count,
-                        ActBackwardOp<TX, TD>{x.as<const TX>(), dy.as<const TD>(), dx.as<TD>(), act},
-                        x.numel(), vec);
+      return launch_map(
+          "activation_backward", ctx.stream, ctx.sm_count,
+          ActBackwardOp<TX, TD>{x.as<const TX>(), dy.as<const TD>(), dx.as<TD>(), act}, x.numel(),
+          vec);
     });
   });
 }
@@ -377,8 +385,8 @@ Status dropout_forward(CudaContext& ctx, const Tensor& x, const Tensor& y, const
   const bool vec = aligned16(x.data) && aligned16(y.data) && aligned16(mask.data);
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
-    DropoutForwardOp<T> op{x.as<const T>(), y.as<T>(), mask.as<uint8_t>(), p, inverse_keep(p),
-                           seed, offset};
+    DropoutForwardOp<T> op{x.as<const T>(), y.as<T>(), mask.as<uint8_t>(), p, inverse_keep(p), seed,
+                           offset};
     return launch_map("dropout_forward", ctx.stream, ctx.sm_count, op, x.numel(), vec);
   });
 }

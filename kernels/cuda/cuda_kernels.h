@@ -39,15 +39,19 @@ Status dropout_forward(CudaContext& ctx, const Tensor& x, const Tensor& y, const
 Status dropout_backward(CudaContext& ctx, const Tensor& dy, const Tensor& mask, const Tensor& dx,
                         float p);
 
+// ---- cuda_gemm_fallback.cu -----------------------------------------------------------------
+
+// Backend::matmul's semantics on a plain tiled kernel, for the calls cuBLASLt declines.
+Status gemm_fallback(CudaContext& ctx, const MatmulArgs& args);
+
 // ---- cuda_reduce.cu --------------------------------------------------------------------------
 
 Status bias_grad(CudaContext& ctx, const Tensor& dy, const Tensor& dbias, float beta);
-Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
-                         const Tensor& beta, const Tensor& y, const Tensor& mean,
-                         const Tensor& rstd, float eps);
-Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x,
-                          const Tensor& gamma, const Tensor& mean, const Tensor& rstd,
-                          const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta);
+Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         const Tensor& y, const Tensor& mean, const Tensor& rstd, float eps);
+Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                          const Tensor& dgamma, const Tensor& dbeta);
 Status batchnorm_forward_train(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
                                const Tensor& beta, const Tensor& y, const Tensor& mean,
                                const Tensor& rstd, const Tensor& running_mean,
@@ -55,9 +59,9 @@ Status batchnorm_forward_train(CudaContext& ctx, const Tensor& x, const Tensor& 
 Status batchnorm_forward_eval(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
                               const Tensor& beta, const Tensor& running_mean,
                               const Tensor& running_var, const Tensor& y, float eps);
-Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x,
-                          const Tensor& gamma, const Tensor& mean, const Tensor& rstd,
-                          const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta);
+Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                          const Tensor& dgamma, const Tensor& dbeta);
 
 // ---- cuda_loss.cu ----------------------------------------------------------------------------
 
@@ -68,10 +72,9 @@ Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor
                             const Tensor& loss, const Tensor& lse);
 Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                              const Tensor& lse, const Tensor& dlogits, float grad_scale);
-Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
-                   const Tensor& loss);
-Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
-                    const Tensor& dpred, float grad_scale);
+Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& loss);
+Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& dpred,
+                    float grad_scale);
 Status argmax_rows(CudaContext& ctx, const Tensor& x, const Tensor& out);
 
 // ---- cuda_optim.cu ---------------------------------------------------------------------------

@@ -63,18 +63,16 @@ Status start_label_check(CudaContext& ctx, const Tensor& labels, int64_t classes
 }
 
 // Reads the verdict (synchronizes) and, for a bad label, its value, for the message.
-Status finish_label_check(CudaContext& ctx, const char* op, const Tensor& labels,
-                          int64_t classes) {
+Status finish_label_check(CudaContext& ctx, const char* op, const Tensor& labels, int64_t classes) {
   AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ctx.host_flag, ctx.device_flag, sizeof(int32_t),
                                             cudaMemcpyDeviceToHost, ctx.stream),
                             std::string(op) + ": read label flag");
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
   const int32_t bad = ctx.host_flag[0];
   if (bad == kNoBadLabel) return Status::Ok();
-  AMPD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(ctx.host_flag + 1, labels.as<const int32_t>() + bad, sizeof(int32_t),
-                      cudaMemcpyDeviceToHost, ctx.stream),
-      std::string(op) + ": read label");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ctx.host_flag + 1, labels.as<const int32_t>() + bad,
+                                            sizeof(int32_t), cudaMemcpyDeviceToHost, ctx.stream),
+                            std::string(op) + ": read label");
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
   return InvalidArgument(std::string(op) + ": labels[" + std::to_string(bad) +
                          "] = " + std::to_string(ctx.host_flag[1]) + " is outside [0, " +
@@ -244,7 +242,8 @@ unsigned row_blocks(int64_t rows) {
 
 }  // namespace
 
-// ---- launchers ------------------------------------------------------------------------------------
+// ---- launchers
+// ------------------------------------------------------------------------------------
 
 Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                             const Tensor& loss, const Tensor& lse) {
@@ -268,17 +267,19 @@ Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tenso
     return dispatch_float(dlogits.dtype, [&](auto d) {
       using TL = decltype(a);
       using TD = decltype(d);
-      SoftmaxXentBackward<TL, TD> op{logits.as<const TL>(), labels.as<const int32_t>(),
-                                     lse.as<const float>(),  dlogits.as<TD>(),
-                                     grad_scale,             ctx.device_flag};
+      SoftmaxXentBackward<TL, TD> op{logits.as<const TL>(),
+                                     labels.as<const int32_t>(),
+                                     lse.as<const float>(),
+                                     dlogits.as<TD>(),
+                                     grad_scale,
+                                     ctx.device_flag};
       return launch_rowcol("softmax_xent_backward", ctx.stream, op, logits.rows, logits.cols);
     });
   }));
   return finish_label_check(ctx, "softmax_xent_backward", labels, logits.cols);
 }
 
-Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
-                   const Tensor& loss) {
+Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& loss) {
   return dispatch_float(pred.dtype, [&](auto t) {
     using T = decltype(t);
     mse_forward_kernel<T><<<row_blocks(pred.rows), row_threads(pred.cols), 0, ctx.stream>>>(
@@ -288,10 +289,10 @@ Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
   });
 }
 
-Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target,
-                    const Tensor& dpred, float grad_scale) {
-  const float factor = static_cast<float>(2.0 * static_cast<double>(grad_scale) /
-                                          static_cast<double>(pred.cols));
+Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& dpred,
+                    float grad_scale) {
+  const float factor =
+      static_cast<float>(2.0 * static_cast<double>(grad_scale) / static_cast<double>(pred.cols));
   return dispatch_float(pred.dtype, [&](auto a) {
     return dispatch_float(dpred.dtype, [&](auto d) {
       using TP = decltype(a);

@@ -31,8 +31,9 @@
 // first algorithm that runs is remembered. Alignment: cuBLASLt assumes 256-byte aligned
 // pointers unless told otherwise; each plan tells it the real alignment of A, B, C and the
 // bias (views made by row_slice can start anywhere), so the heuristic only offers kernels
-// that are valid for them. If none is, the call fails with InvalidArgument naming the
-// alignments, never with a misaligned access.
+// that are valid for them. If none is (or every one declines the call), the product runs
+// on the plain tiled GEMM of cuda_gemm_fallback.cu: slow but right, never a misaligned
+// access.
 //
 // K == 0 (an empty sum): C = beta C + bias by one kernel (cuBLASLt does not take k = 0).
 #include "kernels/cuda/cuda_matmul.h"
@@ -56,12 +57,12 @@ std::string cublas_error(const std::string& what, cublasStatus_t s) {
   return what + ": " + cublasLtGetStatusName(s) + " (" + cublasLtGetStatusString(s) + ")";
 }
 
-#define AMPD_CUBLAS_RETURN_IF_ERROR(expr, what)                                     \
-  do {                                                                              \
-    const cublasStatus_t ampd_cublas_status_ = (expr);                              \
-    if (ampd_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                             \
+#define AMPD_CUBLAS_RETURN_IF_ERROR(expr, what)                                             \
+  do {                                                                                      \
+    const cublasStatus_t ampd_cublas_status_ = (expr);                                      \
+    if (ampd_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                     \
       return Internal(cublas_error(std::string("matmul: ") + (what), ampd_cublas_status_)); \
-    }                                                                               \
+    }                                                                                       \
   } while (0)
 
 cudaDataType_t cuda_type(DType t) {
@@ -91,9 +92,7 @@ struct PlanKey {
 struct PlanKeyHash {
   size_t operator()(const PlanKey& k) const {
     uint64_t h = 1469598103934665603ull;
-    auto mix = [&h](uint64_t v) {
-      h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    };
+    auto mix = [&h](uint64_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
     mix(static_cast<uint64_t>(k.m));
     mix(static_cast<uint64_t>(k.n));
     mix(static_cast<uint64_t>(k.k));
@@ -126,16 +125,6 @@ struct Plan {
   }
 };
 
-std::string describe(const PlanKey& k) {
-  return std::string(dtype_name(k.ab)) + " " + std::to_string(k.m) + "x" + std::to_string(k.n) +
-         "x" + std::to_string(k.k) + (k.ta ? " A^T" : "") + (k.tb ? " B^T" : "") + " -> " +
-         std::string(dtype_name(k.c)) +
-         (k.has_bias ? " + " + std::string(dtype_name(k.bias)) + " bias" : "") +
-         " (pointer alignment a=" + std::to_string(k.align_a) +
-         " b=" + std::to_string(k.align_b) + " c=" + std::to_string(k.align_c) +
-         (k.has_bias ? " bias=" + std::to_string(k.align_bias) : "") + " bytes)";
-}
-
 }  // namespace
 
 struct MatmulCache {
@@ -152,7 +141,9 @@ struct MatmulCache {
   StatusOr<Plan*> plan(const PlanKey& key, const void* bias_ptr);
 };
 
-void MatmulCacheDeleter::operator()(MatmulCache* cache) const noexcept { delete cache; }
+void MatmulCacheDeleter::operator()(MatmulCache* cache) const noexcept {
+  delete cache;
+}
 
 StatusOr<MatmulCachePtr> create_matmul_cache(const MatmulOptions& options) {
   MatmulCachePtr cache(new MatmulCache);
@@ -170,9 +161,8 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
   if (it != plans.end()) return it->second.get();
 
   auto p = std::make_unique<Plan>();
-  const cublasComputeType_t compute = key.tf32 && key.ab == DType::kF32
-                                          ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                          : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute =
+      key.tf32 && key.ab == DType::kF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&p->desc, compute, CUDA_R_32F),
                               "cublasLtMatmulDescCreate");
   const int32_t op_a = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A is our B
@@ -186,10 +176,10 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
   if (key.has_bias) {
     const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     const int32_t bias_type = cuda_type(key.bias);
-    AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-                                    p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                    sizeof epilogue),
-                                "set EPILOGUE");
+    AMPD_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                       sizeof epilogue),
+        "set EPILOGUE");
     AMPD_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                        sizeof bias_type),
@@ -204,14 +194,12 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
   const uint64_t b_cols = static_cast<uint64_t>(key.tb ? key.k : key.n);
   const uint64_t a_rows = static_cast<uint64_t>(key.ta ? key.k : key.m);  // our A, stored
   const uint64_t a_cols = static_cast<uint64_t>(key.ta ? key.m : key.k);
-  AMPD_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&p->a, cuda_type(key.ab), b_cols, b_rows,
-                                 static_cast<int64_t>(b_cols)),
-      "layout A");
-  AMPD_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&p->b, cuda_type(key.ab), a_cols, a_rows,
-                                 static_cast<int64_t>(a_cols)),
-      "layout B");
+  AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p->a, cuda_type(key.ab), b_cols, b_rows,
+                                                         static_cast<int64_t>(b_cols)),
+                              "layout A");
+  AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p->b, cuda_type(key.ab), a_cols, a_rows,
+                                                         static_cast<int64_t>(a_cols)),
+                              "layout B");
   AMPD_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatrixLayoutCreate(&p->c, cuda_type(key.c), static_cast<uint64_t>(key.n),
                                  static_cast<uint64_t>(key.m), key.n),
@@ -224,12 +212,12 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
     ~PrefGuard() { cublasLtMatmulPreferenceDestroy(p); }
   } guard{pref};
   const uint64_t ws = options.workspace_bytes;
-  const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  const uint32_t reductions =
+      CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
   const uint32_t align_a = key.align_b, align_b = key.align_a, align_c = key.align_c;
-  AMPD_CUBLAS_RETURN_IF_ERROR(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                           sizeof ws),
-      "set MAX_WORKSPACE_BYTES");
+  AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+                                  pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+                              "set MAX_WORKSPACE_BYTES");
   AMPD_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
                                            &reductions, sizeof reductions),
@@ -256,9 +244,8 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(
       handle, p->desc, p->a, p->b, p->c, p->c, pref, kHeuristicResults, results, &found);
   if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
-    p->unusable = hs != CUBLAS_STATUS_SUCCESS
-                      ? cublas_error("cublasLtMatmulAlgoGetHeuristic", hs)
-                      : std::string("cuBLASLt has no algorithm");
+    p->unusable = hs != CUBLAS_STATUS_SUCCESS ? cublas_error("cublasLtMatmulAlgoGetHeuristic", hs)
+                                              : std::string("cuBLASLt has no algorithm");
   } else {
     for (int i = 0; i < found; ++i) {
       if (results[i].state == CUBLAS_STATUS_SUCCESS) p->algos.push_back(results[i]);
@@ -299,9 +286,15 @@ Status execute(MatmulCache& cache, CudaContext& ctx, Plan& plan, const MatmulArg
       AMPD_CUDA_CHECK_LAUNCH("matmul");
       return Status::Ok();
     }
-    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE) break;
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE) {
+      return Internal(cublas_error("matmul: cublasLtMatmul", s));
+    }
   }
-  return Internal(cublas_error("matmul: cublasLtMatmul", s));
+  // Every algorithm declined the call: remember that, and let the caller fall back.
+  plan.algos.clear();
+  plan.chosen = -1;
+  plan.unusable = cublas_error("every cublasLtMatmul algorithm declined", s);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -326,47 +319,56 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
     key.has_bias = true;
     key.bias = m.bias.dtype;
     key.align_bias = alignment_of(m.bias.data);
-    AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(key, m.bias.data));
-    if (plan->unusable.empty()) {
-      return execute(cache, ctx, *plan, m, m.c.data, m.c.data, m.beta, m.bias.data);
-    }
-  } else {
-    AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(key, nullptr));
-    if (!plan->unusable.empty()) {
-      return InvalidArgument("matmul: " + plan->unusable + " for " + describe(key) +
-                             "; allocate tensors with allocate() (256-byte aligned) or slice "
-                             "them at 16-byte boundaries");
-    }
-    return execute(cache, ctx, *plan, m, m.c.data, m.c.data, m.beta, nullptr);
   }
 
-  // Bias fallback: the product in FP32 (no epilogue), then bias + one rounding into C.
-  ++cache.stats.bias_fallbacks;
-  PlanKey plain = key;
-  plain.has_bias = false;
-  plain.bias = DType::kF32;
-  plain.align_bias = 0;
-  void* c32 = m.c.data;
-  if (m.c.dtype != DType::kF32) {
-    AMPD_ASSIGN_OR_RETURN(void* scratch,
-                          ctx.scratch(static_cast<size_t>(m.c.numel()) * sizeof(float)));
-    c32 = scratch;
-    plain.c = DType::kF32;
-    plain.align_c = alignment_of(c32);
-    if (m.beta != 0.0f) {
-      AMPD_RETURN_IF_ERROR(cast(ctx, m.c, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}));
+  if (cache.options.fallback_gemm_only) {
+    ++cache.stats.fallback_gemms;
+    return gemm_fallback(ctx, m);
+  }
+
+  // 1. cuBLASLt with everything in the epilogue.
+  AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(key, has_bias ? m.bias.data : nullptr));
+  if (plan->unusable.empty()) {
+    AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, m, m.c.data, m.c.data, m.beta,
+                                 has_bias ? m.bias.data : nullptr));
+    if (plan->unusable.empty()) return Status::Ok();
+  }
+
+  // 2. A bias cuBLASLt would not take: the product in FP32 (no epilogue), then the bias and
+  //    one rounding into C.
+  if (has_bias) {
+    PlanKey plain = key;
+    plain.has_bias = false;
+    plain.bias = DType::kF32;
+    plain.align_bias = 0;
+    void* c32 = m.c.data;
+    if (m.c.dtype != DType::kF32) {
+      AMPD_ASSIGN_OR_RETURN(void* scratch,
+                            ctx.scratch(static_cast<size_t>(m.c.numel()) * sizeof(float)));
+      c32 = scratch;
+      plain.c = DType::kF32;
+      plain.align_c = alignment_of(c32);
+    }
+    AMPD_ASSIGN_OR_RETURN(Plan * p2, cache.plan(plain, nullptr));
+    if (p2->unusable.empty()) {
+      if (c32 != m.c.data && m.beta != 0.0f) {
+        AMPD_RETURN_IF_ERROR(cast(ctx, m.c, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}));
+      }
+      AMPD_RETURN_IF_ERROR(execute(cache, ctx, *p2, m, c32, c32, m.beta, nullptr));
+      if (p2->unusable.empty()) {
+        ++cache.stats.bias_fallbacks;
+        return affine_bias(ctx, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}, 1.0f, m.bias, m.c);
+      }
     }
   }
-  AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(plain, nullptr));
-  if (!plan->unusable.empty()) {
-    return InvalidArgument("matmul: " + plan->unusable + " for " + describe(plain) +
-                           "; allocate tensors with allocate() (256-byte aligned) or slice "
-                           "them at 16-byte boundaries");
-  }
-  AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, m, c32, c32, m.beta, nullptr));
-  return affine_bias(ctx, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}, 1.0f, m.bias, m.c);
+
+  // 3. No cuBLASLt algorithm for these pointers / leading dimensions: the plain GEMM.
+  ++cache.stats.fallback_gemms;
+  return gemm_fallback(ctx, m);
 }
 
-MatmulCacheStats matmul_cache_stats(const MatmulCache& cache) { return cache.stats; }
+MatmulCacheStats matmul_cache_stats(const MatmulCache& cache) {
+  return cache.stats;
+}
 
 }  // namespace ampd::cuda

@@ -18,6 +18,8 @@ using MatmulCachePtr = std::unique_ptr<MatmulCache, MatmulCacheDeleter>;
 struct MatmulOptions {
   // FP32 matmuls on CUBLAS_COMPUTE_32F_FAST_TF32 instead of CUBLAS_COMPUTE_32F.
   bool allow_tf32 = false;
+  // Every product on the fallback GEMM (cuda_gemm_fallback.cu): for its tests only.
+  bool fallback_gemm_only = false;
   void* workspace = nullptr;  // device memory for cuBLASLt (split-K partials etc.)
   size_t workspace_bytes = 0;
 };
@@ -29,9 +31,10 @@ StatusOr<MatmulCachePtr> create_matmul_cache(const MatmulOptions& options);
 Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& args);
 
 struct MatmulCacheStats {
-  size_t plans = 0;          // distinct plans built (heuristic queries made)
-  size_t executions = 0;     // cublasLtMatmul calls
+  size_t plans = 0;           // distinct plans built (heuristic queries made)
+  size_t executions = 0;      // cublasLtMatmul calls
   size_t bias_fallbacks = 0;  // calls whose bias went through the FP32 fallback path
+  size_t fallback_gemms = 0;  // calls cuBLASLt had no algorithm for (cuda_gemm_fallback.cu)
 };
 MatmulCacheStats matmul_cache_stats(const MatmulCache& cache);
 

@@ -96,7 +96,9 @@ __device__ __forceinline__ void chunk_range(const ChunkTable& table, int t, int6
   end = begin + kChunk < n ? begin + kChunk : n;
 }
 
-__device__ __forceinline__ bool finite_f(float v) { return isfinite(v); }
+__device__ __forceinline__ bool finite_f(float v) {
+  return isfinite(v);
+}
 
 // ---- unscale_and_check -----------------------------------------------------------------------
 
@@ -245,8 +247,8 @@ struct AdamScalars {
   float b1, b2, one_minus_b1, one_minus_b2, lr, eps, gs, inv_bc1, inv_bc2;
 };
 
-__device__ __forceinline__ float adam_one(const AdamScalars& s, float decay, float w,
-                                          float grad, float& m, float& v) {
+__device__ __forceinline__ float adam_one(const AdamScalars& s, float decay, float w, float grad,
+                                          float& m, float& v) {
   const float g = grad * s.gs;
   const float mi = s.b1 * m + s.one_minus_b1 * g;
   const float vi = s.b2 * v + s.one_minus_b2 * (g * g);
@@ -330,14 +332,14 @@ Status check_grid(int64_t chunks, const char* what) {
 
 }  // namespace
 
-// ---- launchers ------------------------------------------------------------------------------------
+// ---- launchers
+// ------------------------------------------------------------------------------------
 
 Status unscale_and_check(CudaContext& ctx, std::span<const Tensor> grads, float inv_scale,
                          const Tensor& found_nonfinite) {
   int32_t* flags = found_nonfinite.as<int32_t>();
-  AMPD_CUDA_RETURN_IF_ERROR(
-      cudaMemsetAsync(flags, 0, grads.size() * sizeof(int32_t), ctx.stream),
-      "unscale_and_check: clear flags");
+  AMPD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flags, 0, grads.size() * sizeof(int32_t), ctx.stream),
+                            "unscale_and_check: clear flags");
   return for_each_group(grads.size(), [&](size_t first, int count) -> Status {
     GradList list{};
     for (int k = 0; k < count; ++k) {
@@ -349,7 +351,7 @@ Status unscale_and_check(CudaContext& ctx, std::span<const Tensor> grads, float 
     if (chunks == 0) return Status::Ok();
     AMPD_RETURN_IF_ERROR(check_grid(chunks, "unscale_and_check"));
     unscale_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, ctx.stream>>>(list, inv_scale,
-                                                                              flags + first);
+                                                                               flags + first);
     AMPD_CUDA_CHECK_LAUNCH("unscale_and_check");
     return Status::Ok();
   });
@@ -358,9 +360,9 @@ Status unscale_and_check(CudaContext& ctx, std::span<const Tensor> grads, float 
 Status global_norm(CudaContext& ctx, std::span<const Tensor> grads, const Tensor& out) {
   int64_t total_chunks = 0;
   for (const Tensor& g : grads) total_chunks += (g.numel() + kChunk - 1) / kChunk;
-  AMPD_ASSIGN_OR_RETURN(void* scratch,
-                        ctx.scratch(static_cast<size_t>(std::max<int64_t>(total_chunks, 1)) *
-                                    sizeof(double)));
+  AMPD_ASSIGN_OR_RETURN(
+      void* scratch,
+      ctx.scratch(static_cast<size_t>(std::max<int64_t>(total_chunks, 1)) * sizeof(double)));
   double* partials = static_cast<double*>(scratch);
   int64_t base = 0;
   AMPD_RETURN_IF_ERROR(for_each_group(grads.size(), [&](size_t first, int count) -> Status {
@@ -385,8 +387,8 @@ Status global_norm(CudaContext& ctx, std::span<const Tensor> grads, const Tensor
 }
 
 Status sgd_step(CudaContext& ctx, std::span<const ParamSlot> params, const SgdParams& hp) {
-  const SgdScalars s{hp.lr, hp.momentum, hp.grad_scale, 1.0f - hp.dampening, hp.first_step,
-                     hp.nesterov};
+  const SgdScalars s{hp.lr,         hp.momentum, hp.grad_scale, 1.0f - hp.dampening,
+                     hp.first_step, hp.nesterov};
   return for_each_group(params.size(), [&](size_t first, int count) -> Status {
     SgdList list{};
     for (int k = 0; k < count; ++k) {

@@ -139,18 +139,18 @@ __global__ void layernorm_forward_kernel(const T* x, const float* gamma, const f
                                          float* mean, float* rstd, int64_t rows, int64_t cols,
                                          float eps) {
   __shared__ float red[32];
-  const float inv_c = 1.0f / static_cast<float>(cols);
+  const float c = static_cast<float>(cols);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * cols;
     float s = 0.0f;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += to_f32(xr[j]);
-    const float mu = block_sum(s, red) * inv_c;
+    const float mu = block_sum(s, red) / c;
     float q = 0.0f;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
       const float d = to_f32(xr[j]) - mu;
       q += d * d;
     }
-    const float var = block_sum(q, red) * inv_c;
+    const float var = block_sum(q, red) / c;
     const float rs = 1.0f / sqrtf(var + eps);
     T* yr = y + r * cols;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
@@ -171,7 +171,7 @@ __global__ void layernorm_backward_dx_kernel(const TD* dy, const TX* x, const fl
                                              const float* mean, const float* rstd, TD* dx,
                                              int64_t rows, int64_t cols) {
   __shared__ float red[32];
-  const float inv_c = 1.0f / static_cast<float>(cols);
+  const float c = static_cast<float>(cols);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const TD* dyr = dy + r * cols;
     const TX* xr = x + r * cols;
@@ -183,8 +183,8 @@ __global__ void layernorm_backward_dx_kernel(const TD* dy, const TX* x, const fl
       sg += g;
       sgx += g * xhat;
     }
-    const float mean_g = block_sum(sg, red) * inv_c;
-    const float mean_gx = block_sum(sgx, red) * inv_c;
+    const float mean_g = block_sum(sg, red) / c;
+    const float mean_gx = block_sum(sgx, red) / c;
     TD* dxr = dx + r * cols;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
       const float g = to_f32(dyr[j]) * gamma[j];
@@ -256,8 +256,7 @@ struct VarianceFinal {
   __device__ void operator()(int64_t j, const double* s) const {
     const double var = s[0] / n;
     rstd[j] = static_cast<float>(1.0 / sqrt(var + eps));
-    running_mean[j] =
-        static_cast<float>((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
+    running_mean[j] = static_cast<float>((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
     running_var[j] =
         static_cast<float>((1.0 - momentum) * running_var[j] + momentum * (s[0] / (n - 1.0)));
   }
@@ -329,7 +328,8 @@ struct BatchNormDx {
 
 }  // namespace
 
-// ---- launchers ------------------------------------------------------------------------------------
+// ---- launchers
+// ------------------------------------------------------------------------------------
 
 Status bias_grad(CudaContext& ctx, const Tensor& dy, const Tensor& dbias, float beta) {
   return dispatch_float(dy.dtype, [&](auto t) {
@@ -340,9 +340,8 @@ Status bias_grad(CudaContext& ctx, const Tensor& dy, const Tensor& dbias, float 
   });
 }
 
-Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
-                         const Tensor& beta, const Tensor& y, const Tensor& mean,
-                         const Tensor& rstd, float eps) {
+Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                         const Tensor& y, const Tensor& mean, const Tensor& rstd, float eps) {
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
     layernorm_forward_kernel<T><<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
@@ -353,9 +352,9 @@ Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
   });
 }
 
-Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x,
-                          const Tensor& gamma, const Tensor& mean, const Tensor& rstd,
-                          const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
+Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                          const Tensor& dgamma, const Tensor& dbeta) {
   return dispatch_float(dy.dtype, [&](auto d) {
     return dispatch_float(x.dtype, [&](auto a) {
       using TD = decltype(d);
@@ -368,8 +367,8 @@ Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x,
           TwoOutputsFinal{dgamma.as<float>(), dbeta.as<float>()}));
       layernorm_backward_dx_kernel<TD, TX>
           <<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
-              dy.as<const TD>(), x.as<const TX>(), gamma.as<const float>(),
-              mean.as<const float>(), rstd.as<const float>(), dx.as<TD>(), x.rows, x.cols);
+              dy.as<const TD>(), x.as<const TX>(), gamma.as<const float>(), mean.as<const float>(),
+              rstd.as<const float>(), dx.as<TD>(), x.rows, x.cols);
       AMPD_CUDA_CHECK_LAUNCH("layernorm_backward");
       return Status::Ok();
     });
@@ -391,7 +390,7 @@ Status batchnorm_forward_train(CudaContext& ctx, const Tensor& x, const Tensor& 
         CenteredSquare<T>{x.as<const T>(), mean.as<const float>(), x.cols},
         VarianceFinal{mean.as<const float>(), rstd.as<float>(), running_mean.as<float>(),
                       running_var.as<float>(), n, momentum, eps}));
-    BatchNormApply<T> op{x.as<const T>(),        mean.as<const float>(), rstd.as<const float>(),
+    BatchNormApply<T> op{x.as<const T>(),         mean.as<const float>(), rstd.as<const float>(),
                          gamma.as<const float>(), beta.as<const float>(), y.as<T>()};
     return launch_rowcol("batchnorm_forward_train", ctx.stream, op, x.rows, x.cols);
   });
@@ -402,17 +401,20 @@ Status batchnorm_forward_eval(CudaContext& ctx, const Tensor& x, const Tensor& g
                               const Tensor& running_var, const Tensor& y, float eps) {
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
-    BatchNormEval<T> op{x.as<const T>(),         running_mean.as<const float>(),
-                        running_var.as<const float>(), gamma.as<const float>(),
-                        beta.as<const float>(),  eps,
+    BatchNormEval<T> op{x.as<const T>(),
+                        running_mean.as<const float>(),
+                        running_var.as<const float>(),
+                        gamma.as<const float>(),
+                        beta.as<const float>(),
+                        eps,
                         y.as<T>()};
     return launch_rowcol("batchnorm_forward_eval", ctx.stream, op, x.rows, x.cols);
   });
 }
 
-Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x,
-                          const Tensor& gamma, const Tensor& mean, const Tensor& rstd,
-                          const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) {
+Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                          const Tensor& dgamma, const Tensor& dbeta) {
   return dispatch_float(dy.dtype, [&](auto d) {
     return dispatch_float(x.dtype, [&](auto a) {
       using TD = decltype(d);

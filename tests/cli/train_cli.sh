@@ -49,14 +49,35 @@ set -e
 [ "$code" -eq 2 ] || fail "bad spec exit code $code, want 2"
 grep -q "optimizer.adamw.lr" "$work/bad.err" || fail "error does not name optimizer.adamw.lr: $(cat "$work/bad.err")"
 
-# 5. --backend cuda without a GPU/plugin fails at once with a reason (exit 3).
+# 5. --backend cuda without a GPU/plugin fails at once with a reason (exit 3). When the
+# plugin was built (it sits next to ampd), the reason comes from its entry point
+# ("no CUDA GPU: cudaGetDeviceCount returned ..."); otherwise from the loader ("not built").
+plugin="$(dirname "$AMPD")/libampd_backend_cuda.so"
 set +e
-"$AMPD" train -f "$SRC/examples/digits-fp32.yaml" --backend cuda > /dev/null 2> "$work/cuda.err"
+start=$(date +%s)
+"$AMPD" train -f "$SRC/examples/digits-fp32.yaml" --backend cuda --out "$work/cuda" > /dev/null 2> "$work/cuda.err"
 code=$?
+elapsed=$(( $(date +%s) - start ))
 set -e
 if [ "$code" -ne 0 ]; then
   [ "$code" -eq 3 ] || fail "--backend cuda exit code $code, want 3"
   grep -qi "cuda" "$work/cuda.err" || fail "no reason given for the CUDA failure"
+  [ "$elapsed" -le 20 ] || fail "--backend cuda took ${elapsed}s to fail"
+  if [ -f "$plugin" ]; then
+    grep -qE "no CUDA GPU|compute capability|could not start" "$work/cuda.err" ||
+      fail "the reason does not come from the plugin's entry point: $(cat "$work/cuda.err")"
+  else
+    grep -q "not built" "$work/cuda.err" || fail "unexpected reason: $(cat "$work/cuda.err")"
+  fi
+  echo "--backend cuda: $(cat "$work/cuda.err")"
+
+  # 5b. --backend auto: one line saying why CUDA was not used, then the job runs on the CPU.
+  "$AMPD" train -f "$SRC/examples/digits-fp32.yaml" --backend auto --out "$work/auto" --json \
+    > "$work/auto.jsonl" 2> "$work/auto.err"
+  [ "$(grep -c "CUDA backend not used" "$work/auto.err")" -eq 1 ] ||
+    fail "--backend auto should log one line about CUDA: $(cat "$work/auto.err")"
+  [ "$(wc -l < "$work/auto.err")" -eq 1 ] || fail "--backend auto logged more: $(cat "$work/auto.err")"
+  tail -1 "$work/auto.jsonl" | grep -q '"backend": *"cpu"' || fail "--backend auto did not use the CPU"
 fi
 
 # 6. --help teaches.

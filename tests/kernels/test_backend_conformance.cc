@@ -32,9 +32,9 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/backend_factory.h"  // load_cuda_backend (ampd_kernels)
 #include "kernels/reference/reference_backend.h"
 #include "tests/kernels/test_util.h"
-#include "kernels/backend_factory.h"  // load_cuda_backend (ampd_kernels)
 #if AMPD_TEST_HAVE_CPU_BACKEND
 #include "kernels/cpu/cpu_backend.h"
 #endif

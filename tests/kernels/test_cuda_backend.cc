@@ -130,8 +130,7 @@ DeviceTensor poisoned(Backend& be, DType t, int64_t rows, int64_t cols) {
   return device_filled(be, t, rows, cols, t == DType::kI32 ? -12345.0f : kNaN);
 }
 
-MatmulArgs mm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta = false,
-              bool tb = false) {
+MatmulArgs mm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta = false, bool tb = false) {
   MatmulArgs m;
   m.a = a;
   m.b = b;
@@ -165,14 +164,15 @@ OffsetTensor offset_upload(Backend& be, const HostTensor& h, int64_t offset) {
   return o;
 }
 
-HostTensor download_view(Backend& be, const Tensor& t) { return to_host(be, t); }
+HostTensor download_view(Backend& be, const Tensor& t) {
+  return to_host(be, t);
+}
 
 // ---- device and memory ------------------------------------------------------------------------
 
 TEST_F(CudaBackendTest, DescribesTheDevice) {
   EXPECT_EQ(be().name(), "cuda");
-  EXPECT_NE(be().device_description().find("sm_"), std::string::npos)
-      << be().device_description();
+  EXPECT_NE(be().device_description().find("sm_"), std::string::npos) << be().device_description();
   EXPECT_TRUE(be().supports(DType::kF32) && be().supports(DType::kF16) &&
               be().supports(DType::kBF16));
   EXPECT_TRUE(be().prefers_bf16());
@@ -248,8 +248,8 @@ TEST_F(CudaBackendTest, MatmulBetaZeroNeverReadsC) {
       AMPD_ASSERT_OK(be().matmul(mm(a, b, c)));
       const HostTensor h = to_host(be(), c);
       for (int64_t i = 0; i < h.numel(); ++i) {
-        ASSERT_FALSE(std::isnan(h.get(i))) << dtype_name(t) << "->" << dtype_name(ct) << " [" << i
-                                           << "]";
+        ASSERT_FALSE(std::isnan(h.get(i)))
+            << dtype_name(t) << "->" << dtype_name(ct) << " [" << i << "]";
       }
     }
   }
@@ -307,8 +307,9 @@ TEST_F(CudaBackendTest, EngineLinearLayerProducts) {
       DeviceTensor x, w, bias, dy, y, dw, dx;
     };
     auto run = [&](Backend& b) {
-      Run r{to_device(b, x), to_device(b, w), to_device(b, bias), to_device(b, dy),
-            poisoned(b, t, B, out), poisoned(b, DType::kF32, out, in), poisoned(b, t, B, in)};
+      Run r{to_device(b, x),      to_device(b, w),        to_device(b, bias),
+            to_device(b, dy),     poisoned(b, t, B, out), poisoned(b, DType::kF32, out, in),
+            poisoned(b, t, B, in)};
       MatmulArgs fwd = mm(r.x, r.w, r.y, false, true);
       fwd.bias = r.bias;
       AMPD_EXPECT_OK(b.matmul(fwd));
@@ -332,35 +333,97 @@ TEST_F(CudaBackendTest, EngineLinearLayerProducts) {
   }
 }
 
-// Operands that start mid-row (2-byte aligned FP16/BF16, 4-byte FP32), odd leading
-// dimensions: either the right answer (cuBLASLt picked an algorithm valid for that
-// alignment) or InvalidArgument naming the alignment, and the backend keeps working.
+// Operands that start mid-row (2-byte aligned FP16/BF16, 4-byte FP32) with odd leading
+// dimensions, with and without a bias: the right answer, from a cuBLASLt algorithm valid for
+// that alignment or from the fallback GEMM (counted); the backend keeps working.
 TEST_F(CudaBackendTest, MatmulWithMisalignedViews) {
   Rng rng(6);
+  const cuda::MatmulCacheStats before = be().matmul_stats();
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
-    const int64_t M = 9, K = 7, N = 5;
-    const HostTensor a = normal(t, M, K, rng), b = normal(t, K, N, rng);
-    OffsetTensor A = offset_upload(be(), a, 1);
-    OffsetTensor B = offset_upload(be(), b, 3);
-    DeviceTensor cbuf = poisoned(be(), DType::kF32, 1, M * N + 1);
-    const Tensor C = view_at(cbuf, 1, M, N);
-    const Status s = be().matmul(mm(A.view, B.view, C));
-    if (s.ok()) {
-      DeviceTensor RA = to_device(ref(), a), RB = to_device(ref(), b);
-      DeviceTensor RC = device_tensor(ref(), DType::kF32, M, N);
-      AMPD_ASSERT_OK(ref().matmul(mm(RA, RB, RC)));
-      expect_close(download_view(be(), C), to_host(ref(), RC),
-                   default_tolerance(DType::kF32, K, std::sqrt(double(K))),
-                   std::string("misaligned ") + std::string(dtype_name(t)));
-    } else {
-      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
-      EXPECT_NE(s.message().find("align"), std::string::npos) << s.to_string();
+    for (DType ct : {DType::kF32, t}) {
+      for (bool with_bias : {false, true}) {
+        const int64_t M = 9, K = 7, N = 5;
+        const HostTensor a = normal(t, M, K, rng), b = normal(t, K, N, rng);
+        const HostTensor c0 = normal(ct, M, N, rng), bias = normal(DType::kF32, 1, N, rng);
+        OffsetTensor A = offset_upload(be(), a, 1);
+        OffsetTensor B = offset_upload(be(), b, 3);
+        OffsetTensor C = offset_upload(be(), c0, 1);
+        OffsetTensor Bias = offset_upload(be(), bias, 1);
+        MatmulArgs args = mm(A.view, B.view, C.view);
+        args.beta = 0.5f;
+        if (with_bias) args.bias = Bias.view;
+        AMPD_ASSERT_OK(be().matmul(args));
+        DeviceTensor RA = to_device(ref(), a), RB = to_device(ref(), b), RC = to_device(ref(), c0);
+        DeviceTensor RBias = to_device(ref(), bias);
+        MatmulArgs rargs = mm(RA, RB, RC);
+        rargs.beta = 0.5f;
+        if (with_bias) rargs.bias = RBias;
+        AMPD_ASSERT_OK(ref().matmul(rargs));
+        expect_close(download_view(be(), C.view), to_host(ref(), RC),
+                     default_tolerance(ct, K, std::sqrt(double(K)) + 2),
+                     std::string("misaligned ") + std::string(dtype_name(t)) + " -> " +
+                         std::string(dtype_name(ct)) + (with_bias ? " + bias" : ""));
+      }
     }
   }
+  const cuda::MatmulCacheStats after = be().matmul_stats();
+  std::printf("misaligned matmuls: %zu on cuBLASLt, %zu bias fallbacks, %zu fallback GEMMs\n",
+              after.executions - before.executions, after.bias_fallbacks - before.bias_fallbacks,
+              after.fallback_gemms - before.fallback_gemms);
   DeviceTensor x = device_filled(be(), DType::kF32, 4, 4, 1.0f);
   DeviceTensor y = device_tensor(be(), DType::kF32, 4, 4);
   AMPD_ASSERT_OK(be().matmul(mm(x, x, y)));
   EXPECT_EQ(to_host(be(), y).get(5), 4.0);
+}
+
+// The fallback GEMM itself (what runs when cuBLASLt declines), against the reference over
+// the conformance suite's sizes, transposes, alpha / beta and bias variants.
+TEST_F(CudaBackendTest, FallbackGemmMatchesReference) {
+  CudaBackendOptions opts;
+  opts.fallback_gemm_only = true;
+  auto made = CudaBackend::create(opts);
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  CudaBackend& fb = *made.value();
+  Rng rng(12);
+  int variant = 0;
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int64_t M : {1, 7, 64}) {
+      for (int64_t N : {1, 9, 33}) {
+        for (int64_t K : {1, 17, 513}) {
+          for (int tr = 0; tr < 4; ++tr) {
+            const bool ta = tr & 1, tb = tr & 2;
+            const DType ct = variant % 2 == 0 ? DType::kF32 : t;
+            const float alpha = variant % 3 == 0 ? 1.0f : -0.5f;
+            const float beta = variant % 4 == 1 ? 0.25f : 0.0f;
+            const bool with_bias = variant % 5 != 0;
+            ++variant;
+            const HostTensor a = normal(t, ta ? K : M, ta ? M : K, rng);
+            const HostTensor b = normal(t, tb ? N : K, tb ? K : N, rng);
+            const HostTensor c0 = normal(ct, M, N, rng), bias = normal(DType::kF32, 1, N, rng);
+            auto run = [&](Backend& be, DeviceTensor& C) {
+              DeviceTensor A = to_device(be, a), B = to_device(be, b), Bias = to_device(be, bias);
+              C = beta != 0.0f ? to_device(be, c0) : poisoned(be, ct, M, N);
+              MatmulArgs args = mm(A, B, C, ta, tb);
+              args.alpha = alpha;
+              args.beta = beta;
+              if (with_bias) args.bias = Bias;
+              return be.matmul(args);
+            };
+            DeviceTensor gc, rc;
+            AMPD_ASSERT_OK(run(fb, gc));
+            AMPD_ASSERT_OK(run(ref(), rc));
+            const double mag = std::fabs(alpha) * std::sqrt(double(K)) + 2;
+            expect_close(to_host(fb, gc), to_host(ref(), rc), default_tolerance(ct, K, mag),
+                         "fallback gemm " + std::string(dtype_name(t)) + " " + std::to_string(M) +
+                             "x" + std::to_string(N) + "x" + std::to_string(K) +
+                             " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(fb.matmul_stats().fallback_gemms, 0u);
+  EXPECT_EQ(fb.matmul_stats().executions, 0u);
 }
 
 // A pointer not aligned to its element size is rejected before any kernel can fault.
@@ -384,8 +447,8 @@ TEST_F(CudaBackendTest, PointerNotAlignedToItsElementsIsInvalidArgument) {
 // reference: casts bit for bit, the rest with the conformance tolerances.
 TEST_F(CudaBackendTest, ElementwiseOpsAtAwkwardSizesAndOffsets) {
   Rng rng(7);
-  for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{4097},
-                    (int64_t{1} << 20) + 3}) {
+  for (int64_t n :
+       {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}, int64_t{4097}, (int64_t{1} << 20) + 3}) {
     for (int64_t offset : {0, 1}) {
       for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
         const std::string what = std::string(dtype_name(t)) + " n=" + std::to_string(n) +
@@ -420,8 +483,8 @@ TEST_F(CudaBackendTest, ElementwiseOpsAtAwkwardSizesAndOffsets) {
         AMPD_ASSERT_OK(ref().accumulate(rx, ry));
         AMPD_ASSERT_OK(be().scale(gy.view, 0.75f));
         AMPD_ASSERT_OK(ref().scale(ry, 0.75f));
-        expect_close(download_view(be(), gy.view), to_host(ref(), ry),
-                     default_tolerance(t, 4, 4.0), what + " accumulate+scale");
+        expect_close(download_view(be(), gy.view), to_host(ref(), ry), default_tolerance(t, 4, 4.0),
+                     what + " accumulate+scale");
         // dropout: masks bit-identical
         OffsetTensor gm = offset_upload(be(), HostTensor(DType::kU8, 1, n), offset);
         DeviceTensor rm = device_tensor(ref(), DType::kU8, 1, n);
@@ -458,20 +521,24 @@ TEST_F(CudaBackendTest, LongAndTallShapes) {
     for (int64_t i = 0; i < rows; ++i) labels.set(i, static_cast<double>(rng.integer(0, cols - 1)));
     DeviceTensor gx = to_device(be(), x), gl = to_device(be(), labels);
     DeviceTensor rx = to_device(ref(), x), rl = to_device(ref(), labels);
-    DeviceTensor gloss = poisoned(be(), DType::kF32, 1, rows), glse = poisoned(be(), DType::kF32, 1, rows);
-    DeviceTensor rloss = poisoned(ref(), DType::kF32, 1, rows), rlse = poisoned(ref(), DType::kF32, 1, rows);
+    DeviceTensor gloss = poisoned(be(), DType::kF32, 1, rows),
+                 glse = poisoned(be(), DType::kF32, 1, rows);
+    DeviceTensor rloss = poisoned(ref(), DType::kF32, 1, rows),
+                 rlse = poisoned(ref(), DType::kF32, 1, rows);
     AMPD_ASSERT_OK(be().softmax_xent_forward(gx, gl, gloss, glse));
     AMPD_ASSERT_OK(ref().softmax_xent_forward(rx, rl, rloss, rlse));
     expect_close(to_host(be(), glse), to_host(ref(), rlse),
                  default_tolerance(DType::kF32, cols, 16.0), "lse of 50000 classes");
-    DeviceTensor gam = poisoned(be(), DType::kI32, 1, rows), ram = poisoned(ref(), DType::kI32, 1, rows);
+    DeviceTensor gam = poisoned(be(), DType::kI32, 1, rows),
+                 ram = poisoned(ref(), DType::kI32, 1, rows);
     AMPD_ASSERT_OK(be().argmax_rows(gx, gam));
     AMPD_ASSERT_OK(ref().argmax_rows(rx, ram));
     expect_close(to_host(be(), gam), to_host(ref(), ram), kExact, "argmax of 50000 classes");
   }
 }
 
-// ---- errors leave the backend usable -------------------------------------------------------------
+// ---- errors leave the backend usable
+// -------------------------------------------------------------
 
 TEST_F(CudaBackendTest, BadLabelIsInvalidArgumentNamingItAndBackendStaysUsable) {
   Rng rng(9);
@@ -492,7 +559,8 @@ TEST_F(CudaBackendTest, BadLabelIsInvalidArgumentNamingItAndBackendStaysUsable) 
   for (double v : to_host(be(), loss).values()) EXPECT_TRUE(std::isfinite(v) && v > 0) << v;
 }
 
-// ---- multi-tensor ops over several launches ---------------------------------------------------------
+// ---- multi-tensor ops over several launches
+// ---------------------------------------------------------
 
 // 300 tensors (the kernels take 128 per launch), sizes from 0 to ~70000, a few holding
 // inf / NaN at their last element or in a later chunk.
@@ -517,14 +585,16 @@ TEST_F(CudaBackendTest, MultiTensorOpsOverManyTensors) {
     gt.push_back(g[t].tensor);
     rt.push_back(r[t].tensor);
   }
-  DeviceTensor gf = poisoned(be(), DType::kI32, 1, count), rf = poisoned(ref(), DType::kI32, 1, count);
+  DeviceTensor gf = poisoned(be(), DType::kI32, 1, count),
+               rf = poisoned(ref(), DType::kI32, 1, count);
   AMPD_ASSERT_OK(be().unscale_and_check(gt, 0.25f, gf));
   AMPD_ASSERT_OK(ref().unscale_and_check(rt, 0.25f, rf));
   const HostTensor flags = to_host(be(), gf);
   expect_close(flags, to_host(ref(), rf), kExact, "flags of 300 tensors");
   for (size_t t = 0; t < count; ++t) {
     if (flags.get(static_cast<int64_t>(t)) == 0) {
-      expect_close(to_host(be(), g[t]), to_host(ref(), r[t]), kExact, "unscaled " + std::to_string(t));
+      expect_close(to_host(be(), g[t]), to_host(ref(), r[t]), kExact,
+                   "unscaled " + std::to_string(t));
     }
   }
   // global norm and AdamW over the finite tensors only
@@ -580,7 +650,8 @@ TEST_F(CudaBackendTest, MultiTensorOpsOverManyTensors) {
   }
 }
 
-// ---- determinism ------------------------------------------------------------------------------------
+// ---- determinism
+// ------------------------------------------------------------------------------------
 
 // Everything that reduces (matmul with a long K, column sums, row statistics, the global
 // norm, the loss) gives the same bits when run again on the same inputs.
@@ -588,8 +659,10 @@ TEST_F(CudaBackendTest, ResultsAreBitIdenticalRunToRun) {
   Rng rng(11);
   const int64_t N = 1024, C = 1000, K = 8192;
   const HostTensor a = normal(DType::kBF16, 128, K, rng), b = normal(DType::kBF16, K, 96, rng);
-  const HostTensor x = normal(DType::kBF16, N, C, rng, 0.5, 2.0), dy = normal(DType::kBF16, N, C, rng);
-  const HostTensor gamma = normal(DType::kF32, 1, C, rng, 1.0, 0.5), beta = normal(DType::kF32, 1, C, rng);
+  const HostTensor x = normal(DType::kBF16, N, C, rng, 0.5, 2.0),
+                   dy = normal(DType::kBF16, N, C, rng);
+  const HostTensor gamma = normal(DType::kF32, 1, C, rng, 1.0, 0.5),
+                   beta = normal(DType::kF32, 1, C, rng);
   HostTensor labels(DType::kI32, 1, N);
   for (int64_t i = 0; i < N; ++i) labels.set(i, static_cast<double>(rng.integer(0, C - 1)));
   DeviceTensor A = to_device(be(), a), B = to_device(be(), b), X = to_device(be(), x),
@@ -608,7 +681,8 @@ TEST_F(CudaBackendTest, ResultsAreBitIdenticalRunToRun) {
                  dg = poisoned(be(), DType::kF32, 1, C), dbt = poisoned(be(), DType::kF32, 1, C);
     AMPD_EXPECT_OK(be().layernorm_forward(X, G, Bt, y, mean, rstd, 1e-5f));
     AMPD_EXPECT_OK(be().layernorm_backward(DY, X, G, mean, rstd, dx, dg, dbt));
-    for (const DeviceTensor* t : {&y, &mean, &rstd, &dx, &dg, &dbt}) out.push_back(to_host(be(), *t).bytes);
+    for (const DeviceTensor* t : {&y, &mean, &rstd, &dx, &dg, &dbt})
+      out.push_back(to_host(be(), *t).bytes);
     DeviceTensor bm = poisoned(be(), DType::kF32, 1, C), brs = poisoned(be(), DType::kF32, 1, C),
                  rm = device_filled(be(), DType::kF32, 1, C, 0.0f),
                  rv = device_filled(be(), DType::kF32, 1, C, 1.0f);

@@ -1,0 +1,85 @@
+// A plain tiled GEMM for the matmuls cuBLASLt declines (no algorithm for a pointer
+// alignment or leading dimension, e.g. an FP16 view that starts mid-row): slow, but right,
+// so such a call still succeeds. Never used for the aligned, whole tensors the engine
+// allocates; counted in MatmulCacheStats::fallback_gemms.
+//
+//   C (M x N) = alpha op(A) (M x K) op(B) (K x N) + beta C + bias (1 x N)
+//
+// Memory layout: row-major, op() by index arithmetic (A is M x K, or K x M when
+// trans_a). Block (16, 16) owns a 16 x 16 tile of C; both operands go through shared
+// memory 16 x 16 at a time, widened to FP32.
+//
+// Numerics: FP32 accumulation over k in increasing order (deterministic), then
+// alpha * acc + beta * C + bias in FP32 and one rounding to C's dtype; beta == 0 does not
+// read C.
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace ampd::cuda {
+
+namespace {
+
+constexpr int kTile = 16;
+
+template <typename TA, typename TC, typename TB>
+__global__ void gemm_kernel(const TA* a, const TA* b, TC* c, const TB* bias, int64_t m, int64_t n,
+                            int64_t k, bool ta, bool tb, float alpha, float beta) {
+  __shared__ float sa[kTile][kTile + 1];
+  __shared__ float sb[kTile][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTile + tx;
+  for (int64_t row_base = static_cast<int64_t>(blockIdx.y) * kTile; row_base < m;
+       row_base += static_cast<int64_t>(gridDim.y) * kTile) {
+    const int64_t row = row_base + ty;
+    float acc = 0.0f;
+    for (int64_t k0 = 0; k0 < k; k0 += kTile) {
+      // sa[ty][tx] = op(A)[row, k0 + tx]; sb[ty][tx] = op(B)[k0 + ty, col]
+      const int64_t ka = k0 + tx, kb = k0 + ty;
+      float va = 0.0f, vb = 0.0f;
+      if (row < m && ka < k) va = to_f32(ta ? a[ka * m + row] : a[row * k + ka]);
+      if (kb < k && col < n) vb = to_f32(tb ? b[col * k + kb] : b[kb * n + col]);
+      sa[ty][tx] = va;
+      sb[ty][tx] = vb;
+      __syncthreads();
+      const int64_t kk_end = k - k0 < kTile ? k - k0 : kTile;
+      for (int kk = 0; kk < kk_end; ++kk) acc += sa[ty][kk] * sb[kk][tx];
+      __syncthreads();
+    }
+    if (row < m && col < n) {
+      float v = alpha * acc;
+      if (beta != 0.0f) v += beta * to_f32(c[row * n + col]);
+      if (bias != nullptr) v += to_f32(bias[col]);
+      c[row * n + col] = from_f32<TC>(v);
+    }
+  }
+}
+
+}  // namespace
+
+Status gemm_fallback(CudaContext& ctx, const MatmulArgs& m) {
+  const int64_t M = m.c.rows, N = m.c.cols, K = m.trans_a ? m.a.rows : m.a.cols;
+  const int64_t gx = (N + kTile - 1) / kTile;
+  int64_t gy = (M + kTile - 1) / kTile;
+  if (gy > 65535) gy = 65535;
+  if (gx > 0x7fffffff) return InvalidArgument("matmul: too many columns");
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), block(kTile, kTile);
+  return dispatch_float(m.a.dtype, [&](auto at) {
+    using TA = decltype(at);
+    auto with_c = [&](auto ct) {
+      using TC = decltype(ct);
+      auto with_bias = [&](auto bt) {
+        using TB = decltype(bt);
+        gemm_kernel<TA, TC, TB>
+            <<<grid, block, 0, ctx.stream>>>(m.a.as<const TA>(), m.b.as<const TA>(), m.c.as<TC>(),
+                                             m.bias.empty() ? nullptr : m.bias.as<const TB>(), M, N,
+                                             K, m.trans_a, m.trans_b, m.alpha, m.beta);
+        AMPD_CUDA_CHECK_LAUNCH("matmul (fallback GEMM)");
+        return Status::Ok();
+      };
+      return !m.bias.empty() && m.bias.dtype != DType::kF32 ? with_bias(TC{}) : with_bias(float{});
+    };
+    return m.c.dtype == DType::kF32 ? with_c(float{}) : with_c(TA{});
+  });
+}
+
+}  // namespace ampd::cuda
