@@ -3,12 +3,13 @@
 #   make test           install deps if missing, build, run the whole suite (ctest summary)
 #   make build          configure + build
 #   make format         clang-format every C++ source
+#   make bench          CPU benchmarks vs PyTorch and oneDNN (bench/RESULTS.md)
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?=
 
-.PHONY: all deps build test demo format clean
+.PHONY: all deps build test demo format clean bench
 
 all: build
 
@@ -32,3 +33,9 @@ format:
 
 clean:
 	rm -rf $(BUILD_DIR)
+
+# make bench: ampd's CPU training step beside PyTorch, oneDNN's raw matmul and the service
+# (bench/cpu/run.sh; ~10 minutes; results in $(BUILD_DIR)/bench-cpu/). Not part of `make test`.
+bench: deps $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target ampd_bench ampd ampctl
+	bench/cpu/run.sh $(BUILD_DIR)

@@ -58,6 +58,7 @@
 //   training.eval_every                     >= 0 (0 = only at the end)           0
 //   training.report_every                   >= 0                                 10
 //   training.checkpoint_every               >= 0 (0 = only at the end)           0
+//   training.telemetry_every                >= 0 (0 = off)                       0
 #include "engine/job_spec.h"
 
 #include <google/protobuf/util/json_util.h>
@@ -470,6 +471,7 @@ void ResolveTraining(TrainingSpec* t, Checker* c) {
   if (t->report_every() == 0) t->set_report_every(10);
   c->NonNegative("training.report_every", t->report_every());
   c->NonNegative("training.checkpoint_every", t->checkpoint_every());
+  c->NonNegative("training.telemetry_every", t->telemetry_every());
 }
 
 // ---------------------------------------------------------------------------------------

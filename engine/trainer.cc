@@ -100,6 +100,10 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   scaler_ = std::make_unique<LossScaler>(so);
   schedule_ =
       std::make_unique<LrSchedule>(spec_.lr_schedule(), optimizer_->peak_lr(), total_steps_);
+  telemetry_every_ = spec_.training().telemetry_every();
+  if (telemetry_every_ > 0) {
+    telemetry_ = std::make_unique<NumericsTelemetry>(*backend_, spec_.model(), mo);
+  }
 
   for (Param* p : model_->params()) {
     grads_.push_back(p->grad_t());
@@ -342,6 +346,16 @@ Status Trainer::train_step(int64_t step) {
       clip = std::min(1.0f, max_norm / (norm + 1e-6f));
     }
   }
+  // Telemetry sees the gradients and the masters this step was computed with: before the
+  // optimizer changes them. Off, this is the one integer compare it costs.
+  if (telemetry_every_ > 0 && (step + 1) % telemetry_every_ == 0) {
+    AMPD_ASSIGN_OR_RETURN(ampd::v1::TelemetryEvent t,
+                          telemetry_->collect(*model_, ctx, n, batch_x_.data(), batch_y_.data(),
+                                              batch_t_.data(), scale, !bad.empty(), step + 1));
+    JobEvent e;
+    *e.mutable_telemetry() = std::move(t);
+    emit(std::move(e));
+  }
   const LossScaler::Decision dec = scaler_->update(!bad.empty());
   if (dec.skip_step) {
     job_.set_overflow_skipped_steps(job_.overflow_skipped_steps() + 1);
@@ -358,6 +372,8 @@ Status Trainer::train_step(int64_t step) {
     AMPD_RETURN_IF_ERROR(optimizer_->step(last_lr_, clip));
   }
   job_.set_loss_scale(scaler_->scale());
+  last_step_samples_ = n;
+  last_step_skipped_ = dec.skip_step;
   window_samples_ += n;
   samples_seen_ += n;
   ++window_steps_;
@@ -378,9 +394,17 @@ ampd::v1::Job Trainer::run() {
       cancelled = true;
       break;
     }
+    const auto step_start = options_.on_step ? std::chrono::steady_clock::now()
+                                             : std::chrono::steady_clock::time_point{};
     status = train_step(step_);
     if (!status.ok()) break;
     ++step_;
+    if (options_.on_step) {
+      options_.on_step(StepStats{
+          step_, last_step_samples_,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count(),
+          last_step_skipped_});
+    }
     job_.set_step(step_);
     job_.set_epoch(static_cast<int32_t>((step_ - 1) / steps_per_epoch_));
     const bool last = step_ == total_steps_;

@@ -24,9 +24,18 @@
 #include "engine/lr_schedule.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
+#include "engine/telemetry.h"
 #include "kernels/backend.h"
 
 namespace ampd::engine {
+
+// What one training step did, for per-step metrics (TrainerOptions::on_step).
+struct StepStats {
+  int64_t step = 0;      // 1-based, as in progress events
+  int64_t samples = 0;   // batch rows
+  double seconds = 0;    // wall time of the step (forward, backward, optimizer)
+  bool skipped = false;  // non-finite gradients: the optimizer step was skipped
+};
 
 struct TrainerOptions {
   std::string job_id = "local";
@@ -39,6 +48,9 @@ struct TrainerOptions {
   int64_t first_seq = 1;
   // Checked at every step boundary; when set the job ends CANCELLED after a checkpoint.
   const std::atomic<bool>* cancel = nullptr;
+  // Called after every step on the training thread (metrics); keep it cheap. Unset, the
+  // step is not even timed.
+  std::function<void(const StepStats&)> on_step;
   // Test hook: runs after backward, before the non-finite check.
   std::function<Status(Model&, int64_t step)> after_backward;
 };
@@ -108,6 +120,12 @@ class Trainer {
   int64_t steps_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   int64_t step_ = 0;  // steps taken so far
+  // Numerics telemetry (spec training.telemetry_every; 0 = off, telemetry_ null).
+  int64_t telemetry_every_ = 0;
+  std::unique_ptr<NumericsTelemetry> telemetry_;
+  // The last step, for on_step.
+  int64_t last_step_samples_ = 0;
+  bool last_step_skipped_ = false;
   int64_t next_seq_ = 1;
   // Report window.
   int64_t window_samples_ = 0;

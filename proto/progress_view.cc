@@ -120,6 +120,7 @@ void ProgressView::on_event(const ampd::v1::JobEvent& e) {
            (sc.reason().empty() ? "" : ": " + sc.reason()));
       break;
     }
+    case E::kTelemetry:  // for dashboards (ampd_job_grad_* metrics) and `--json` consumers
     case E::KIND_NOT_SET: break;
   }
 }

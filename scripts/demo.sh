@@ -48,7 +48,7 @@ for attempt in 1 2 3 4 5; do
   export AMPD_SERVER="127.0.0.1:$port"
   echo "== starting ampd serve on $AMPD_SERVER (CPU backend, state in $STATE)"
   "$AMPD" serve --grpc-addr "$AMPD_SERVER" --state-dir "$STATE" --backend cpu \
-    > "$STATE/serve.log" 2>&1 &
+    --metrics-addr "${AMPD_METRICS_ADDR:-127.0.0.1:0}" > "$STATE/serve.log" 2>&1 &
   server_pid=$!
   ready=0
   for _ in $(seq 1 150); do  # up to 30 s

@@ -98,6 +98,7 @@ void ApplyEvent(const JobEvent& e, Job* job) {
       job->mutable_metrics()->set_val_accuracy(e.evaluation().val_accuracy());
       break;
     case JobEvent::kCheckpoint: job->set_checkpoint(e.checkpoint().path()); break;
+    case JobEvent::kTelemetry:  // dashboards and watchers only; the summary is unchanged
     case JobEvent::KIND_NOT_SET: break;
   }
 }
@@ -146,6 +147,7 @@ Status JobManager::Init() {
       static_cast<int64_t>(backend_->memory_stats().device_total_bytes);
   static_info_.max_queued_jobs = options_.max_queued_jobs;
   auto_precision_ = engine::resolve_precision("auto", *backend_);
+  ReportMemory();
 
   AMPD_ASSIGN_OR_RETURN(std::string max_id, store_->MaxJobId());
   if (is_job_id(max_id)) last_id_ms_ = std::stoull(max_id.substr(2, 12), nullptr, 16);
@@ -230,7 +232,16 @@ Status JobManager::RecordEvent(Job* job, JobState state, const std::string& reas
   ApplyEvent(e, job);
   AMPD_RETURN_IF_ERROR(store_->AppendEvent(*job, e, /*durable=*/true));
   hub_->Publish(e);
+  if (is_final(state) && options_.observer != nullptr) options_.observer->OnJobFinished(state);
   return Status::Ok();
+}
+
+void JobManager::ReportMemory() {
+  if (options_.observer != nullptr) options_.observer->OnDeviceMemory(backend_->memory_stats());
+}
+
+StatusOr<std::vector<std::pair<JobState, int64_t>>> JobManager::CountJobsByState() {
+  return store_->CountByState();
 }
 
 StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_request_id) {
@@ -280,6 +291,7 @@ StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_
   queue_.push_back(job.id());
   work_cv_.notify_all();
   hub_->Publish(e);
+  if (options_.observer != nullptr) options_.observer->OnJobSubmitted();
   log_line("job " + job.id() + " queued" +
            (resolved.name().empty() ? "" : " (" + resolved.name() + ")"));
   return job;
@@ -466,6 +478,7 @@ void JobManager::WorkerLoop() {
       if (job.ok() && !is_final(job->state())) {
         (void)RecordEvent(&*job, ampd::v1::FAILED, std::string("internal error: ") + ex.what());
       }
+      if (options_.observer != nullptr) options_.observer->OnJobStopped(id);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -523,6 +536,11 @@ void JobManager::RunJob(const std::string& id) {
   topts.first_seq = *last_seq + 1;
   topts.cancel = &cancel_;
   topts.on_event = [this](const JobEvent& e) { OnTrainerEvent(e); };
+  if (options_.observer != nullptr) {
+    topts.on_step = [obs = options_.observer, id](const engine::StepStats& st) {
+      obs->OnJobStep(id, st);
+    };
+  }
   if (resuming) {
     log_line("job " + id + ": resuming " +
              (resume_from.empty() ? "from step 0 (no checkpoint yet)" : "from " + resume_from));
@@ -547,9 +565,14 @@ void JobManager::RunJob(const std::string& id) {
     job.set_step(checkpoint_step(fs::path(resume_from).filename().string()));
   }
   running_job_ = job;
+  if (options_.observer != nullptr) options_.observer->OnJobStarted(job);
+  ReportMemory();
   log_line("job " + id + " running: " + std::to_string(t.total_steps()) + " steps, " +
            t.precision() + " on " + static_info_.device);
   const Job final_job = (*trainer)->run();
+  trainer->reset();  // frees the job's device memory before it is reported
+  ReportMemory();
+  if (options_.observer != nullptr) options_.observer->OnJobStopped(id);
 
   // The events have set state, step, metrics and checkpoint; take the rest from the
   // trainer's summary.
@@ -589,6 +612,13 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
     return;
   }
   hub_->Publish(e);
+  if (options_.observer != nullptr) {
+    options_.observer->OnJobEvent(e);
+    if (e.has_progress()) ReportMemory();
+    if (e.has_state_change() && is_final(e.state_change().state())) {
+      options_.observer->OnJobFinished(e.state_change().state());
+    }
+  }
 }
 
 }  // namespace ampd::server

@@ -35,6 +35,7 @@
 
 #include "ampd/v1/job.pb.h"
 #include "ampd/v1/trainer.pb.h"
+#include "engine/trainer.h"
 #include "kernels/backend.h"
 #include "kernels/status.h"
 #include "server/dataset_store.h"
@@ -42,6 +43,26 @@
 #include "server/job_store.h"
 
 namespace ampd::server {
+
+// Sees what the manager does, for metrics (server/metrics.h), without the manager
+// knowing about Prometheus. The job methods run on the worker thread (OnJobStep after
+// every step: keep it cheap); OnJobSubmitted and OnJobFinished may run on RPC threads.
+class JobObserver {
+ public:
+  virtual ~JobObserver() = default;
+  virtual void OnJobSubmitted() {}
+  // A job reached SUCCEEDED, FAILED or CANCELLED (once per job).
+  virtual void OnJobFinished(ampd::v1::JobState /*state*/) {}
+  // The worker starts (or resumes) a job; precision is resolved ("fp16").
+  virtual void OnJobStarted(const ampd::v1::Job& /*job*/) {}
+  virtual void OnJobStep(const std::string& /*job_id*/, const engine::StepStats& /*step*/) {}
+  // Every event the trainer emits that the store accepted.
+  virtual void OnJobEvent(const ampd::v1::JobEvent& /*event*/) {}
+  // The worker is done with the job: it ended, or stopped for a shutdown.
+  virtual void OnJobStopped(const std::string& /*job_id*/) {}
+  // The backend's memory, read on the worker thread (at start, on progress, at job end).
+  virtual void OnDeviceMemory(const MemoryStats& /*stats*/) {}
+};
 
 struct JobManagerOptions {
   std::string state_dir;  // ampd.db and jobs/<id>/ checkpoints
@@ -56,6 +77,8 @@ struct JobManagerOptions {
   // How long CancelJob waits for a running job to reach its step boundary and
   // checkpoint, so that the answer usually shows CANCELLED.
   std::chrono::milliseconds cancel_wait{5000};
+  // Optional; must outlive the manager.
+  JobObserver* observer = nullptr;
 };
 
 // What GetServerInfo reports beyond the version.
@@ -117,6 +140,8 @@ class JobManager {
 
   DatasetStore& datasets() { return *datasets_; }
   ManagerInfo Info() const;
+  // How many jobs the store holds in each state (states without jobs are absent).
+  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> CountJobsByState();
 
   // Stops taking work: no new job starts, the running one stops at its next step boundary
   // after a checkpoint and stays RUNNING in the store, then every watch ends
@@ -137,6 +162,7 @@ class JobManager {
   std::string NewJobId();  // requires mu_
   std::string PickCheckpoint(const std::string& id) const;
   std::string JobDir(const std::string& id) const;
+  void ReportMemory();  // worker thread (or before it starts)
   Status CheckSpec(ampd::v1::JobSpec* resolved) const;
 
   std::unique_ptr<Backend> backend_;

@@ -323,4 +323,17 @@ StatusOr<std::string> JobStore::MaxJobId() {
   return s.column_text(0);
 }
 
+StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> JobStore::CountByState() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state");
+  if (!s.ok()) return Error("prepare");
+  std::vector<std::pair<ampd::v1::JobState, int64_t>> out;
+  int rc;
+  while ((rc = s.step()) == SQLITE_ROW) {
+    out.emplace_back(static_cast<ampd::v1::JobState>(s.column_int(0)), s.column_int(1));
+  }
+  if (rc != SQLITE_DONE) return Error("count jobs by state");
+  return out;
+}
+
 }  // namespace ampd::server

@@ -31,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ampd/v1/job.pb.h"
@@ -72,6 +73,9 @@ class JobStore {
   // most `limit` of them.
   StatusOr<std::vector<ampd::v1::Job>> ListJobs(const std::vector<ampd::v1::JobState>& states,
                                                 const std::string& after_id, int limit);
+
+  // Number of jobs per state, for metrics; states without jobs are absent.
+  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> CountByState();
 
   // The largest job id ("" when there are no jobs): new ids must sort after it.
   StatusOr<std::string> MaxJobId();

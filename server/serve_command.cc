@@ -22,6 +22,7 @@
 #include "kernels/backend_factory.h"
 #include "server/job_manager.h"
 #include "server/log.h"
+#include "server/metrics.h"
 #include "server/trainer_service.h"
 
 #ifndef AMPD_VERSION
@@ -139,8 +140,9 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
       "Jobs, their events and checkpoints live under --state-dir; after a restart every job\n"
       "is still there and unfinished ones continue (running ones from their last checkpoint).\n"
       "SIGTERM/SIGINT drain: new calls get UNAVAILABLE, health turns NOT_SERVING, the running\n"
-      "job checkpoints and stays RUNNING for the next start. Prometheus metrics come in a\n"
-      "later version.\n"
+      "job checkpoints and stays RUNNING for the next start.\n"
+      "Prometheus metrics (ampd_*: jobs, queue, gRPC calls, steps, loss scale, numerics\n"
+      "telemetry) are served at http://<--metrics-addr>/metrics.\n"
       "Exit status: 0 drained, 1 failed or drain overran, 2 bad configuration, 3 backend or\n"
       "address unavailable.");
   const auto seconds_unit = CLI::AsNumberWithUnit(
@@ -150,6 +152,12 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
       "SECONDS");
   serve->add_option("--grpc-addr", o.grpc_addr, "host:port to listen on (port 0: any free port)")
       ->envname("AMPD_GRPC_ADDR")
+      ->capture_default_str();
+  serve
+      ->add_option("--metrics-addr", o.metrics_addr,
+                   "host:port of the Prometheus /metrics endpoint (port 0: any free port; "
+                   "\"off\": none)")
+      ->envname("AMPD_METRICS_ADDR")
       ->capture_default_str();
   serve->add_option("--state-dir", o.state_dir, "Job database (ampd.db) and checkpoints (jobs/)")
       ->envname("AMPD_STATE_DIR")
@@ -237,6 +245,18 @@ int run_serve_command(const ServeOptions& o) {
     return 2;
   }
 
+  // Metrics start before the backend: civetweb's threads are created now, before a CUDA
+  // plugin with its static TLS is loaded (DESIGN.md §3), and a taken port fails fast.
+  ServerMetrics metrics;
+  const bool metrics_on = !o.metrics_addr.empty() && o.metrics_addr != "off";
+  if (metrics_on) {
+    Status s = metrics.Serve(o.metrics_addr);
+    if (!s.ok()) {
+      log_line(s.message());
+      return 3;
+    }
+  }
+
   BackendRequest request;
   request.kind = o.backend;
   request.threads = o.threads;
@@ -255,14 +275,31 @@ int run_serve_command(const ServeOptions& o) {
   mopts.max_upload_bytes = static_cast<int64_t>(
       std::min<uint64_t>(o.max_upload_bytes, static_cast<uint64_t>(INT64_MAX)));
   mopts.hub.watcher_buffer = static_cast<size_t>(o.watch_buffer_events);
+  mopts.observer = &metrics;
   auto manager = JobManager::Create(std::move(choice->backend), mopts);
   if (!manager.ok()) {
     log_line(manager.status().message());
     return 2;
   }
 
+  JobManager* const m = manager->get();
+  metrics.SetBuildInfo(AMPD_VERSION, m->Info().backend, m->Info().device);
+  metrics.SetSnapshotSource([m] {
+    ServerMetrics::Snapshot snap;
+    auto counts = m->CountJobsByState();
+    if (counts.ok()) snap.jobs_by_state = std::move(counts).value();
+    snap.queue_depth = m->Info().queued_jobs;
+    return snap;
+  });
+  // Destroyed before the manager on every return path: a scrape must not reach it then.
+  struct DetachSnapshot {
+    ServerMetrics& metrics;
+    ~DetachSnapshot() { metrics.SetSnapshotSource(nullptr); }
+  } detach_snapshot{metrics};
+
   TrainerServiceOptions sopts;
   sopts.version = AMPD_VERSION;
+  sopts.metrics = &metrics;
   TrainerService service(manager->get(), sopts);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -291,6 +328,10 @@ int run_serve_command(const ServeOptions& o) {
            o.grpc_addr.substr(0, o.grpc_addr.rfind(':')) + ":" + std::to_string(port) + " (" +
            info.backend + ": " + info.device + "; state " + o.state_dir + ", data " + data_dir +
            ")");
+  if (metrics_on) {
+    log_line("metrics on http://" + o.metrics_addr.substr(0, o.metrics_addr.rfind(':')) + ":" +
+             std::to_string(metrics.port()) + "/metrics");
+  }
 
   const int sig = signals.Wait();
   const Clock::time_point start = Clock::now();
@@ -324,6 +365,7 @@ int run_serve_command(const ServeOptions& o) {
     std::_Exit(1);
   }
   server.reset();
+  metrics.SetSnapshotSource(nullptr);  // a scrape must not reach a destroyed manager
   manager->reset();
   signals.Stop();
   const double took = std::chrono::duration<double>(Clock::now() - start).count();

@@ -13,6 +13,8 @@ namespace ampd::server {
 
 struct ServeOptions {
   std::string grpc_addr = "127.0.0.1:50051";
+  // Prometheus /metrics; "" or "off" disables it; port 0 picks a free one.
+  std::string metrics_addr = "127.0.0.1:9464";
   std::string state_dir = "ampd-state";
   std::string data_dir;  // "" = <state_dir>/data
   std::string backend = "auto";

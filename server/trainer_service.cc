@@ -1,5 +1,6 @@
 #include "server/trainer_service.h"
 
+#include <chrono>
 #include <exception>
 #include <string>
 #include <vector>
@@ -26,8 +27,47 @@ grpc::Status ToGrpcStatus(const Status& status) {
   return grpc::Status(code, status.message());
 }
 
+namespace {
+
+// "NOT_FOUND": the code names of the gRPC specification, as label values.
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+}  // namespace
+
 template <typename Body>
 grpc::Status TrainerService::Handle(const char* method, Body&& body) {
+  if (options_.metrics == nullptr) return HandleUnmeasured(method, std::forward<Body>(body));
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status status = HandleUnmeasured(method, std::forward<Body>(body));
+  options_.metrics->ObserveRpc(
+      method, CodeName(status.error_code()),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return status;
+}
+
+template <typename Body>
+grpc::Status TrainerService::HandleUnmeasured(const char* method, Body&& body) {
   if (draining_.load()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
   }

@@ -235,7 +235,7 @@ grep -q "^watching job" "$work/r.out" || fail "watch did not start: $(cat "$work
 addr=$SERVER_ADDR
 stop_server TERM
 "$AMPD" serve --grpc-addr "$addr" --state-dir "$work/state" --backend cpu --threads 1 \
-  > "$work/serve-restart.log" 2>&1 &
+  --metrics-addr 127.0.0.1:0 > "$work/serve-restart.log" 2>&1 &
 SERVER_PID=$!
 SERVER_LOG="$work/serve-restart.log"
 for i in $(seq 1 150); do _server_ready "$addr" && break; sleep 0.2; done

@@ -39,7 +39,7 @@ start_server() {
     SERVER_ADDR="127.0.0.1:$port"
     SERVER_LOG="$work/serve-$port.log"
     "$ampd" serve --grpc-addr "$SERVER_ADDR" --state-dir "$work/state" --backend cpu \
-      --threads 1 "$@" > "$SERVER_LOG" 2>&1 &
+      --threads 1 --metrics-addr 127.0.0.1:0 "$@" > "$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     local i
     for i in $(seq 1 300); do  # up to 60 s

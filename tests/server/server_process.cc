@@ -47,9 +47,9 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir
     p->log_path_ = state_dir + ".server-" + std::to_string(attempt) + "-" +
                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
                    ".log";
-    std::vector<std::string> args = {AMPD_BINARY,   "serve",   "--grpc-addr", p->address_,
-                                     "--state-dir", state_dir, "--backend",   "cpu",
-                                     "--threads",   "1"};
+    std::vector<std::string> args = {AMPD_BINARY,   "serve",   "--grpc-addr",    p->address_,
+                                     "--state-dir", state_dir, "--backend",      "cpu",
+                                     "--threads",   "1",       "--metrics-addr", "127.0.0.1:0"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

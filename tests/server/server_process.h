@@ -17,8 +17,8 @@ namespace ampd::testing {
 class ServerProcess {
  public:
   // Starts `ampd serve --grpc-addr 127.0.0.1:<free port> --state-dir <state_dir>
-  // --backend cpu --threads 1 <extra...>` and waits (up to 30 s) for SERVING. Returns
-  // nullptr, with the reason in *error, when it does not come up.
+  // --backend cpu --threads 1 --metrics-addr 127.0.0.1:0 <extra...>` and waits (up to 30 s) for
+  // SERVING. Returns nullptr, with the reason in *error, when it does not come up.
   static std::unique_ptr<ServerProcess> Start(const std::string& state_dir,
                                               const std::vector<std::string>& extra_args,
                                               std::string* error);

@@ -1,0 +1,360 @@
+// ampd_bench: the CPU side of `make bench` (bench/cpu/run.sh drives it; RESULTS.md has
+// the numbers). Each mode prints one JSON object per line.
+//
+//   ampd_bench steps  precision=fp32 width=1024 batch=256 steps=40 warmup=5 threads=2
+//       Trains the MLP 784-W-W-10 (ReLU, cross-entropy, AdamW, synthetic blobs) through
+//       engine::Trainer::run(), the code path of a real job, with report_every=1, and
+//       takes the step times from the progress events' timestamps: median/min step time,
+//       activation bytes (Job.memory) and the matmul FLOPs of one step.
+//   ampd_bench matmul precision=fp32 width=1024 batch=256 reps=30 threads=2
+//       The same step's matrix products alone: every forward, weight-gradient and
+//       input-gradient matmul of the MLP (same shapes, dtypes, transposes and bias as the
+//       Linear layer issues), called on the CPU backend directly, in step order; the
+//       median time of the whole sequence and its FLOP/s.
+//   ampd_bench phases precision=fp32 width=1024 batch=256 steps=30 threads=2
+//       A timing breakdown of the same step through Model and Optimizer (load_batch,
+//       forward, backward, unscale+check, optimizer) to show where the non-matmul time goes.
+//
+// FLOPs: 2*B*in*out per product; forward and weight gradient for every Linear, input
+// gradient for every Linear but the first.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/job_spec.h"
+#include "engine/loss_scaler.h"
+#include "engine/model.h"
+#include "engine/optimizer.h"
+#include "engine/trainer.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using ampd::DType;
+using ampd::Status;
+using ampd::Tensor;
+
+struct Config {
+  std::string mode;
+  std::string precision = "fp32";
+  int64_t width = 1024;
+  int64_t batch = 256;
+  int64_t steps = 40;
+  int64_t warmup = 5;
+  int64_t reps = 30;
+  int threads = 2;
+};
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "ampd_bench: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+void check(const Status& s, const char* what) {
+  if (!s.ok()) die(std::string(what) + ": " + s.message());
+}
+
+Config parse(int argc, char** argv) {
+  if (argc < 2) die("usage: ampd_bench steps|matmul|phases key=value...");
+  Config c;
+  c.mode = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos) die("expected key=value, got " + arg);
+    const std::string k = arg.substr(0, eq), v = arg.substr(eq + 1);
+    if (k == "precision") {
+      c.precision = v;
+    } else if (k == "width") {
+      c.width = std::stoll(v);
+    } else if (k == "batch") {
+      c.batch = std::stoll(v);
+    } else if (k == "steps") {
+      c.steps = std::stoll(v);
+    } else if (k == "warmup") {
+      c.warmup = std::stoll(v);
+    } else if (k == "reps") {
+      c.reps = std::stoll(v);
+    } else if (k == "threads") {
+      c.threads = std::stoi(v);
+    } else {
+      die("unknown option " + k);
+    }
+  }
+  return c;
+}
+
+constexpr int64_t kIn = 784;
+constexpr int64_t kClasses = 10;
+
+// (in, out) of each Linear of 784-W-W-10.
+std::vector<std::pair<int64_t, int64_t>> linears(int64_t w) {
+  return {{kIn, w}, {w, w}, {w, kClasses}};
+}
+
+double step_flops(const Config& c) {
+  double f = 0;
+  const auto ls = linears(c.width);
+  for (size_t i = 0; i < ls.size(); ++i) {
+    const double prod = 2.0 * static_cast<double>(c.batch * ls[i].first * ls[i].second);
+    f += prod * (i == 0 ? 2 : 3);
+  }
+  return f;
+}
+
+std::string job_json(const Config& c, int64_t total_steps, int64_t report_every) {
+  // One epoch of synthetic data covers 8 batches; the last step's evaluation (after the
+  // last progress event) reads them all and is not timed.
+  const int64_t samples = c.batch * 8;
+  const std::string w = std::to_string(c.width);
+  return R"({"name":"bench","precision":")" + c.precision +
+         R"(","model":{"layers":[{"linear":{"outFeatures":)" + w +
+         R"(}},{"relu":{}},{"linear":{"outFeatures":)" + w +
+         R"(}},{"relu":{}},{"linear":{"outFeatures":10}}],"loss":"cross_entropy"},)"
+         R"("data":{"synthetic":{"kind":"blobs","samples":)" +
+         std::to_string(samples) + R"(,"features":784,"classes":10},"batchSize":)" +
+         std::to_string(c.batch) +
+         R"(,"validationFraction":0,"standardize":false},)"
+         R"("optimizer":{"adamw":{"lr":0.001,"weightDecay":0.01}},)"
+         R"("training":{"maxSteps":)" +
+         std::to_string(total_steps) + R"(,"reportEvery":)" + std::to_string(report_every) +
+         R"(,"seed":1}})";
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double secs(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+std::string common_json(const Config& c) {
+  return R"("precision":")" + c.precision + R"(","width":)" + std::to_string(c.width) +
+         R"(,"batch":)" + std::to_string(c.batch) + R"(,"threads":)" + std::to_string(c.threads);
+}
+
+// ---- steps: the real Trainer ---------------------------------------------------------
+
+void run_steps(const Config& c) {
+  ampd::CpuBackend backend(ampd::CpuBackendOptions{c.threads});
+  auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
+  check(spec.status(), "job spec");
+  std::vector<Clock::time_point> marks;
+  ampd::engine::TrainerOptions opts;
+  opts.on_event = [&](const ampd::v1::JobEvent& e) {
+    if (e.has_progress()) marks.push_back(Clock::now());
+  };
+  auto trainer = ampd::engine::Trainer::create(backend, *spec, std::move(opts));
+  check(trainer.status(), "trainer");
+  const Clock::time_point start = Clock::now();
+  const ampd::v1::Job job = (*trainer)->run();
+  if (job.state() != ampd::v1::SUCCEEDED) die("job failed: " + job.failure_reason());
+  std::vector<double> times;
+  for (size_t i = static_cast<size_t>(c.warmup) + 1; i < marks.size(); ++i) {
+    times.push_back(secs(marks[i - 1], marks[i]));
+  }
+  if (times.empty()) die("no timed steps");
+  const double med = median(times);
+  const double total = secs(marks[static_cast<size_t>(c.warmup)], marks.back());
+  std::printf(
+      R"({"mode":"steps",%s,"steps":%zu,"step_ms_median":%.4f,"step_ms_min":%.4f,)"
+      R"("samples_per_s":%.1f,"step_gflop":%.5f,"gflops":%.2f,"activation_bytes":%lld,)"
+      R"("parameter_bytes":%lld,"optimizer_bytes":%lld,"peak_bytes":%lld,"overflow_skips":%lld,)"
+      R"("first_step_ms":%.3f})"
+      "\n",
+      common_json(c).c_str(), times.size(), med * 1e3,
+      *std::min_element(times.begin(), times.end()) * 1e3,
+      static_cast<double>(c.batch * static_cast<int64_t>(times.size())) / total,
+      step_flops(c) * 1e-9, step_flops(c) / med * 1e-9,
+      static_cast<long long>(job.memory().activation_bytes()),
+      static_cast<long long>(job.memory().parameter_bytes()),
+      static_cast<long long>(job.memory().optimizer_bytes()),
+      static_cast<long long>(job.memory().peak_bytes()),
+      static_cast<long long>(job.overflow_skipped_steps()), secs(start, marks[0]) * 1e3);
+}
+
+// ---- matmul: the step's products alone ------------------------------------------------
+
+struct Owned {
+  ampd::Buffer buf;
+  Tensor t;
+};
+
+Owned make_tensor(ampd::Backend& be, DType dt, int64_t rows, int64_t cols, std::mt19937& rng) {
+  Owned o;
+  auto b = be.allocate(static_cast<size_t>(rows * cols) * ampd::dtype_size(dt));
+  check(b.status(), "allocate");
+  o.buf = std::move(*b);
+  o.t = o.buf.view(dt, rows, cols);
+  std::vector<float> host(static_cast<size_t>(rows * cols));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : host) v = u(rng);
+  if (dt == DType::kF32) {
+    check(be.upload(o.t, host.data()), "upload");
+  } else {
+    Owned tmp;
+    auto tb = be.allocate(host.size() * sizeof(float));
+    check(tb.status(), "allocate");
+    const Tensor t32 = tb->view(DType::kF32, rows, cols);
+    check(be.upload(t32, host.data()), "upload");
+    check(be.cast(t32, o.t), "cast");
+  }
+  return o;
+}
+
+void run_matmul(const Config& c) {
+  ampd::CpuBackend be(ampd::CpuBackendOptions{c.threads});
+  const DType dt = ampd::engine::precision_dtype(c.precision);
+  std::mt19937 rng(1);
+  std::vector<Owned> keep;
+  std::vector<ampd::MatmulArgs> calls;
+  const auto ls = linears(c.width);
+  const int64_t B = c.batch;
+  for (size_t i = 0; i < ls.size(); ++i) {
+    const auto [in, out] = ls[i];
+    keep.push_back(make_tensor(be, dt, B, in, rng));             // x
+    keep.push_back(make_tensor(be, dt, out, in, rng));           // W (working copy)
+    keep.push_back(make_tensor(be, DType::kF32, 1, out, rng));   // bias (F32 master)
+    keep.push_back(make_tensor(be, dt, B, out, rng));            // y
+    keep.push_back(make_tensor(be, dt, B, out, rng));            // dy
+    keep.push_back(make_tensor(be, DType::kF32, out, in, rng));  // dW
+    keep.push_back(make_tensor(be, dt, B, in, rng));             // dx
+  }
+  for (size_t i = 0; i < ls.size(); ++i) {  // forward
+    const Owned* t = &keep[i * 7];
+    ampd::MatmulArgs m;
+    m.a = t[0].t;
+    m.b = t[1].t;
+    m.trans_b = true;
+    m.c = t[3].t;
+    m.bias = t[2].t;
+    calls.push_back(m);
+  }
+  for (size_t k = ls.size(); k-- > 0;) {  // backward: dW, then dx
+    const Owned* t = &keep[k * 7];
+    ampd::MatmulArgs dw;
+    dw.a = t[4].t;
+    dw.trans_a = true;
+    dw.b = t[0].t;
+    dw.c = t[5].t;
+    calls.push_back(dw);
+    if (k == 0) continue;
+    ampd::MatmulArgs dx;
+    dx.a = t[4].t;
+    dx.b = t[1].t;
+    dx.c = t[6].t;
+    calls.push_back(dx);
+  }
+  std::vector<double> seq;
+  std::vector<std::vector<double>> per(calls.size());
+  for (int64_t r = 0; r < c.reps + 3; ++r) {
+    const Clock::time_point s0 = Clock::now();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Clock::time_point t0 = Clock::now();
+      check(be.matmul(calls[i]), "matmul");
+      if (r >= 3) per[i].push_back(secs(t0, Clock::now()));
+    }
+    if (r >= 3) seq.push_back(secs(s0, Clock::now()));
+  }
+  const double med = median(seq);
+  std::string parts;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    if (i) parts += ",";
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4f", median(per[i]) * 1e3);
+    parts += buf;
+  }
+  std::printf(R"({"mode":"matmul",%s,"matmul_ms_median":%.4f,"step_gflop":%.5f,"gflops":%.2f,)"
+              R"("per_call_ms":[%s]})"
+              "\n",
+              common_json(c).c_str(), med * 1e3, step_flops(c) * 1e-9, step_flops(c) / med * 1e-9,
+              parts.c_str());
+}
+
+// ---- phases: where the time of one step goes ------------------------------------------
+
+void run_phases(const Config& c) {
+  ampd::CpuBackend be(ampd::CpuBackendOptions{c.threads});
+  auto spec = ampd::engine::parse_job_spec(job_json(c, c.steps, 1), "json");
+  check(spec.status(), "job spec");
+  auto resolved = ampd::engine::validate_and_resolve(*spec);
+  check(resolved.status(), "resolve");
+  ampd::engine::Model::Options mo;
+  mo.act_dtype = ampd::engine::precision_dtype(c.precision);
+  mo.max_batch = c.batch;
+  mo.in_features = kIn;
+  mo.out_features = kClasses;
+  auto model = ampd::engine::Model::create(be, resolved->model(), mo);
+  check(model.status(), "model");
+  auto opt = ampd::engine::Optimizer::create(be, resolved->optimizer(), (*model)->params());
+  check(opt.status(), "optimizer");
+  std::vector<ampd::Tensor> grads;
+  for (auto* p : (*model)->params()) grads.push_back(p->grad_t());
+  auto flags_buf = be.allocate(sizeof(int32_t) * grads.size());
+  check(flags_buf.status(), "allocate");
+  const Tensor flags = flags_buf->view(DType::kI32, 1, static_cast<int64_t>(grads.size()));
+  std::vector<int32_t> host_flags(grads.size());
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(static_cast<size_t>(c.batch * kIn));
+  for (float& v : x) v = nd(rng);
+  std::vector<int32_t> y(static_cast<size_t>(c.batch));
+  for (size_t i = 0; i < y.size(); ++i) y[i] = static_cast<int32_t>(i % kClasses);
+  const float scale = c.precision == "fp16" ? 65536.0f : 1.0f;
+  const char* names[] = {"load_batch", "forward", "backward", "unscale_check", "optimizer"};
+  std::vector<std::vector<double>> t(5);
+  for (int64_t s = 0; s < c.steps + 3; ++s) {
+    ampd::engine::PassContext ctx{&be, true, s, 1};
+    Clock::time_point p[6];
+    p[0] = Clock::now();
+    check((*model)->load_batch(c.batch, x.data(), y.data(), nullptr), "load_batch");
+    p[1] = Clock::now();
+    check((*model)->forward(ctx, c.batch), "forward");
+    p[2] = Clock::now();
+    check((*model)->backward(ctx, c.batch, scale), "backward");
+    p[3] = Clock::now();
+    check(be.unscale_and_check(grads, 1.0f / scale, flags), "unscale");
+    check(be.download(host_flags.data(), flags), "download");
+    p[4] = Clock::now();
+    check((*opt)->step(1e-4, 1.0f), "optimizer");
+    p[5] = Clock::now();
+    if (s >= 3) {
+      for (int i = 0; i < 5; ++i) t[i].push_back(secs(p[i], p[i + 1]));
+    }
+  }
+  std::string parts;
+  for (int i = 0; i < 5; ++i) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, R"(%s"%s":%.4f)", i ? "," : "", names[i], median(t[i]) * 1e3);
+    parts += buf;
+  }
+  std::printf(R"({"mode":"phases",%s,"phase_ms":{%s}})"
+              "\n",
+              common_json(c).c_str(), parts.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Config c = parse(argc, argv);
+  if (c.mode == "steps") {
+    run_steps(c);
+  } else if (c.mode == "matmul") {
+    run_matmul(c);
+  } else if (c.mode == "phases") {
+    run_phases(c);
+  } else {
+    die("unknown mode " + c.mode);
+  }
+  return 0;
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# `make bench`: ampd's CPU training step beside PyTorch and beside oneDNN's raw matmul,
+# on this machine with one thread count, then the service overhead; prints a table last.
+#   bench/cpu/run.sh [BUILD_DIR]       (built targets: ampd_bench ampd ampctl)
+# Env: BENCH_THREADS (default: nproc), BENCH_STEPS (timed steps, default 40),
+#      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu).
+# Results: $BENCH_OUT/results.jsonl (one JSON object per measurement) and table.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=$(cd "${1:-$ROOT/build}" && pwd)
+THREADS=${BENCH_THREADS:-$(nproc)}
+STEPS=${BENCH_STEPS:-40}
+SCALE_STEPS=20
+SERVICE_STEPS=300
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; fi
+OUT=${BENCH_OUT:-$BUILD/bench-cpu}
+BIN=$BUILD/bin
+mkdir -p "$OUT"
+RES=$OUT/results.jsonl
+: >"$RES"
+export OMP_NUM_THREADS=$THREADS
+log() { echo "[bench] $*" >&2; }
+
+# ---- PyTorch: a CPU-usable torch from PyPI alone, else Debian's python3-torch ----------
+VENV=$BUILD/bench-venv
+TORCH_PY=""
+TORCH_HOW=""
+try_torch() { "$1" -c 'import torch; torch.ones(2) @ torch.ones(2)' >/dev/null 2>&1; }
+if [[ -x $VENV/bin/python ]] && try_torch "$VENV/bin/python"; then
+  TORCH_PY=$VENV/bin/python; TORCH_HOW=$(cat "$VENV/how" 2>/dev/null || echo pypi)
+else
+  log "installing torch into $VENV (PyPI, without the CUDA wheels) ..."
+  python3 -m venv "$VENV"
+  PIP="$VENV/bin/pip install -q --disable-pip-version-check"
+  # PyPI's Linux torch wheel is the CUDA build; its ~3 GB of nvidia-* dependencies are not
+  # needed on a CPU. Install it without them, plus the pure-Python dependencies and the few
+  # CUDA libraries that libtorch_cuda.so links and this machine's CUDA toolkit lacks.
+  if $PIP --no-deps torch && $PIP filelock typing_extensions sympy networkx jinja2 fsspec numpy; then
+    extra=$("$VENV/bin/python" - <<'PY'
+import importlib.metadata as md
+out = []
+for r in md.requires("torch") or []:
+    name = r.split(";")[0].strip()
+    if any(k in name for k in ("cusparselt", "nvshmem", "nccl")):
+        out.append(name.replace(" ", ""))
+out.append("nvidia-cufile")
+print(" ".join(out))
+PY
+)
+    $PIP --no-deps $extra || true
+  fi
+  if try_torch "$VENV/bin/python"; then
+    TORCH_PY=$VENV/bin/python; TORCH_HOW="pypi torch --no-deps (+cusparselt/nvshmem/nccl/cufile)"
+  else
+    log "PyPI torch did not import here; falling back to Debian's python3-torch"
+    if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+      (apt-get install -y -q python3-torch >/dev/null 2>&1 ||
+        (apt-get update -q >/dev/null && apt-get install -y -q python3-torch >/dev/null)) || true
+    fi
+    if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+      TORCH_PY=/usr/bin/python3; TORCH_HOW="debian python3-torch (OPENBLAS_CORETYPE=Cooperlake)"
+      export OPENBLAS_CORETYPE=Cooperlake
+    fi
+  fi
+  echo "$TORCH_HOW" >"$VENV/how" 2>/dev/null || true
+fi
+[[ -n $TORCH_PY ]] || log "no PyTorch available: its columns stay empty"
+
+ampd() { "$BIN/ampd_bench" "$@" threads="$THREADS" | tee -a "$RES"; }
+torch_run() {
+  [[ -n $TORCH_PY ]] || return 0
+  "$TORCH_PY" -W ignore "$ROOT/bench/cpu/torch_mlp.py" "$@" threads="$THREADS" | tee -a "$RES"
+}
+
+# ---- 1-3: the 784-1024-1024-10 MLP, batch 256 ----------------------------------------
+for p in fp32 bf16 fp16; do
+  log "training step, $p"
+  ampd steps precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
+  torch_run precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
+  ampd matmul precision=$p width=1024 batch=256 reps="$STEPS"
+  ampd phases precision=$p width=1024 batch=256 steps="$STEPS"
+done
+
+# ---- 5: scaling with width and batch ----------------------------------------------------
+for p in fp32 bf16; do
+  for w in 256 512 2048; do
+    log "scaling $p width=$w"
+    ampd steps precision=$p width=$w batch=256 steps=$SCALE_STEPS warmup=3
+    ampd matmul precision=$p width=$w batch=256 reps=$SCALE_STEPS
+  done
+  for b in 64 128 512 1024; do
+    log "scaling $p batch=$b"
+    ampd steps precision=$p width=1024 batch=$b steps=$SCALE_STEPS warmup=3
+    ampd matmul precision=$p width=1024 batch=$b reps=$SCALE_STEPS
+  done
+done
+
+# ---- 4: the same job in-process and through `ampd serve` with 50 watchers ------------
+"$ROOT/bench/cpu/service.sh" "$BUILD" "$OUT" "$THREADS" "$SERVICE_STEPS" | tee -a "$RES"
+
+echo "{\"mode\":\"env\",\"torch_how\":\"${TORCH_HOW:-none}\",\"threads\":$THREADS,\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\"}" >>"$RES"
+python3 "$ROOT/bench/cpu/report.py" "$RES" | tee "$OUT/table.md"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Service overhead: one job in-process (`ampd train --json`) and the same job through
+# `ampd serve` with 50 `ampctl watch` streams and /metrics scraped every second.
+# Prints one JSON line: samples/s of each (from the progress events, first window
+# excluded) and their ratio.  Usage: service.sh BUILD_DIR OUT_DIR THREADS STEPS
+set -uo pipefail
+BUILD=$1 OUT=$2 THREADS=$3 STEPS=$4
+BIN=$BUILD/bin
+WORK=$OUT/service
+rm -rf "$WORK" && mkdir -p "$WORK"
+fail() { echo "{\"mode\":\"service\",\"error\":\"$*\"}"; exit 0; }
+[[ -x $BIN/ampd && -x $BIN/ampctl ]] || fail "ampd or ampctl not built"
+cat >"$WORK/job.json" <<JOB
+{"name":"bench-service","precision":"fp32",
+ "model":{"layers":[{"linear":{"outFeatures":1024}},{"relu":{}},{"linear":{"outFeatures":1024}},
+          {"relu":{}},{"linear":{"outFeatures":10}}],"loss":"cross_entropy"},
+ "data":{"synthetic":{"kind":"blobs","samples":2048,"features":784,"classes":10},
+         "batchSize":256,"validationFraction":0,"standardize":false},
+ "optimizer":{"adamw":{"lr":0.001,"weightDecay":0.01}},
+ "training":{"maxSteps":$STEPS,"reportEvery":10,"seed":1}}
+JOB
+sps() {  # samples/s over the progress events of a JSON-lines event stream, first excluded
+  python3 - "$1" <<'PY'
+import json, sys
+rates = []
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    p = e.get("progress") or (e.get("event") or {}).get("progress")
+    if p and p.get("samplesPerSecond"):
+        rates.append(float(p["samplesPerSecond"]))
+rates = rates[1:]
+print(len(rates) / sum(1.0 / r for r in rates) if rates else 0.0)
+PY
+}
+"$BIN/ampd" train -f "$WORK/job.json" --json --backend cpu --threads "$THREADS" \
+  --out "$WORK/train-out" >"$WORK/inproc.jsonl" 2>"$WORK/inproc.err" || fail "ampd train failed"
+INPROC=$(sps "$WORK/inproc.jsonl")
+
+PORT=$((20000 + RANDOM % 20000)) MPORT=$((PORT + 1))
+export AMPD_SERVER=127.0.0.1:$PORT
+"$BIN/ampd" serve --grpc-addr "127.0.0.1:$PORT" --metrics-addr "127.0.0.1:$MPORT" \
+  --state-dir "$WORK/state" --backend cpu --threads "$THREADS" >"$WORK/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; [[ -n ${WATCHERS:-} ]] && kill $WATCHERS 2>/dev/null' EXIT
+for _ in $(seq 50); do "$BIN/ampctl" info >/dev/null 2>&1 && break; sleep 0.2; done
+ID=$("$BIN/ampctl" submit -f "$WORK/job.json" -o json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || fail "submit failed"
+WATCHERS=""
+for i in $(seq 50); do
+  "$BIN/ampctl" watch "$ID" -o json >"$WORK/watch-$i.jsonl" 2>/dev/null &
+  WATCHERS="$WATCHERS $!"
+done
+METRICS=0 SCRAPES=0
+while kill -0 ${WATCHERS%% *} 2>/dev/null; do  # scrape once a second until the job ends
+  SCRAPES=$((SCRAPES + 1))
+  curl -sf "http://127.0.0.1:$MPORT/metrics" -o "$WORK/metrics.txt" && METRICS=$((METRICS + 1))
+  sleep 1
+done
+wait $WATCHERS 2>/dev/null
+SERVED=$(sps "$WORK/watch-1.jsonl")
+python3 -c "
+import json; a, b = float('$INPROC'), float('$SERVED')
+print(json.dumps({'mode': 'service', 'steps': $STEPS, 'watchers': 50, 'scrapes': $SCRAPES,
+                  'scrapes_ok': $METRICS, 'inproc_sps': a, 'served_sps': b,
+                  'ratio': b / a if a else 0}))"
