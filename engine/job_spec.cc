@@ -109,22 +109,8 @@ std::string Num(T v) {
   return std::string(buf, end);
 }
 
-// 'text' for messages: at most 64 bytes, control characters escaped.
 std::string Quote(std::string_view s) {
-  std::string out = "'";
-  size_t n = std::min<size_t>(s.size(), 64);
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > n) out += "...";
-  return out + "'";
+  return spec_io::quote_for_message(s);
 }
 
 // Number of UTF-8 code points (bytes that do not continue a sequence).

@@ -42,24 +42,6 @@ ParseResult Failure(ErrorKind kind, std::string message) {
 // Formatting helpers
 // ---------------------------------------------------------------------------------------
 
-// 'text' for messages: at most 64 bytes, control characters escaped.
-std::string Quote(std::string_view s) {
-  std::string out = "'";
-  size_t n = std::min<size_t>(s.size(), 64);
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > n) out += "...";
-  return out + "'";
-}
-
 void AppendJsonString(std::string_view s, std::string* out) {
   out->push_back('"');
   for (char ch : s) {
@@ -241,7 +223,8 @@ class YamlToJson {
           const YAML::Node& key = kv.first;
           if (!key.IsScalar()) return Fail(key, "mapping keys must be field names");
           const std::string& name = key.Scalar();
-          if (!seen.insert(name).second) return Fail(key, "duplicate key " + Quote(name));
+          if (!seen.insert(name).second)
+            return Fail(key, "duplicate key " + quote_for_message(name));
           Context child;
           if (ctx.message != nullptr) {
             child.field = FindField(ctx.message, name);
@@ -286,14 +269,14 @@ class YamlToJson {
         out_ += *b ? "true" : "false";
         return {};
       }
-      if (!plain) return Fail(node, Quote(text) + " is not a boolean (true or false)");
+      if (!plain) return Fail(node, quote_for_message(text) + " is not a boolean (true or false)");
     }
     if (plain || tag == kCore + "int" || tag == kCore + "float") {
       if (std::optional<std::string> number = YamlNumberToJson(text)) {
         out_ += *number;
         return {};
       }
-      if (!plain) return Fail(node, Quote(text) + " is not a number");
+      if (!plain) return Fail(node, quote_for_message(text) + " is not a number");
     }
     if (plain) {
       AppendJsonString(text, &out_);
@@ -303,7 +286,7 @@ class YamlToJson {
       out_ += "null";
       return {};
     }
-    return Fail(node, "unsupported YAML tag " + Quote(tag));
+    return Fail(node, "unsupported YAML tag " + quote_for_message(tag));
   }
 
   std::string out_;
@@ -355,13 +338,32 @@ ParseResult Invalid(std::string message) {
 
 }  // namespace
 
+// 'text' for messages: at most 64 bytes, control characters escaped.
+std::string quote_for_message(std::string_view s) {
+  std::string out = "'";
+  size_t n = std::min<size_t>(s.size(), 64);
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > n) out += "...";
+  return out + "'";
+}
+
 ParseResult parse_job_spec_text(std::string_view text, std::string_view format) {
   if (text.size() > kMaxSpecBytes) {
     return Invalid("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
                    std::to_string(text.size()) + ")");
   }
   if (format != "" && format != "yaml" && format != "json") {
-    return Invalid("job spec: format must be yaml, json or empty (guess), got " + Quote(format));
+    return Invalid("job spec: format must be yaml, json or empty (guess), got " +
+                   quote_for_message(format));
   }
   text = StripBom(text);
   std::string_view body = LeadingSpaceStripped(text);

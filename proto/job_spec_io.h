@@ -49,4 +49,7 @@ ParseResult parse_job_spec_text(std::string_view text, std::string_view format =
 // starts with the path.
 ParseResult read_job_spec_file(const std::string& path);
 
+// 'text' for error messages: at most 64 bytes, control characters escaped, in quotes.
+std::string quote_for_message(std::string_view s);
+
 }  // namespace ampd::spec_io

@@ -29,8 +29,9 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     p = e.get("progress") or (e.get("event") or {}).get("progress")
-    if p and p.get("samplesPerSecond"):
-        rates.append(float(p["samplesPerSecond"]))
+    rate = p and (p.get("samples_per_second") or p.get("samplesPerSecond"))
+    if rate:
+        rates.append(float(rate))
 rates = rates[1:]
 print(len(rates) / sum(1.0 / r for r in rates) if rates else 0.0)
 PY
@@ -51,7 +52,7 @@ ID=$("$BIN/ampctl" submit -f "$WORK/job.json" -o json |
 WATCHERS=""
 for i in $(seq 50); do
   "$BIN/ampctl" watch "$ID" -o json >"$WORK/watch-$i.jsonl" 2>/dev/null &
-  WATCHERS="$WATCHERS $!"
+  WATCHERS="${WATCHERS:+$WATCHERS }$!"
 done
 METRICS=0 SCRAPES=0
 while kill -0 ${WATCHERS%% *} 2>/dev/null; do  # scrape once a second until the job ends
