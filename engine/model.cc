@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/convert.h"
+
 namespace ampd::engine {
 
 StatusOr<std::unique_ptr<Model>> Model::create(Backend& backend, const ampd::v1::ModelSpec& spec,
@@ -42,7 +44,6 @@ StatusOr<std::unique_ptr<Model>> Model::create(Backend& backend, const ampd::v1:
   }
   AMPD_RETURN_IF_ERROR(m->alloc_act(m->grad_a_, dt, B, m->max_width_));
   AMPD_RETURN_IF_ERROR(m->alloc_act(m->grad_b_, dt, B, m->max_width_));
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->input_f32_, DType::kF32, B, options.in_features));
   AMPD_RETURN_IF_ERROR(m->alloc_act(m->loss_, DType::kF32, 1, B));
   AMPD_RETURN_IF_ERROR(m->alloc_act(m->lse_, DType::kF32, 1, B));
   AMPD_RETURN_IF_ERROR(m->alloc_act(m->argmax_, DType::kI32, 1, B));
@@ -72,10 +73,18 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
     return InvalidArgument("batch of " + std::to_string(n) + " rows exceeds the model's " +
                            std::to_string(options_.max_batch));
   }
-  const Tensor in32 = input_f32_.view(DType::kF32, n, options_.in_features);
-  AMPD_RETURN_IF_ERROR(backend_->upload(in32, features));
-  AMPD_RETURN_IF_ERROR(
-      backend_->cast(in32, acts_[0].view(options_.act_dtype, n, options_.in_features)));
+  // The input is rounded to the working dtype on the host (convert.h, the same RNE as
+  // Backend::cast) and uploaded at its final size: no FP32 staging buffer on the device,
+  // and half the host-to-device bytes in FP16/BF16.
+  const Tensor x0 = acts_[0].view(options_.act_dtype, n, options_.in_features);
+  if (options_.act_dtype == DType::kF32) {
+    AMPD_RETURN_IF_ERROR(backend_->upload(x0, features));
+  } else {
+    input_host_.resize(x0.bytes());
+    convert(features, DType::kF32, input_host_.data(), options_.act_dtype,
+            static_cast<size_t>(x0.numel()));
+    AMPD_RETURN_IF_ERROR(backend_->upload(x0, input_host_.data()));
+  }
   if (options_.loss == LossKind::kCrossEntropy) {
     AMPD_RETURN_IF_ERROR(backend_->upload(labels_.view(DType::kI32, 1, n), labels));
   } else {

@@ -5,7 +5,6 @@
 //   acts[0]          (B, in)      the input, cast from the FP32 batch
 //   acts[i + 1]      (B, out_i)   output of layer i, kept for backward
 //   grad_a, grad_b   (B, max w)   ping-pong activation gradients
-//   input_f32        (B, in)      FP32 staging of the input batch
 //   loss rows, lse   (B) F32;  labels (B) I32 or targets (B, out) F32
 // plus per-layer auxiliaries (normalization statistics F32, dropout masks U8).
 // activation_bytes() reports the sum; in FP16/BF16 it is about half of FP32.
@@ -39,7 +38,7 @@ class Model {
                                                  const Options& options);
 
   // Stages a host batch of n rows: features (n, in) F32, and labels (n) or targets
-  // (n, out). Casts the input to the working dtype on the backend.
+  // (n, out). The input is rounded to the working dtype on the host, then uploaded.
   Status load_batch(int64_t n, const float* features, const int32_t* labels, const float* targets);
   // Forward pass over the staged batch, then the per-row FP32 loss.
   Status forward(const PassContext& ctx, int64_t n);
@@ -77,7 +76,8 @@ class Model {
   Options options_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Buffer> acts_;
-  Buffer grad_a_, grad_b_, input_f32_, loss_, lse_, labels_, targets_, argmax_;
+  Buffer grad_a_, grad_b_, loss_, lse_, labels_, targets_, argmax_;
+  std::vector<uint8_t> input_host_;  // the batch rounded to the working dtype, on the host
   int64_t max_width_ = 0;
   int64_t activation_bytes_ = 0;
 };
