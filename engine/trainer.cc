@@ -3,8 +3,8 @@
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <numeric>
@@ -116,6 +116,7 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   AMPD_ASSIGN_OR_RETURN(loss_accum_, backend_->allocate(sizeof(float) * batch_size_));
   AMPD_RETURN_IF_ERROR(backend_->fill(loss_accum_.view(DType::kF32, 1, batch_size_), 0.0f));
   host_flags_.resize(static_cast<size_t>(n_grads));
+  host_loss_accum_.resize(static_cast<size_t>(batch_size_));
   batch_x_.resize(static_cast<size_t>(batch_size_ * mo.in_features));
   if (classification) {
     batch_y_.resize(static_cast<size_t>(batch_size_));
@@ -252,7 +253,7 @@ StatusOr<std::string> Trainer::checkpoint() {
 
 Status Trainer::report_progress(int64_t step) {
   const auto now = std::chrono::steady_clock::now();
-  std::vector<float> acc(static_cast<size_t>(batch_size_));
+  std::vector<float>& acc = host_loss_accum_;
   const Tensor accum = loss_accum_.view(DType::kF32, 1, batch_size_);
   AMPD_RETURN_IF_ERROR(backend_->download(acc.data(), accum));
   AMPD_RETURN_IF_ERROR(backend_->fill(accum, 0.0f));
@@ -281,7 +282,6 @@ Status Trainer::report_progress(int64_t step) {
   job_.mutable_metrics()->set_samples_per_second(sps);
   emit(std::move(e));
   window_samples_ = 0;
-  window_steps_ = 0;
   window_start_ = now;
   return Status::Ok();
 }
@@ -375,8 +375,6 @@ Status Trainer::train_step(int64_t step) {
   last_step_samples_ = n;
   last_step_skipped_ = dec.skip_step;
   window_samples_ += n;
-  samples_seen_ += n;
-  ++window_steps_;
   return Status::Ok();
 }
 

@@ -112,6 +112,7 @@ class Trainer {
   std::vector<std::string> grad_names_;
   Buffer flags_, norm_, loss_accum_;
   std::vector<int32_t> host_flags_;
+  std::vector<float> host_loss_accum_;  // the report window's per-row loss sums
   std::vector<float> batch_x_, batch_t_;
   std::vector<int32_t> batch_y_;
   std::vector<int64_t> order_;
@@ -129,8 +130,6 @@ class Trainer {
   int64_t next_seq_ = 1;
   // Report window.
   int64_t window_samples_ = 0;
-  int64_t window_steps_ = 0;
-  int64_t samples_seen_ = 0;
   double last_lr_ = 0;
   std::chrono::steady_clock::time_point window_start_;
   std::chrono::steady_clock::time_point run_start_;
