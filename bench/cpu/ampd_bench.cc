@@ -15,6 +15,9 @@
 //       A timing breakdown of the same step through Model and Optimizer (load_batch,
 //       forward, backward, unscale+check, optimizer) to show where the non-matmul time goes.
 //
+// Every mode takes backend=cpu|cuda (default cpu; cuda loads the plugin next to this
+// executable, as `ampd --backend cuda` does; bench/gpu/engine_check.sh uses it).
+//
 // FLOPs: 2*B*in*out per product; forward and weight gradient for every Linear, input
 // gradient for every Linear but the first.
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +35,7 @@
 #include "engine/model.h"
 #include "engine/optimizer.h"
 #include "engine/trainer.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace {
@@ -49,6 +54,7 @@ struct Config {
   int64_t warmup = 5;
   int64_t reps = 30;
   int threads = 2;
+  std::string backend = "cpu";  // cpu | cuda (the plugin; bench/gpu/engine_check.sh)
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -83,6 +89,8 @@ Config parse(int argc, char** argv) {
       c.reps = std::stoll(v);
     } else if (k == "threads") {
       c.threads = std::stoi(v);
+    } else if (k == "backend") {
+      c.backend = v;
     } else {
       die("unknown option " + k);
     }
@@ -138,15 +146,28 @@ double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// The backend the run measures: CPU (oneDNN, `threads` threads) or the CUDA plugin found
+// next to this executable. Every timed region ends with synchronize() (a no-op on the CPU).
+std::unique_ptr<ampd::Backend> make_backend(const Config& c) {
+  ampd::BackendRequest req;
+  req.kind = c.backend;
+  req.threads = c.threads;
+  auto choice = ampd::create_backend(req);
+  check(choice.status(), "backend");
+  return std::move(choice->backend);
+}
+
 std::string common_json(const Config& c) {
-  return R"("precision":")" + c.precision + R"(","width":)" + std::to_string(c.width) +
-         R"(,"batch":)" + std::to_string(c.batch) + R"(,"threads":)" + std::to_string(c.threads);
+  return R"("backend":")" + c.backend + R"(","precision":")" + c.precision + R"(","width":)" +
+         std::to_string(c.width) + R"(,"batch":)" + std::to_string(c.batch) + R"(,"threads":)" +
+         std::to_string(c.threads);
 }
 
 // ---- steps: the real Trainer ---------------------------------------------------------
 
 void run_steps(const Config& c) {
-  ampd::CpuBackend backend(ampd::CpuBackendOptions{c.threads});
+  const auto owned = make_backend(c);
+  ampd::Backend& backend = *owned;
   auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
   check(spec.status(), "job spec");
   std::vector<Clock::time_point> marks;
@@ -213,7 +234,8 @@ Owned make_tensor(ampd::Backend& be, DType dt, int64_t rows, int64_t cols, std::
 }
 
 void run_matmul(const Config& c) {
-  ampd::CpuBackend be(ampd::CpuBackendOptions{c.threads});
+  const auto owned = make_backend(c);
+  ampd::Backend& be = *owned;
   const DType dt = ampd::engine::precision_dtype(c.precision);
   std::mt19937 rng(1);
   std::vector<Owned> keep;
@@ -262,6 +284,7 @@ void run_matmul(const Config& c) {
     for (size_t i = 0; i < calls.size(); ++i) {
       const Clock::time_point t0 = Clock::now();
       check(be.matmul(calls[i]), "matmul");
+      check(be.synchronize(), "synchronize");
       if (r >= 3) per[i].push_back(secs(t0, Clock::now()));
     }
     if (r >= 3) seq.push_back(secs(s0, Clock::now()));
@@ -284,7 +307,8 @@ void run_matmul(const Config& c) {
 // ---- phases: where the time of one step goes ------------------------------------------
 
 void run_phases(const Config& c) {
-  ampd::CpuBackend be(ampd::CpuBackendOptions{c.threads});
+  const auto owned = make_backend(c);
+  ampd::Backend& be = *owned;
   auto spec = ampd::engine::parse_job_spec(job_json(c, c.steps, 1), "json");
   check(spec.status(), "job spec");
   auto resolved = ampd::engine::validate_and_resolve(*spec);
@@ -318,15 +342,19 @@ void run_phases(const Config& c) {
     Clock::time_point p[6];
     p[0] = Clock::now();
     check((*model)->load_batch(c.batch, x.data(), y.data(), nullptr), "load_batch");
+    check(be.synchronize(), "synchronize");
     p[1] = Clock::now();
     check((*model)->forward(ctx, c.batch), "forward");
+    check(be.synchronize(), "synchronize");
     p[2] = Clock::now();
     check((*model)->backward(ctx, c.batch, scale), "backward");
+    check(be.synchronize(), "synchronize");
     p[3] = Clock::now();
     check(be.unscale_and_check(grads, 1.0f / scale, flags), "unscale");
     check(be.download(host_flags.data(), flags), "download");
     p[4] = Clock::now();
     check((*opt)->step(1e-4, 1.0f), "optimizer");
+    check(be.synchronize(), "synchronize");
     p[5] = Clock::now();
     if (s >= 3) {
       for (int i = 0; i < 5; ++i) t[i].push_back(secs(p[i], p[i + 1]));

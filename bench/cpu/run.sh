@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: ampd's CPU training step beside PyTorch and beside oneDNN's raw matmul,
 # on this machine with one thread count, then the service overhead; prints a table last.
-#   bench/cpu/run.sh [BUILD_DIR]       (built targets: ampd_bench ampd ampctl)
+#   bench/cpu/run.sh [BUILD_DIR]       (built targets: ampd_bench ampd ampctl watch_many)
 # Env: BENCH_THREADS (default: nproc), BENCH_STEPS (timed steps, default 40),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu).
 # Results: $BENCH_OUT/results.jsonl (one JSON object per measurement) and table.md.

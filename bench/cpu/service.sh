@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Service overhead: one job in-process (`ampd train --json`) and the same job through
-# `ampd serve` with 50 `ampctl watch` streams and /metrics scraped every second.
+# `ampd serve` with 50 WatchJob streams (bench/cpu/watch_many: one process, one thread per
+# stream) and /metrics scraped every second. Both sides run the identical job file,
+# checkpoint interval included (a job that leaves it 0 would get the server's
+# --checkpoint-every default and do more work than `ampd train`).
 # Prints one JSON line: samples/s of each (from the progress events, first window
-# excluded) and their ratio.  Usage: service.sh BUILD_DIR OUT_DIR THREADS STEPS
+# excluded), their ratio, and the CPU seconds the watchers and the scraper took on the
+# same cores.  Usage: service.sh BUILD_DIR OUT_DIR THREADS STEPS
 set -uo pipefail
 BUILD=$1 OUT=$2 THREADS=$3 STEPS=$4
 BIN=$BUILD/bin
 WORK=$OUT/service
 rm -rf "$WORK" && mkdir -p "$WORK"
 fail() { echo "{\"mode\":\"service\",\"error\":\"$*\"}"; exit 0; }
-[[ -x $BIN/ampd && -x $BIN/ampctl ]] || fail "ampd or ampctl not built"
+[[ -x $BIN/ampd && -x $BIN/ampctl && -x $BIN/watch_many ]] || fail "ampd, ampctl or watch_many not built"
 cat >"$WORK/job.json" <<JOB
 {"name":"bench-service","precision":"fp32",
  "model":{"layers":[{"linear":{"outFeatures":1024}},{"relu":{}},{"linear":{"outFeatures":1024}},
@@ -17,7 +21,7 @@ cat >"$WORK/job.json" <<JOB
  "data":{"synthetic":{"kind":"blobs","samples":2048,"features":784,"classes":10},
          "batchSize":256,"validationFraction":0,"standardize":false},
  "optimizer":{"adamw":{"lr":0.001,"weightDecay":0.01}},
- "training":{"maxSteps":$STEPS,"reportEvery":10,"seed":1}}
+ "training":{"maxSteps":$STEPS,"reportEvery":10,"checkpointEvery":100,"seed":1}}
 JOB
 sps() {  # samples/s over the progress events of a JSON-lines event stream, first excluded
   python3 - "$1" <<'PY'
@@ -49,21 +53,27 @@ trap 'kill $SERVER 2>/dev/null; [[ -n ${WATCHERS:-} ]] && kill $WATCHERS 2>/dev/
 for _ in $(seq 50); do "$BIN/ampctl" info >/dev/null 2>&1 && break; sleep 0.2; done
 ID=$("$BIN/ampctl" submit -f "$WORK/job.json" -o json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || fail "submit failed"
-WATCHERS=""
-for i in $(seq 50); do
-  "$BIN/ampctl" watch "$ID" -o json >"$WORK/watch-$i.jsonl" 2>/dev/null &
-  WATCHERS="${WATCHERS:+$WATCHERS }$!"
-done
+"$BIN/watch_many" --server "127.0.0.1:$PORT" --job "$ID" --watchers 50 >"$WORK/watch.json" \
+  2>"$WORK/watch.err" &
+WATCHERS=$!
 METRICS=0 SCRAPES=0
-while kill -0 ${WATCHERS%% *} 2>/dev/null; do  # scrape once a second until the job ends
+SCRAPE_START=$(date +%s.%N)
+while kill -0 "$WATCHERS" 2>/dev/null; do  # scrape once a second until the job ends
   SCRAPES=$((SCRAPES + 1))
   curl -sf "http://127.0.0.1:$MPORT/metrics" -o "$WORK/metrics.txt" && METRICS=$((METRICS + 1))
   sleep 1
 done
-wait $WATCHERS 2>/dev/null
-SERVED=$(sps "$WORK/watch-1.jsonl")
-python3 -c "
-import json; a, b = float('$INPROC'), float('$SERVED')
-print(json.dumps({'mode': 'service', 'steps': $STEPS, 'watchers': 50, 'scrapes': $SCRAPES,
-                  'scrapes_ok': $METRICS, 'inproc_sps': a, 'served_sps': b,
-                  'ratio': b / a if a else 0}))"
+wait "$WATCHERS" 2>/dev/null
+WATCHERS=""
+python3 - "$INPROC" "$WORK/watch.json" "$STEPS" "$SCRAPES" "$METRICS" <<'PY'
+import json, sys
+inproc = float(sys.argv[1])
+w = json.load(open(sys.argv[2]))
+served = float(w.get("served_sps", 0))
+print(json.dumps({"mode": "service", "steps": int(sys.argv[3]), "watchers": w.get("watchers"),
+                  "watch_events_min": w.get("events_min"), "stream_errors": w.get("stream_errors"),
+                  "final_state": w.get("final_state"), "watcher_cpu_s": w.get("watcher_cpu_s"),
+                  "scrapes": int(sys.argv[4]), "scrapes_ok": int(sys.argv[5]),
+                  "inproc_sps": inproc, "served_sps": served,
+                  "ratio": served / inproc if inproc else 0}))
+PY

@@ -141,6 +141,25 @@ else
   note "torch benchmark" 1 "no python3"
 fi
 
+# ---- compute-sanitizer memcheck over the CUDA conformance cases (bounded; informative) -------
+CS=$(command -v compute-sanitizer || true)
+[ -z "$CS" ] && [ -n "$NVCC" ] && [ -x "$(dirname "$NVCC")/compute-sanitizer" ] && CS="$(dirname "$NVCC")/compute-sanitizer"
+if [ -n "$CS" ] && [ -x "$BUILD/bin/test_backend_conformance" ] && [ "${MEMCHECK_SECONDS:-75}" -gt 0 ]; then
+  rc=0
+  timeout "${MEMCHECK_SECONDS:-75}" "$CS" --tool memcheck --leak-check no --error-exitcode 9 \
+    "$BUILD/bin/test_backend_conformance" --gtest_filter='*cuda*' --gtest_brief=1 \
+    > "$OUT/memcheck.log" 2>&1 || rc=$?
+  errs=$(grep -cE '^========= (Invalid|Program hit|Uninitialized|Out-of-range)' "$OUT/memcheck.log" || true)
+  tail -4 "$OUT/memcheck.log"
+  if [ "$rc" -eq 124 ]; then
+    STATUS+=("memcheck: ran ${MEMCHECK_SECONDS:-75} s without finishing; $errs errors so far")
+    [ "$errs" -gt 0 ] && overall=1
+  else
+    grep -E '^=========' "$OUT/memcheck.log" | head -20 || true
+    note memcheck "$rc" "$errs errors"
+  fi
+fi
+
 # ---- the table (last) ---------------------------------------------------------------------------
 STATUS+=("total $(( $(date +%s) - T0 )) s")
 if [ -n "$PY" ]; then

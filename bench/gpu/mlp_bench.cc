@@ -141,6 +141,17 @@ struct Param {
 
 struct PhaseTimes {
   double forward = 0, backward = 0, unscale = 0, optimizer = 0;
+  // Per operation (synchronized before and after each; host clock), in step order.
+  std::vector<std::pair<std::string, double>> ops;
+  void add_op(const std::string& name, double ms) {
+    for (auto& [n, t] : ops) {
+      if (n == name) {
+        t += ms;
+        return;
+      }
+    }
+    ops.emplace_back(name, ms);
+  }
 };
 
 class Mlp {
@@ -208,9 +219,21 @@ class Mlp {
       *slot += std::chrono::duration<double, std::milli>(now - t).count();
       t = now;
     };
+    // With `phases`, each operation is also timed on its own (synchronized around it).
+    auto run = [&](const std::string& name, auto&& fn) {
+      if (phases == nullptr) {
+        check(fn(), name.c_str());
+        return;
+      }
+      check(be_.synchronize(), "op sync");
+      const auto t0 = Clock::now();
+      check(fn(), name.c_str());
+      check(be_.synchronize(), "op sync");
+      phases->add_op(name, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    };
     Clock::time_point t = Clock::now();
     // forward
-    check(be_.cast(input_.view(DType::kF32, B, W), act(0)), "cast input");
+    run("cast input", [&] { return be_.cast(input_.view(DType::kF32, B, W), act(0)); });
     for (int i = 0; i < n_layers; ++i) {
       if (i % 2 == 0) {
         const Param& w = params_[static_cast<size_t>(i)];  // layer i/2: params 2(i/2), +1
@@ -221,23 +244,25 @@ class Mlp {
         m.trans_b = true;
         m.c = act(i + 1);
         m.bias = b.master_t();
-        check(be_.matmul(m), "forward matmul");
+        run("fwd matmul L" + std::to_string(i / 2), [&] { return be_.matmul(m); });
       } else {
-        check(be_.activation_forward(ampd::Activation::kGELU, act(i), act(i + 1)), "gelu");
+        run("fwd gelu",
+            [&] { return be_.activation_forward(ampd::Activation::kGELU, act(i), act(i + 1)); });
       }
     }
     const Tensor out = act(n_layers);
     const Tensor labels = labels_.view(DType::kI32, 1, B);
     const Tensor lse = lse_.view(DType::kF32, 1, B), loss = loss_.view(DType::kF32, 1, B);
-    check(be_.softmax_xent_forward(out, labels, loss, lse), "loss");
-    check(be_.accumulate(loss, loss_accum_.view(DType::kF32, 1, B)), "loss accum");
+    run("loss", [&] { return be_.softmax_xent_forward(out, labels, loss, lse); });
+    run("loss accum", [&] { return be_.accumulate(loss, loss_accum_.view(DType::kF32, 1, B)); });
     mark(phases ? &phases->forward : nullptr, t);
     // backward
     Buffer* dy_buf = &grad_a_;
     Buffer* dx_buf = &grad_b_;
-    check(be_.softmax_xent_backward(out, labels, lse, dy_buf->view(dt_, B, W),
-                                    static_cast<float>(scale_ / static_cast<double>(B))),
-          "loss backward");
+    run("loss backward", [&] {
+      return be_.softmax_xent_backward(out, labels, lse, dy_buf->view(dt_, B, W),
+                                       static_cast<float>(scale_ / static_cast<double>(B)));
+    });
     for (int k = n_layers - 1; k >= 0; --k) {
       const Tensor x = act(k), dy = dy_buf->view(dt_, B, W), dx = dx_buf->view(dt_, B, W);
       if (k % 2 == 0) {
@@ -248,24 +273,26 @@ class Mlp {
         dw.trans_a = true;
         dw.b = x;
         dw.c = w.grad_t();
-        check(be_.matmul(dw), "dW");
-        check(be_.bias_grad(dy, b.grad_t()), "db");
+        run("dW L" + std::to_string(k / 2), [&] { return be_.matmul(dw); });
+        run("db", [&] { return be_.bias_grad(dy, b.grad_t()); });
         if (k > 0) {
           ampd::MatmulArgs mx;
           mx.a = dy;
           mx.b = w.compute_t();
           mx.c = dx;
-          check(be_.matmul(mx), "dx");
+          run("dx L" + std::to_string(k / 2), [&] { return be_.matmul(mx); });
         }
       } else {
-        check(be_.activation_backward(ampd::Activation::kGELU, x, dy, dx), "gelu backward");
+        run("bwd gelu",
+            [&] { return be_.activation_backward(ampd::Activation::kGELU, x, dy, dx); });
       }
       std::swap(dy_buf, dx_buf);
     }
     mark(phases ? &phases->backward : nullptr, t);
     // unscale + check: the step's sync point
     const Tensor flags = flags_.view(DType::kI32, 1, static_cast<int64_t>(params_.size()));
-    check(be_.unscale_and_check(grads_, static_cast<float>(1.0 / scale_), flags), "unscale");
+    run("unscale",
+        [&] { return be_.unscale_and_check(grads_, static_cast<float>(1.0 / scale_), flags); });
     check(be_.download(host_flags_.data(), flags), "flags");
     mark(phases ? &phases->unscale : nullptr, t);
     bool bad = false;
@@ -291,7 +318,7 @@ class Mlp {
     hp.lr = 1e-3f;
     hp.weight_decay = 0.01f;
     hp.step = ++applied_;
-    check(be_.adamw_step(slots, hp), "adamw");
+    run("adamw", [&] { return be_.adamw_step(slots, hp); });
     mark(phases ? &phases->optimizer : nullptr, t);
   }
 
@@ -451,6 +478,14 @@ int main(int argc, char** argv) {
                     phases.forward / pd, phases.backward / pd, phases.unscale / pd,
                     phases.optimizer / pd);
       emit(buf);
+      std::string ops_line =
+          "  ops (ms, synchronized each, mean of " + std::to_string(profiled) + "):";
+      for (const auto& [name, total] : phases.ops) {
+        char item[96];
+        std::snprintf(item, sizeof item, " %s %.3f;", name.c_str(), total / pd);
+        ops_line += item;
+      }
+      std::printf("%s\n", ops_line.c_str());
       if (!std::isfinite(loss_last)) die("mlp " + p + ": the loss is not finite");
     }
   }

@@ -178,7 +178,10 @@ __global__ void layernorm_backward_dx_kernel(const TD* dy, const TX* x, const fl
     const float mu = mean[r], rs = rstd[r];
     float sg = 0.0f, sgx = 0.0f;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float g = to_f32(dyr[j]) * gamma[j];
+      // __fmul_rn: g must be the same rounded product in both loops. Contracted into
+      // `g - mean_g` as an FMA, it would carry dy*gamma's rounding error, which rstd then
+      // magnifies (1 column: 1e-5 where the answer is exactly 0; seen on an H200).
+      const float g = __fmul_rn(to_f32(dyr[j]), gamma[j]);
       const float xhat = (to_f32(xr[j]) - mu) * rs;
       sg += g;
       sgx += g * xhat;
@@ -187,7 +190,7 @@ __global__ void layernorm_backward_dx_kernel(const TD* dy, const TX* x, const fl
     const float mean_gx = block_sum(sgx, red) / c;
     TD* dxr = dx + r * cols;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float g = to_f32(dyr[j]) * gamma[j];
+      const float g = __fmul_rn(to_f32(dyr[j]), gamma[j]);
       const float xhat = (to_f32(xr[j]) - mu) * rs;
       dxr[j] = from_f32<TD>(rs * (g - mean_g - xhat * mean_gx));
     }
