@@ -120,6 +120,7 @@ SecurityHints security_hints(const GlobalOptions& o) {
   if (o.tls)
     h.trust = o.ca_cert.empty() ? "the system's CA certificates" : "--ca-cert " + o.ca_cert;
   h.client_cert = !o.client_cert.empty();
+  h.server_name = o.tls_server_name;
   h.token_source = o.token_source;
   return h;
 }
@@ -138,7 +139,10 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
     case grpc::StatusCode::UNAVAILABLE:
       f.exit_code = kExitUnreachable;
       if (const std::string tls =
-              is_transport_failure(status) ? tls_reason(details, sec, host_of(server)) : "";
+              is_transport_failure(status)
+                  ? tls_reason(details, sec,
+                               sec.server_name.empty() ? host_of(server) : sec.server_name)
+                  : "";
           !tls.empty()) {
         f.message = "cannot reach ampd at " + s + " securely: " + tls;
       } else if (is_transport_failure(status)) {

@@ -24,6 +24,7 @@ struct SecurityHints {
   bool tls = false;
   std::string trust;         // with TLS: "--ca-cert ca.crt" or "the system's CA certificates"
   bool client_cert = false;  // a client certificate was offered (mutual TLS)
+  std::string server_name;   // --tls-server-name ("" = the host of --server)
   std::string token_source;  // "--token-file /x", "AMPD_TOKEN", ...; "" = no token sent
 };
 SecurityHints security_hints(const GlobalOptions& options);
