@@ -1,5 +1,7 @@
 // ampctl: the command-line client of `ampd serve` (submit, watch, get, list, cancel,
 // download, datasets, info). See `ampctl --help`.
+#include <stdlib.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -33,6 +35,9 @@ const char kExitCodesHelp[] =
 
 int main(int argc, char** argv) {
   using namespace ampd::ampctl;
+  // gRPC's own log lines (a failed TLS handshake prints one) would repeat, less clearly,
+  // what ampctl says about the failure; GRPC_VERBOSITY=ERROR brings them back.
+  ::setenv("GRPC_VERBOSITY", "NONE", /*overwrite=*/0);
   install_interrupt_thread();
 
   CLI::App app{

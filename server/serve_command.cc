@@ -287,19 +287,23 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
                    "stay open): the file holds the token (surrounding whitespace is ignored; "
                    "`openssl rand -hex 32`). Clients send `authorization: Bearer <token>`. "
                    "Alternatively, AMPD_TOKEN=<token> in the environment")
-      ->envname("AMPD_TOKEN_FILE");
+      ->envname("AMPD_TOKEN_FILE")
+      ->group("Security");
   serve
       ->add_option("--tls-cert", o.tls_cert,
                    "Serve TLS with this PEM certificate (chain), the server's first; needs "
                    "--tls-key")
-      ->envname("AMPD_TLS_CERT");
+      ->envname("AMPD_TLS_CERT")
+      ->group("Security");
   serve->add_option("--tls-key", o.tls_key, "The PEM private key of --tls-cert (unencrypted)")
-      ->envname("AMPD_TLS_KEY");
+      ->envname("AMPD_TLS_KEY")
+      ->group("Security");
   serve
       ->add_option("--tls-client-ca", o.tls_client_ca,
                    "Mutual TLS: require client certificates signed by the CA certificates in "
                    "this PEM file (ampctl --client-cert/--client-key)")
-      ->envname("AMPD_TLS_CLIENT_CA");
+      ->envname("AMPD_TLS_CLIENT_CA")
+      ->group("Security");
   serve->callback([&o, exit_code] {
     if (const char* token = std::getenv("AMPD_TOKEN"); token != nullptr && *token != '\0') {
       o.token = token;

@@ -152,8 +152,20 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
                                      : "is `ampd serve` running?";
         f.message = "cannot reach ampd at " + s + ": " + reason + " — " + hint +
                     " set --server or AMPD_SERVER";
-        if (!sec.tls && reason == "the connection was closed") {
-          f.message += "; if the server uses TLS, add --tls or --ca-cert FILE (AMPD_CA_CERT)";
+        if (reason == "the connection was closed") {
+          // What a TLS server does to a plaintext client, and a mutual-TLS server to a
+          // client without an acceptable certificate (TLS 1.3 lets it finish first).
+          if (!sec.tls) {
+            f.message += "; if the server uses TLS, add --tls or --ca-cert FILE (AMPD_CA_CERT)";
+          } else if (!sec.client_cert) {
+            f.message +=
+                "; if the server requires client certificates (mutual TLS), pass "
+                "--client-cert and --client-key";
+          } else {
+            f.message +=
+                "; the server may have refused ampctl's --client-cert (it must be signed by "
+                "the server's --tls-client-ca)";
+          }
         }
       } else {
         f.message = w + ": ampd at " + s + " is unavailable: " + details +
@@ -187,12 +199,16 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
     case grpc::StatusCode::UNAUTHENTICATED:
     case grpc::StatusCode::PERMISSION_DENIED:
       f.exit_code = kExitUnauthenticated;
-      f.message =
-          w + ": " + details +
-          (sec.token_source.empty() ? " — ampctl sent no token: give it with --token-file FILE (or "
-                                      "AMPD_TOKEN_FILE, AMPD_TOKEN)"
-                                    : " — ampctl sent the token from " + sec.token_source +
-                                          ": check that it is the server's");
+      // ampd's own message already says how to send a token; another server's may not.
+      if (sec.token_source.empty()) {
+        f.message = w + ": " + details + " — ampctl sent no token" +
+                    (contains(details, "--token-file")
+                         ? ""
+                         : ": give it with --token-file FILE (or AMPD_TOKEN_FILE, AMPD_TOKEN)");
+      } else {
+        f.message = w + ": " + details + " — ampctl sent the token from " + sec.token_source +
+                    ": check that it is the server's";
+      }
       break;
     case grpc::StatusCode::UNIMPLEMENTED:
       f.exit_code = kExitError;

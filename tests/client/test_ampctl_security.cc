@@ -190,6 +190,15 @@ TEST(TlsHints, PlaintextClientIsToldAboutTls) {
   EXPECT_FALSE(Has(f.message, "TLS")) << f.message;
 }
 
+TEST(TlsHints, MutualTlsServerClosingTheConnection) {
+  Failure f = Describe(std::string(kPrefix) + "Socket closed", Tls());
+  EXPECT_TRUE(Has(f.message, "pass --client-cert and --client-key")) << f.message;
+  SecurityHints with_cert = Tls();
+  with_cert.client_cert = true;
+  f = Describe(std::string(kPrefix) + "Socket closed", with_cert);
+  EXPECT_TRUE(Has(f.message, "may have refused ampctl's --client-cert")) << f.message;
+}
+
 TEST(TokenHints, SayWhatWasSentButNotTheToken) {
   SecurityHints none;
   Failure f = describe_failure(

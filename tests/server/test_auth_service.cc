@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <ostream>
 #include <random>
 #include <sstream>
 #include <string>
@@ -103,6 +104,11 @@ struct Rpc {
   std::function<grpc::Status(Stub&, const Credential&)> call;
   StatusCode with_token;
 };
+
+// gtest prints the parameter in test names and failures: the method's name, not its bytes.
+void PrintTo(const Rpc& rpc, std::ostream* os) {
+  *os << rpc.name;
+}
 
 const char kMissingJob[] = "j-00000000deadbeef";
 
