@@ -41,11 +41,12 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir
                                                     std::string* error) {
   Options options;
   options.extra_args = extra_args;
-  return Start(state_dir, options, error);
+  return StartWith(state_dir, options, error);
 }
 
-std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir,
-                                                    const Options& options, std::string* error) {
+std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state_dir,
+                                                        const Options& options,
+                                                        std::string* error) {
   // options.env first: getenv returns the first entry of a name.
   std::vector<std::string> env_strings = options.env;
   for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);

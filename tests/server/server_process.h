@@ -33,8 +33,8 @@ class ServerProcess {
                                               const std::vector<std::string>& extra_args,
                                               std::string* error);
   // The same with a TLS-aware readiness probe, environment and listening host.
-  static std::unique_ptr<ServerProcess> Start(const std::string& state_dir, const Options& options,
-                                              std::string* error);
+  static std::unique_ptr<ServerProcess> StartWith(const std::string& state_dir,
+                                                  const Options& options, std::string* error);
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }

@@ -304,8 +304,8 @@ class AuthTest : public ::testing::Test {
 
   ServerProcess* Start(const ServerProcess::Options& o) {
     std::string error;
-    auto p = ServerProcess::Start((root_ / ("state" + std::to_string(servers_.size()))).string(), o,
-                                  &error);
+    auto p = ServerProcess::StartWith(
+        (root_ / ("state" + std::to_string(servers_.size()))).string(), o, &error);
     EXPECT_NE(p, nullptr) << error;
     if (p == nullptr) return nullptr;
     servers_.push_back(std::move(p));
@@ -315,7 +315,7 @@ class AuthTest : public ::testing::Test {
   // Starts a server that must refuse to start: its exit code and log.
   std::string StartFailing(const ServerProcess::Options& o, const std::string& want_in_log) {
     std::string error;
-    auto p = ServerProcess::Start((root_ / "failing").string(), o, &error);
+    auto p = ServerProcess::StartWith((root_ / "failing").string(), o, &error);
     EXPECT_EQ(p, nullptr) << "the server started";
     EXPECT_TRUE(Has(error, "ampd serve exited with 2")) << error;
     EXPECT_TRUE(Has(error, want_in_log)) << error;
