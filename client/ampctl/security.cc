@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -27,6 +28,11 @@ std::string env(const char* name) {
 // The file's content, or "" with *error set to "FLAG PATH: cannot read: REASON".
 bool read_file(const std::string& flag, const std::string& path, std::string* out,
                std::string* error) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    *error = flag + " " + path + ": cannot read: it is a directory";
+    return false;
+  }
   errno = 0;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -37,7 +43,7 @@ bool read_file(const std::string& flag, const std::string& path, std::string* ou
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) {
-    *error = flag + " " + path + ": cannot read: it is a directory or unreadable";
+    *error = flag + " " + path + ": cannot read: I/O error";
     return false;
   }
   *out = ss.str();

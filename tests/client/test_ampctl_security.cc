@@ -96,6 +96,11 @@ TEST_F(SecurityTest, BadFilesAreUsageErrorsNamingTheFlagNeverTheToken) {
   EXPECT_EQ(err,
             "ampctl: --token-file " + dir_ + "/nope: cannot read: No such file or directory\n");
 
+  GlobalOptions directory;
+  directory.token_file = dir_;
+  EXPECT_EQ(Resolve(directory, &err), kExitUsage);
+  EXPECT_TRUE(Has(err, "--token-file " + dir_ + ": cannot read: it is a directory")) << err;
+
   GlobalOptions empty;
   empty.token_file = Write("empty", "\n");
   EXPECT_EQ(Resolve(empty, &err), kExitUsage);
