@@ -1,5 +1,7 @@
 // ampctl: the command-line client of `ampd serve` (submit, watch, get, list, cancel,
 // download, datasets, info). See `ampctl --help`.
+#include <stdlib.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -18,12 +20,14 @@ const char kExitCodesHelp[] =
     "  1    the job ended FAILED or CANCELLED (submit --watch, watch)\n"
     "  2    usage error, unreadable job file, or the server rejected an argument (the\n"
     "       message names the field)\n"
-    "  3    server unreachable, unavailable (shutting down) or no answer within --timeout\n"
+    "  3    server unreachable, unavailable (shutting down) or no answer within --timeout;\n"
+    "       also a failed TLS handshake (TLS on one side only, an untrusted certificate)\n"
     "  4    no such job or data set\n"
     "  5    not possible in the current state: the job already ended (cancel), it has no\n"
     "       checkpoint yet (download), the data set name is taken (upload)\n"
     "  6    server resource exhausted: job queue full, upload too large, not enough memory\n"
-    "  7    not authenticated: set --token or AMPD_TOKEN\n"
+    "  7    not authenticated: give the server's token with --token-file (or AMPD_TOKEN_FILE,\n"
+    "       AMPD_TOKEN)\n"
     "  10   any other error\n"
     "  130  interrupted (Ctrl-C); for watch the job keeps running\n";
 
@@ -31,6 +35,9 @@ const char kExitCodesHelp[] =
 
 int main(int argc, char** argv) {
   using namespace ampd::ampctl;
+  // gRPC's own log lines (a failed TLS handshake prints one) would repeat, less clearly,
+  // what ampctl says about the failure; GRPC_VERBOSITY=ERROR brings them back.
+  ::setenv("GRPC_VERBOSITY", "NONE", /*overwrite=*/0);
   install_interrupt_thread();
 
   CLI::App app{
@@ -55,8 +62,7 @@ int main(int argc, char** argv) {
                                                                : "must be a number of seconds > 0";
           },
           "SECONDS", "seconds"));
-  app.add_option("--token", global.token, "Bearer token, when the server requires one")
-      ->envname("AMPD_TOKEN");
+  add_security_options(app, global);
 
   Action action;
   add_job_commands(app, global, &action);
@@ -71,7 +77,12 @@ int main(int argc, char** argv) {
                   "  ampctl list --state running\n"
                   "  ampctl get JOB -o json\n"
                   "  ampctl download JOB -o digits.safetensors\n"
-                  "  ampctl --server gpu-box:50051 datasets upload iris.csv iris.csv\n\n"
+                  "  ampctl --server gpu-box:50051 datasets upload iris.csv iris.csv\n"
+                  "  ampctl --server gpu-box:50051 --ca-cert ca.crt --token-file ~/.ampd-token "
+                  "list\n\n"
+                  "A server started with --tls-cert needs --tls or --ca-cert (AMPD_CA_CERT);\n"
+                  "one started with --token-file needs the same token: --token-file FILE\n"
+                  "(AMPD_TOKEN_FILE) or AMPD_TOKEN. ampctl never prints the token.\n\n"
                   "Run 'ampctl <command> --help' for a command's options and examples.\n\n") +
       kExitCodesHelp);
 
@@ -82,5 +93,6 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   if (!action) return kExitUsage;
+  if (const int code = resolve_security(global); code != kExitOk) return code;
   return action();
 }

@@ -17,8 +17,8 @@ PACKAGES=(
   nlohmann-json3-dev zlib1g-dev
   # SHA-256 of uploads (libcrypto), in ampctl and the server
   libssl-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks (openssl: the CLI makes throwaway certificates for the TLS tests)
+  libgtest-dev libgmock-dev libbenchmark-dev openssl
   # Python side of the tests (reference numerics, Python client, checkpoint reader)
   python3 python3-venv python3-pip python3-numpy python3-grpcio python3-protobuf python3-yaml
   # integration tests: a real Prometheus server and promtool

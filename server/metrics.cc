@@ -104,6 +104,11 @@ ServerMetrics::ServerMetrics()
                        .Name("ampd_grpc_request_duration_seconds")
                        .Help("Duration of ampd.v1.Trainer calls (streams: the whole stream)")
                        .Register(*registry_)),
+      auth_failures_(BuildCounter()
+                         .Name("ampd_auth_failures_total")
+                         .Help("ampd.v1.Trainer calls refused UNAUTHENTICATED, by reason "
+                               "(missing, malformed, wrong_token)")
+                         .Register(*registry_)),
       memory_used_(BuildGauge()
                        .Name("ampd_device_memory_used_bytes")
                        .Help("Backend memory allocated now")
@@ -236,6 +241,10 @@ std::vector<prometheus::MetricFamily> ServerMetrics::CollectAll() const {
 void ServerMetrics::ObserveRpc(const std::string& method, const std::string& code, double seconds) {
   rpc_requests_.Add({{"method", method}, {"code", code}}).Increment();
   rpc_seconds_.Add({{"method", method}}, kRpcBuckets).Observe(seconds);
+}
+
+void ServerMetrics::ObserveAuthFailure(const std::string& reason) {
+  auth_failures_.Add({{"reason", reason}}).Increment();
 }
 
 void ServerMetrics::OnJobSubmitted() {

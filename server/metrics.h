@@ -6,6 +6,7 @@
 //                ampd_jobs_submitted_total, ampd_jobs_finished_total{state},
 //                ampd_grpc_requests_total{method,code},
 //                ampd_grpc_request_duration_seconds{method},
+//                ampd_auth_failures_total{reason} (missing, malformed, wrong_token),
 //                ampd_device_memory_{used,peak,capacity}_bytes
 //   * training aggregates, by precision, surviving their jobs:
 //                ampd_training_steps_total, ampd_training_samples_total,
@@ -73,6 +74,9 @@ class ServerMetrics final : public JobObserver {
   // One finished RPC: its method ("SubmitJob"), gRPC code name ("OK", "NOT_FOUND") and
   // duration (streams: the whole stream).
   void ObserveRpc(const std::string& method, const std::string& code, double seconds);
+  // One call refused for its credentials; `reason` is an AuthResultLabel ("wrong_token").
+  // The call is also counted by ObserveRpc, with code UNAUTHENTICATED.
+  void ObserveAuthFailure(const std::string& reason);
 
   // JobObserver.
   void OnJobSubmitted() override;
@@ -126,6 +130,7 @@ class ServerMetrics final : public JobObserver {
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Counter>& rpc_requests_;
   prometheus::Family<prometheus::Histogram>& rpc_seconds_;
+  prometheus::Family<prometheus::Counter>& auth_failures_;
   prometheus::Gauge& memory_used_;
   prometheus::Gauge& memory_peak_;
   prometheus::Gauge& memory_capacity_;

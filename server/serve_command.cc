@@ -14,15 +14,21 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "kernels/backend_factory.h"
+#include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/tls.h"
 #include "server/trainer_service.h"
 
 #ifndef AMPD_VERSION
@@ -123,6 +129,57 @@ class Watchdog {
   std::thread thread_;
 };
 
+// What --token-file/AMPD_TOKEN and --tls-* turned into, checked before anything starts.
+struct Security {
+  std::unique_ptr<BearerAuth> auth;  // null: no token required
+  std::string token_source;          // "--token-file /etc/ampd/token" or "AMPD_TOKEN"
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::string transport;  // "plaintext", "TLS", "mutual TLS"
+};
+
+// Reads and checks the token and TLS files; logs the warnings; InvalidArgument naming the
+// flag and the file when one is wrong.
+StatusOr<Security> load_security(const ServeOptions& o) {
+  Security sec;
+  std::vector<std::string> warnings;
+  if (!o.token_file.empty() && !o.token.empty()) {
+    return InvalidArgument(
+        "both --token-file (or AMPD_TOKEN_FILE) and AMPD_TOKEN are set; give the token one "
+        "way");
+  }
+  if (!o.token_file.empty() || !o.token.empty()) {
+    const bool from_file = !o.token_file.empty();
+    AMPD_ASSIGN_OR_RETURN(LoadedToken token, from_file ? LoadTokenFile("--token-file", o.token_file)
+                                                       : CheckTokenValue("AMPD_TOKEN", o.token));
+    sec.auth = std::make_unique<BearerAuth>(token.token);
+    sec.token_source = from_file ? "--token-file " + o.token_file : "AMPD_TOKEN";
+    warnings.insert(warnings.end(), token.warnings.begin(), token.warnings.end());
+  }
+  if (!o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_client_ca.empty()) {
+    AMPD_ASSIGN_OR_RETURN(ServerTls tls, LoadServerTls({o.tls_cert, o.tls_key, o.tls_client_ca}));
+    sec.credentials = std::move(tls.credentials);
+    sec.transport = tls.description;
+    warnings.insert(warnings.end(), tls.warnings.begin(), tls.warnings.end());
+  } else {
+    sec.credentials = grpc::InsecureServerCredentials();
+    sec.transport = "plaintext";
+  }
+  if (!IsLoopbackAddress(o.grpc_addr) && sec.transport == "plaintext") {
+    if (sec.auth) {
+      warnings.push_back("--grpc-addr " + o.grpc_addr +
+                         " is reachable from other machines and TLS is off: the bearer token "
+                         "crosses the network in cleartext; set --tls-cert and --tls-key");
+    } else {
+      warnings.push_back("--grpc-addr " + o.grpc_addr +
+                         " is reachable from other machines with neither TLS nor a token: "
+                         "anyone who can connect may submit, cancel and download jobs; see "
+                         "--token-file and --tls-cert");
+    }
+  }
+  for (const std::string& w : warnings) log_line("warning: " + w);
+  return sec;
+}
+
 Clock::duration seconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
@@ -143,8 +200,17 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
       "job checkpoints and stays RUNNING for the next start.\n"
       "Prometheus metrics (ampd_*: jobs, queue, gRPC calls, steps, loss scale, numerics\n"
       "telemetry) are served at http://<--metrics-addr>/metrics.\n"
-      "Exit status: 0 drained, 1 failed or drain overran, 2 bad configuration, 3 backend or\n"
-      "address unavailable.");
+      "\nSecurity (off by default; health and reflection stay open):\n"
+      "  openssl rand -hex 32 > /etc/ampd/token && chmod 600 /etc/ampd/token\n"
+      "  ampd serve --grpc-addr 0.0.0.0:50051 --tls-cert server.crt --tls-key server.key \\\n"
+      "             --token-file /etc/ampd/token\n"
+      "  ampctl --server HOST:50051 --ca-cert ca.crt --token-file /etc/ampd/token info\n"
+      "With a token, every ampd.v1.Trainer call must send `authorization: Bearer <token>`;\n"
+      "others get UNAUTHENTICATED. Without TLS the token travels in cleartext: use both\n"
+      "off loopback. The /metrics endpoint is plain HTTP without authentication: keep\n"
+      "--metrics-addr on 127.0.0.1 or a private network.\n"
+      "Exit status: 0 drained, 1 failed or drain overran, 2 bad configuration (including\n"
+      "token and TLS files), 3 backend or address unavailable.");
   const auto seconds_unit = CLI::AsNumberWithUnit(
       std::map<std::string, double>{{"ms", 0.001}, {"s", 1}, {"m", 60}},
       static_cast<CLI::AsNumberWithUnit::Options>(CLI::AsNumberWithUnit::CASE_INSENSITIVE |
@@ -215,7 +281,35 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
       ->envname("AMPD_WATCH_BUFFER_EVENTS")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  serve->callback([&o, exit_code] { *exit_code = run_serve_command(o); });
+  serve
+      ->add_option("--token-file", o.token_file,
+                   "Require a bearer token on every ampd.v1.Trainer call (health and reflection "
+                   "stay open): the file holds the token (surrounding whitespace is ignored; "
+                   "`openssl rand -hex 32`). Clients send `authorization: Bearer <token>`. "
+                   "Alternatively, AMPD_TOKEN=<token> in the environment")
+      ->envname("AMPD_TOKEN_FILE")
+      ->group("Security");
+  serve
+      ->add_option("--tls-cert", o.tls_cert,
+                   "Serve TLS with this PEM certificate (chain), the server's first; needs "
+                   "--tls-key")
+      ->envname("AMPD_TLS_CERT")
+      ->group("Security");
+  serve->add_option("--tls-key", o.tls_key, "The PEM private key of --tls-cert (unencrypted)")
+      ->envname("AMPD_TLS_KEY")
+      ->group("Security");
+  serve
+      ->add_option("--tls-client-ca", o.tls_client_ca,
+                   "Mutual TLS: require client certificates signed by the CA certificates in "
+                   "this PEM file (ampctl --client-cert/--client-key)")
+      ->envname("AMPD_TLS_CLIENT_CA")
+      ->group("Security");
+  serve->callback([&o, exit_code] {
+    if (const char* token = std::getenv("AMPD_TOKEN"); token != nullptr && *token != '\0') {
+      o.token = token;
+    }
+    *exit_code = run_serve_command(o);
+  });
 }
 
 int run_serve_command(const ServeOptions& o) {
@@ -224,6 +318,14 @@ int run_serve_command(const ServeOptions& o) {
   // A client that disconnects mid-write must not kill the server.
   ::signal(SIGPIPE, SIG_IGN);
   signals.Start();
+
+  // Security first: a wrong token or certificate file stops the start before anything
+  // (the state dir lock, the metrics port, the backend) is touched.
+  auto security = load_security(o);
+  if (!security.ok()) {
+    log_line(security.status().message());
+    return 2;
+  }
 
   const std::string data_dir =
       o.data_dir.empty() ? (fs::path(o.state_dir) / "data").string() : o.data_dir;
@@ -300,12 +402,13 @@ int run_serve_command(const ServeOptions& o) {
   TrainerServiceOptions sopts;
   sopts.version = AMPD_VERSION;
   sopts.metrics = &metrics;
+  sopts.auth = security->auth.get();
   TrainerService service(manager->get(), sopts);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(o.grpc_addr, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(o.grpc_addr, security->credentials, &port);
   builder.RegisterService(&service);
   // Find clients that vanished without closing their connection (a WatchJob stream would
   // otherwise hold its thread until TCP gives up), and accept the keepalive pings of
@@ -328,6 +431,9 @@ int run_serve_command(const ServeOptions& o) {
            o.grpc_addr.substr(0, o.grpc_addr.rfind(':')) + ":" + std::to_string(port) + " (" +
            info.backend + ": " + info.device + "; state " + o.state_dir + ", data " + data_dir +
            ")");
+  log_line("security: " + security->transport +
+           (security->auth ? ", bearer token from " + security->token_source
+                           : ", no token (any client may call)"));
   if (metrics_on) {
     log_line("metrics on http://" + o.metrics_addr.substr(0, o.metrics_addr.rfind(':')) + ":" +
              std::to_string(metrics.port()) + "/metrics");

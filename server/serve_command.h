@@ -25,6 +25,15 @@ struct ServeOptions {
   double shutdown_timeout_s = 20;
   double drain_grace_s = 0;
   int watch_buffer_events = 256;
+  // Security (README "Security"). token_file: every ampd.v1.Trainer call must send
+  // `authorization: Bearer <its content>`; AMPD_TOKEN in the environment is the other
+  // way to give the token. tls_cert + tls_key: serve TLS; tls_client_ca: also require
+  // client certificates signed by it (mutual TLS).
+  std::string token_file;
+  std::string token;  // from AMPD_TOKEN only: a command line is visible to every user (ps)
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 // Adds the subcommand to the CLI; the callback stores the exit code in *exit_code.
@@ -32,7 +41,8 @@ void add_serve_command(CLI::App& app, ServeOptions& options, int* exit_code);
 
 // Serves until SIGTERM or SIGINT, then drains. Exit codes: 0 after a clean drain, 1 when
 // the drain overran --shutdown-timeout (the running job still resumes on the next start)
-// or the server failed, 2 bad configuration (state dir, data dir), 3 backend unavailable
+// or the server failed, 2 bad configuration (state dir, data dir, token or TLS files),
+// 3 backend unavailable
 // or the address cannot be bound.
 int run_serve_command(const ServeOptions& options);
 

@@ -55,11 +55,40 @@ const char* CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
+grpc::Status TrainerService::Authenticate(grpc::ServerContext* context, const char* method) {
+  std::vector<std::string_view> values;
+  const auto& metadata = context->client_metadata();
+  for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
+    values.emplace_back(it->second.data(), it->second.size());
+  }
+  const AuthResult result = options_.auth->Check(values);
+  if (result == AuthResult::kOk) return grpc::Status::OK;
+  if (options_.metrics != nullptr) options_.metrics->ObserveAuthFailure(AuthResultLabel(result));
+  // One line a second at most, so that a client hammering with a wrong token cannot flood
+  // the log. The line names the peer and the reason, never what was sent.
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t last = auth_last_log_ns_.load();
+  if (now - last >= 1'000'000'000 && auth_last_log_ns_.compare_exchange_strong(last, now)) {
+    const int64_t more = auth_failures_unlogged_.exchange(0);
+    log_line(
+        std::string(method) + " from " + context->peer() + ": UNAUTHENTICATED (" +
+        AuthResultLabel(result) + ")" +
+        (more > 0 ? " (and " + std::to_string(more) + " more refused since the last line)" : ""));
+  } else {
+    auth_failures_unlogged_.fetch_add(1);
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, AuthFailureMessage(result));
+}
+
 template <typename Body>
-grpc::Status TrainerService::Handle(const char* method, Body&& body) {
-  if (options_.metrics == nullptr) return HandleUnmeasured(method, std::forward<Body>(body));
+grpc::Status TrainerService::Handle(grpc::ServerContext* context, const char* method, Body&& body) {
+  if (options_.metrics == nullptr) {
+    return HandleUnmeasured(context, method, std::forward<Body>(body));
+  }
   const auto start = std::chrono::steady_clock::now();
-  grpc::Status status = HandleUnmeasured(method, std::forward<Body>(body));
+  grpc::Status status = HandleUnmeasured(context, method, std::forward<Body>(body));
   options_.metrics->ObserveRpc(
       method, CodeName(status.error_code()),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -67,7 +96,12 @@ grpc::Status TrainerService::Handle(const char* method, Body&& body) {
 }
 
 template <typename Body>
-grpc::Status TrainerService::HandleUnmeasured(const char* method, Body&& body) {
+grpc::Status TrainerService::HandleUnmeasured(grpc::ServerContext* context, const char* method,
+                                              Body&& body) {
+  // First: a caller without the token learns nothing, not even that the server drains.
+  if (options_.auth != nullptr) {
+    if (grpc::Status s = Authenticate(context, method); !s.ok()) return s;
+  }
   if (draining_.load()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
   }
@@ -82,10 +116,10 @@ grpc::Status TrainerService::HandleUnmeasured(const char* method, Body&& body) {
   }
 }
 
-grpc::Status TrainerService::SubmitJob(grpc::ServerContext*,
+grpc::Status TrainerService::SubmitJob(grpc::ServerContext* context,
                                        const ampd::v1::SubmitJobRequest* request,
                                        ampd::v1::Job* response) {
-  return Handle("SubmitJob", [&] {
+  return Handle(context, "SubmitJob", [&] {
     auto job = manager_->Submit(request->spec(), request->client_request_id());
     if (!job.ok()) return ToGrpcStatus(job.status());
     *response = std::move(job).value();
@@ -93,9 +127,10 @@ grpc::Status TrainerService::SubmitJob(grpc::ServerContext*,
   });
 }
 
-grpc::Status TrainerService::GetJob(grpc::ServerContext*, const ampd::v1::GetJobRequest* request,
+grpc::Status TrainerService::GetJob(grpc::ServerContext* context,
+                                    const ampd::v1::GetJobRequest* request,
                                     ampd::v1::Job* response) {
-  return Handle("GetJob", [&] {
+  return Handle(context, "GetJob", [&] {
     auto job = manager_->Get(request->job_id());
     if (!job.ok()) return ToGrpcStatus(job.status());
     *response = std::move(job).value();
@@ -103,10 +138,10 @@ grpc::Status TrainerService::GetJob(grpc::ServerContext*, const ampd::v1::GetJob
   });
 }
 
-grpc::Status TrainerService::ListJobs(grpc::ServerContext*,
+grpc::Status TrainerService::ListJobs(grpc::ServerContext* context,
                                       const ampd::v1::ListJobsRequest* request,
                                       ampd::v1::ListJobsResponse* response) {
-  return Handle("ListJobs", [&] {
+  return Handle(context, "ListJobs", [&] {
     std::vector<ampd::v1::JobState> states;
     for (int s : request->states()) states.push_back(static_cast<ampd::v1::JobState>(s));
     auto page = manager_->List(states, request->page_size(), request->page_token());
@@ -117,10 +152,10 @@ grpc::Status TrainerService::ListJobs(grpc::ServerContext*,
   });
 }
 
-grpc::Status TrainerService::CancelJob(grpc::ServerContext*,
+grpc::Status TrainerService::CancelJob(grpc::ServerContext* context,
                                        const ampd::v1::CancelJobRequest* request,
                                        ampd::v1::Job* response) {
-  return Handle("CancelJob", [&] {
+  return Handle(context, "CancelJob", [&] {
     auto job = manager_->Cancel(request->job_id());
     if (!job.ok()) return ToGrpcStatus(job.status());
     *response = std::move(job).value();
@@ -131,7 +166,7 @@ grpc::Status TrainerService::CancelJob(grpc::ServerContext*,
 grpc::Status TrainerService::WatchJob(grpc::ServerContext* context,
                                       const ampd::v1::WatchJobRequest* request,
                                       grpc::ServerWriter<ampd::v1::JobEvent>* writer) {
-  return Handle("WatchJob", [&] {
+  return Handle(context, "WatchJob", [&] {
     // A blocking Write only holds up this stream's thread: the hub drops this watcher's
     // buffered events meanwhile and it catches up from the store.
     return ToGrpcStatus(manager_->Watch(
@@ -142,9 +177,9 @@ grpc::Status TrainerService::WatchJob(grpc::ServerContext* context,
 }
 
 grpc::Status TrainerService::UploadDataset(
-    grpc::ServerContext*, grpc::ServerReader<ampd::v1::UploadDatasetRequest>* reader,
+    grpc::ServerContext* context, grpc::ServerReader<ampd::v1::UploadDatasetRequest>* reader,
     ampd::v1::Dataset* response) {
-  return Handle("UploadDataset", [&] {
+  return Handle(context, "UploadDataset", [&] {
     ampd::v1::UploadDatasetRequest message;
     if (!reader->Read(&message)) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty upload: send a header");
@@ -177,10 +212,10 @@ grpc::Status TrainerService::UploadDataset(
   });
 }
 
-grpc::Status TrainerService::ListDatasets(grpc::ServerContext*,
+grpc::Status TrainerService::ListDatasets(grpc::ServerContext* context,
                                           const ampd::v1::ListDatasetsRequest*,
                                           ampd::v1::ListDatasetsResponse* response) {
-  return Handle("ListDatasets", [&] {
+  return Handle(context, "ListDatasets", [&] {
     auto list = manager_->datasets().List();
     if (!list.ok()) return ToGrpcStatus(list.status());
     for (const auto& d : *list) {
@@ -194,19 +229,19 @@ grpc::Status TrainerService::ListDatasets(grpc::ServerContext*,
 }
 
 grpc::Status TrainerService::DownloadCheckpoint(
-    grpc::ServerContext*, const ampd::v1::DownloadCheckpointRequest* request,
+    grpc::ServerContext* context, const ampd::v1::DownloadCheckpointRequest* request,
     grpc::ServerWriter<ampd::v1::CheckpointChunk>* writer) {
-  return Handle("DownloadCheckpoint", [&] {
+  return Handle(context, "DownloadCheckpoint", [&] {
     return ToGrpcStatus(manager_->ReadCheckpoint(
         request->job_id(), options_.checkpoint_chunk_bytes,
         [&](const ampd::v1::CheckpointChunk& chunk) { return writer->Write(chunk); }));
   });
 }
 
-grpc::Status TrainerService::GetServerInfo(grpc::ServerContext*,
+grpc::Status TrainerService::GetServerInfo(grpc::ServerContext* context,
                                            const ampd::v1::GetServerInfoRequest*,
                                            ampd::v1::ServerInfo* response) {
-  return Handle("GetServerInfo", [&] {
+  return Handle(context, "GetServerInfo", [&] {
     const ManagerInfo info = manager_->Info();
     response->set_version(options_.version);
     response->set_backend(info.backend);

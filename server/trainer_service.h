@@ -11,6 +11,7 @@
 
 #include "ampd/v1/trainer.grpc.pb.h"
 #include "kernels/status.h"
+#include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
 
@@ -24,6 +25,9 @@ struct TrainerServiceOptions {
   std::string version;
   // Every call's method, status code and duration are recorded here when set.
   ServerMetrics* metrics = nullptr;
+  // When set, every call must carry `authorization: Bearer <token>` with this token;
+  // others are answered UNAUTHENTICATED before anything else happens.
+  const BearerAuth* auth = nullptr;
 };
 
 class TrainerService final : public ampd::v1::Trainer::Service {
@@ -58,16 +62,27 @@ class TrainerService final : public ampd::v1::Trainer::Service {
                              ampd::v1::ServerInfo* response) override;
 
  private:
-  // Runs a handler body: UNAVAILABLE while draining, INTERNAL for an escaped exception;
-  // records the call in the metrics (the one place where RPCs are counted and timed).
+  // Runs a handler body: UNAUTHENTICATED without the right token, UNAVAILABLE while
+  // draining, INTERNAL for an escaped exception; records the call in the metrics (the one
+  // place where RPCs are counted and timed).
+  //
+  // The token is checked here rather than in a grpc::AuthMetadataProcessor: gRPC runs a
+  // processor only on secure (TLS) ports, and a token must also work without TLS on
+  // loopback; here it covers exactly ampd.v1.Trainer (health and reflection are other
+  // services and stay open), and a refusal is counted with its method like any call.
   template <typename Body>
-  grpc::Status Handle(const char* method, Body&& body);
+  grpc::Status Handle(grpc::ServerContext* context, const char* method, Body&& body);
   template <typename Body>
-  grpc::Status HandleUnmeasured(const char* method, Body&& body);
+  grpc::Status HandleUnmeasured(grpc::ServerContext* context, const char* method, Body&& body);
+  // OK, or UNAUTHENTICATED (counted, and logged at most once a second).
+  grpc::Status Authenticate(grpc::ServerContext* context, const char* method);
 
   JobManager* manager_;
   const TrainerServiceOptions options_;
   std::atomic<bool> draining_{false};
+  // Refusals since the last one logged, and when that was (steady clock, ns).
+  std::atomic<int64_t> auth_failures_unlogged_{0};
+  std::atomic<int64_t> auth_last_log_ns_{0};
 };
 
 }  // namespace ampd::server

@@ -38,6 +38,57 @@ std::string transport_reason(const std::string& details) {
   return details;
 }
 
+// A failed TLS handshake, as gRPC 1.51 reports it: the reason for people, or "" when
+// `details` is not about TLS.
+std::string tls_reason(const std::string& details, const SecurityHints& sec,
+                       std::string_view host) {
+  const std::string d = lower(details);
+  if (!sec.tls) {
+    // A plaintext client at a TLS server sees its HTTP/2 preface answered by a TLS alert
+    // and the connection closed.
+    return "";
+  }
+  const bool handshake = contains(d, "handshake") || contains(d, "ssl") || contains(d, "tsi_") ||
+                         contains(d, "certificate") || contains(d, "peer name");
+  if (!handshake) return "";
+  if (contains(d, "wrong_version_number") || contains(d, "wrong version number") ||
+      contains(d, "packet_length_too_long") || contains(d, "http_request") ||
+      contains(d, "record_layer_failure") || contains(d, "unexpected eof") ||
+      contains(d, "tsi_data_corrupted")) {
+    return "the TLS handshake failed: the server does not speak TLS — drop --tls/--ca-cert "
+           "(AMPD_TLS, AMPD_CA_CERT), or start it with --tls-cert and --tls-key";
+  }
+  if (contains(d, "peer name") || contains(d, "hostname") ||
+      contains(d, "not in peer certificate")) {
+    return "the server's certificate is not issued for \"" + std::string(host) +
+           "\" — connect by a name it carries, or set --tls-server-name";
+  }
+  if (contains(d, "certificate_verify_failed") || contains(d, "certificate verify failed") ||
+      contains(d, "unable to get local issuer") || contains(d, "self signed") ||
+      contains(d, "self-signed") || contains(d, "unknown ca")) {
+    return "the server's certificate is not signed by a CA ampctl trusts (" + sec.trust +
+           ") — pass the CA that signed it with --ca-cert (AMPD_CA_CERT)";
+  }
+  if (contains(d, "certificate required") || contains(d, "certificate_required") ||
+      contains(d, "alert handshake failure") || contains(d, "bad certificate") ||
+      contains(d, "bad_certificate")) {
+    return sec.client_cert
+               ? "the server refused ampctl's client certificate (--client-cert) — it must be "
+                 "signed by the server's --tls-client-ca"
+               : "the server requires a client certificate (mutual TLS) — pass --client-cert "
+                 "and --client-key";
+  }
+  return "the TLS handshake failed (" + details + ")";
+}
+
+std::string host_of(std::string_view server) {
+  std::string_view h = server;
+  if (h.starts_with("dns:///")) h.remove_prefix(7);
+  if (!h.empty() && h.front() == '[') return std::string(h.substr(1, h.find(']') - 1));
+  const size_t colon = h.rfind(':');
+  return std::string(colon == std::string_view::npos ? h : h.substr(0, colon));
+}
+
 std::string seconds_text(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", s);
@@ -63,8 +114,19 @@ bool is_transport_failure(const grpc::Status& status) {
   return false;
 }
 
+SecurityHints security_hints(const GlobalOptions& o) {
+  SecurityHints h;
+  h.tls = o.tls;
+  if (o.tls)
+    h.trust = o.ca_cert.empty() ? "the system's CA certificates" : "--ca-cert " + o.ca_cert;
+  h.client_cert = !o.client_cert.empty();
+  h.server_name = o.tls_server_name;
+  h.token_source = o.token_source;
+  return h;
+}
+
 Failure describe_failure(const grpc::Status& status, std::string_view what, std::string_view server,
-                         double timeout_s) {
+                         double timeout_s, const SecurityHints& sec) {
   const std::string w(what);
   const std::string s(server);
   const std::string& details = status.error_message();
@@ -76,13 +138,35 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
       break;
     case grpc::StatusCode::UNAVAILABLE:
       f.exit_code = kExitUnreachable;
-      if (is_transport_failure(status)) {
+      if (const std::string tls =
+              is_transport_failure(status)
+                  ? tls_reason(details, sec,
+                               sec.server_name.empty() ? host_of(server) : sec.server_name)
+                  : "";
+          !tls.empty()) {
+        f.message = "cannot reach ampd at " + s + " securely: " + tls;
+      } else if (is_transport_failure(status)) {
         const std::string reason = transport_reason(details);
         const std::string hint = reason == "cannot resolve the host name"
                                      ? "check the host name;"
                                      : "is `ampd serve` running?";
         f.message = "cannot reach ampd at " + s + ": " + reason + " — " + hint +
                     " set --server or AMPD_SERVER";
+        if (reason == "the connection was closed") {
+          // What a TLS server does to a plaintext client, and a mutual-TLS server to a
+          // client without an acceptable certificate (TLS 1.3 lets it finish first).
+          if (!sec.tls) {
+            f.message += "; if the server uses TLS, add --tls or --ca-cert FILE (AMPD_CA_CERT)";
+          } else if (!sec.client_cert) {
+            f.message +=
+                "; if the server requires client certificates (mutual TLS), pass "
+                "--client-cert and --client-key";
+          } else {
+            f.message +=
+                "; the server may have refused ampctl's --client-cert (it must be signed by "
+                "the server's --tls-client-ca)";
+          }
+        }
       } else {
         f.message = w + ": ampd at " + s + " is unavailable: " + details +
                     " (it may be shutting down; try again shortly)";
@@ -115,7 +199,16 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
     case grpc::StatusCode::UNAUTHENTICATED:
     case grpc::StatusCode::PERMISSION_DENIED:
       f.exit_code = kExitUnauthenticated;
-      f.message = w + ": " + details + " — set --token or AMPD_TOKEN to the server's token";
+      // ampd's own message already says how to send a token; another server's may not.
+      if (sec.token_source.empty()) {
+        f.message = w + ": " + details + " — ampctl sent no token" +
+                    (contains(details, "--token-file")
+                         ? ""
+                         : ": give it with --token-file FILE (or AMPD_TOKEN_FILE, AMPD_TOKEN)");
+      } else {
+        f.message = w + ": " + details + " — ampctl sent the token from " + sec.token_source +
+                    ": check that it is the server's";
+      }
       break;
     case grpc::StatusCode::UNIMPLEMENTED:
       f.exit_code = kExitError;
@@ -134,12 +227,24 @@ Failure describe_failure(const grpc::Status& status, std::string_view what, std:
   return f;
 }
 
-Connection::Connection(const GlobalOptions& options) : options_(options) {
+Connection::Connection(const GlobalOptions& options)
+    : options_(options), hints_(security_hints(options)) {
   grpc::ChannelArguments args;
   // Checkpoints and data sets move in chunks well under this, but a job with a long spec
   // or many listed jobs may exceed gRPC's 4 MiB default.
   args.SetMaxReceiveMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(options_.server, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options_.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options_.ca_pem;  // "" = gRPC's default roots
+    ssl.pem_cert_chain = options_.client_cert_pem;
+    ssl.pem_private_key = options_.client_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options_.tls_server_name.empty()) args.SetSslTargetNameOverride(options_.tls_server_name);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  channel_ = grpc::CreateCustomChannel(options_.server, credentials, args);
   stub_ = ampd::v1::Trainer::NewStub(channel_);
 }
 
@@ -160,7 +265,7 @@ std::unique_ptr<grpc::ClientContext> Connection::unary_context() const {
 }
 
 int Connection::report(const grpc::Status& status, std::string_view what) const {
-  Failure f = describe_failure(status, what, options_.server, options_.timeout_s);
+  Failure f = describe_failure(status, what, options_.server, options_.timeout_s, hints_);
   return fail(f.exit_code, f.message);
 }
 

@@ -19,11 +19,23 @@ struct Failure {
   int exit_code = kExitError;
 };
 
+// How ampctl connected, for the hints of a failure. Never holds the token itself.
+struct SecurityHints {
+  bool tls = false;
+  std::string trust;         // with TLS: "--ca-cert ca.crt" or "the system's CA certificates"
+  bool client_cert = false;  // a client certificate was offered (mutual TLS)
+  std::string server_name;   // --tls-server-name ("" = the host of --server)
+  std::string token_source;  // "--token-file /x", "AMPD_TOKEN", ...; "" = no token sent
+};
+SecurityHints security_hints(const GlobalOptions& options);
+
 // Maps a status to a message and an exit status. `what` says what was attempted ("get job
-// 7f3a"); `server` and `timeout_s` go into the hints. UNAVAILABLE from the transport
-// reads "cannot reach ampd at ADDR: connection refused — is `ampd serve` running? ...".
+// 7f3a"); `server`, `timeout_s` and `security` go into the hints. UNAVAILABLE from the
+// transport reads "cannot reach ampd at ADDR: connection refused — is `ampd serve`
+// running? ..."; a failed TLS handshake says which side to fix (TLS on one side only, an
+// untrusted certificate, a certificate for another name, a missing client certificate).
 Failure describe_failure(const grpc::Status& status, std::string_view what, std::string_view server,
-                         double timeout_s);
+                         double timeout_s, const SecurityHints& security = {});
 
 // The reason alone, in a few words: "connection refused", or the server's message.
 std::string short_reason(const grpc::Status& status);
@@ -51,6 +63,7 @@ class Connection {
 
  private:
   GlobalOptions options_;
+  SecurityHints hints_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<ampd::v1::Trainer::Stub> stub_;
 };

@@ -3,6 +3,8 @@
 
     python3 client/python/ampd_client.py examples/digits-fp16.yaml
     python3 client/python/ampd_client.py --server gpu-box:50051 job.yaml
+    python3 client/python/ampd_client.py --server gpu-box:50051 --ca-cert ca.crt \
+        --token-file ~/.ampd-token job.yaml        # a server with TLS and a token
 
 The gRPC stubs are generated from proto/ampd/v1/*.proto with protoc and Debian's
 grpc_python_plugin (python3-grpcio has no grpc_tools): into a temporary directory on every
@@ -11,7 +13,9 @@ into a dict and parsed into ampd.v1.JobSpec by protobuf's json_format.ParseDict:
 protobuf JSON mapping the server and ampctl use.
 
 Exit status: 0 the job succeeded, 1 it failed or was cancelled, 2 bad job file or rejected
-spec, 3 server unreachable, 4 job not found, 130 Ctrl-C (the job keeps running).
+spec (or an unreadable token or CA file), 3 server unreachable (or the TLS handshake failed),
+4 job not found, 7 not authenticated (wrong or missing token), 130 Ctrl-C (the job keeps
+running).
 """
 
 import argparse
@@ -138,6 +142,43 @@ def describe_event(event, job_pb2):
     return None
 
 
+def read_token(args):
+    """The bearer token, as ampctl finds it: --token, --token-file, AMPD_TOKEN,
+    AMPD_TOKEN_FILE. Returns (token or "", where it came from, error message or None)."""
+    if args.token:
+        return args.token.strip(), "--token", None
+    path, source = args.token_file, "--token-file"
+    if not path:
+        if os.environ.get("AMPD_TOKEN"):
+            return os.environ["AMPD_TOKEN"].strip(), "AMPD_TOKEN", None
+        path, source = os.environ.get("AMPD_TOKEN_FILE", ""), "AMPD_TOKEN_FILE"
+    if not path:
+        return "", "", None
+    try:
+        with open(path, encoding="ascii") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return "", source, f"{source} {path}: cannot read: {getattr(e, 'strerror', None) or e}"
+    if not token:
+        return "", source, f"{source} {path}: the token is empty"
+    return token, f"{source} {path}", None
+
+
+def make_channel(args, grpc):
+    """A TLS channel (grpc.ssl_channel_credentials) when --tls or --ca-cert, else plaintext."""
+    if not (args.tls or args.ca_cert or args.tls_server_name):
+        return grpc.insecure_channel(args.server)
+    roots = None
+    if args.ca_cert:
+        with open(args.ca_cert, "rb") as f:
+            roots = f.read()
+    options = []
+    if args.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+    return grpc.secure_channel(args.server, grpc.ssl_channel_credentials(root_certificates=roots),
+                               options=options)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description="Submit a job file to ampd and watch it until it ends.",
@@ -145,8 +186,21 @@ def main():
     parser.add_argument("job_file", help="job spec, YAML or JSON (ampd.v1.JobSpec)")
     parser.add_argument("--server", default=os.environ.get("AMPD_SERVER", "127.0.0.1:50051"),
                         help="ampd's gRPC address (env AMPD_SERVER; default %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("AMPD_TOKEN", ""),
-                        help="bearer token, if the server requires one (env AMPD_TOKEN)")
+    parser.add_argument("--token", default="",
+                        help="bearer token, if the server requires one (env AMPD_TOKEN; "
+                             "visible in `ps`: prefer --token-file)")
+    parser.add_argument("--token-file", default="",
+                        help="read the bearer token from this file (env AMPD_TOKEN_FILE)")
+    parser.add_argument("--tls", action="store_true",
+                        default=os.environ.get("AMPD_TLS", "") not in ("", "0", "false"),
+                        help="connect with TLS, trusting the system's CAs unless --ca-cert "
+                             "(env AMPD_TLS)")
+    parser.add_argument("--ca-cert", default=os.environ.get("AMPD_CA_CERT", ""),
+                        help="trust server certificates signed by this PEM CA (implies --tls; "
+                             "env AMPD_CA_CERT)")
+    parser.add_argument("--tls-server-name", default=os.environ.get("AMPD_TLS_SERVER_NAME", ""),
+                        help="the name the server certificate must carry, if not the host "
+                             "(implies --tls; env AMPD_TLS_SERVER_NAME)")
     parser.add_argument("--request-id", default="",
                         help="idempotency key: a retry with the same ID returns the same job")
     parser.add_argument("--proto-dir", default=DEFAULT_PROTO_DIR,
@@ -167,8 +221,18 @@ def main():
         print(f"ampd_client: {args.job_file}: {e}", file=sys.stderr)
         return 2
 
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
-    channel = grpc.insecure_channel(args.server)
+    token, token_source, error = read_token(args)
+    if error:
+        print(f"ampd_client: {error}", file=sys.stderr)
+        return 2
+    # Per-call metadata rather than call credentials: it works on plaintext channels too
+    # (a token without TLS on loopback).
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    try:
+        channel = make_channel(args, grpc)
+    except OSError as e:
+        print(f"ampd_client: --ca-cert {args.ca_cert}: cannot read: {e.strerror}", file=sys.stderr)
+        return 2
     stub = trainer_pb2_grpc.TrainerStub(channel)
 
     def fail(err, what):
@@ -176,8 +240,14 @@ def main():
         print(f"ampd_client: {what}: {code.name}: {err.details()}", file=sys.stderr)
         if code == grpc.StatusCode.UNAVAILABLE:
             print(f"  cannot reach ampd at {args.server} - is `ampd serve` running? "
-                  "set --server or AMPD_SERVER", file=sys.stderr)
+                  "set --server or AMPD_SERVER; a server with TLS needs --ca-cert (or --tls), "
+                  "one without refuses it", file=sys.stderr)
             return 3
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            sent = f"the token from {token_source}" if token else "no token"
+            print(f"  the client sent {sent}: give the server's token with --token-file "
+                  "(or AMPD_TOKEN_FILE, AMPD_TOKEN)", file=sys.stderr)
+            return 7
         return {grpc.StatusCode.INVALID_ARGUMENT: 2, grpc.StatusCode.NOT_FOUND: 4}.get(code, 10)
 
     try:

@@ -5,12 +5,16 @@
 #   start_server AMPD_BINARY WORK_DIR [extra serve args...]   # sets SERVER_PID, SERVER_ADDR
 #   stop_server [SIGNAL]                                      # default TERM; waits for exit
 #
+# SERVER_READY_ARGS (an array) is passed to `ampctl info` when probing readiness, e.g.
+# (--ca-cert ca.crt --token-file token) for a server with TLS and a token.
+#
 # A port is picked free by binding port 0 in Python; if another process takes it before
 # the server binds, the server exits (3) and start_server retries with a new port.
 
 SERVER_PID=""
 SERVER_ADDR=""
 SERVER_LOG=""
+SERVER_READY_ARGS=()
 
 free_port() {
   /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
@@ -20,7 +24,7 @@ print(s.getsockname()[1])'
 # ready ADDR: a gRPC round trip answers (ampctl info, or the Python stub when no ampctl).
 _server_ready() {
   if [[ -n "${AMPCTL:-}" ]]; then
-    "$AMPCTL" --server "$1" --timeout 1 info > /dev/null 2>&1
+    "$AMPCTL" --server "$1" --timeout 1 "${SERVER_READY_ARGS[@]}" info > /dev/null 2>&1
   else
     /usr/bin/python3 - "$1" <<'PYEOF' > /dev/null 2>&1
 import sys, grpc

@@ -39,18 +39,35 @@ int PickFreePort() {
 std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir,
                                                     const std::vector<std::string>& extra_args,
                                                     std::string* error) {
+  Options options;
+  options.extra_args = extra_args;
+  return StartWith(state_dir, options, error);
+}
+
+std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state_dir,
+                                                        const Options& options,
+                                                        std::string* error) {
+  // options.env first: getenv returns the first entry of a name.
+  std::vector<std::string> env_strings = options.env;
+  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
   // The port can be taken between PickFreePort and the server's bind: retry on a new one.
   for (int attempt = 0; attempt < 5; ++attempt) {
     std::unique_ptr<ServerProcess> p(new ServerProcess());
     const int port = PickFreePort();
     p->address_ = "127.0.0.1:" + std::to_string(port);
+    p->credentials_ = options.credentials;
+    p->ssl_target_name_ = options.ssl_target_name;
+    const std::string listen = options.host + ":" + std::to_string(port);
     p->log_path_ = state_dir + ".server-" + std::to_string(attempt) + "-" +
                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
                    ".log";
-    std::vector<std::string> args = {AMPD_BINARY,   "serve",   "--grpc-addr",    p->address_,
+    std::vector<std::string> args = {AMPD_BINARY,   "serve",   "--grpc-addr",    listen,
                                      "--state-dir", state_dir, "--backend",      "cpu",
                                      "--threads",   "1",       "--metrics-addr", "127.0.0.1:0"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -61,7 +78,7 @@ std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
     posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    const int rc = posix_spawn(&p->pid_, AMPD_BINARY, &actions, nullptr, argv.data(), environ);
+    const int rc = posix_spawn(&p->pid_, AMPD_BINARY, &actions, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
       *error = std::string("posix_spawn ") + AMPD_BINARY + ": " + std::strerror(rc);
@@ -105,6 +122,12 @@ ServerProcess::~ServerProcess() {
 }
 
 std::shared_ptr<grpc::Channel> ServerProcess::NewChannel() const {
+  return NewChannel(credentials_, ssl_target_name_);
+}
+
+std::shared_ptr<grpc::Channel> ServerProcess::NewChannel(
+    std::shared_ptr<grpc::ChannelCredentials> credentials,
+    const std::string& ssl_target_name) const {
   // A channel argument per call site keeps channels from being shared through gRPC's
   // subchannel pool, so each "client" really has its own connection.
   grpc::ChannelArguments args;
@@ -113,7 +136,9 @@ std::shared_ptr<grpc::Channel> ServerProcess::NewChannel() const {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  if (!ssl_target_name.empty()) args.SetSslTargetNameOverride(ssl_target_name);
+  return grpc::CreateCustomChannel(
+      address_, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
 
 void ServerProcess::Signal(int sig) const {

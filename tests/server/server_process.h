@@ -16,17 +16,33 @@ namespace ampd::testing {
 
 class ServerProcess {
  public:
+  struct Options {
+    std::vector<std::string> extra_args;  // after the defaults below
+    std::vector<std::string> env;         // "NAME=value", added to the child's environment
+    std::string host = "127.0.0.1";       // of --grpc-addr; probes connect to 127.0.0.1
+    // How NewChannel() (and the readiness probe) connect: nullptr = plaintext. With TLS,
+    // ssl_target_name overrides the name the server certificate must carry.
+    std::shared_ptr<grpc::ChannelCredentials> credentials;
+    std::string ssl_target_name;
+  };
+
   // Starts `ampd serve --grpc-addr 127.0.0.1:<free port> --state-dir <state_dir>
   // --backend cpu --threads 1 --metrics-addr 127.0.0.1:0 <extra...>` and waits (up to 30 s) for
   // SERVING. Returns nullptr, with the reason in *error, when it does not come up.
   static std::unique_ptr<ServerProcess> Start(const std::string& state_dir,
                                               const std::vector<std::string>& extra_args,
                                               std::string* error);
+  // The same with a TLS-aware readiness probe, environment and listening host.
+  static std::unique_ptr<ServerProcess> StartWith(const std::string& state_dir,
+                                                  const Options& options, std::string* error);
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }
   pid_t pid() const { return pid_; }
   std::shared_ptr<grpc::Channel> NewChannel() const;
+  // A channel with other credentials (nullptr: plaintext) than the ones it was started with.
+  std::shared_ptr<grpc::Channel> NewChannel(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                            const std::string& ssl_target_name = "") const;
 
   void Signal(int sig) const;
   // Waits for the process to exit; its exit code (128 + signal when killed), or -1 when
@@ -42,8 +58,10 @@ class ServerProcess {
   ServerProcess() = default;
   pid_t pid_ = -1;
   int exit_code_ = -1;
-  std::string address_;
+  std::string address_;  // what clients dial: 127.0.0.1:<port>
   std::string log_path_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  std::string ssl_target_name_;
 };
 
 // A port that nothing listens on right now (bind to port 0, read it, close).

@@ -1,0 +1,609 @@
+// Authentication and TLS of a real `ampd serve` (CPU backend, one thread, loopback):
+// every ampd.v1.Trainer call is refused UNAUTHENTICATED without the right bearer token and
+// works with it, health stays open, TLS clients trust the right CA only, plaintext and TLS
+// do not mix, mutual TLS, startup errors for bad files, the cleartext warning, the
+// ampd_auth_failures_total counter, and no token in the server's log. Certificates are made
+// at test time by make_test_certs.sh (the openssl CLI).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <ostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ampd/v1/trainer.grpc.pb.h"
+#include "engine/job_spec.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "server_process.h"
+
+namespace ampd::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ampd::v1::JobSpec;
+using Stub = ampd::v1::Trainer::Stub;
+using grpc::StatusCode;
+
+bool Has(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string RandomHex(size_t n) {
+  std::random_device rd;
+  std::string out;
+  const char* digits = "0123456789abcdef";
+  for (size_t i = 0; i < n; ++i) out.push_back(digits[rd() % 16]);
+  return out;
+}
+
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  char buf[3];
+  for (unsigned int i = 0; i < len; ++i) {
+    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
+    hex += buf;
+  }
+  return hex;
+}
+
+JobSpec TinySpec(int64_t max_steps, const std::string& name) {
+  auto spec = engine::parse_job_spec(
+      "name: " + name +
+          "\nprecision: fp32\n"
+          "model: {layers: [{linear: {out_features: 16}}, {relu: {}}, "
+          "{linear: {out_features: 3}}]}\n"
+          "data: {synthetic: {kind: blobs, samples: 256, features: 8, classes: 3}, "
+          "batch_size: 32}\n"
+          "optimizer: {sgd: {lr: 0.1}}\n"
+          "training: {max_steps: " +
+          std::to_string(max_steps) + ", seed: 3, checkpoint_every: 5}\n",
+      "yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
+  return spec.ok() ? spec.value() : JobSpec();
+}
+
+// How a call authenticates: no metadata, or `authorization: <value>`.
+struct Credential {
+  std::string authorization;  // "" = none
+};
+
+void Prepare(grpc::ClientContext* ctx, const Credential& cred) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  if (!cred.authorization.empty()) ctx->AddMetadata("authorization", cred.authorization);
+}
+
+// ---- one call of each ampd.v1.Trainer method ------------------------------------------------
+
+struct Rpc {
+  const char* name;
+  // The call, with a request that the server answers `with_token` when authenticated.
+  std::function<grpc::Status(Stub&, const Credential&)> call;
+  StatusCode with_token;
+};
+
+// gtest prints the parameter in test names and failures: the method's name, not its bytes.
+void PrintTo(const Rpc& rpc, std::ostream* os) {
+  *os << rpc.name;
+}
+
+const char kMissingJob[] = "j-00000000deadbeef";
+
+std::vector<Rpc> AllRpcs() {
+  return {
+      {"SubmitJob",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::SubmitJobRequest req;
+         *req.mutable_spec() = TinySpec(10, "auth-submit");
+         ampd::v1::Job job;
+         return stub.SubmitJob(&ctx, req, &job);
+       },
+       StatusCode::OK},
+      {"GetJob",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::GetJobRequest req;
+         req.set_job_id(kMissingJob);
+         ampd::v1::Job job;
+         return stub.GetJob(&ctx, req, &job);
+       },
+       StatusCode::NOT_FOUND},
+      {"ListJobs",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::ListJobsResponse resp;
+         return stub.ListJobs(&ctx, ampd::v1::ListJobsRequest(), &resp);
+       },
+       StatusCode::OK},
+      {"CancelJob",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::CancelJobRequest req;
+         req.set_job_id(kMissingJob);
+         ampd::v1::Job job;
+         return stub.CancelJob(&ctx, req, &job);
+       },
+       StatusCode::NOT_FOUND},
+      {"WatchJob",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::WatchJobRequest req;
+         req.set_job_id(kMissingJob);
+         auto reader = stub.WatchJob(&ctx, req);
+         ampd::v1::JobEvent e;
+         while (reader->Read(&e)) {
+         }
+         return reader->Finish();
+       },
+       StatusCode::NOT_FOUND},
+      {"UploadDataset",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::Dataset ds;
+         auto writer = stub.UploadDataset(&ctx, &ds);
+         const std::string content = "x,y\n1,0\n";
+         ampd::v1::UploadDatasetRequest req;
+         req.mutable_header()->set_name("auth.csv");
+         req.mutable_header()->set_size_bytes(static_cast<int64_t>(content.size()));
+         req.mutable_header()->set_sha256(Sha256Hex(content));
+         if (writer->Write(req)) {
+           ampd::v1::UploadDatasetRequest part;
+           part.set_chunk(content);
+           writer->Write(part);
+           writer->WritesDone();
+         }
+         return writer->Finish();
+       },
+       StatusCode::OK},
+      {"ListDatasets",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::ListDatasetsResponse resp;
+         return stub.ListDatasets(&ctx, ampd::v1::ListDatasetsRequest(), &resp);
+       },
+       StatusCode::OK},
+      {"DownloadCheckpoint",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::DownloadCheckpointRequest req;
+         req.set_job_id(kMissingJob);
+         auto reader = stub.DownloadCheckpoint(&ctx, req);
+         ampd::v1::CheckpointChunk chunk;
+         while (reader->Read(&chunk)) {
+         }
+         return reader->Finish();
+       },
+       StatusCode::NOT_FOUND},
+      {"GetServerInfo",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         Prepare(&ctx, c);
+         ampd::v1::ServerInfo info;
+         return stub.GetServerInfo(&ctx, ampd::v1::GetServerInfoRequest(), &info);
+       },
+       StatusCode::OK},
+  };
+}
+
+// ---- Prometheus scrape over plain HTTP ---------------------------------------------------
+
+// The metrics port from the server's "metrics on http://127.0.0.1:PORT/metrics" line.
+int MetricsPort(const std::string& log) {
+  const std::string marker = "metrics on http://127.0.0.1:";
+  const size_t at = log.find(marker);
+  return at == std::string::npos ? 0 : std::atoi(log.c_str() + at + marker.size());
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+// ---- fixture -----------------------------------------------------------------------------
+
+class AuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ampd-auth-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    certs_ = (root_ / "certs").string();
+    const std::string cmd = std::string(MAKE_TEST_CERTS) + " " + certs_ + " > " +
+                            (root_ / "certs.log").string() + " 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0)
+        << "make_test_certs.sh failed: " << ReadFile((root_ / "certs.log").string());
+    token_ = "right-token-" + RandomHex(32);
+    wrong_token_ = "wrong-token-" + RandomHex(32);
+    token_file_ = (root_ / "token").string();
+    std::ofstream(token_file_) << token_ << "\n";
+    ::chmod(token_file_.c_str(), 0600);
+  }
+
+  void TearDown() override {
+    for (auto& s : servers_) {
+      const std::string log = s->Log();
+      // Whatever happened, neither the server's token nor a client's wrong one is logged.
+      EXPECT_FALSE(Has(log, token_)) << "the token is in the server log";
+      EXPECT_FALSE(Has(log, wrong_token_)) << "the wrong token is in the server log";
+      if (HasFailure()) std::cerr << "---- server log (" << s->address() << ")\n" << log;
+    }
+    servers_.clear();
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+
+  std::string Cert(const std::string& name) const { return certs_ + "/" + name; }
+
+  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(const std::string& ca,
+                                                           const std::string& client = "") {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = ReadFile(Cert(ca));
+    if (!client.empty()) {
+      o.pem_cert_chain = ReadFile(Cert(client + ".crt"));
+      o.pem_private_key = ReadFile(Cert(client + ".key"));
+    }
+    return grpc::SslCredentials(o);
+  }
+
+  // A server with TLS (server.crt) and the token file; NewChannel() trusts ca.crt.
+  ServerProcess* StartSecureServer(std::vector<std::string> extra = {}) {
+    ServerProcess::Options o;
+    o.extra_args = {"--tls-cert",       Cert("server.crt"), "--tls-key",
+                    Cert("server.key"), "--token-file",     token_file_};
+    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
+    o.credentials = TlsCredentials("ca.crt");
+    return Start(o);
+  }
+
+  ServerProcess* Start(const ServerProcess::Options& o) {
+    std::string error;
+    auto p = ServerProcess::StartWith(
+        (root_ / ("state" + std::to_string(servers_.size()))).string(), o, &error);
+    EXPECT_NE(p, nullptr) << error;
+    if (p == nullptr) return nullptr;
+    servers_.push_back(std::move(p));
+    return servers_.back().get();
+  }
+
+  // Starts a server that must refuse to start: its exit code and log.
+  std::string StartFailing(const ServerProcess::Options& o, const std::string& want_in_log) {
+    std::string error;
+    auto p = ServerProcess::StartWith((root_ / "failing").string(), o, &error);
+    EXPECT_EQ(p, nullptr) << "the server started";
+    EXPECT_TRUE(Has(error, "ampd serve exited with 2")) << error;
+    EXPECT_TRUE(Has(error, want_in_log)) << error;
+    return error;
+  }
+
+  Credential Right() const { return {"Bearer " + token_}; }
+  Credential Wrong() const { return {"Bearer " + wrong_token_}; }
+
+  fs::path root_;
+  std::string certs_, token_, wrong_token_, token_file_;
+  std::vector<std::unique_ptr<ServerProcess>> servers_;
+};
+
+// ---- every Trainer method ------------------------------------------------------------------
+
+class TrainerRpcAuth : public AuthTest, public ::testing::WithParamInterface<Rpc> {};
+
+TEST_P(TrainerRpcAuth, RefusedWithoutTheRightTokenAnsweredWithIt) {
+  const Rpc& rpc = GetParam();
+  ServerProcess* server = StartSecureServer();
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+
+  struct Case {
+    const char* what;
+    Credential cred;
+    const char* message;
+  };
+  for (const Case& c : {Case{"no token", {}, "this server requires a bearer token"},
+                        Case{"wrong token", Wrong(), "the bearer token is not valid"},
+                        Case{"no Bearer scheme", {token_}, "is not a single `Bearer <token>`"},
+                        Case{"Basic", {"Basic " + token_}, "is not a single `Bearer <token>`"}}) {
+    const grpc::Status s = rpc.call(*stub, c.cred);
+    EXPECT_EQ(s.error_code(), StatusCode::UNAUTHENTICATED)
+        << rpc.name << " with " << c.what << ": " << s.error_message();
+    EXPECT_TRUE(Has(s.error_message(), c.message)) << s.error_message();
+    EXPECT_TRUE(Has(s.error_message(), "authorization: Bearer <token>")) << s.error_message();
+    EXPECT_TRUE(Has(s.error_message(), "--token-file")) << s.error_message();
+    EXPECT_FALSE(Has(s.error_message(), token_)) << s.error_message();
+    EXPECT_FALSE(Has(s.error_message(), wrong_token_)) << s.error_message();
+  }
+  const grpc::Status s = rpc.call(*stub, Right());
+  EXPECT_EQ(s.error_code(), rpc.with_token) << rpc.name << ": " << s.error_message();
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryMethod, TrainerRpcAuth, ::testing::ValuesIn(AllRpcs()),
+                         [](const ::testing::TestParamInfo<Rpc>& info) {
+                           return std::string(info.param.name);
+                         });
+
+// ---- the right token, end to end -----------------------------------------------------------
+
+TEST_F(AuthTest, RightTokenOverTlsRunsAJobEndToEndAndRefusalsAreCounted) {
+  ServerProcess* server = StartSecureServer();
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+
+  // Two refusals first: they are counted, by reason and as calls with their code.
+  for (const Rpc& rpc : AllRpcs()) {
+    if (std::string(rpc.name) == "GetServerInfo") {
+      EXPECT_EQ(rpc.call(*stub, {}).error_code(), StatusCode::UNAUTHENTICATED);
+      EXPECT_EQ(rpc.call(*stub, Wrong()).error_code(), StatusCode::UNAUTHENTICATED);
+    }
+  }
+
+  grpc::ClientContext submit_ctx;
+  Prepare(&submit_ctx, Right());
+  ampd::v1::SubmitJobRequest submit;
+  *submit.mutable_spec() = TinySpec(20, "auth-e2e");
+  ampd::v1::Job job;
+  grpc::Status s = stub->SubmitJob(&submit_ctx, submit, &job);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+
+  grpc::ClientContext watch_ctx;
+  Prepare(&watch_ctx, Right());
+  ampd::v1::WatchJobRequest watch;
+  watch.set_job_id(job.id());
+  auto reader = stub->WatchJob(&watch_ctx, watch);
+  ampd::v1::JobEvent event;
+  int events = 0;
+  while (reader->Read(&event)) ++events;
+  s = reader->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(events, 0);
+
+  grpc::ClientContext get_ctx;
+  Prepare(&get_ctx, Right());
+  ampd::v1::GetJobRequest get;
+  get.set_job_id(job.id());
+  s = stub->GetJob(&get_ctx, get, &job);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(job.state(), ampd::v1::SUCCEEDED);
+
+  grpc::ClientContext dl_ctx;
+  Prepare(&dl_ctx, Right());
+  ampd::v1::DownloadCheckpointRequest dl;
+  dl.set_job_id(job.id());
+  auto chunks = stub->DownloadCheckpoint(&dl_ctx, dl);
+  ampd::v1::CheckpointChunk chunk;
+  size_t bytes = 0;
+  while (chunks->Read(&chunk)) bytes += chunk.data().size();
+  s = chunks->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(bytes, 0u);
+
+  grpc::ClientContext info_ctx;
+  Prepare(&info_ctx, Right());
+  ampd::v1::ServerInfo info;
+  ASSERT_TRUE(stub->GetServerInfo(&info_ctx, {}, &info).ok());
+  EXPECT_EQ(info.backend(), "cpu");
+
+  const int port = MetricsPort(server->Log());
+  ASSERT_GT(port, 0) << server->Log();
+  const std::string metrics = HttpGet(port, "/metrics");
+  EXPECT_TRUE(Has(metrics, R"(ampd_auth_failures_total{reason="missing"} 1)")) << metrics;
+  EXPECT_TRUE(Has(metrics, R"(ampd_auth_failures_total{reason="wrong_token"} 1)")) << metrics;
+  EXPECT_TRUE(
+      Has(metrics, R"(ampd_grpc_requests_total{code="UNAUTHENTICATED",method="GetServerInfo"} 2)"))
+      << metrics;
+  EXPECT_TRUE(Has(metrics, R"(ampd_grpc_requests_total{code="OK",method="GetServerInfo"} 1)"))
+      << metrics;
+  EXPECT_FALSE(Has(metrics, token_));
+  // The refusal is logged with its reason, without what was sent.
+  EXPECT_TRUE(Has(server->Log(), "GetServerInfo from ipv4:127.0.0.1:")) << server->Log();
+  EXPECT_TRUE(Has(server->Log(), "UNAUTHENTICATED (missing)")) << server->Log();
+  EXPECT_TRUE(Has(server->Log(), "security: TLS, bearer token from --token-file " + token_file_))
+      << server->Log();
+}
+
+// ---- open services -------------------------------------------------------------------------
+
+TEST_F(AuthTest, HealthAndReflectionNeedNoToken) {
+  ServerProcess* server = StartSecureServer();
+  ASSERT_NE(server, nullptr);
+  auto health = grpc::health::v1::Health::NewStub(server->NewChannel());
+  for (const char* service : {"", "ampd.v1.Trainer"}) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, {});
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    const grpc::Status s = health->Check(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << "'" << service << "': " << s.error_message();
+    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  // Reflection is open on purpose: it describes the API, which is public, and holds no job.
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(server->NewChannel());
+  grpc::ClientContext ctx;
+  Prepare(&ctx, {});
+  auto stream = reflection->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("");
+  ASSERT_TRUE(stream->Write(req));
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  bool listed = false;
+  for (const auto& svc : resp.list_services_response().service()) {
+    listed = listed || svc.name() == "ampd.v1.Trainer";
+  }
+  EXPECT_TRUE(listed);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// ---- TLS -------------------------------------------------------------------------------------
+
+TEST_F(AuthTest, PlaintextClientAtTlsServerIsUnavailable) {
+  ServerProcess* server = StartSecureServer();
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(nullptr));
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Right());
+  ampd::v1::ServerInfo info;
+  const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
+}
+
+TEST_F(AuthTest, TlsClientTrustingAnotherCaIsRefused) {
+  ServerProcess* server = StartSecureServer();
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("other-ca.crt")));
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Right());
+  ampd::v1::ServerInfo info;
+  const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
+  // The right CA, and a certificate name given explicitly, both work.
+  auto good = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt"), "localhost"));
+  grpc::ClientContext ctx2;
+  Prepare(&ctx2, Right());
+  const grpc::Status ok = good->GetServerInfo(&ctx2, {}, &info);
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+}
+
+TEST_F(AuthTest, TlsClientAtPlaintextServerIsUnavailable) {
+  ServerProcess::Options o;
+  o.extra_args = {"--token-file", token_file_};
+  ServerProcess* server = Start(o);
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt")));
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Right());
+  ampd::v1::ServerInfo info;
+  const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
+  EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
+}
+
+TEST_F(AuthTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
+  ServerProcess::Options o;
+  o.extra_args = {"--tls-cert",       Cert("server.crt"), "--tls-key",
+                  Cert("server.key"), "--tls-client-ca",  Cert("ca.crt")};
+  o.credentials = TlsCredentials("ca.crt", "client");
+  ServerProcess* server = Start(o);
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(Has(server->Log(), "security: mutual TLS, no token")) << server->Log();
+  ampd::v1::ServerInfo info;
+  {
+    auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+    grpc::ClientContext ctx;
+    Prepare(&ctx, {});
+    const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+  {
+    auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt")));
+    grpc::ClientContext ctx;
+    Prepare(&ctx, {});
+    const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
+    EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
+  }
+}
+
+// ---- a token without TLS, from the environment ------------------------------------------------
+
+TEST_F(AuthTest, TokenFromTheEnvironmentWorksWithoutTlsOnLoopback) {
+  ServerProcess::Options o;
+  o.env = {"AMPD_TOKEN=" + token_};
+  ServerProcess* server = Start(o);
+  ASSERT_NE(server, nullptr);
+  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+  ampd::v1::ServerInfo info;
+  grpc::ClientContext ctx;
+  Prepare(&ctx, Wrong());
+  EXPECT_EQ(stub->GetServerInfo(&ctx, {}, &info).error_code(), StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext ctx2;
+  Prepare(&ctx2, Right());
+  const grpc::Status s = stub->GetServerInfo(&ctx2, {}, &info);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(Has(server->Log(), "security: plaintext, bearer token from AMPD_TOKEN"))
+      << server->Log();
+  EXPECT_FALSE(Has(server->Log(), "cleartext")) << "loopback is not worth the warning";
+}
+
+TEST_F(AuthTest, TokenWithoutTlsOffLoopbackIsWarnedAbout) {
+  ServerProcess::Options o;
+  o.host = "0.0.0.0";
+  o.extra_args = {"--token-file", token_file_};
+  ServerProcess* server = Start(o);
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(Has(server->Log(), "warning: --grpc-addr 0.0.0.0:")) << server->Log();
+  EXPECT_TRUE(Has(server->Log(), "the bearer token crosses the network in cleartext"))
+      << server->Log();
+}
+
+// ---- startup errors --------------------------------------------------------------------------
+
+TEST_F(AuthTest, BadSecurityFilesStopTheStartNamingFlagAndFile) {
+  const std::string missing = (root_ / "missing.pem").string();
+  ServerProcess::Options o;
+  o.extra_args = {"--tls-cert", missing, "--tls-key", Cert("server.key")};
+  StartFailing(o, "--tls-cert " + missing + ": cannot read: No such file or directory");
+  o.extra_args = {"--tls-cert", Cert("server.crt"), "--tls-key", Cert("client.key")};
+  StartFailing(o, "--tls-key " + Cert("client.key") + " does not belong to the certificate");
+  o.extra_args = {"--tls-cert", Cert("server.crt")};
+  StartFailing(o, "--tls-cert needs --tls-key");
+  o.extra_args = {"--token-file", missing};
+  StartFailing(o, "--token-file " + missing + ": cannot read: No such file or directory");
+  const std::string empty = (root_ / "empty-token").string();
+  std::ofstream(empty) << "\n";
+  o.extra_args = {"--token-file", empty};
+  StartFailing(o, "--token-file " + empty + ": the token is empty");
+  o.extra_args = {"--token-file", token_file_};
+  o.env = {"AMPD_TOKEN=" + token_};
+  const std::string log =
+      StartFailing(o, "both --token-file (or AMPD_TOKEN_FILE) and AMPD_TOKEN are set");
+  EXPECT_FALSE(Has(log, token_));
+}
+
+}  // namespace
+}  // namespace ampd::testing
