@@ -85,7 +85,7 @@ const char* site_name(Site s) {
   return "?";
 }
 
-struct Run {
+struct FaultRun {
   ampd::v1::Job job;
   std::vector<ampd::v1::JobEvent> events;
   int64_t skipped_steps_seen = 0;  // StepStats::skipped
@@ -102,9 +102,10 @@ Param* param_named(Model& m, const std::string& name) {
 // Injects `value` at `site` on every step in [first, last] (0-based steps). before_step
 // sees the model at the start of each step (after the previous optimizer step, before
 // this step's forward pass).
-Run run_with_fault(Backend& be, const ampd::v1::JobSpec& s, Site site, float value, int64_t first,
-                   int64_t last, std::function<void(Model&, int64_t)> before_step = nullptr) {
-  Run r;
+FaultRun run_with_fault(Backend& be, const ampd::v1::JobSpec& s, Site site, float value,
+                        int64_t first, int64_t last,
+                        std::function<void(Model&, int64_t)> before_step = nullptr) {
+  FaultRun r;
   Model* model = nullptr;
   TrainerOptions o;
   o.on_event = [&](const ampd::v1::JobEvent& e) { r.events.push_back(e); };
@@ -155,7 +156,7 @@ TEST(NumericalFaults, OneBadStepIsSkippedCountedAndLeavesTheFp32StateUntouched) 
           if (step == kBad) before = fp32_state(*be, m);
           if (step == kBad + 1) after = fp32_state(*be, m);
         };
-        const Run r = run_with_fault(*be, spec(precision, 12), site, value, kBad, kBad, snap);
+        const FaultRun r = run_with_fault(*be, spec(precision, 12), site, value, kBad, kBad, snap);
         ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();
         EXPECT_EQ(r.job.overflow_skipped_steps(), 1);
         EXPECT_EQ(r.skipped_steps_seen, 1);
@@ -209,7 +210,7 @@ TEST(NumericalFaults, Fp16LossScaleAtItsFloorFailsTheJob) {
   // inf in one gradient from step 10 on: 1024 -> 16 takes 6 backoffs, the 7th overflow
   // is at the floor (steps 11..17, 1-based).
   const float kInf = std::numeric_limits<float>::infinity();
-  const Run r = run_with_fault(*be, s, Site::kGradient, kInf, 10, 1000);
+  const FaultRun r = run_with_fault(*be, s, Site::kGradient, kInf, 10, 1000);
   ASSERT_EQ(r.job.state(), ampd::v1::FAILED);
   const std::string& why = r.job.failure_reason();
   EXPECT_EQ(why.rfind("step 17: loss scale reached its minimum 16 after 7 consecutive", 0), 0u)
@@ -224,8 +225,8 @@ TEST(NumericalFaults, PersistentNonFiniteLossInFp32AndBf16FailsAsDiverged) {
   const int64_t n = LossScaler::kMaxConsecutiveSkipsWithoutDynamicScale;
   for (const char* precision : {"fp32", "bf16"}) {
     SCOPED_TRACE(precision);
-    const Run r = run_with_fault(*be, spec(precision, n + 100), Site::kLoss,
-                                 std::numeric_limits<float>::quiet_NaN(), 20, n + 1000);
+    const FaultRun r = run_with_fault(*be, spec(precision, n + 100), Site::kLoss,
+                                      std::numeric_limits<float>::quiet_NaN(), 20, n + 1000);
     ASSERT_EQ(r.job.state(), ampd::v1::FAILED);
     const std::string& why = r.job.failure_reason();
     const std::string step = "step " + std::to_string(20 + n) +
@@ -243,8 +244,8 @@ TEST(NumericalFaults, NonFiniteStepsThatRecoverInTimeDoNotFailTheJob) {
   auto be = cpu();
   const int64_t n = LossScaler::kMaxConsecutiveSkipsWithoutDynamicScale;
   // n - 1 bad steps in a row, then clean ones: skipped and counted, not a divergence.
-  const Run r = run_with_fault(*be, spec("fp32", n + 60), Site::kData,
-                               std::numeric_limits<float>::infinity(), 3, n + 1);
+  const FaultRun r = run_with_fault(*be, spec("fp32", n + 60), Site::kData,
+                                    std::numeric_limits<float>::infinity(), 3, n + 1);
   ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();
   EXPECT_EQ(r.job.overflow_skipped_steps(), n - 1);
   EXPECT_GT(r.job.metrics().val_accuracy(), 0.5);
