@@ -671,7 +671,7 @@ bool JobManager::FlushUnstored() {
       return false;
     }
     if (store_failing_) {
-      log_line("job store: writes succeed again; stored " + std::to_string(unstored_.size()) +
+      log_line("job store: writes succeed again; storing the " + std::to_string(unstored_.size()) +
                " pending event(s)");
       store_failing_ = false;
     }
