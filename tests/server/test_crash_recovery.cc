@@ -18,7 +18,7 @@
 namespace ampd::testing::faults {
 namespace {
 
-constexpr int64_t kSteps = 600;
+constexpr int64_t kSteps = 1000;
 constexpr int64_t kEvery = 25;
 
 uint64_t TestSeed() {
@@ -71,7 +71,7 @@ class CrashRecovery : public FaultTest {
 TEST_F(CrashRecovery, SigkillAtARandomStepResumesBitIdenticalToAnUninterruptedRun) {
   const uint64_t seed = TestSeed();
   std::mt19937_64 rng(seed);
-  const int64_t kill_after = std::uniform_int_distribution<int64_t>(30, kSteps / 2)(rng);
+  const int64_t kill_after = std::uniform_int_distribution<int64_t>(30, 300)(rng);
   std::cout << "[ seed ] AMPD_TEST_SEED=" << seed << " (SIGKILL after step " << kill_after << ")"
             << std::endl;
   RecordProperty("seed", std::to_string(seed));

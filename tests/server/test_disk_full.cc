@@ -21,7 +21,9 @@ std::vector<ampd::v1::CheckpointEvent> Checkpoints(const std::vector<JobEvent>& 
   return out;
 }
 
-TEST_F(FaultTest, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
+class DiskFull : public FaultTest {};
+
+TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
   // Writes 2 and 4 (job A: step 50, and its final one at 100) find the disk full; write 6
   // (job B: step 50) finds the directory read-only.
   ASSERT_NE(
