@@ -222,7 +222,6 @@ std::string Trainer::checkpoint_path() const {
 }
 
 void Trainer::report_checkpoint_failure(const Status& status) {
-  ++checkpoint_failures_;
   JobEvent e;
   e.mutable_checkpoint()->set_step(step_);
   e.mutable_checkpoint()->set_path(checkpoint_path());

@@ -103,8 +103,6 @@ class Trainer {
   LossScaler& scaler() { return *scaler_; }
   const DataSplit& data() const { return data_; }
   int64_t total_steps() const { return total_steps_; }
-  // Checkpoints that could not be written (each reported by an event).
-  int64_t checkpoint_failures() const { return checkpoint_failures_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
 
   // Evaluates on the validation split (or the training split when there is none).
@@ -146,7 +144,6 @@ class Trainer {
   // step made them non-finite); one buffer per state tensor, empty without BatchNorm.
   std::vector<Buffer> state_backup_;
   std::vector<Tensor> state_tensors_;
-  int64_t checkpoint_failures_ = 0;
   std::vector<int32_t> host_flags_;
   std::vector<float> host_loss_accum_;  // the report window's per-row loss sums
   std::vector<float> batch_x_, batch_t_;
