@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cstring>
+#include <string_view>
 
 #include "engine/job_spec.h"
 
@@ -10,7 +11,10 @@ namespace ampd::engine {
 
 namespace {
 
-constexpr const char* kFormat = "ampd-checkpoint-v1";
+// v2 (written): both checksums of engine/safetensors.h are required, so that a flipped
+// byte cannot turn one of them into an unchecked key. v1 (read): the buffer checksum.
+constexpr const char* kFormat = "ampd-checkpoint-v2";
+constexpr const char* kFormatV1 = "ampd-checkpoint-v1";
 
 Status add_tensor(StFile& file, Backend& be, const std::string& name, const Tensor& t) {
   StTensor st;
@@ -99,9 +103,15 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
   AMPD_ASSIGN_OR_RETURN(ck.file, read_safetensors(path));
   const auto& md = ck.file.metadata;
   auto fmt = md.find("ampd.format");
-  if (fmt == md.end() || fmt->second != kFormat) {
+  if (fmt == md.end() || (fmt->second != kFormat && fmt->second != kFormatV1)) {
     return FailedPrecondition(path + " is not an ampd checkpoint (metadata ampd.format is not " +
                               kFormat + ")");
+  }
+  for (const char* key : {kStChecksumKey, kStHeaderChecksumKey}) {
+    if (key == std::string_view(kStHeaderChecksumKey) && fmt->second == kFormatV1) continue;
+    if (md.count(key) == 0) {
+      return DataLoss("checkpoint " + path + " is corrupt: its metadata lacks " + key);
+    }
   }
   AMPD_ASSIGN_OR_RETURN(ck.meta.step, parse_int(ck.file, "ampd.step"));
   AMPD_ASSIGN_OR_RETURN(ck.meta.applied_steps, parse_int(ck.file, "ampd.applied_steps"));

@@ -7,7 +7,10 @@
 //             ampd.scaler (the whole loss-scaler state, JSON), ampd.rng (seed and the
 //             counter-based streams it drives), ampd.spec (the resolved job spec, JSON),
 //             ampd.precision, ampd.backend, ampd.standardization (the feature mean and
-//             stddev a user must apply to inputs), and the checksum the writer adds.
+//             stddev a user must apply to inputs), ampd.format "ampd-checkpoint-v2", and
+//             the two checksums the writer adds (engine/safetensors.h), which a v2
+//             checkpoint must carry (v1 files, written before the header checksum, are
+//             read with the buffer checksum alone).
 // Written atomically (temp file, fsync, rename); a resumed job restores everything a
 // step depends on, so resume is bit-exact on the same backend and thread count.
 #pragma once

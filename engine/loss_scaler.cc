@@ -63,7 +63,7 @@ LossScaler::Decision LossScaler::update(bool found_nonfinite) {
     if (found_nonfinite &&
         state_.consecutive_overflows() >= kMaxConsecutiveSkipsWithoutDynamicScale) {
       d.failure = "training diverged: " + std::to_string(state_.consecutive_overflows()) +
-                  " consecutive steps with non-finite gradients at a fixed loss scale " +
+                  " consecutive steps with a non-finite loss or gradients at a fixed loss scale " +
                   format_scale(state_.scale()) +
                   "; lower the learning rate or enable gradient clipping";
     }

@@ -6,6 +6,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <exception>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
@@ -92,6 +94,92 @@ std::string checksum_string(uint32_t crc) {
   return buf;
 }
 
+// One tensor of the header as the checksum sees it.
+struct HeaderTensor {
+  const std::string* name;
+  DType dtype;
+  const std::vector<int64_t>* shape;
+  uint64_t begin, end;
+};
+
+// kStHeaderChecksumKey: the CRC-32 of the parsed header in a canonical form (see the
+// header file), so that it does not depend on JSON formatting.
+uint32_t header_crc(const std::map<std::string, std::string>& metadata,
+                    const std::vector<HeaderTensor>& tensors) {
+  std::string canon;
+  for (const auto& [k, v] : metadata) {  // std::map: sorted by key
+    if (k == kStChecksumKey || k == kStHeaderChecksumKey) continue;
+    canon.append(k).push_back('\0');
+    canon.append(v).push_back('\0');
+  }
+  canon.push_back('\x01');
+  for (const HeaderTensor& t : tensors) {
+    canon.append(*t.name).push_back('\0');
+    canon.append(st_dtype_name(t.dtype)).push_back('\0');
+    for (size_t i = 0; i < t.shape->size(); ++i) {
+      if (i) canon.push_back(',');
+      canon += std::to_string((*t.shape)[i]);
+    }
+    canon.push_back('\0');
+    canon += std::to_string(t.begin) + "," + std::to_string(t.end);
+    canon.push_back('\0');
+  }
+  return crc32_update(static_cast<uint32_t>(::crc32(0L, Z_NULL, 0)),
+                      reinterpret_cast<const uint8_t*>(canon.data()), canon.size());
+}
+
+// ---- fault injection (tests) -----------------------------------------------------------
+
+std::mutex g_fault_mu;
+StWriteFaultHook g_fault_hook;  // guarded by g_fault_mu
+std::atomic<int64_t> g_write_calls{0};
+
+// Whether call number `call` is in the schedule held by environment variable `var`.
+bool env_schedule_hits(const char* var, int64_t call) {
+  const char* v = std::getenv(var);
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
+  const std::string_view s(v);
+  auto number = [](std::string_view t) -> int64_t {
+    int64_t n = 0;
+    if (t.empty() || t.size() > 15) return -1;
+    for (char c : t) {
+      if (c < '0' || c > '9') return -1;
+      n = n * 10 + (c - '0');
+    }
+    return n;
+  };
+  if (s.rfind("from:", 0) == 0) {
+    const int64_t n = number(s.substr(5));
+    return n > 0 && call >= n;
+  }
+  if (s.rfind("nth:", 0) == 0) {
+    std::string_view rest = s.substr(4);
+    while (!rest.empty()) {
+      const size_t comma = rest.find(',');
+      if (number(rest.substr(0, comma)) == call) return true;
+      if (comma == std::string_view::npos) break;
+      rest = rest.substr(comma + 1);
+    }
+    return false;
+  }
+  return true;  // "1", "yes", ...: every call (the hook's original meaning)
+}
+
+StWriteFault fault_for(const std::string& path) {
+  const int64_t call = ++g_write_calls;
+  {
+    std::lock_guard<std::mutex> lock(g_fault_mu);
+    if (g_fault_hook) return g_fault_hook(path, call);
+  }
+  if (env_schedule_hits("AMPD_FAULT_WRITE_EROFS", call)) {
+    return StWriteFault{EROFS, StWriteStage::kCreate};
+  }
+  if (env_schedule_hits("AMPD_FAULT_WRITE_ENOSPC", call)) {
+    return StWriteFault{ENOSPC, StWriteStage::kWrite};
+  }
+  return {};
+}
+
 // ---- I/O helpers -----------------------------------------------------------------------
 
 std::string errno_text(int err) {
@@ -114,16 +202,10 @@ Status write_error(const std::string& path, const char* what, int err) {
   }
 }
 
-bool fault_enospc() {
-  const char* v = std::getenv("AMPD_FAULT_WRITE_ENOSPC");
-  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-}
-
 // write(2) until all of [p, p+n) is written. Returns 0 or an errno (EIO for a write that
 // made no progress).
 int write_all(int fd, const uint8_t* p, size_t n) {
   while (n > 0) {
-    if (fault_enospc()) return ENOSPC;
     const ssize_t w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
@@ -214,8 +296,15 @@ StatusOr<std::string> build_header(const std::string& path, const StFile& file,
   }
 
   std::map<std::string, std::string> metadata = file.metadata;
-  metadata[kStChecksumKey] = checksum_string(crc);
   metadata.try_emplace(kStFormatKey, kStFormatValue);
+  std::vector<HeaderTensor> layout;
+  uint64_t at = 0;
+  for (const StTensor* t : order) {
+    layout.push_back(HeaderTensor{&t->name, t->dtype, &t->shape, at, at + t->data.size()});
+    at += t->data.size();
+  }
+  metadata[kStChecksumKey] = checksum_string(crc);
+  metadata[kStHeaderChecksumKey] = checksum_string(header_crc(metadata, layout));
 
   Json header = Json::object();
   Json& meta = header[kMetadataKey];
@@ -363,7 +452,12 @@ Status write_safetensors(const std::string& path, const StFile& file) {
   uint8_t prefix[8];
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
 
+  const StWriteFault fault = fault_for(path);
+  auto injected = [&](StWriteStage stage) { return fault.err != 0 && fault.stage == stage; };
   const std::string tmp = temp_name(path);
+  if (injected(StWriteStage::kCreate)) {
+    return write_error(path, "create temporary file", fault.err);
+  }
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) return write_error(path, "create temporary file", errno);
 
@@ -377,12 +471,15 @@ Status write_safetensors(const std::string& path, const StFile& file) {
   if (err == 0) {
     err = write_all(fd.get(), reinterpret_cast<const uint8_t*>(header.data()), header.size());
   }
+  if (err == 0 && injected(StWriteStage::kWrite)) err = fault.err;  // a half-written file
   for (size_t i = 0; err == 0 && i < order.size(); ++i) {
     err = write_all(fd.get(), order[i]->data.data(), order[i]->data.size());
   }
   if (err != 0) return fail("write", err);
+  if (injected(StWriteStage::kFsync)) return fail("fsync", fault.err);
   if (::fsync(fd.get()) != 0) return fail("fsync", errno);
   if ((err = fd.close()) != 0) return fail("close", err);
+  if (injected(StWriteStage::kRename)) return fail("rename", fault.err);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename", errno);
 
   // Make the rename itself durable. Some file systems cannot fsync a directory (EINVAL).
@@ -455,6 +552,17 @@ StatusOr<StFile> read_safetensors(const std::string& path) {
     return corrupt(std::string("header: ") + e.what());
   }
 
+  if (const auto it = out.metadata.find(kStHeaderChecksumKey); it != out.metadata.end()) {
+    std::vector<HeaderTensor> layout;
+    for (const Entry& e : entries) {
+      layout.push_back(
+          HeaderTensor{&e.tensor.name, e.tensor.dtype, &e.tensor.shape, e.begin, e.end});
+    }
+    if (it->second != checksum_string(header_crc(out.metadata, layout))) {
+      return corrupt("header checksum mismatch");
+    }
+  }
+
   // The tensors are contiguous and in order: read each straight into its own vector.
   uint32_t crc = ::crc32(0L, Z_NULL, 0);
   out.tensors.reserve(entries.size());
@@ -474,6 +582,15 @@ StatusOr<StFile> read_safetensors(const std::string& path) {
     if (it->second != checksum_string(crc)) return corrupt("checksum mismatch");
   }
   return out;
+}
+
+int64_t st_write_calls() {
+  return g_write_calls.load();
+}
+
+void set_st_write_fault_hook(StWriteFaultHook hook) {
+  std::lock_guard<std::mutex> lock(g_fault_mu);
+  g_fault_hook = std::move(hook);
 }
 
 }  // namespace ampd::engine

@@ -12,18 +12,31 @@
 // then U8; the caller's order within each size) so each is aligned to its element size.
 // The result loads with safetensors.torch.load_file / safetensors.numpy.load_file.
 //
-// Integrity: the writer adds metadata "ampd.checksum" = "crc32:<8 lowercase hex>", the
-// zlib CRC-32 of the whole byte buffer, and the reader verifies it when present (files
-// written by other tools have none and are accepted after the structural checks).
+// Integrity: the writer adds two metadata entries, both zlib CRC-32 as "crc32:<8 lowercase
+// hex>", and the reader verifies each one that is present (files written by other tools
+// have neither and are accepted after the structural checks):
+//   ampd.checksum         the whole byte buffer (every tensor's bytes);
+//   ampd.header_checksum  the header as parsed: every other metadata entry (sorted by key,
+//                         key NUL value NUL) then '\x01', then every tensor in offset order
+//                         (name NUL dtype NUL dims joined by ',' NUL begin ',' end NUL).
+// Together they cover every byte that carries meaning, so a single flipped byte anywhere
+// in the file is either a parse error or a checksum mismatch (DataLoss); only a flip
+// between two JSON whitespace characters goes unnoticed, and it changes nothing.
 //
-// Fault injection (tests only; off by default): while the environment variable
-// AMPD_FAULT_WRITE_ENOSPC is set to a non-empty value other than "0", every write(2) that
-// write_safetensors issues fails with ENOSPC, as on a full disk. It is read on each write,
-// so a test may set and unset it around a single call (setenv is not thread-safe: do it
-// while no other thread is writing a checkpoint).
+// Fault injection (tests only; off by default). In-process tests install a hook with
+// set_st_write_fault_hook(). A child process (`ampd serve` under a test) reads these
+// environment variables instead, each holding a schedule of write_safetensors calls,
+// counted from 1 per process:
+//   AMPD_FAULT_WRITE_ENOSPC   the scheduled calls fail in write(2) with ENOSPC (disk full);
+//   AMPD_FAULT_WRITE_EROFS    the scheduled calls fail creating the temporary file with
+//                             EROFS (an unwritable state directory, which chmod cannot
+//                             simulate for root).
+// Schedules: unset, "" or "0": never; "nth:3" or "nth:3,5": the 3rd (and 5th) call;
+// "from:3": the 3rd call and every later one; any other value ("1"): every call.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -52,13 +65,14 @@ struct StFile {
 
 // Metadata keys the writer sets.
 inline constexpr char kStChecksumKey[] = "ampd.checksum";  // "crc32:1a2b3c4d"
-inline constexpr char kStFormatKey[] = "ampd.format";      // kept if the caller set it
+inline constexpr char kStHeaderChecksumKey[] = "ampd.header_checksum";
+inline constexpr char kStFormatKey[] = "ampd.format";  // kept if the caller set it
 inline constexpr char kStFormatValue[] = "ampd-checkpoint-v1";
 
 // Writes `file` to `path` atomically (tensor layout as described at the top): to
 // "<path>.tmp-<pid>-<random>" in the same directory, fsync, rename over `path`, fsync the
-// directory. Sets kStChecksumKey (overwriting any caller value) and kStFormatKey (unless the caller
-// set it). Errors:
+// directory. Sets kStChecksumKey and kStHeaderChecksumKey (overwriting any caller values) and
+// kStFormatKey (unless the caller set it). Errors:
 //   InvalidArgument     a tensor whose data size does not match dtype and shape, a negative
 //                       dimension, an empty, duplicate or "__metadata__" name, non-UTF-8
 //                       text in a name or the metadata;
@@ -82,10 +96,26 @@ Status write_safetensors(const std::string& path, const StFile& file);
 //                       object of the form above, an unknown dtype string, a negative
 //                       dimension or an element count that overflows, offsets inconsistent
 //                       with dtype and shape, overlapping tensors, gaps or trailing bytes,
-//                       non-string metadata, and "checksum mismatch" when kStChecksumKey is
-//                       present and does not match the buffer;
+//                       non-string metadata, "checksum mismatch" when kStChecksumKey is
+//                       present and does not match the buffer, and "header checksum
+//                       mismatch" when kStHeaderChecksumKey is present and does not match;
 //   Unimplemented       a valid safetensors dtype that ampd::DType cannot hold (I64, F64...);
 //   Internal            any other I/O error.
 StatusOr<StFile> read_safetensors(const std::string& path);
+
+// ---- test seam: write faults ----------------------------------------------------------
+enum class StWriteStage { kCreate, kWrite, kFsync, kRename };
+struct StWriteFault {
+  int err = 0;  // 0: no fault; else the errno the stage's system call "returns"
+  StWriteStage stage = StWriteStage::kWrite;
+};
+// Consulted once at the start of every write_safetensors call with the destination path
+// and the call's 1-based number in this process; replaces the environment schedules while
+// set. Pass nullptr to remove it. Not for production use; install it while no checkpoint
+// is being written.
+using StWriteFaultHook = std::function<StWriteFault(const std::string& path, int64_t call)>;
+void set_st_write_fault_hook(StWriteFaultHook hook);
+// How many write_safetensors calls this process has made (the schedules count from it).
+int64_t st_write_calls();
 
 }  // namespace ampd::engine

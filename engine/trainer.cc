@@ -109,13 +109,19 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
     grads_.push_back(p->grad_t());
     grad_names_.push_back(p->display);
   }
+  for (StateTensor* st : model_->states()) {
+    state_tensors_.push_back(st->t());
+    AMPD_ASSIGN_OR_RETURN(Buffer backup, backend_->allocate(st->t().bytes()));
+    state_backup_.push_back(std::move(backup));
+  }
   const auto n_grads = static_cast<int64_t>(grads_.size());
-  AMPD_ASSIGN_OR_RETURN(flags_,
-                        backend_->allocate(sizeof(int32_t) * std::max<int64_t>(1, n_grads)));
+  // Flags: one per gradient, one for the loss, one per state tensor.
+  const auto n_flags = n_grads + 1 + static_cast<int64_t>(state_tensors_.size());
+  AMPD_ASSIGN_OR_RETURN(flags_, backend_->allocate(sizeof(int32_t) * n_flags));
   AMPD_ASSIGN_OR_RETURN(norm_, backend_->allocate(sizeof(float)));
   AMPD_ASSIGN_OR_RETURN(loss_accum_, backend_->allocate(sizeof(float) * batch_size_));
   AMPD_RETURN_IF_ERROR(backend_->fill(loss_accum_.view(DType::kF32, 1, batch_size_), 0.0f));
-  host_flags_.resize(static_cast<size_t>(n_grads));
+  host_flags_.resize(static_cast<size_t>(n_flags));
   host_loss_accum_.resize(static_cast<size_t>(batch_size_));
   batch_x_.resize(static_cast<size_t>(batch_size_ * mo.in_features));
   if (classification) {
@@ -149,6 +155,8 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
     AMPD_RETURN_IF_ERROR(restore_checkpoint(*ckpt, *model_, *optimizer_));
     scaler_->restore(ckpt->meta.scaler);
     step_ = ckpt->meta.step;
+    job_.set_step(step_);
+    job_.set_epoch(static_cast<int32_t>(step_ > 0 ? (step_ - 1) / steps_per_epoch_ : 0));
     job_.set_overflow_skipped_steps(ckpt->meta.overflow_skipped_steps);
     job_.set_checkpoint(options_.resume_from);
     job_.set_loss_scale(scaler_->scale());
@@ -208,6 +216,19 @@ StatusOr<Trainer::Evaluation> Trainer::evaluate() {
   return ev;
 }
 
+std::string Trainer::checkpoint_path() const {
+  return (fs::path(options_.checkpoint_dir) / ("step-" + std::to_string(step_) + ".safetensors"))
+      .string();
+}
+
+void Trainer::report_checkpoint_failure(const Status& status) {
+  JobEvent e;
+  e.mutable_checkpoint()->set_step(step_);
+  e.mutable_checkpoint()->set_path(checkpoint_path());
+  e.mutable_checkpoint()->set_error(status.message());
+  emit(std::move(e));
+}
+
 StatusOr<std::string> Trainer::checkpoint() {
   if (options_.checkpoint_dir.empty()) return std::string();
   std::error_code ec;
@@ -226,9 +247,7 @@ StatusOr<std::string> Trainer::checkpoint() {
   meta.precision = precision_;
   meta.backend = backend_->name();
   meta.standardization = standardization_json_;
-  const std::string path =
-      (fs::path(options_.checkpoint_dir) / ("step-" + std::to_string(step_) + ".safetensors"))
-          .string();
+  const std::string path = checkpoint_path();
   AMPD_ASSIGN_OR_RETURN(int64_t bytes, save_checkpoint(path, *model_, *optimizer_, meta));
   // Keep the newest two: the previous one stays until the next is safely on disk.
   if (!job_.checkpoint().empty() && job_.checkpoint() != path &&
@@ -313,23 +332,53 @@ Status Trainer::train_step(int64_t step) {
   const int64_t n = std::min(batch_size_, d.num_examples - begin);
   gather_batch(d, order_, begin, n, batch_x_.data(), classification ? batch_y_.data() : nullptr,
                classification ? nullptr : batch_t_.data());
+  if (options_.on_batch) {
+    options_.on_batch(step, n, d.num_features, batch_x_.data(),
+                      classification ? nullptr : batch_t_.data());
+  }
 
   PassContext ctx{backend_, /*training=*/true, step, spec_.training().seed()};
   const double scale = scaler_->scale();
+  // The forward pass updates BatchNorm running statistics: keep the old ones in case
+  // this step turns out non-finite.
+  for (size_t i = 0; i < state_tensors_.size(); ++i) {
+    const Tensor& t = state_tensors_[i];
+    AMPD_RETURN_IF_ERROR(backend_->copy(state_backup_[i].view(t.dtype, t.rows, t.cols), t));
+  }
   AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
   AMPD_RETURN_IF_ERROR(model_->forward(ctx, n));
-  AMPD_RETURN_IF_ERROR(
-      backend_->accumulate(model_->loss_rows(n), loss_accum_.view(DType::kF32, 1, n)));
+  if (options_.after_forward) AMPD_RETURN_IF_ERROR(options_.after_forward(*model_, step));
   AMPD_RETURN_IF_ERROR(model_->backward(ctx, n, static_cast<float>(scale)));
   if (options_.after_backward) AMPD_RETURN_IF_ERROR(options_.after_backward(*model_, step));
 
-  // Unscale and look for inf/NaN in one pass; reading the flags is the step's sync point.
-  const Tensor flags = flags_.view(DType::kI32, 1, static_cast<int64_t>(grads_.size()));
-  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(grads_, static_cast<float>(1.0 / scale), flags));
+  // Unscale and look for inf/NaN in one pass over the gradients, and look (scale 1: no
+  // writes) at the FP32 loss and the running statistics; reading the flags is the step's
+  // one sync point.
+  const auto n_grads = static_cast<int64_t>(grads_.size());
+  const auto n_flags = static_cast<int64_t>(host_flags_.size());
+  const Tensor flags = flags_.view(DType::kI32, n_flags, 1);
+  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(grads_, static_cast<float>(1.0 / scale),
+                                                   flags.row_slice(0, n_grads)));
+  std::vector<Tensor> forward_outputs = {model_->loss_rows(n)};
+  forward_outputs.insert(forward_outputs.end(), state_tensors_.begin(), state_tensors_.end());
+  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(forward_outputs, 1.0f,
+                                                   flags.row_slice(n_grads, n_flags - n_grads)));
   AMPD_RETURN_IF_ERROR(backend_->download(host_flags_.data(), flags));
   std::vector<std::string> bad;
-  for (size_t i = 0; i < host_flags_.size(); ++i) {
-    if (host_flags_[i] != 0) bad.push_back(grad_names_[i]);
+  const bool loss_bad = host_flags_[static_cast<size_t>(n_grads)] != 0;
+  if (loss_bad) bad.push_back("loss");
+  for (int64_t i = 0; i < n_grads; ++i) {
+    if (host_flags_[static_cast<size_t>(i)] != 0)
+      bad.push_back(grad_names_[static_cast<size_t>(i)]);
+  }
+  bool states_bad = false;
+  for (int64_t i = n_grads + 1; i < n_flags; ++i)
+    states_bad |= host_flags_[static_cast<size_t>(i)] != 0;
+  // The reported training loss is the mean over the finite steps of the window.
+  if (!loss_bad) {
+    AMPD_RETURN_IF_ERROR(
+        backend_->accumulate(model_->loss_rows(n), loss_accum_.view(DType::kF32, 1, n)));
+    window_samples_ += n;
   }
   // Clipping needs the global norm; an infinite norm (finite gradients whose squares
   // overflow FP32) is treated like a non-finite gradient.
@@ -366,7 +415,20 @@ Status Trainer::train_step(int64_t step) {
     o->set_scale_after(dec.scale_after);
     for (auto& name : bad) o->add_tensors(name);
     emit(std::move(e));
-    if (dec.failure) return FailedPrecondition(*dec.failure);
+    // A skipped step leaves no non-finite value behind: put back running statistics it
+    // poisoned (the masters and the optimizer state were never touched).
+    if (states_bad) {
+      for (size_t i = 0; i < state_tensors_.size(); ++i) {
+        const Tensor& t = state_tensors_[i];
+        AMPD_RETURN_IF_ERROR(backend_->copy(t, state_backup_[i].view(t.dtype, t.rows, t.cols)));
+      }
+    }
+    if (dec.failure) {
+      std::string names;
+      for (size_t i = 0; i < bad.size(); ++i) names += (i ? ", " : "") + bad[i];
+      return FailedPrecondition(*dec.failure + " (" + precision_ +
+                                "; non-finite at this step: " + names + ")");
+    }
   } else {
     last_lr_ = schedule_->lr(optimizer_->applied_steps());
     AMPD_RETURN_IF_ERROR(optimizer_->step(last_lr_, clip));
@@ -374,20 +436,33 @@ Status Trainer::train_step(int64_t step) {
   job_.set_loss_scale(scaler_->scale());
   last_step_samples_ = n;
   last_step_skipped_ = dec.skip_step;
-  window_samples_ += n;
   return Status::Ok();
 }
 
 ampd::v1::Job Trainer::run() {
   *job_.mutable_started_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
-  emit_state(ampd::v1::RUNNING, step_ > 0 ? "resumed from " + options_.resume_from : "");
+  std::string running_reason;
+  if (!options_.resume_from.empty()) {
+    running_reason = "resumed from " + options_.resume_from;
+  } else if (!options_.resume_note.empty()) {
+    running_reason = "started from step 0";
+  }
+  if (!options_.resume_note.empty()) running_reason += " (" + options_.resume_note + ")";
+  emit_state(ampd::v1::RUNNING, running_reason);
   run_start_ = window_start_ = std::chrono::steady_clock::now();
   run_start_step_ = step_;
   const auto& tr = spec_.training();
   const int64_t report_every = tr.report_every() > 0 ? tr.report_every() : 10;
   Status status;
+  std::string failure;  // the FAILED reason when status is not ok
   bool cancelled = false;
-  while (step_ < total_steps_) {
+  if (step_ > 0 && step_ >= total_steps_) {
+    // Resumed from the final checkpoint (the process died before the job was marked
+    // done): nothing to train, but the summary still gets its validation metrics.
+    status = run_evaluation(step_);
+    if (!status.ok()) failure = "step " + std::to_string(step_) + ": " + status.message();
+  }
+  while (status.ok() && step_ < total_steps_) {
     if (options_.cancel != nullptr && options_.cancel->load()) {
       cancelled = true;
       break;
@@ -395,7 +470,10 @@ ampd::v1::Job Trainer::run() {
     const auto step_start = options_.on_step ? std::chrono::steady_clock::now()
                                              : std::chrono::steady_clock::time_point{};
     status = train_step(step_);
-    if (!status.ok()) break;
+    if (!status.ok()) {
+      failure = "step " + std::to_string(step_ + 1) + ": " + status.message();
+      break;
+    }
     ++step_;
     if (options_.on_step) {
       options_.on_step(StepStats{
@@ -408,18 +486,34 @@ ampd::v1::Job Trainer::run() {
     const bool last = step_ == total_steps_;
     if (step_ % report_every == 0 || last) {
       status = report_progress(step_);
-      if (!status.ok()) break;
+      if (!status.ok()) {
+        failure = "step " + std::to_string(step_) + ": " + status.message();
+        break;
+      }
     }
     if ((tr.eval_every() > 0 && step_ % tr.eval_every() == 0) || last) {
       status = run_evaluation(step_);
-      if (!status.ok()) break;
+      if (!status.ok()) {
+        failure = "step " + std::to_string(step_) + ": " + status.message();
+        break;
+      }
     }
     if ((tr.checkpoint_every() > 0 && step_ % tr.checkpoint_every() == 0) || last) {
       auto ck = checkpoint();
       if (!ck.ok()) {
-        // A failed checkpoint (disk full) fails the job but leaves the previous one.
-        status = ck.status().with_context("checkpoint at step " + std::to_string(step_));
-        break;
+        // The write left the previous checkpoint as it was. A periodic one is worth
+        // hours of training, not the job: report it and try again at the next interval.
+        // Without the final one the job's result cannot be delivered: that fails it.
+        report_checkpoint_failure(ck.status());
+        if (last) {
+          status = ck.status();
+          failure =
+              "step " + std::to_string(step_) +
+              ": the final checkpoint could not be written: " + ck.status().message() +
+              (job_.checkpoint().empty() ? std::string(" (no earlier checkpoint)")
+                                         : " (the last one written is " + job_.checkpoint() + ")");
+          break;
+        }
       }
     }
   }
@@ -427,10 +521,11 @@ ampd::v1::Job Trainer::run() {
   mem->set_peak_bytes(static_cast<int64_t>(backend_->memory_stats().peak_bytes));
   *job_.mutable_finished_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   if (!status.ok()) {
-    emit_state(ampd::v1::FAILED, "step " + std::to_string(step_ + 1) + ": " + status.message());
+    emit_state(ampd::v1::FAILED, failure);
   } else if (cancelled) {
     if (window_samples_ > 0) (void)report_progress(step_);
     auto ck = checkpoint();
+    if (!ck.ok()) report_checkpoint_failure(ck.status());
     emit_state(ampd::v1::CANCELLED,
                ck.ok() ? "cancelled at step " + std::to_string(step_)
                        : "cancelled; final checkpoint failed: " + ck.status().message());

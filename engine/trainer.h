@@ -7,6 +7,22 @@
 //   device-to-host read) -> skip (count, back off, overflow event naming the tensors)
 //   or clip + optimizer step on the FP32 masters (which rewrites the low-precision
 //   copies) -> scaler update -> events, evaluation, checkpoint, cancellation check.
+//
+// Faults (the policies, each tested in tests/engine/test_numerical_faults.cc):
+//   * A non-finite value anywhere in a step (input data, the FP32 loss, any gradient, the
+//     global norm) skips the optimizer step and counts it (overflow_skipped_steps, an
+//     overflow event naming "loss" and/or the tensors), in every precision. The FP32
+//     master weights and optimizer state are untouched, BatchNorm running statistics
+//     that the step made non-finite are put back, and the loss of the step is left out
+//     of the reported training loss. So no NaN/inf ever reaches the masters or the state.
+//   * FP16 with dynamic scaling: the scale backs off; an overflow at the floor (min_scale)
+//     fails the job with that reason. FP32/BF16 (no scale to back off) and static
+//     scaling: LossScaler::kMaxConsecutiveSkipsWithoutDynamicScale skipped steps in a row
+//     mean the run diverged, and the job fails naming the step and what was non-finite.
+//   * A periodic checkpoint that cannot be written (disk full, unwritable directory) is
+//     reported (a checkpoint event with `error`, naming the path and the errno text) and
+//     training goes on: the previous checkpoint stays, and the next interval tries again.
+//     The final checkpoint failing fails the job: its weights could not be delivered.
 #pragma once
 
 #include <atomic>
@@ -51,8 +67,19 @@ struct TrainerOptions {
   // Called after every step on the training thread (metrics); keep it cheap. Unset, the
   // step is not even timed.
   std::function<void(const StepStats&)> on_step;
-  // Test hook: runs after backward, before the non-finite check.
+  // Test seams for fault injection (numerical faults); unset in production. `step` is the
+  // 0-based step about to be taken.
+  //   on_batch:       the host batch just gathered, before it is rounded and uploaded:
+  //                   features (rows x cols) and, for regression, targets (or nullptr).
+  //   after_forward:  after the forward pass and the per-row loss (Model::loss_rows).
+  //   after_backward: after backward, before the non-finite check (the gradients).
+  std::function<void(int64_t step, int64_t rows, int64_t cols, float* features, float* targets)>
+      on_batch;
+  std::function<Status(Model&, int64_t step)> after_forward;
   std::function<Status(Model&, int64_t step)> after_backward;
+  // Appended to the reason of the RUNNING event of a resumed job (why a newer checkpoint
+  // was passed over, say).
+  std::string resume_note;
 };
 
 // "fp32" / "fp16" / "bf16" for a spec's precision on a backend ("auto" resolved).
@@ -96,6 +123,8 @@ class Trainer {
   void emit_state(ampd::v1::JobState state, const std::string& reason);
   Status report_progress(int64_t step);
   Status run_evaluation(int64_t step);
+  std::string checkpoint_path() const;  // of a checkpoint at step_
+  void report_checkpoint_failure(const Status& status);
 
   Backend* backend_;
   TrainerOptions options_;
@@ -111,6 +140,10 @@ class Trainer {
   std::vector<Tensor> grads_;
   std::vector<std::string> grad_names_;
   Buffer flags_, norm_, loss_accum_;
+  // BatchNorm running statistics as they were before the step (restored when a skipped
+  // step made them non-finite); one buffer per state tensor, empty without BatchNorm.
+  std::vector<Buffer> state_backup_;
+  std::vector<Tensor> state_tensors_;
   std::vector<int32_t> host_flags_;
   std::vector<float> host_loss_accum_;  // the report window's per-row loss sums
   std::vector<float> batch_x_, batch_t_;

@@ -111,8 +111,11 @@ void ProgressView::on_event(const ampd::v1::JobEvent& e) {
            fmt("%.4f", e.evaluation().val_accuracy()));
       break;
     case E::kCheckpoint:
-      line("checkpoint at step " + std::to_string(e.checkpoint().step()) + ": " +
-           e.checkpoint().path());
+      line(e.checkpoint().error().empty()
+               ? "checkpoint at step " + std::to_string(e.checkpoint().step()) + ": " +
+                     e.checkpoint().path()
+               : "checkpoint at step " + std::to_string(e.checkpoint().step()) +
+                     " failed: " + e.checkpoint().error());
       break;
     case E::kStateChange: {
       const auto& sc = e.state_change();

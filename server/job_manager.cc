@@ -97,7 +97,10 @@ void ApplyEvent(const JobEvent& e, Job* job) {
       job->mutable_metrics()->set_val_loss(e.evaluation().val_loss());
       job->mutable_metrics()->set_val_accuracy(e.evaluation().val_accuracy());
       break;
-    case JobEvent::kCheckpoint: job->set_checkpoint(e.checkpoint().path()); break;
+    case JobEvent::kCheckpoint:
+      // A failed write (error set) leaves the previous checkpoint the job's checkpoint.
+      if (e.checkpoint().error().empty()) job->set_checkpoint(e.checkpoint().path());
+      break;
     case JobEvent::kTelemetry:  // dashboards and watchers only; the summary is unchanged
     case JobEvent::KIND_NOT_SET: break;
   }
@@ -493,23 +496,39 @@ void JobManager::WorkerLoop() {
   done_cv_.notify_all();
 }
 
-std::string JobManager::PickCheckpoint(const std::string& id) const {
-  // The newest checkpoint that reads back and verifies (read_checkpoint checks the CRC);
-  // an older one is better than starting over.
+JobManager::ResumePoint JobManager::PickCheckpoint(const std::string& id) const {
+  // The newest checkpoint that reads back and verifies (read_checkpoint checks both
+  // checksums and the metadata); an older one is better than starting over, and with
+  // none usable the job starts over from step 0 (it is deterministic: the result is the
+  // same, only later). Every file passed over is named in the note, with the reason.
+  ResumePoint point;
   std::vector<std::pair<int64_t, fs::path>> found;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(JobDir(id), ec)) {
-    const int64_t step = checkpoint_step(entry.path().filename().string());
-    if (step >= 0) found.emplace_back(step, entry.path());
+    const std::string name = entry.path().filename().string();
+    const int64_t step = checkpoint_step(name);
+    if (step >= 0) {
+      found.emplace_back(step, entry.path());
+    } else if (name.find(".safetensors.tmp-") != std::string::npos) {
+      // A write that the process did not live to rename: never a checkpoint.
+      std::error_code rm;
+      fs::remove(entry.path(), rm);
+      log_line("job " + id + ": removed the partial checkpoint write " + entry.path().string());
+    }
   }
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a > b; });
   for (const auto& [step, path] : found) {
     auto ckpt = engine::read_checkpoint(path.string());
-    if (ckpt.ok()) return path.string();
+    if (ckpt.ok()) {
+      point.path = path.string();
+      break;
+    }
     log_line("job " + id + ": skipping unusable checkpoint " + path.string() + ": " +
              ckpt.status().message());
+    if (!point.note.empty()) point.note += "; ";
+    point.note += "skipped " + path.string() + ": " + ckpt.status().message();
   }
-  return "";
+  return point;
 }
 
 void JobManager::RunJob(const std::string& id) {
@@ -520,8 +539,10 @@ void JobManager::RunJob(const std::string& id) {
   }
   Job job = std::move(loaded).value();
   if (is_final(job.state())) return;
+  (void)FlushUnstored();  // what an earlier job could not store goes first
   const bool resuming = job.state() == ampd::v1::RUNNING;
-  const std::string resume_from = resuming ? PickCheckpoint(id) : "";
+  const ResumePoint resume_point = resuming ? PickCheckpoint(id) : ResumePoint{};
+  const std::string& resume_from = resume_point.path;
   auto last_seq = store_->LastSeq(id);
   if (!last_seq.ok()) {
     log_line("job " + id + ": " + last_seq.status().message());
@@ -533,6 +554,7 @@ void JobManager::RunJob(const std::string& id) {
   topts.data_dir = options_.data_dir;
   topts.checkpoint_dir = JobDir(id);
   topts.resume_from = resume_from;
+  topts.resume_note = resume_point.note;
   topts.first_seq = *last_seq + 1;
   topts.cancel = &cancel_;
   topts.on_event = [this](const JobEvent& e) { OnTrainerEvent(e); };
@@ -543,7 +565,7 @@ void JobManager::RunJob(const std::string& id) {
   }
   if (resuming) {
     log_line("job " + id + ": resuming " +
-             (resume_from.empty() ? "from step 0 (no checkpoint yet)" : "from " + resume_from));
+             (resume_from.empty() ? "from step 0 (no usable checkpoint)" : "from " + resume_from));
   }
   auto trainer = engine::Trainer::create(*backend_, job.spec(), std::move(topts));
   if (!trainer.ok()) {
@@ -584,8 +606,16 @@ void JobManager::RunJob(const std::string& id) {
   j.set_overflow_skipped_steps(final_job.overflow_skipped_steps());
   if (!final_job.checkpoint().empty()) j.set_checkpoint(final_job.checkpoint());
   *j.mutable_memory() = final_job.memory();
-  Status s = store_->UpdateJob(j, /*durable=*/true);
-  if (!s.ok()) log_line("job " + id + ": " + s.message());
+  if (FlushUnstored()) {
+    Status s = store_->UpdateJob(j, /*durable=*/true);
+    if (!s.ok()) log_line("job " + id + ": " + s.message());
+  } else {
+    // The row must not claim a state whose event is not stored yet; the pending events
+    // (the final one among them) go in with the next event the store accepts, or the job
+    // resumes from its checkpoint after a restart.
+    log_line("job " + id + ": " + std::to_string(unstored_.size()) +
+             " event(s) not stored yet (job store failing); the job's stored state lags");
+  }
   if (is_final(j.state())) {
     log_line("job " + id + " " + state_name(j.state()) + " at step " + std::to_string(j.step()) +
              (j.failure_reason().empty() ? "" : ": " + j.failure_reason()));
@@ -603,15 +633,11 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
     return;
   }
   ApplyEvent(e, &running_job_);
-  // A state change is worth an fsync; a progress event is not (see job_store.h).
-  Status s = store_->AppendEvent(running_job_, e, /*durable=*/e.has_state_change());
-  if (!s.ok()) {
-    // Unpublished too: watchers only ever see what the store holds.
-    log_line("job " + e.job_id() + ": event " + std::to_string(e.seq()) +
-             " not stored: " + s.message());
-    return;
+  if (e.has_checkpoint() && !e.checkpoint().error().empty()) {
+    log_line("job " + e.job_id() + ": checkpoint at step " + std::to_string(e.checkpoint().step()) +
+             " failed: " + e.checkpoint().error());
   }
-  hub_->Publish(e);
+  // Metrics follow training as it happens, whether or not the store keeps up.
   if (options_.observer != nullptr) {
     options_.observer->OnJobEvent(e);
     if (e.has_progress()) ReportMemory();
@@ -619,6 +645,40 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
       options_.observer->OnJobFinished(e.state_change().state());
     }
   }
+  if (unstored_.size() >= kMaxUnstoredEvents) {
+    log_line("job " + e.job_id() + ": event " + std::to_string(e.seq()) +
+             " dropped: the job store has refused " + std::to_string(unstored_.size()) +
+             " events in a row");
+    return;
+  }
+  unstored_.emplace_back(running_job_, e);
+  FlushUnstored();
+}
+
+bool JobManager::FlushUnstored() {
+  while (!unstored_.empty()) {
+    const auto& [job, e] = unstored_.front();
+    // A state change is worth an fsync; a progress event is not (see job_store.h).
+    Status s = store_->AppendEvent(job, e, /*durable=*/e.has_state_change());
+    if (!s.ok()) {
+      // Kept, in order, and retried before the next event: the stored log stays a
+      // gap-free prefix of the job's events, and watchers only see what it holds.
+      if (!store_failing_) {
+        log_line("job " + e.job_id() + ": event " + std::to_string(e.seq()) +
+                 " not stored (kept in memory, retried with the next event): " + s.message());
+      }
+      store_failing_ = true;
+      return false;
+    }
+    if (store_failing_) {
+      log_line("job store: writes succeed again; storing the " + std::to_string(unstored_.size()) +
+               " pending event(s)");
+      store_failing_ = false;
+    }
+    hub_->Publish(e);
+    unstored_.pop_front();
+  }
+  return true;
 }
 
 }  // namespace ampd::server

@@ -16,6 +16,14 @@
 //
 // Every job event is persisted (JobStore) before it is published to watchers (EventHub);
 // event seqs of a job are contiguous from 1 across restarts (first_seq = last stored + 1).
+// When the store refuses a write (disk full), the job keeps training: its events wait in
+// memory, in order, and go in with the next write that succeeds; calls that must write
+// (SubmitJob, a cancel) fail with the store's error; nothing takes the server down.
+//
+// Restarts: a RUNNING job resumes from the newest of its checkpoints that verifies
+// (engine/safetensors.h: both checksums); files passed over are named, with the reason,
+// in the reason of its next RUNNING event; with none usable it starts again from step 0.
+// Partial writes (".safetensors.tmp-*", from a process killed mid-write) are removed.
 //
 // One worker thread runs one job at a time on the one backend: a device trains one job at
 // a time, and running two would only make both slower and their timings meaningless.
@@ -56,7 +64,8 @@ class JobObserver {
   // The worker starts (or resumes) a job; precision is resolved ("fp16").
   virtual void OnJobStarted(const ampd::v1::Job& /*job*/) {}
   virtual void OnJobStep(const std::string& /*job_id*/, const engine::StepStats& /*step*/) {}
-  // Every event the trainer emits that the store accepted.
+  // Every event the trainer emits (recorded, or the store refused it: then kept and
+  // retried; metrics follow training either way).
   virtual void OnJobEvent(const ampd::v1::JobEvent& /*event*/) {}
   // The worker is done with the job: it ended, or stopped for a shutdown.
   virtual void OnJobStopped(const std::string& /*job_id*/) {}
@@ -156,11 +165,19 @@ class JobManager {
   void WorkerLoop();
   void RunJob(const std::string& id);
   void OnTrainerEvent(const ampd::v1::JobEvent& event);
+  // Stores and publishes unstored_ in order; false when the store still refuses.
+  bool FlushUnstored();
   // Records an event the manager itself produces (QUEUED, CANCELLED while queued,
   // FAILED before start): applies it to *job, persists both, publishes.
   Status RecordEvent(ampd::v1::Job* job, ampd::v1::JobState state, const std::string& reason);
   std::string NewJobId();  // requires mu_
-  std::string PickCheckpoint(const std::string& id) const;
+  // Where a RUNNING job resumes: the newest checkpoint that verifies ("" for step 0), and
+  // which newer ones were passed over and why ("" when none were).
+  struct ResumePoint {
+    std::string path;
+    std::string note;
+  };
+  ResumePoint PickCheckpoint(const std::string& id) const;
   std::string JobDir(const std::string& id) const;
   void ReportMemory();  // worker thread (or before it starts)
   Status CheckSpec(ampd::v1::JobSpec* resolved) const;
@@ -188,6 +205,12 @@ class JobManager {
   std::atomic<bool> shutdown_stop_{false};
   // The running job as its events describe it; touched only on the worker thread.
   ampd::v1::Job running_job_;
+  // Events the store refused (disk full), each with the job as of that event, oldest
+  // first; retried before every later event (worker thread only). Past the cap, events
+  // are dropped (logged) rather than held without bound.
+  static constexpr size_t kMaxUnstoredEvents = 10000;
+  std::deque<std::pair<ampd::v1::Job, ampd::v1::JobEvent>> unstored_;
+  bool store_failing_ = false;
 
   std::thread worker_;
 };

@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <atomic>
 #include <chrono>
 
 #include "engine/job_spec.h"
@@ -158,8 +159,27 @@ Status JobStore::SetSynchronous(bool full) {
   return Exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
 }
 
+namespace {
+std::atomic<bool> g_disk_full{false};
+std::atomic<int> g_disk_full_generation{0};
+}  // namespace
+
+void JobStore::SetDiskFullForTesting(bool full) {
+  g_disk_full = full;
+  ++g_disk_full_generation;
+}
+
+Status JobStore::ApplyDiskFullFault() {
+  const int generation = g_disk_full_generation.load();
+  if (generation == fault_generation_) return Status::Ok();
+  fault_generation_ = generation;
+  // SQLite raises a limit below the current size to the current size.
+  return Exec(g_disk_full.load() ? "PRAGMA max_page_count=1" : "PRAGMA max_page_count=4294967294");
+}
+
 template <typename Body>
 Status JobStore::Transaction(bool durable, Body&& body) {
+  AMPD_RETURN_IF_ERROR(ApplyDiskFullFault());
   // synchronous cannot change inside a transaction, so it is switched around it.
   if (durable) AMPD_RETURN_IF_ERROR(SetSynchronous(true));
   Status status = Exec("BEGIN IMMEDIATE");

@@ -80,6 +80,12 @@ class JobStore {
   // The largest job id ("" when there are no jobs): new ids must sort after it.
   StatusOr<std::string> MaxJobId();
 
+  // Test seam (process-wide; not for production): while on, every store's database may
+  // not grow (PRAGMA max_page_count at its current size, applied before each write), so
+  // writes that need a new page fail in SQLite itself with SQLITE_FULL, "database or
+  // disk is full" (ResourceExhausted), as on a full disk. Off restores the limit.
+  static void SetDiskFullForTesting(bool full);
+
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
@@ -92,8 +98,10 @@ class JobStore {
   Status Transaction(bool durable, Body&& body);
   Status Error(const std::string& what) const;
 
+  Status ApplyDiskFullFault();  // requires mu_
   std::mutex mu_;
   sqlite3* db_;
+  int fault_generation_ = 0;  // the SetDiskFullForTesting call last applied
 };
 
 }  // namespace ampd::server

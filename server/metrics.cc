@@ -92,6 +92,12 @@ ServerMetrics::ServerMetrics()
                      .Help("Jobs accepted by SubmitJob")
                      .Register(*registry_)
                      .Add({})),
+      checkpoint_failures_(BuildCounter()
+                               .Name("ampd_checkpoint_write_failures_total")
+                               .Help("Checkpoints that could not be written (disk full, "
+                                     "unwritable state dir); the previous one stays")
+                               .Register(*registry_)
+                               .Add({})),
       finished_(BuildCounter()
                     .Name("ampd_jobs_finished_total")
                     .Help("Jobs that reached a final state, by that state")
@@ -304,6 +310,7 @@ void ServerMetrics::OnJobStep(const std::string& job_id, const engine::StepStats
 
 void ServerMetrics::OnJobEvent(const ampd::v1::JobEvent& e) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (e.has_checkpoint() && !e.checkpoint().error().empty()) checkpoint_failures_.Increment();
   auto it = jobs_.find(e.job_id());
   if (it == jobs_.end()) return;
   JobSeries& s = *it->second;

@@ -4,6 +4,8 @@
 // _total for counters. Three kinds of series:
 //   * server:    ampd_build_info, ampd_jobs{state}, ampd_queue_depth,
 //                ampd_jobs_submitted_total, ampd_jobs_finished_total{state},
+//                ampd_checkpoint_write_failures_total (checkpoints a job could not write:
+//                disk full, unwritable state dir; the job goes on until its final one),
 //                ampd_grpc_requests_total{method,code},
 //                ampd_grpc_request_duration_seconds{method},
 //                ampd_auth_failures_total{reason} (missing, malformed, wrong_token),
@@ -127,6 +129,7 @@ class ServerMetrics final : public JobObserver {
 
   prometheus::Family<prometheus::Gauge>& build_info_;
   prometheus::Counter& submitted_;
+  prometheus::Counter& checkpoint_failures_;
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Family<prometheus::Counter>& rpc_requests_;
   prometheus::Family<prometheus::Histogram>& rpc_seconds_;

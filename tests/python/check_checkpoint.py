@@ -39,9 +39,9 @@ def main():
     path, digits, min_acc = sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.95
     tensors, meta = read_safetensors(path)
     for key in ("ampd.format", "ampd.step", "ampd.scaler", "ampd.rng", "ampd.spec",
-                "ampd.precision", "ampd.checksum"):
+                "ampd.precision", "ampd.checksum", "ampd.header_checksum"):
         assert key in meta, f"metadata lacks {key}"
-    assert meta["ampd.format"] == "ampd-checkpoint-v1"
+    assert meta["ampd.format"] == "ampd-checkpoint-v2"
     scaler = json.loads(meta["ampd.scaler"])
     assert "scale" in scaler and "growth_tracker" in scaler, scaler
     spec = json.loads(meta["ampd.spec"])

@@ -91,12 +91,31 @@ def check_by_hand(path):
     for k, v in EXPECTED_METADATA.items():
         check(meta.get(k) == v, "metadata %s = %r (got %r)" % (k, v, meta.get(k)))
     check(
-        set(meta) == set(EXPECTED_METADATA) | {"ampd.checksum"},
+        set(meta) == set(EXPECTED_METADATA) | {"ampd.checksum", "ampd.header_checksum"},
         "metadata keys %s" % sorted(meta),
     )
     want_crc = "crc32:%08x" % (zlib.crc32(buffer) & 0xFFFFFFFF)
     got_crc = meta.get("ampd.checksum")
     check(got_crc == want_crc, "checksum %s (got %s)" % (want_crc, got_crc))
+    # ampd.header_checksum: CRC-32 of the parsed header in canonical form (engine/safetensors.h):
+    # metadata sorted by key (UTF-8 bytes), key NUL value NUL, minus both checksums; then 0x01;
+    # then per tensor in offset order: name NUL dtype NUL dims joined by "," NUL begin,end NUL.
+    canon = b""
+    for k in sorted(meta, key=lambda k: k.encode("utf-8")):
+        if k not in ("ampd.checksum", "ampd.header_checksum"):
+            canon += k.encode("utf-8") + b"\0" + meta[k].encode("utf-8") + b"\0"
+    canon += b"\x01"
+    entries = sorted(
+        ((v["data_offsets"], k, v) for k, v in header.items() if k != "__metadata__"),
+        key=lambda e: tuple(e[0]),
+    )
+    for (begin, end), k, v in entries:
+        canon += k.encode("utf-8") + b"\0" + v["dtype"].encode() + b"\0"
+        canon += ",".join(str(d) for d in v["shape"]).encode() + b"\0"
+        canon += ("%d,%d" % (begin, end)).encode() + b"\0"
+    want_hcrc = "crc32:%08x" % (zlib.crc32(canon) & 0xFFFFFFFF)
+    got_hcrc = meta.get("ampd.header_checksum")
+    check(got_hcrc == want_hcrc, "header checksum %s (got %s)" % (want_hcrc, got_hcrc))
 
     pos = 0
     for name in LAYOUT:

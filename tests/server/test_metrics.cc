@@ -42,6 +42,10 @@ TEST(ServerMetrics, PerJobSeriesLiveWithTheJobAggregatesStay) {
   tensor->set_name("0.weight");
   tensor->set_fp16_zero_fraction(0.25);
   m.OnJobEvent(e);
+  ampd::v1::JobEvent failed_checkpoint;
+  failed_checkpoint.set_job_id("j-1");
+  failed_checkpoint.mutable_checkpoint()->set_error("write checkpoint x: No space left on device");
+  m.OnJobEvent(failed_checkpoint);
   m.ObserveRpc("GetJob", "NOT_FOUND", 0.001);
 
   std::string s = Scrape(m);
@@ -51,6 +55,7 @@ TEST(ServerMetrics, PerJobSeriesLiveWithTheJobAggregatesStay) {
   EXPECT_TRUE(Has(s, R"(ampd_jobs{state="queued"} 0)")) << s;
   EXPECT_TRUE(Has(s, "ampd_queue_depth 2")) << s;
   EXPECT_TRUE(Has(s, "ampd_jobs_submitted_total 1")) << s;
+  EXPECT_TRUE(Has(s, "ampd_checkpoint_write_failures_total 1")) << s;
   EXPECT_TRUE(Has(s, R"(ampd_training_steps_total{precision="fp16"} 2)")) << s;
   EXPECT_TRUE(Has(s, R"(ampd_training_samples_total{precision="fp16"} 128)")) << s;
   EXPECT_TRUE(Has(s, R"(ampd_training_overflow_skipped_steps_total{precision="fp16"} 1)")) << s;

@@ -1,0 +1,235 @@
+// Helpers shared by the fault tests that drive a real `ampd serve` (test_crash_recovery.cc,
+// test_disk_full.cc): a fixture with a state dir and the servers started on it, and the
+// calls they make through the generated stubs.
+#pragma once
+
+#include <google/protobuf/util/time_util.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ampd/v1/trainer.grpc.pb.h"
+#include "engine/job_spec.h"
+#include "engine/safetensors.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "server_process.h"
+
+namespace ampd::testing::faults {
+
+namespace fs = std::filesystem;
+using ampd::v1::Job;
+using ampd::v1::JobEvent;
+using ampd::v1::JobSpec;
+using ampd::v1::JobState;
+using Stub = ampd::v1::Trainer::Stub;
+
+inline void SetDeadline(grpc::ClientContext* ctx,
+                        std::chrono::milliseconds d = std::chrono::seconds(30)) {
+  ctx->set_deadline(std::chrono::system_clock::now() + d);
+}
+
+// The digits MLP of examples/digits-fp16.yaml cut to `steps` steps, reporting every step
+// (so that a test can stop the server at any step) and checkpointing every `every`.
+inline JobSpec DigitsJob(int64_t steps, int64_t every, int64_t seed = 7,
+                         const std::string& precision = "fp16") {
+  auto spec = engine::load_job_spec_file(AMPD_SOURCE_DIR "/examples/digits-fp16.yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
+  JobSpec s = spec.ok() ? spec.value() : JobSpec();
+  s.set_name("faults-" + std::to_string(seed));
+  s.set_precision(precision);
+  auto* t = s.mutable_training();
+  t->set_epochs(0);
+  t->set_max_steps(steps);
+  t->set_eval_every(0);
+  t->set_report_every(1);
+  t->set_checkpoint_every(every);
+  t->set_seed(seed);
+  return s;
+}
+
+inline grpc::Status Submit(Stub& stub, const JobSpec& spec, Job* job,
+                           const std::string& client_request_id = "") {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  ampd::v1::SubmitJobRequest req;
+  *req.mutable_spec() = spec;
+  req.set_client_request_id(client_request_id);
+  return stub.SubmitJob(&ctx, req, job);
+}
+
+inline grpc::Status GetJob(Stub& stub, const std::string& id, Job* job) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  ampd::v1::GetJobRequest req;
+  req.set_job_id(id);
+  return stub.GetJob(&ctx, req, job);
+}
+
+// Every event from seq 1 to the final one.
+struct WatchResult {
+  std::vector<JobEvent> events;
+  grpc::Status status;
+};
+inline WatchResult WatchToEnd(Stub& stub, const std::string& id) {
+  WatchResult r;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, std::chrono::seconds(90));
+  ampd::v1::WatchJobRequest req;
+  req.set_job_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  JobEvent e;
+  while (reader->Read(&e)) r.events.push_back(e);
+  r.status = reader->Finish();
+  return r;
+}
+
+// Watches until a progress event reaches `step`; false if the job ended first.
+inline bool WaitForStep(Stub& stub, const std::string& id, int64_t step) {
+  bool reached = false;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, std::chrono::seconds(60));
+  ampd::v1::WatchJobRequest req;
+  req.set_job_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  JobEvent e;
+  while (reader->Read(&e)) {
+    if (e.has_progress() && e.progress().step() >= step) {
+      reached = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  (void)reader->Finish();
+  return reached;
+}
+
+inline bool IsFinal(const JobEvent& e) {
+  if (!e.has_state_change()) return false;
+  const JobState s = e.state_change().state();
+  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
+}
+
+// seqs 1..n without gaps or repeats, exactly one final state event, and it is the last.
+inline void ExpectCompleteHistory(const std::vector<JobEvent>& events, const std::string& id) {
+  ASSERT_FALSE(events.empty()) << id;
+  int finals = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << "event " << i << " of " << id;
+    EXPECT_EQ(events[i].job_id(), id);
+    finals += IsFinal(events[i]) ? 1 : 0;
+  }
+  EXPECT_EQ(finals, 1) << id;
+  EXPECT_TRUE(IsFinal(events.back())) << id;
+}
+
+// The reasons of the job's RUNNING events, in order.
+inline std::vector<std::string> RunningReasons(const std::vector<JobEvent>& events) {
+  std::vector<std::string> out;
+  for (const auto& e : events) {
+    if (e.has_state_change() && e.state_change().state() == ampd::v1::RUNNING) {
+      out.push_back(e.state_change().reason());
+    }
+  }
+  return out;
+}
+
+// DownloadCheckpoint: the job's newest checkpoint, whole; *step is the chunks' step.
+inline grpc::Status Download(Stub& stub, const std::string& id, std::string* bytes,
+                             int64_t* step = nullptr) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  ampd::v1::DownloadCheckpointRequest req;
+  req.set_job_id(id);
+  auto reader = stub.DownloadCheckpoint(&ctx, req);
+  ampd::v1::CheckpointChunk chunk;
+  bytes->clear();
+  while (reader->Read(&chunk)) {
+    EXPECT_EQ(chunk.offset(), static_cast<int64_t>(bytes->size()));
+    if (step != nullptr) *step = chunk.step();
+    *bytes += chunk.data();
+  }
+  return reader->Finish();
+}
+
+// The tensors of a safetensors file held in memory, by name.
+inline std::map<std::string, std::vector<uint8_t>> TensorsOf(const std::string& bytes,
+                                                             const fs::path& scratch) {
+  {
+    std::ofstream out(scratch, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  auto f = engine::read_safetensors(scratch.string());
+  EXPECT_TRUE(f.ok()) << f.status().to_string();
+  std::map<std::string, std::vector<uint8_t>> out;
+  if (f.ok()) {
+    for (auto& t : f->tensors) out[t.name] = t.data;
+  }
+  fs::remove(scratch);
+  return out;
+}
+
+inline bool Serving(ServerProcess& server) {
+  auto health = grpc::health::v1::Health::NewStub(server.NewChannel());
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  return health->Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+class FaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ampd-fault-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    state_dir_ = (root_ / "state").string();
+  }
+  void TearDown() override {
+    if (HasFailure()) {
+      for (auto& s : servers_)
+        std::cerr << "---- server log (" << s->address() << ")\n" << s->Log();
+    }
+    servers_.clear();
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+  // Starts a server on state_dir (the newest one is server() / stub()); `env` is set for
+  // the child only (posix_spawn passes this process's environment).
+  ServerProcess* StartServer(const std::vector<std::pair<std::string, std::string>>& env = {}) {
+    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+    std::string error;
+    auto p = ServerProcess::Start(state_dir_, {}, &error);
+    for (const auto& [k, v] : env) ::unsetenv(k.c_str());
+    EXPECT_NE(p, nullptr) << error;
+    if (p == nullptr) return nullptr;
+    servers_.push_back(std::move(p));
+    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->NewChannel());
+    return servers_.back().get();
+  }
+  ServerProcess& server() { return *servers_.back(); }
+  Stub& stub() { return *stub_; }
+  fs::path JobDir(const std::string& id) const { return fs::path(state_dir_) / "jobs" / id; }
+
+  fs::path root_;
+  std::string state_dir_;
+  std::vector<std::unique_ptr<ServerProcess>> servers_;
+  std::unique_ptr<Stub> stub_;
+};
+
+#define FAULT_ASSERT_OK(expr)                                              \
+  do {                                                                     \
+    const grpc::Status s_ = (expr);                                        \
+    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
+  } while (0)
+
+}  // namespace ampd::testing::faults

@@ -1,0 +1,131 @@
+// The job store's disk filling up under a running server (JobManager in-process on the
+// reference backend; SQLite itself refuses to grow the database: JobStore's disk-full
+// test seam): nothing crashes, the running job trains to its end, calls that must write
+// fail with RESOURCE_EXHAUSTED and say why, reads keep working, and once writes succeed
+// again every event is stored, in order, without gaps or repeats.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "engine/job_spec.h"
+#include "kernels/reference/reference_backend.h"
+#include "server/event_hub.h"
+#include "server/job_manager.h"
+#include "server/job_store.h"
+
+namespace ampd::server {
+namespace {
+
+namespace fs = std::filesystem;
+using ampd::v1::JobEvent;
+
+ampd::v1::JobSpec Spec(int64_t steps) {
+  auto spec = engine::parse_job_spec(
+      "precision: fp32\n"
+      "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
+      "data: {synthetic: {kind: blobs, samples: 64, features: 4, classes: 3}, batch_size: 16}\n"
+      "optimizer: {sgd: {lr: 0.1}}\n"
+      "training: {max_steps: " +
+          std::to_string(steps) + ", report_every: 1, checkpoint_every: 20}\n",
+      "yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
+  return spec.ok() ? spec.value() : ampd::v1::JobSpec();
+}
+
+struct DiskFull {
+  DiskFull() { JobStore::SetDiskFullForTesting(true); }
+  ~DiskFull() { JobStore::SetDiskFullForTesting(false); }
+};
+
+std::vector<JobEvent> WatchToEnd(JobManager& m, const std::string& id) {
+  std::vector<JobEvent> events;
+  Status s = m.Watch(
+      id, 0,
+      [&](const JobEvent& e) {
+        events.push_back(e);
+        return true;
+      },
+      nullptr);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  return events;
+}
+
+TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
+  char tmpl[] = "/tmp/ampd-store-fault-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const fs::path root = tmpl;
+  JobManagerOptions o;
+  o.state_dir = (root / "state").string();
+  o.data_dir = (root / "data").string();
+  auto created = JobManager::Create(make_reference_backend(), o);
+  ASSERT_TRUE(created.ok()) << created.status().to_string();
+  std::unique_ptr<JobManager> m = std::move(created).value();
+
+  auto wait_idle = [&] {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline &&
+           (!m->Info().running_job.empty() || m->Info().queued_jobs > 0)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return m->Info().running_job.empty() && m->Info().queued_jobs == 0;
+  };
+  std::vector<std::string> ids;
+  {
+    DiskFull full;
+    // Queue jobs (the worker has not started) until the store refuses one: then the
+    // database cannot grow and has little room left in its pages. A refused call says why.
+    Status refused;
+    for (int i = 0; i < 500 && refused.ok(); ++i) {
+      auto job = m->Submit(Spec(60), "");
+      if (job.ok()) {
+        ids.push_back(job->id());
+      } else {
+        refused = job.status();
+      }
+    }
+    ASSERT_FALSE(refused.ok()) << "the store never filled up";
+    EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused.to_string();
+    EXPECT_NE(refused.message().find("database or disk is full"), std::string::npos)
+        << refused.to_string();
+    ASSERT_FALSE(ids.empty()) << "the store refused even the first job";
+    // Every queued job trains to its end although most of its events cannot be stored.
+    m->Start();
+    ASSERT_TRUE(wait_idle());
+    // Reads keep working.
+    auto got = m->Get(ids[0]);
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    EXPECT_TRUE(m->List({}, 10, "").ok());
+  }
+  // Space again: the next job goes in, and the earlier jobs' events with it.
+  auto c = m->Submit(Spec(5), "");
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  ids.push_back(c->id());
+  ASSERT_TRUE(wait_idle());
+  for (const std::string& id : ids) {
+    const auto events = WatchToEnd(*m, id);
+    ASSERT_FALSE(events.empty());
+    int finals = 0, progress = 0;
+    for (size_t i = 0; i < events.size(); ++i) {
+      ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << id;
+      finals += EventHub::IsFinal(events[i]) ? 1 : 0;
+      progress += events[i].has_progress() ? 1 : 0;
+    }
+    EXPECT_EQ(finals, 1) << id;
+    EXPECT_EQ(events.back().state_change().state(), ampd::v1::SUCCEEDED) << id;
+    EXPECT_EQ(progress, id == c->id() ? 5 : 60) << id;  // none lost
+    auto job = m->Get(id);
+    ASSERT_TRUE(job.ok());
+    EXPECT_EQ(job->state(), ampd::v1::SUCCEEDED) << id;
+    EXPECT_EQ(job->step(), id == c->id() ? 5 : 60) << id;
+  }
+  RecordProperty("jobs_queued_before_full", static_cast<int>(ids.size()) - 1);
+  EXPECT_TRUE(m->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  m.reset();
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+}  // namespace
+}  // namespace ampd::server
