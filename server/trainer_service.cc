@@ -24,7 +24,15 @@ grpc::Status ToGrpcStatus(const Status& status) {
     case StatusCode::kDataLoss: code = grpc::StatusCode::DATA_LOSS; break;
     case StatusCode::kUnimplemented: code = grpc::StatusCode::UNIMPLEMENTED; break;
   }
-  return grpc::Status(code, status.message());
+  // The message travels in the grpc-message trailer, and clients refuse trailers over 8 KiB
+  // (RESOURCE_EXHAUSTED instead of the real code): a message that echoes a huge request
+  // field (a 10 000-character job id) is cut, on a UTF-8 boundary.
+  constexpr size_t kMaxMessageBytes = 2048;
+  const std::string& m = status.message();
+  if (m.size() <= kMaxMessageBytes) return grpc::Status(code, m);
+  size_t cut = kMaxMessageBytes;
+  while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;
+  return grpc::Status(code, m.substr(0, cut) + "... (" + std::to_string(m.size()) + " bytes)");
 }
 
 namespace {

@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -509,7 +510,11 @@ TEST_F(MalformedSpecsTest, HostileJobIdsAreNotFoundAndNeverReachAPath) {
       grpc::ClientContext ctx;
       ampd::v1::GetJobRequest req;
       req.set_job_id(id);
-      EXPECT_EQ(stub_->GetJob(&ctx, req, &job).error_code(), StatusCode::NOT_FOUND);
+      const grpc::Status s = stub_->GetJob(&ctx, req, &job);
+      EXPECT_EQ(s.error_code(), StatusCode::NOT_FOUND) << s.error_message().substr(0, 200);
+      EXPECT_EQ(s.error_message().rfind("job ", 0), 0u) << s.error_message().substr(0, 200);
+      // Echoed ids are cut: a trailer past 8 KiB would turn the code into RESOURCE_EXHAUSTED.
+      EXPECT_LE(s.error_message().size(), 2100u);
     }
     {
       grpc::ClientContext ctx;
