@@ -329,7 +329,10 @@ class IgnoreEvents : public YAML::EventHandler {
 // until memory runs out (found by tests/fuzz/fuzz_job_spec; seeds regress-*-hang.json in
 // tests/fuzz/corpus/job_spec). Here the documents are counted with a bound first, then
 // the one document is loaded.
-Error LoadYaml(std::string_view text, YAML::Node* doc) {
+// `syntax` tells a YAML syntax error (where a JSON reading's error may say more) from a
+// well-formed stream of more than one document.
+Error LoadYaml(std::string_view text, YAML::Node* doc, bool* syntax) {
+  *syntax = false;
   try {
     const std::string copy(text);
     std::istringstream in(copy);
@@ -345,6 +348,7 @@ Error LoadYaml(std::string_view text, YAML::Node* doc) {
     *doc = YAML::Load(copy);
     return {};
   } catch (const YAML::Exception& e) {
+    *syntax = true;
     return "job spec: YAML syntax error at " + AtMark(e.mark) + e.msg;
   }
 }
@@ -492,8 +496,9 @@ ParseResult parse_job_spec_text(std::string_view text, std::string_view format) 
       json_error = std::move(json);
     }
     YAML::Node doc;
-    if (Error e = LoadYaml(text, &doc); !e.empty()) {
-      return json_error ? std::move(*json_error) : Invalid(e);
+    bool syntax = false;
+    if (Error e = LoadYaml(text, &doc, &syntax); !e.empty()) {
+      return json_error && syntax ? std::move(*json_error) : Invalid(e);
     }
     std::string converted;
     if (Error e = YamlDocumentToJson(doc, &converted); !e.empty()) return Invalid(e);
