@@ -256,6 +256,13 @@ std::vector<SpecRow> SpecRows() {
        StatusCode::INVALID_ARGUMENT, "name"},
       {"unknown field at the top", [](S s) { Unknown(&s)->AddVarint(99, 1); },
        StatusCode::INVALID_ARGUMENT, "unknown field number 99"},
+      {"unknown layer kind (a 'conv' as field 8 of LayerSpec)",
+       [](S s) {
+         auto* layer = s.mutable_model()->mutable_layers(1);
+         layer->Clear();
+         Unknown(layer)->AddLengthDelimited(8, "");
+       },
+       StatusCode::INVALID_ARGUMENT, "model.layers[1]: unknown field number 8"},
       {"unknown field in optimizer.adamw",
        [](S s) { Unknown(s.mutable_optimizer()->mutable_adamw())->AddFixed32(17, 0); },
        StatusCode::INVALID_ARGUMENT, "optimizer.adamw"},
@@ -581,6 +588,11 @@ TEST(MalformedJobFiles, RefusedBeforeSubmissionWithTheFieldNamed) {
       {"deeply nested JSON", deep_json, "job spec"},
       {"YAML alias bomb (10^12 nodes)", bomb, "job spec"},
       {"two documents", "name: a\n---\nname: b\n", "one YAML document"},
+      {"unknown layer kind", "model: {layers: [{conv: {}}, {linear: {out_features: 2}}]}", "conv"},
+      // yaml-cpp's LoadAll never returned on these (tests/fuzz regression seeds).
+      {"text after a top-level flow mapping", "{\"a\": {}}, \"b\": 1}", "job spec"},
+      {"NUL byte", std::string("name: a\0b\n", 10), "control character U+0000"},
+      {"invalid UTF-8", "name: \xff\xfe\n", "invalid UTF-8"},
       {"over 1 MiB", std::string((1 << 20) + 1, ' ') + "x", "larger than"},
   };
   for (const FileRow& row : rows) {
