@@ -329,6 +329,7 @@ class IgnoreEvents : public YAML::EventHandler {
 // until memory runs out (found by tests/fuzz/fuzz_job_spec; seeds regress-*-hang.json in
 // tests/fuzz/corpus/job_spec). Here the documents are counted with a bound first, then
 // the one document is loaded.
+//
 // `syntax` tells a YAML syntax error (where a JSON reading's error may say more) from a
 // well-formed stream of more than one document.
 Error LoadYaml(std::string_view text, YAML::Node* doc, bool* syntax) {
@@ -386,9 +387,9 @@ ParseResult Invalid(std::string message) {
 
 // A job file is Unicode text in UTF-8, and only YAML 1.2's printable characters
 // (c-printable: tab, LF, CR, U+0020..U+007E, U+0085, U+00A0..U+D7FF, U+E000..U+FFFD,
-// U+10000..U+10FFFF), which JSON text satisfies too. yaml-cpp 0.7 does not enforce this
-// (it ends the stream at a NUL byte, silently dropping what follows, and decodes invalid
-// UTF-8 as U+FFFD), so anything else is refused here, with its position.
+// U+10000..U+10FFFF), which JSON text satisfies too. yaml-cpp 0.7 does not enforce this:
+// it misreads a NUL byte and what follows ("x\0b" came back as "x\x08 ") and passes
+// invalid UTF-8 through. So anything else is refused here, with its position.
 Error NonPrintableError(std::string_view text) {
   size_t line = 1, column = 1;
   const auto at = [&](const std::string& what) {
