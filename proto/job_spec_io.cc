@@ -36,10 +36,23 @@ constexpr size_t kMaxJsonBytes = 8 * kMaxSpecBytes;
 // An error message; empty means success. Every error here is ErrorKind::kInvalid.
 using Error = std::string;
 
+// Every error message, with control characters escaped (\x04): the libraries' messages can
+// quote the input (yaml-cpp's "unknown escape character: " ends with the byte after a
+// trailing backslash, found by tests/fuzz/fuzz_job_spec, seed regress-raw-byte-in-error),
+// and messages end up in logs and terminals.
 ParseResult Failure(ErrorKind kind, std::string message) {
   ParseResult r;
   r.error = kind;
-  r.message = std::move(message);
+  for (char ch : message) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      r.message += buf;
+    } else {
+      r.message += ch;
+    }
+  }
   return r;
 }
 

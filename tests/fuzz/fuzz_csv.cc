@@ -30,6 +30,10 @@ void CheckOne(std::span<const unsigned char> bytes, const ampd::engine::CsvOptio
     if (s.code() != ampd::StatusCode::kInvalidArgument)
       Fail("error is not InvalidArgument", s.to_string());
     if (s.message().rfind("fuzz.csv", 0) != 0) Fail("error does not name the source", s.message());
+    for (char ch : s.message()) {
+      if (static_cast<unsigned char>(ch) < 0x20)
+        Fail("raw control character in the error", s.message());
+    }
     return;
   }
   const ampd::engine::CsvTable& t = *table;

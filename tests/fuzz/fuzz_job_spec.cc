@@ -3,7 +3,7 @@
 // Beyond "no crash, no leak, no undefined behaviour, no hang", it checks the properties
 // the server relies on:
 //   - an error is InvalidArgument and its message starts with "job spec" (parse) or names
-//     a field path (validation): never Internal, never an empty message;
+//     a field path (validation): never Internal, never empty, no raw control characters;
 //   - a resolved spec validates again to itself (validation is idempotent);
 //   - the resolved spec's JSON (job_spec_to_json, what checkpoints store) parses back to
 //     an equal message;
@@ -33,6 +33,12 @@ void CheckError(const ampd::Status& s) {
   if (s.code() != ampd::StatusCode::kInvalidArgument)
     Fail("error is not InvalidArgument", s.to_string());
   if (s.message().empty()) Fail("empty error message", "");
+  // Messages reach logs and terminals: line breaks only where the error list puts them.
+  for (char ch : s.message()) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\n') || c == 0x7f)
+      Fail("raw control character in the error", s.message());
+  }
 }
 
 }  // namespace
