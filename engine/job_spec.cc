@@ -566,7 +566,7 @@ void CheckTotalSteps(const JobSpec& spec, Checker* c) {
   const double total = per_epoch * t.epochs();
   if (total > static_cast<double>(kMaxTotalSteps) &&
       (t.max_steps() == 0 || t.max_steps() > kMaxTotalSteps)) {
-    c->Add("training.epochs", std::to_string(t.epochs()) + " epochs of " +
+    c->Add("training.epochs", std::to_string(t.epochs()) + " epochs of about " +
                                   Num(static_cast<int64_t>(per_epoch)) + " steps is over " +
                                   Num(kMaxTotalSteps) +
                                   " steps; lower epochs, raise data.batch_size or set max_steps");
