@@ -82,7 +82,8 @@ class DatasetStore {
                                                 const std::string& sha256);
 
   // Regular files directly in the data directory whose names are valid data set names,
-  // sorted by name. Hashes are computed once per (size, mtime) and remembered.
+  // sorted by name; symbolic links (which could point outside it) are not listed. Hashes are
+  // computed once per (size, mtime) and remembered.
   StatusOr<std::vector<DatasetInfo>> List();
 
   const Options& options() const { return options_; }
