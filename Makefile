@@ -4,12 +4,13 @@
 #   make build          configure + build
 #   make format         clang-format every C++ source
 #   make bench          CPU benchmarks vs PyTorch and oneDNN (bench/RESULTS.md)
+#   make fuzz           run the libFuzzer targets longer (FUZZ_SECONDS each, default 600)
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?=
 
-.PHONY: all deps build test demo format clean bench
+.PHONY: all deps build test demo format clean bench fuzz
 
 all: build
 
@@ -39,3 +40,16 @@ clean:
 bench: deps $(BUILD_DIR)/build.ninja
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target ampd_bench ampd ampctl watch_many
 	bench/cpu/run.sh $(BUILD_DIR)
+
+# make fuzz FUZZ_SECONDS=600: each libFuzzer target (tests/fuzz/: the job-spec parser, the
+# CSV reader; clang, ASan, UBSan) runs FUZZ_SECONDS over its seeds plus the working corpus
+# in $(BUILD_DIR)/fuzz/work/, which keeps what earlier runs found. A finding fails the run
+# and leaves the input in $(BUILD_DIR)/fuzz/work/<target>/artifacts/. Not part of `make test`
+# (ctest runs each target for 20 s).
+FUZZ_SECONDS ?= 600
+fuzz: deps $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target ampd_fuzz
+	tests/fuzz/run.sh $(BUILD_DIR)/fuzz/build/bin/fuzz_job_spec $(FUZZ_SECONDS) \
+	  tests/fuzz/corpus/job_spec $(BUILD_DIR)/fuzz/work/job_spec tests/fuzz/job_spec.dict
+	tests/fuzz/run.sh $(BUILD_DIR)/fuzz/build/bin/fuzz_csv $(FUZZ_SECONDS) \
+	  tests/fuzz/corpus/csv $(BUILD_DIR)/fuzz/work/csv tests/fuzz/csv.dict

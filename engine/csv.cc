@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <system_error>
@@ -31,11 +32,22 @@ bool is_blank(std::string_view line, char delimiter) {
   return std::all_of(line.begin(), line.end(), [&](char c) { return is_space(c, delimiter); });
 }
 
-// 'abc', shortened so that a megabyte of garbage does not end up in a message.
+// 'abc', shortened so that a megabyte of garbage does not end up in a message, with
+// control characters escaped (\x00) so that a file's bytes cannot break a log line or a
+// terminal.
 std::string quoted_excerpt(std::string_view s) {
   constexpr size_t kMax = 40;
   std::string out = "'";
-  out.append(s.substr(0, kMax));
+  for (char ch : s.substr(0, kMax)) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
   if (s.size() > kMax) out += "...";
   out += "'";
   return out;

@@ -6,7 +6,10 @@
 //
 //   field                                   rule                                 default
 //   --------------------------------------  -----------------------------------  -------------
-//   name                                    <= 128 characters (UTF-8)            ""
+//   name                                    <= 128 characters (UTF-8), no        ""
+//                                           control characters
+//   (any message)                           no unknown fields or wrong wire types
+//                                           (a binary spec from another schema)
 //   precision                               fp32 | fp16 | bf16 | auto            auto
 //   model.layers                            1 .. 256 layers, each with a kind;
 //                                           the last one linear (the outputs)
@@ -19,11 +22,13 @@
 //   model.loss                              cross_entropy | mse                  cross_entropy
 //   data                                    one of digits, csv, synthetic
 //   data.csv.path                           non-empty, relative, no '..' component, no NUL
+//                                           or control character, <= 1024 bytes
 //   data.csv.target_columns                 [1, 65536]                           1
 //   data.synthetic.kind                     spirals | blobs | linear_regression
-//   data.synthetic.samples                  >= 0                                 1000
-//   data.synthetic.features                 >= 0                    2 (spirals), else 16
-//   data.synthetic.classes                  >= 0           1 (linear_regression), else 3
+//   data.synthetic.samples                  >= 0; samples x (features + classes)
+//                                           <= 2^28 (1 GiB of float32)           1000
+//   data.synthetic.features                 [0, 65536]              2 (spirals), else 16
+//   data.synthetic.classes                  [0, 65536]     1 (linear_regression), else 3
 //   data.synthetic.noise                    >= 0                                 0.1
 //   data.batch_size                         [1, 1048576]                         64
 //   data.validation_fraction                [0, 0.9]                             0.2
@@ -53,7 +58,9 @@
 //   loss_scaling.dynamic.min_scale          > 0                                  1
 //   loss_scaling.dynamic.max_scale          >= init_scale                        2^24
 //   loss_scaling.static.scale               > 0
-//   training.epochs                         [0, 100000]; epochs or max_steps > 0
+//   training.epochs                         [0, 100000]; epochs or max_steps > 0;
+//                                           with synthetic data, epochs x steps per
+//                                           epoch <= 10^9 unless max_steps caps it
 //   training.max_steps                      [0, 10^9]
 //   training.eval_every                     >= 0 (0 = only at the end)           0
 //   training.report_every                   >= 0                                 10
@@ -61,6 +68,9 @@
 //   training.telemetry_every                >= 0 (0 = off)                       0
 #include "engine/job_spec.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/reflection.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
@@ -218,6 +228,64 @@ class Checker {
   std::vector<std::string> errors_;
 };
 
+// ---------------------------------------------------------------------------------------
+// Fields this build does not know
+// ---------------------------------------------------------------------------------------
+
+const char* WireTypeName(pb::UnknownField::Type type) {
+  switch (type) {
+    case pb::UnknownField::TYPE_VARINT: return "varint";
+    case pb::UnknownField::TYPE_FIXED32: return "fixed32";
+    case pb::UnknownField::TYPE_FIXED64: return "fixed64";
+    case pb::UnknownField::TYPE_LENGTH_DELIMITED: return "length-delimited";
+    case pb::UnknownField::TYPE_GROUP: return "group";
+  }
+  return "unknown";
+}
+
+// A JobSpec that arrives in binary (SubmitJob) keeps the fields protobuf could not match
+// as "unknown fields": numbers this schema does not have (a newer or a different client),
+// and known numbers sent with the wrong wire type (a string where an integer belongs).
+// Ignoring them would run a job other than the one the client described, so each is an
+// error naming where it was found. (Job files never get here with one: the JSON parser
+// rejects unknown names itself.)
+void CheckUnknownFields(const pb::Message& message, const std::string& path, Checker* c) {
+  const pb::Reflection* reflection = message.GetReflection();
+  const pb::Descriptor* descriptor = message.GetDescriptor();
+  const pb::UnknownFieldSet& unknown = reflection->GetUnknownFields(message);
+  const std::string where = path.empty() ? "spec" : path;
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const pb::UnknownField& f = unknown.field(i);
+    const pb::FieldDescriptor* known = descriptor->FindFieldByNumber(f.number());
+    if (known != nullptr) {
+      c->Add(path.empty() ? known->name() : path + "." + known->name(),
+             std::string("wrong type: field ") + std::to_string(f.number()) + " was sent as " +
+                 WireTypeName(f.type()) + ", but it is a " + known->type_name() +
+                 "; regenerate the client from ampd/v1/job.proto");
+    } else {
+      c->Add(where, "unknown field number " + std::to_string(f.number()) + " (" +
+                        WireTypeName(f.type()) + "); " + descriptor->full_name() +
+                        " has no such field: remove it, or update the server");
+    }
+    if (i >= 20) break;  // the rest of a garbage message adds nothing
+  }
+  std::vector<const pb::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const pb::FieldDescriptor* field : fields) {
+    if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const std::string child = path.empty() ? field->name() : path + "." + field->name();
+    if (field->is_repeated()) {
+      const int n = reflection->FieldSize(message, field);
+      for (int i = 0; i < n; ++i) {
+        CheckUnknownFields(reflection->GetRepeatedMessage(message, field, i),
+                           child + "[" + std::to_string(i) + "]", c);
+      }
+    } else {
+      CheckUnknownFields(reflection->GetMessage(message, field), child, c);
+    }
+  }
+}
+
 const char* LayerKindName(const LayerSpec& layer) {
   switch (layer.kind_case()) {
     case LayerSpec::kLinear: return "linear";
@@ -235,6 +303,9 @@ const char* LayerKindName(const LayerSpec& layer) {
 constexpr float kDefaultNormEps = 1e-5f;
 constexpr int kMaxLayers = 256;
 constexpr int kMaxWidth = 65536;
+constexpr int64_t kMaxSyntheticValues = int64_t{1} << 28;
+constexpr size_t kMaxPathBytes = 1024;
+constexpr int64_t kMaxTotalSteps = 1000000000;
 
 void ResolveModel(ModelSpec* model, Checker* c) {
   if (model->loss().empty()) model->set_loss("cross_entropy");
@@ -319,6 +390,13 @@ void ResolveData(DataSpec* data, Checker* c) {
         c->Add("data.csv.path", "must be relative to the data directory, got " + Quote(path));
       } else if (HasDotDotComponent(path)) {
         c->Add("data.csv.path", "must not contain '..' components, got " + Quote(path));
+      } else if (path.size() > kMaxPathBytes) {
+        c->Add("data.csv.path", "must be at most " + std::to_string(kMaxPathBytes) +
+                                    " bytes, got " + std::to_string(path.size()));
+      } else if (std::any_of(path.begin(), path.end(), [](char ch) {
+                   return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+                 })) {
+        c->Add("data.csv.path", "must not contain control characters, got " + Quote(path));
       }
       if (csv->target_columns() == 0) csv->set_target_columns(1);
       c->Closed("data.csv.target_columns", csv->target_columns(), 1, kMaxWidth);
@@ -341,6 +419,23 @@ void ResolveData(DataSpec* data, Checker* c) {
       }
       if (!syn->has_noise()) syn->set_noise(0.1f);
       c->NonNegative("data.synthetic.noise", syn->noise());
+      // The set is generated in host memory before training starts: bound it here, where
+      // the error can still name the field.
+      bool widths_ok = syn->features() >= 0 && syn->classes() >= 0;
+      for (auto [field, v] : {std::pair{"data.synthetic.features", syn->features()},
+                              std::pair{"data.synthetic.classes", syn->classes()}}) {
+        if (v > kMaxWidth) {
+          c->Add(field, "must be <= " + Num(kMaxWidth) + ", got " + Num(v));
+          widths_ok = false;
+        }
+      }
+      const int64_t values = int64_t{syn->samples()} * (int64_t{syn->features()} + syn->classes());
+      if (widths_ok && values > kMaxSyntheticValues) {
+        c->Add("data.synthetic.samples",
+               "samples x (features + classes) = " + std::to_string(values) +
+                   " values is over the limit of " + std::to_string(kMaxSyntheticValues) +
+                   " (1 GiB of float32); lower samples or features");
+      }
       break;
     }
     case DataSpec::SOURCE_NOT_SET:
@@ -449,7 +544,7 @@ void ResolveLossScaling(LossScalingSpec* scaling, const std::string& precision, 
 
 void ResolveTraining(TrainingSpec* t, Checker* c) {
   bool epochs_ok = c->Closed("training.epochs", t->epochs(), 0, 100000);
-  bool steps_ok = c->Closed<int64_t>("training.max_steps", t->max_steps(), 0, int64_t{1000000000});
+  bool steps_ok = c->Closed<int64_t>("training.max_steps", t->max_steps(), 0, kMaxTotalSteps);
   if (epochs_ok && steps_ok && t->epochs() == 0 && t->max_steps() == 0) {
     c->Add("training", "set epochs or max_steps (at least one must be > 0)");
   }
@@ -458,6 +553,24 @@ void ResolveTraining(TrainingSpec* t, Checker* c) {
   c->NonNegative("training.report_every", t->report_every());
   c->NonNegative("training.checkpoint_every", t->checkpoint_every());
   c->NonNegative("training.telemetry_every", t->telemetry_every());
+}
+
+// epochs x steps per epoch, where the data set's size is known from the spec (synthetic
+// data), is bounded like max_steps: a job that could never finish is refused up front.
+void CheckTotalSteps(const JobSpec& spec, Checker* c) {
+  const TrainingSpec& t = spec.training();
+  if (t.epochs() == 0 || !spec.data().has_synthetic()) return;
+  const double train = std::floor(spec.data().synthetic().samples() *
+                                  (1.0 - double{spec.data().validation_fraction()}));
+  const double per_epoch = std::ceil(std::max(train, 1.0) / spec.data().batch_size());
+  const double total = per_epoch * t.epochs();
+  if (total > static_cast<double>(kMaxTotalSteps) &&
+      (t.max_steps() == 0 || t.max_steps() > kMaxTotalSteps)) {
+    c->Add("training.epochs", std::to_string(t.epochs()) + " epochs of about " +
+                                  Num(static_cast<int64_t>(per_epoch)) + " steps is over " +
+                                  Num(kMaxTotalSteps) +
+                                  " steps; lower epochs, raise data.batch_size or set max_steps");
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -513,8 +626,15 @@ StatusOr<JobSpec> load_job_spec_file(const std::string& path) {
 StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
   JobSpec spec = input;
   Checker c;
+  CheckUnknownFields(spec, "", &c);
+  if (!c.ok()) return c.ToStatus();  // the rest would be judged on a misread spec
   if (Utf8Length(spec.name()) > 128) {
     c.Add("name", "must be at most 128 characters, got " + std::to_string(Utf8Length(spec.name())));
+  } else if (std::any_of(spec.name().begin(), spec.name().end(), [](char ch) {
+               return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+             })) {
+    // Names end up in logs and terminal tables: no line breaks, escapes or NULs.
+    c.Add("name", "must not contain control characters, got " + Quote(spec.name()));
   }
   if (spec.precision().empty()) spec.set_precision("auto");
   c.OneOf("precision", spec.precision(), {"fp32", "fp16", "bf16", "auto"});
@@ -524,6 +644,7 @@ StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
   ResolveLrSchedule(spec.mutable_lr_schedule(), &c);
   ResolveLossScaling(spec.mutable_loss_scaling(), spec.precision(), &c);
   ResolveTraining(spec.mutable_training(), &c);
+  if (c.ok()) CheckTotalSteps(spec, &c);
   if (!c.ok()) return c.ToStatus();
   return spec;
 }

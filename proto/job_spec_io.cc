@@ -1,6 +1,7 @@
 #include "proto/job_spec_io.h"
 
 #include <google/protobuf/util/json_util.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -27,14 +29,30 @@ using ampd::v1::JobSpec;
 // JobSpec nests 5 levels deep (model.layers[i].linear.out_features); anything much deeper
 // is not a job spec.
 constexpr int kMaxYamlDepth = 32;
+// The JSON a YAML job file turns into; far above any real spec (kMaxSpecBytes of YAML
+// gives at most a few times that).
+constexpr size_t kMaxJsonBytes = 8 * kMaxSpecBytes;
 
 // An error message; empty means success. Every error here is ErrorKind::kInvalid.
 using Error = std::string;
 
+// Every error message, with control characters escaped (\x04): the libraries' messages can
+// quote the input (yaml-cpp's "unknown escape character: " ends with the byte after a
+// trailing backslash, found by tests/fuzz/fuzz_job_spec, seed regress-raw-byte-in-error),
+// and messages end up in logs and terminals.
 ParseResult Failure(ErrorKind kind, std::string message) {
   ParseResult r;
   r.error = kind;
-  r.message = std::move(message);
+  for (char ch : message) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      r.message += buf;
+    } else {
+      r.message += ch;
+    }
+  }
   return r;
 }
 
@@ -194,6 +212,12 @@ class YamlToJson {
     if (depth > kMaxYamlDepth) {
       return Fail(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
     }
+    // Aliases (*a) repeat what their anchor (&a) names: ten lists of ten aliases each to
+    // the previous one are 10^10 nodes in a few hundred bytes ("billion laughs").
+    if (out_.size() > kMaxJsonBytes) {
+      return Fail(node, "the document expands to more than " + std::to_string(kMaxJsonBytes) +
+                            " bytes (YAML aliases repeating large anchors?)");
+    }
     switch (node.Type()) {
       case YAML::NodeType::Undefined: return Fail(node, "undefined YAML node");
       case YAML::NodeType::Null: {
@@ -292,29 +316,67 @@ class YamlToJson {
   std::string out_;
 };
 
-// YAML syntax only: the documents, or the parser's error with its line and column.
-Error LoadYaml(std::string_view text, std::vector<YAML::Node>* docs) {
+// Receives a document's parse events and ignores them: only the number of documents is
+// wanted from the first pass.
+class IgnoreEvents : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// YAML syntax only: the one document, or the parser's error with its line and column.
+//
+// Not YAML::LoadAll: it stops at the first *empty* document, and after a top-level flow
+// collection followed by more text (`{"a": 1}}, "b": 2}`) yaml-cpp 0.7's parser returns a
+// non-empty document on every further call, so LoadAll never returns and its vector grows
+// until memory runs out (found by tests/fuzz/fuzz_job_spec; seeds regress-*-hang.json in
+// tests/fuzz/corpus/job_spec). Here the documents are counted with a bound first, then
+// the one document is loaded.
+//
+// `syntax` tells a YAML syntax error (where a JSON reading's error may say more) from a
+// well-formed stream of more than one document.
+Error LoadYaml(std::string_view text, YAML::Node* doc, bool* syntax) {
+  *syntax = false;
   try {
-    *docs = YAML::LoadAll(std::string(text));
+    const std::string copy(text);
+    std::istringstream in(copy);
+    YAML::Parser parser(in);
+    IgnoreEvents ignore;
+    int documents = 0;
+    while (parser.HandleNextDocument(ignore)) {
+      if (++documents > 1) {
+        return "job spec: expected one YAML document, found more than one (a '---' line, or "
+               "text after the end of the top-level mapping)";
+      }
+    }
+    *doc = YAML::Load(copy);
     return {};
   } catch (const YAML::Exception& e) {
+    *syntax = true;
     return "job spec: YAML syntax error at " + AtMark(e.mark) + e.msg;
   }
 }
 
-Error YamlDocumentsToJson(const std::vector<YAML::Node>& docs, std::string* json) {
-  if (docs.size() > 1) {
-    return "job spec: expected one YAML document, found " + std::to_string(docs.size());
-  }
-  if (docs.empty() || docs[0].IsNull()) return "job spec: empty document";
-  if (!docs[0].IsMap()) {
-    return "job spec: " + AtMark(docs[0].Mark()) +
+Error YamlDocumentToJson(const YAML::Node& doc, std::string* json) {
+  if (!doc.IsDefined() || doc.IsNull()) return "job spec: empty document";
+  if (!doc.IsMap()) {
+    return "job spec: " + AtMark(doc.Mark()) +
            "expected a mapping of JobSpec fields at the top level";
   }
   YamlToJson converter;
   YamlToJson::Context top;
   top.message = JobSpec::descriptor();
-  if (Error e = converter.Convert(docs[0], top, 0); !e.empty()) return e;
+  if (Error e = converter.Convert(doc, top, 0); !e.empty()) return e;
   *json = converter.json();
   return {};
 }
@@ -334,6 +396,73 @@ ParseResult ParseJson(std::string_view json) {
 
 ParseResult Invalid(std::string message) {
   return Failure(ErrorKind::kInvalid, std::move(message));
+}
+
+// A job file is Unicode text in UTF-8, and only YAML 1.2's printable characters
+// (c-printable: tab, LF, CR, U+0020..U+007E, U+0085, U+00A0..U+D7FF, U+E000..U+FFFD,
+// U+10000..U+10FFFF), which JSON text satisfies too. yaml-cpp 0.7 does not enforce this:
+// it misreads a NUL byte and what follows ("x\0b" came back as "x\x08 ") and passes
+// invalid UTF-8 through. So anything else is refused here, with its position.
+Error NonPrintableError(std::string_view text) {
+  size_t line = 1, column = 1;
+  const auto at = [&](const std::string& what) {
+    return "job spec: line " + std::to_string(line) + ", column " + std::to_string(column) + ": " +
+           what;
+  };
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto b0 = static_cast<unsigned char>(text[i]);
+    uint32_t cp = 0;
+    size_t len = 0;
+    if (b0 < 0x80) {
+      cp = b0;
+      len = 1;
+    } else if (b0 >= 0xC2 && b0 <= 0xDF) {
+      cp = b0 & 0x1F;
+      len = 2;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      cp = b0 & 0x0F;
+      len = 3;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      cp = b0 & 0x07;
+      len = 4;
+    } else {
+      len = 0;
+    }
+    bool valid = len > 0 && i + len <= text.size();
+    for (size_t k = 1; valid && k < len; ++k) {
+      const auto b = static_cast<unsigned char>(text[i + k]);
+      if ((b & 0xC0) != 0x80) valid = false;
+      cp = (cp << 6) | (b & 0x3F);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8 either.
+    if (valid && ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+                  (cp >= 0xD800 && cp <= 0xDFFF))) {
+      valid = false;
+    }
+    if (!valid) {
+      char byte[8];
+      std::snprintf(byte, sizeof(byte), "0x%02x", b0);
+      return at(std::string("invalid UTF-8 (byte ") + byte + "); save the file as UTF-8");
+    }
+    const bool printable = cp == '\t' || cp == '\n' || cp == '\r' || (cp >= 0x20 && cp <= 0x7E) ||
+                           cp == 0x85 || (cp >= 0xA0 && cp <= 0xFFFD) || cp >= 0x10000;
+    if (!printable) {
+      char code[16];
+      std::snprintf(code, sizeof(code), "U+%04X", static_cast<unsigned>(cp));
+      return at(std::string("control character ") + code +
+                " is not allowed in a job file (inside a double-quoted string, write it as an "
+                "escape)");
+    }
+    if (cp == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+    i += len;
+  }
+  return {};
 }
 
 }  // namespace
@@ -366,6 +495,7 @@ ParseResult parse_job_spec_text(std::string_view text, std::string_view format) 
                    quote_for_message(format));
   }
   text = StripBom(text);
+  if (Error e = NonPrintableError(text); !e.empty()) return Invalid(e);
   std::string_view body = LeadingSpaceStripped(text);
   if (body.empty()) return Invalid("job spec: empty document");
   try {
@@ -379,12 +509,13 @@ ParseResult parse_job_spec_text(std::string_view text, std::string_view format) 
       if (json.ok()) return json;
       json_error = std::move(json);
     }
-    std::vector<YAML::Node> docs;
-    if (Error e = LoadYaml(text, &docs); !e.empty()) {
-      return json_error ? std::move(*json_error) : Invalid(e);
+    YAML::Node doc;
+    bool syntax = false;
+    if (Error e = LoadYaml(text, &doc, &syntax); !e.empty()) {
+      return json_error && syntax ? std::move(*json_error) : Invalid(e);
     }
     std::string converted;
-    if (Error e = YamlDocumentsToJson(docs, &converted); !e.empty()) return Invalid(e);
+    if (Error e = YamlDocumentToJson(doc, &converted); !e.empty()) return Invalid(e);
     return ParseJson(converted);
   } catch (const std::exception& e) {
     return Invalid(std::string("job spec: ") + e.what());

@@ -19,6 +19,8 @@ PACKAGES=(
   libssl-dev
   # tests and benchmarks (openssl: the CLI makes throwaway certificates for the TLS tests)
   libgtest-dev libgmock-dev libbenchmark-dev openssl
+  # libFuzzer targets (tests/fuzz/): clang++ and its runtime (libclang_rt.fuzzer, ASan, UBSan)
+  clang-14 libclang-rt-14-dev
   # Python side of the tests (reference numerics, Python client, checkpoint reader)
   python3 python3-venv python3-pip python3-numpy python3-grpcio python3-protobuf python3-yaml
   # integration tests: a real Prometheus server and promtool

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -37,6 +38,25 @@ bool write_all(int fd, const char* p, size_t n) {
 
 int64_t mtime_ns(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+// 'name' for messages: at most 64 bytes, control characters and NUL escaped, so that a
+// hostile name cannot forge log lines or cut a message short.
+std::string quote_name(std::string_view s) {
+  std::string out = "'";
+  const size_t n = std::min<size_t>(s.size(), 64);
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c >= 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > n) out += "... (" + std::to_string(s.size()) + " bytes)";
+  return out + "'";
 }
 
 std::string to_lower(std::string s) {
@@ -75,12 +95,32 @@ std::string Sha256::HexDigest() {
 
 // ---- DatasetStore ----------------------------------------------------------------------
 
-bool DatasetStore::ValidName(const std::string& name) {
-  if (name.empty() || name.size() > 100 || name[0] == '.') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
+std::string DatasetStore::NameError(const std::string& name) {
+  if (name.empty()) return "must not be empty; name the data set, e.g. iris.csv";
+  if (name.size() > kMaxNameBytes) {
+    return "must be at most " + std::to_string(kMaxNameBytes) + " characters, got " +
+           std::to_string(name.size());
+  }
+  if (name.find('\0') != std::string::npos) return "must not contain a NUL character";
+  if (name.find('/') != std::string::npos || name.find('\\') != std::string::npos) {
+    return "must be a plain file name without '/' or '\\' (data sets live directly in the "
+           "data directory), got " +
+           quote_name(name);
+  }
+  if (name[0] == '.') {
+    return "must not start with '.' ('.', '..' and hidden names are reserved), got " +
+           quote_name(name);
+  }
+  const bool charset_ok = std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
            c == '_' || c == '-';
   });
+  if (!charset_ok) return "may only use the characters [A-Za-z0-9._-], got " + quote_name(name);
+  return {};
+}
+
+bool DatasetStore::ValidName(const std::string& name) {
+  return NameError(name).empty();
 }
 
 StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(Options options) {
@@ -99,10 +139,8 @@ StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(Options options) {
 
 StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::BeginUpload(
     const std::string& name, int64_t size_bytes, const std::string& sha256) {
-  if (!ValidName(name)) {
-    return InvalidArgument(
-        "header.name: must be 1..100 characters of [A-Za-z0-9._-] not starting with '.', got '" +
-        name.substr(0, 120) + "'");
+  if (const std::string why = NameError(name); !why.empty()) {
+    return InvalidArgument("header.name: " + why);
   }
   if (size_bytes <= 0) return InvalidArgument("header.size_bytes: must be > 0");
   if (size_bytes > options_.max_upload_bytes) {
@@ -117,7 +155,8 @@ StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::BeginUpload(
   const fs::path final_path = fs::path(options_.data_dir) / name;
   std::error_code ec;
   if (fs::exists(fs::symlink_status(final_path, ec))) {
-    return Status(StatusCode::kAlreadyExists, "data set '" + name + "' already exists");
+    return Status(StatusCode::kAlreadyExists,
+                  "header.name: data set '" + name + "' already exists; choose another name");
   }
   static std::atomic<uint64_t> counter{0};
   const std::string temp =
@@ -142,7 +181,8 @@ Status DatasetStore::Upload::Append(std::string_view chunk) {
   const int64_t next = received_ + static_cast<int64_t>(chunk.size());
   if (next > store_->options_.max_upload_bytes) {
     return ResourceExhausted("upload is over this server's limit of " +
-                             std::to_string(store_->options_.max_upload_bytes) + " bytes");
+                             std::to_string(store_->options_.max_upload_bytes) +
+                             " bytes (--max-upload-bytes); nothing was stored");
   }
   if (next > declared_.size_bytes) {
     return InvalidArgument("upload is longer than header.size_bytes (" +
@@ -203,8 +243,10 @@ StatusOr<std::vector<DatasetInfo>> DatasetStore::List() {
   for (const auto& entry : fs::directory_iterator(options_.data_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (!ValidName(name)) continue;
+    // Regular files only, never followed links: a symbolic link put into the data dir by
+    // other means could point anywhere, and jobs cannot use one that leaves it either.
     struct stat st {};
-    if (::stat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (::lstat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
     DatasetInfo info{name, static_cast<int64_t>(st.st_size), ""};
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -216,8 +258,15 @@ StatusOr<std::vector<DatasetInfo>> DatasetStore::List() {
     }
     if (info.sha256.empty()) {
       // A file put there by other means (or changed since): hash it once.
-      const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+      // O_NOFOLLOW | O_NONBLOCK: the entry may have been swapped for a link or a FIFO
+      // since lstat; fstat checks what was actually opened.
+      const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
       if (fd < 0) continue;
+      struct stat opened {};
+      if (::fstat(fd, &opened) != 0 || !S_ISREG(opened.st_mode)) {
+        ::close(fd);
+        continue;
+      }
       Sha256 h;
       std::string buf(1 << 20, '\0');
       ssize_t n;

@@ -82,11 +82,18 @@ class DatasetStore {
                                                 const std::string& sha256);
 
   // Regular files directly in the data directory whose names are valid data set names,
-  // sorted by name. Hashes are computed once per (size, mtime) and remembered.
+  // sorted by name; symbolic links (which could point outside it) are not listed. Hashes are
+  // computed once per (size, mtime) and remembered.
   StatusOr<std::vector<DatasetInfo>> List();
 
   const Options& options() const { return options_; }
+  // Data set names are plain file names directly in the data dir: 1..100 characters of
+  // [A-Za-z0-9._-], not starting with '.'. Anything else (a '/', "..", a NUL, a control
+  // character, an absolute path, a longer name) is refused, never rewritten.
+  static constexpr size_t kMaxNameBytes = 100;
   static bool ValidName(const std::string& name);
+  // Why `name` is not a valid data set name (without the field prefix), or "" when it is.
+  static std::string NameError(const std::string& name);
 
  private:
   explicit DatasetStore(Options options) : options_(std::move(options)) {}

@@ -24,7 +24,21 @@ grpc::Status ToGrpcStatus(const Status& status) {
     case StatusCode::kDataLoss: code = grpc::StatusCode::DATA_LOSS; break;
     case StatusCode::kUnimplemented: code = grpc::StatusCode::UNIMPLEMENTED; break;
   }
-  return grpc::Status(code, status.message());
+  // The message travels percent-encoded in the grpc-message trailer (bytes outside
+  // printable ASCII, and '%', take 3), and clients refuse trailers over 8 KiB with
+  // RESOURCE_EXHAUSTED instead of the real code: a message that echoes a huge request field
+  // (a 10 000-character job id) is cut to 6 KiB encoded, on a UTF-8 boundary.
+  constexpr size_t kMaxEncodedBytes = 6144;
+  const std::string& m = status.message();
+  size_t encoded = 0, cut = 0;
+  for (; cut < m.size(); ++cut) {
+    const auto c = static_cast<unsigned char>(m[cut]);
+    encoded += (c < 0x20 || c >= 0x7f || c == '%') ? 3 : 1;
+    if (encoded > kMaxEncodedBytes) break;
+  }
+  if (cut == m.size()) return grpc::Status(code, m);
+  while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;
+  return grpc::Status(code, m.substr(0, cut) + "... (" + std::to_string(m.size()) + " bytes)");
 }
 
 namespace {

@@ -574,6 +574,95 @@ TEST(JobSpecValidate, MalformedSpecsNameTheField) {
   }
 }
 
+// A spec that arrives in binary keeps what protobuf could not match as unknown fields;
+// validation refuses them with the path where they sit.
+TEST(JobSpecValidate, UnknownAndWrongTypeFieldsAreRefusedWithTheirPath) {
+  auto parsed = engine::parse_job_spec(Spec());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  JobSpec spec = parsed.value();
+  auto* linear = spec.mutable_model()->mutable_layers(0)->mutable_linear();
+  linear->GetReflection()->MutableUnknownFields(linear)->AddVarint(9, 1);
+  Status status = engine::validate_and_resolve(spec).status();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("model.layers[0].linear: unknown field number 9 (varint)"),
+            std::string::npos)
+      << status.message();
+
+  spec = parsed.value();
+  spec.GetReflection()->MutableUnknownFields(&spec)->AddLengthDelimited(8, "x");  // training
+  status = engine::validate_and_resolve(spec).status();
+  EXPECT_NE(status.message().find("training: wrong type: field 8 was sent as length-delimited"),
+            std::string::npos)
+      << status.message();
+  // A resolved spec has none, and validates to itself.
+  auto resolved = engine::validate_and_resolve(parsed.value());
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_TRUE(engine::validate_and_resolve(resolved.value()).ok());
+}
+
+TEST(JobSpecValidate, HostileSizesAndStringsAreRefused) {
+  const struct {
+    const char* what;
+    std::string text;
+    const char* expected;
+  } cases[] = {
+      {"synthetic set over 1 GiB",
+       Spec({{"data", "{synthetic: {kind: blobs, samples: 100000000, features: 64}}"}}),
+       "data.synthetic.samples: samples x (features + classes)"},
+      {"synthetic features over 65536",
+       Spec({{"data", "{synthetic: {kind: blobs, features: 70000}}"}}),
+       "data.synthetic.features: must be <= 65536"},
+      {"epochs x steps over 10^9",
+       Spec({{"data", "{synthetic: {kind: spirals, samples: 1000000}, batch_size: 1}"},
+             {"training", "{epochs: 100000}"}}),
+       "training.epochs: 100000 epochs of about"},
+      {"name with a control character", Spec({{"name", "\"a\\u001bb\""}}),
+       "name: must not contain"},
+      {"csv path with a tab", Spec({{"data", "{csv: {path: \"a\\tb.csv\"}}"}}), "data.csv.path"},
+      {"csv path over 1024 bytes",
+       Spec({{"data", "{csv: {path: " + std::string(2000, 'p') + "}}"}}),
+       "data.csv.path: must be at most 1024 bytes"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    Status status = ParseAndValidate(c.text);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.to_string();
+    EXPECT_NE(status.message().find(c.expected), std::string::npos) << status.message();
+  }
+  // max_steps caps a long epoch count: accepted.
+  EXPECT_TRUE(ParseAndValidate(Spec({{"data",
+                                      "{synthetic: {kind: spirals, samples: 1000000}, "
+                                      "batch_size: 1}"},
+                                     {"training", "{epochs: 100000, max_steps: 1000}"}}))
+                  .ok());
+}
+
+// Job files outside YAML's printable Unicode are refused with the position (yaml-cpp would
+// misread them), and the messages never carry raw control bytes.
+TEST(JobSpecParse, NonPrintableTextIsRefusedWithItsPosition) {
+  const struct {
+    std::string text;
+    const char* expected;
+  } cases[] = {
+      {std::string("name: a\n\0", 10), "line 2, column 1: control character U+0000"},
+      {"name: \x1b[31mred\n", "line 1, column 7: control character U+001B"},
+      {"name: \xc3\x28\n", "line 1, column 7: invalid UTF-8 (byte 0xc3)"},
+      {"name: \xed\xa0\x80\n", "invalid UTF-8"},  // a UTF-16 surrogate
+      {"name: \xc2\x85ok\n\x7f", "line 2, column 1: control character U+007F"},
+      {"name: \"\\", "job spec"},  // yaml-cpp quoted the byte after the backslash
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.expected);
+    auto spec = engine::parse_job_spec(c.text);
+    ASSERT_FALSE(spec.ok());
+    EXPECT_NE(spec.status().message().find(c.expected), std::string::npos)
+        << spec.status().message();
+    for (char ch : spec.status().message()) EXPECT_GE(static_cast<unsigned char>(ch), 0x20);
+  }
+  // Printable non-ASCII is fine.
+  EXPECT_TRUE(engine::parse_job_spec("name: \"caf\xc3\xa9 \xf0\x9f\x9a\x80\"\n").ok());
+}
+
 TEST(JobSpecValidate, SingleErrorStartsWithTheFieldPath) {
   Status status = ParseAndValidate(Spec({{"optimizer", "{adamw: {lr: -1}}"}}));
   EXPECT_EQ(status.message(), "optimizer.adamw.lr: must be > 0, got -1");

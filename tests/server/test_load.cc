@@ -1,0 +1,305 @@
+// Load on one real `ampd serve` (CPU backend, one thread): 200 job submissions from 50
+// concurrent clients (each its own connection), with 100 WatchJob streams attached while
+// the jobs are submitted and run. Checks:
+//   - every submission is either accepted or refused with the documented
+//     RESOURCE_EXHAUSTED past --max-queued-jobs, and accepted + refused = 200;
+//   - every accepted id is distinct, ends SUCCEEDED, has exactly one final state event
+//     (seqs 1..n without gaps) and is listed by ListJobs exactly once; ListJobs lists
+//     nothing else;
+//   - every watcher sees a gap-free event stream that ends with the job's one final event;
+//   - the server's memory stays bounded: VmRSS sampled from /proc/<pid>/status during the
+//     run and VmHWM at the end stay under kMaxServerRssBytes.
+// Jobs are tiny (4 steps of a 8-16-3 MLP on 64 synthetic samples), so the whole test runs
+// in well under 90 s on 2 cores. Alone: ctest -L load (or build/bin/test_load).
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ampd/v1/trainer.grpc.pb.h"
+#include "engine/job_spec.h"
+#include "server_process.h"
+
+namespace ampd::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ampd::v1::Job;
+using ampd::v1::JobEvent;
+using ampd::v1::JobState;
+using std::chrono::seconds;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kClients = 50;
+constexpr int kJobsPerClient = 4;  // 200 submissions
+constexpr int kWatchers = 100;
+constexpr int kMaxQueuedJobs = 100;  // the default, stated
+// The server idles at ~25 MiB here (gRPC, oneDNN, SQLite) and peaked at ~35 MiB under this
+// load; 50 connections, 100 streams and the jobs' events must not take it past 256 MiB in
+// all, nor grow it by more than 128 MiB.
+constexpr int64_t kMaxServerRssBytes = int64_t{256} << 20;
+constexpr int64_t kMaxServerGrowthBytes = int64_t{128} << 20;
+
+ampd::v1::JobSpec TinySpec(int i) {
+  auto spec = engine::parse_job_spec(
+      "name: load-" + std::to_string(i) +
+          "\n"
+          "precision: fp32\n"
+          "model: {layers: [{linear: {out_features: 16}}, {relu: {}}, "
+          "{linear: {out_features: 3}}]}\n"
+          "data: {synthetic: {kind: blobs, samples: 64, features: 8, classes: 3}, "
+          "batch_size: 16}\n"
+          "optimizer: {sgd: {lr: 0.1}}\n"
+          "training: {max_steps: 4, report_every: 1, seed: " +
+          std::to_string(i) + "}\n",
+      "yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
+  return spec.ok() ? spec.value() : ampd::v1::JobSpec();
+}
+
+// "VmRSS:    12345 kB" -> bytes, or -1.
+int64_t ProcStatusBytes(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream fields(line.substr(key.size() + 1));
+      int64_t kb = -1;
+      fields >> kb;
+      return kb < 0 ? -1 : kb * 1024;
+    }
+  }
+  return -1;
+}
+
+bool IsFinal(JobState s) {
+  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
+}
+
+// A connection of its own (no subchannel shared with the other clients).
+std::unique_ptr<ampd::v1::Trainer::Stub> OwnConnection(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return ampd::v1::Trainer::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+struct WatchOutcome {
+  std::string job_id;
+  grpc::Status status;
+  std::vector<JobEvent> events;
+};
+
+WatchOutcome WatchToEnd(ampd::v1::Trainer::Stub& stub, const std::string& id) {
+  WatchOutcome out;
+  out.job_id = id;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(120));
+  ampd::v1::WatchJobRequest req;
+  req.set_job_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  JobEvent e;
+  while (reader->Read(&e)) out.events.push_back(e);
+  out.status = reader->Finish();
+  return out;
+}
+
+// seqs 1..n, all of this job, exactly one final state event and it is the last.
+::testing::AssertionResult CompleteHistory(const WatchOutcome& w) {
+  if (!w.status.ok()) {
+    return ::testing::AssertionFailure() << w.job_id << ": watch ended " << w.status.error_code()
+                                         << " " << w.status.error_message();
+  }
+  if (w.events.empty()) return ::testing::AssertionFailure() << w.job_id << ": no events";
+  int finals = 0;
+  for (size_t i = 0; i < w.events.size(); ++i) {
+    const JobEvent& e = w.events[i];
+    if (e.seq() != static_cast<int64_t>(i) + 1 || e.job_id() != w.job_id) {
+      return ::testing::AssertionFailure()
+             << w.job_id << ": event " << i << " has seq " << e.seq() << " of " << e.job_id();
+    }
+    if (e.has_state_change() && IsFinal(e.state_change().state())) ++finals;
+  }
+  const JobEvent& last = w.events.back();
+  if (finals != 1 || !last.has_state_change() ||
+      last.state_change().state() != ampd::v1::SUCCEEDED) {
+    return ::testing::AssertionFailure()
+           << w.job_id << ": " << finals << " final events; last " << last.DebugString();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBoundedMemory) {
+  const auto test_start = Clock::now();
+  char tmpl[] = "/tmp/ampd-load-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const fs::path root = tmpl;
+  std::string error;
+  auto server = ServerProcess::Start((root / "state").string(),
+                                     {"--max-queued-jobs", std::to_string(kMaxQueuedJobs)}, &error);
+  ASSERT_NE(server, nullptr) << error;
+  const pid_t pid = server->pid();
+  const int64_t idle_rss = ProcStatusBytes(pid, "VmRSS");
+  ASSERT_GT(idle_rss, 0);
+
+  // Memory sampler: VmRSS every 50 ms while the load runs.
+  std::atomic<bool> sampling{true};
+  std::atomic<int64_t> max_rss{idle_rss};
+  std::thread sampler([&] {
+    while (sampling.load()) {
+      const int64_t rss = ProcStatusBytes(pid, "VmRSS");
+      if (rss > max_rss.load()) max_rss.store(rss);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+
+  // Accepted ids, published for the watchers as they arrive.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::string> accepted;
+  bool submitting_done = false;
+  std::atomic<int> refused{0};
+  std::vector<std::string> unexpected;  // any other outcome, described
+
+  std::vector<WatchOutcome> watched(kWatchers);
+  std::vector<std::thread> watchers;
+  for (int w = 0; w < kWatchers; ++w) {
+    watchers.emplace_back([&, w] {
+      std::string id;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return static_cast<int>(accepted.size()) > w || submitting_done; });
+        if (accepted.empty()) return;
+        id = accepted[static_cast<size_t>(w) % accepted.size()];
+      }
+      auto stub = OwnConnection(server->address());
+      watched[w] = WatchToEnd(*stub, id);
+    });
+  }
+
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      auto stub = OwnConnection(server->address());
+      for (int k = 0; k < kJobsPerClient; ++k) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+        ampd::v1::SubmitJobRequest req;
+        *req.mutable_spec() = TinySpec(c * kJobsPerClient + k);
+        Job job;
+        const grpc::Status s = stub->SubmitJob(&ctx, req, &job);
+        std::lock_guard<std::mutex> lock(mu);
+        if (s.ok()) {
+          accepted.push_back(job.id());
+          cv.notify_all();
+        } else if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+                   s.error_message().find("--max-queued-jobs") != std::string::npos) {
+          ++refused;
+        } else {
+          unexpected.push_back("SubmitJob: " + std::to_string(s.error_code()) + " " +
+                               s.error_message());
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    submitting_done = true;
+  }
+  cv.notify_all();
+  for (auto& t : watchers) t.join();
+
+  const int n_accepted = static_cast<int>(accepted.size());
+  std::printf("load: %d accepted, %d refused (--max-queued-jobs %d)\n", n_accepted, refused.load(),
+              kMaxQueuedJobs);
+  EXPECT_TRUE(unexpected.empty()) << ::testing::PrintToString(unexpected);
+  EXPECT_EQ(n_accepted + refused.load(), kClients * kJobsPerClient);
+  ASSERT_GT(n_accepted, 0);
+  // A refusal means the queue held kMaxQueuedJobs behind a running job.
+  if (refused.load() > 0) {
+    EXPECT_GT(n_accepted, kMaxQueuedJobs);
+  }
+  const std::set<std::string> unique(accepted.begin(), accepted.end());
+  EXPECT_EQ(unique.size(), accepted.size()) << "duplicate job ids";
+
+  // Every watcher: a complete, gap-free history ending in the one final event.
+  int watched_count = 0;
+  for (const WatchOutcome& w : watched) {
+    if (w.job_id.empty()) continue;
+    ++watched_count;
+    EXPECT_TRUE(CompleteHistory(w));
+  }
+  EXPECT_EQ(watched_count, kWatchers);
+
+  // Every accepted job, replayed from the store: terminal exactly once.
+  auto stub = OwnConnection(server->address());
+  for (const std::string& id : accepted) EXPECT_TRUE(CompleteHistory(WatchToEnd(*stub, id)));
+
+  // ListJobs (paged): each accepted id once, SUCCEEDED, and nothing else.
+  std::map<std::string, int> listed;
+  std::string token;
+  int pages = 0;
+  do {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(20));
+    ampd::v1::ListJobsRequest req;
+    req.set_page_size(37);
+    req.set_page_token(token);
+    ampd::v1::ListJobsResponse resp;
+    const grpc::Status s = stub->ListJobs(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    for (const Job& j : resp.jobs()) {
+      ++listed[j.id()];
+      EXPECT_EQ(j.state(), ampd::v1::SUCCEEDED) << j.id();
+    }
+    token = resp.next_page_token();
+    ASSERT_LT(++pages, 100);
+  } while (!token.empty());
+  EXPECT_EQ(listed.size(), unique.size());
+  for (const auto& [id, count] : listed) {
+    EXPECT_EQ(count, 1) << id << " listed " << count << " times";
+    EXPECT_TRUE(unique.count(id)) << id << " was listed but never accepted";
+  }
+
+  sampling.store(false);
+  sampler.join();
+  const int64_t hwm = ProcStatusBytes(pid, "VmHWM");
+  const int64_t rss_after = ProcStatusBytes(pid, "VmRSS");
+  const double elapsed = std::chrono::duration<double>(Clock::now() - test_start).count();
+  std::printf(
+      "load: server RSS idle %.1f MiB, peak sampled %.1f MiB, VmHWM %.1f MiB, after %.1f MiB; "
+      "%d watchers; %.1f s\n",
+      idle_rss / 1048576.0, max_rss.load() / 1048576.0, hwm / 1048576.0, rss_after / 1048576.0,
+      watched_count, elapsed);
+  EXPECT_GT(hwm, 0);
+  EXPECT_LT(hwm, kMaxServerRssBytes);
+  EXPECT_LT(max_rss.load(), kMaxServerRssBytes);
+  EXPECT_LT(rss_after, kMaxServerRssBytes);
+  EXPECT_LT(std::max(hwm, max_rss.load()) - idle_rss, kMaxServerGrowthBytes);
+
+  if (HasFailure()) std::cerr << "---- server log\n" << server->Log();
+  EXPECT_EQ(server->Stop(SIGTERM), 0);
+  const double total = std::chrono::duration<double>(Clock::now() - test_start).count();
+  std::printf("load: %.1f s in all, with the server's start and drain\n", total);
+  EXPECT_LT(total, 90.0);
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+}  // namespace
+}  // namespace ampd::testing
