@@ -214,9 +214,18 @@ Status JobManager::CheckSpec(JobSpec* resolved) const {
   }
   const engine::MemoryEstimate need = engine::estimate_memory(*resolved, 0, 0);
   if (static_info_.device_memory_bytes > 0 && need.total_bytes > static_info_.device_memory_bytes) {
-    return ResourceExhausted("the job needs about " + std::to_string(need.total_bytes) +
-                             " bytes but the device has " +
-                             std::to_string(static_info_.device_memory_bytes));
+    // Names the fields that decide the size, so the client knows what to shrink.
+    auto mib = [](int64_t b) {
+      return std::to_string(b / 1048576 + (b % 1048576 != 0 ? 1 : 0)) + " MiB";
+    };
+    return ResourceExhausted(
+        "model.layers / data.batch_size: the job needs about " + std::to_string(need.total_bytes) +
+        " bytes (" + mib(need.total_bytes) + ": parameters " + mib(need.parameter_bytes) +
+        ", optimizer state " + mib(need.optimizer_bytes) + ", activations at batch " +
+        std::to_string(resolved->data().batch_size()) + " " + mib(need.activation_bytes) +
+        ") but the device has " + std::to_string(static_info_.device_memory_bytes) + " bytes (" +
+        mib(static_info_.device_memory_bytes) +
+        "); use narrower layers (model.layers[].out_features) or a smaller data.batch_size");
   }
   if (resolved->training().checkpoint_every() == 0) {
     resolved->mutable_training()->set_checkpoint_every(options_.default_checkpoint_every);

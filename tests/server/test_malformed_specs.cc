@@ -128,13 +128,13 @@ std::vector<SpecRow> SpecRows() {
            s.mutable_model()->add_layers()->mutable_linear()->set_out_features(65536);
          }
        },
-       StatusCode::RESOURCE_EXHAUSTED, "the job needs about"},
+       StatusCode::RESOURCE_EXHAUSTED, "model.layers / data.batch_size: the job needs about"},
       {"huge batch of wide activations",
        [](S s) {
          s.mutable_model()->mutable_layers(0)->mutable_linear()->set_out_features(65536);
          s.mutable_data()->set_batch_size(1 << 20);
        },
-       StatusCode::RESOURCE_EXHAUSTED, "the job needs about"},
+       StatusCode::RESOURCE_EXHAUSTED, "model.layers / data.batch_size: the job needs about"},
       {"negative batch", [](S s) { s.mutable_data()->set_batch_size(-1); },
        StatusCode::INVALID_ARGUMENT, "data.batch_size"},
       {"batch over 2^20", [](S s) { s.mutable_data()->set_batch_size((1 << 20) + 1); },
