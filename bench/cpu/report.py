@@ -65,10 +65,14 @@ def main():
     if "error" in svc:
         print(f"not measured: {svc['error']}")
     else:
-        print(f"in-process {fmt(svc.get('inproc_sps'), '.0f')} samples/s, served "
-              f"{fmt(svc.get('served_sps'), '.0f')} samples/s, ratio "
-              f"{fmt(svc.get('ratio'), '.3f')} ({svc.get('scrapes_ok')}/{svc.get('scrapes')} "
-              f"scrapes answered)")
+        print("| round | in-process samples/s | served samples/s | ratio | watcher CPU s |")
+        print("|---|---|---|---|---|")
+        for i, (a, b, r, c) in enumerate(zip(svc.get("inproc_sps", []), svc.get("served_sps", []),
+                                             svc.get("ratios", []), svc.get("watcher_cpu_s", []))):
+            print(f"| {i + 1} | {fmt(a, '.0f')} | {fmt(b, '.0f')} | {fmt(r, '.3f')} | {fmt(c, '.2f')} |")
+        print(f"\nmedian ratio {fmt(svc.get('ratio'), '.3f')}; {svc.get('scrapes_ok')}/"
+              f"{svc.get('scrapes')} scrapes answered; stream errors {svc.get('stream_errors')}; "
+              f"fewest events a watcher got {svc.get('watch_events_min')}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 # --checkpoint-every default and do more work than `ampd train`).
 # Prints one JSON line: samples/s of each (from the progress events, first window
 # excluded), their ratio, and the CPU seconds the watchers and the scraper took on the
-# same cores.  Usage: service.sh BUILD_DIR OUT_DIR THREADS STEPS
+# same cores. ROUNDS (default 3) alternating pairs; the median pair ratio is reported.
+# Usage: service.sh BUILD_DIR OUT_DIR THREADS STEPS
 set -uo pipefail
 BUILD=$1 OUT=$2 THREADS=$3 STEPS=$4
 BIN=$BUILD/bin
@@ -40,10 +41,6 @@ rates = rates[1:]
 print(len(rates) / sum(1.0 / r for r in rates) if rates else 0.0)
 PY
 }
-"$BIN/ampd" train -f "$WORK/job.json" --json --backend cpu --threads "$THREADS" \
-  --out "$WORK/train-out" >"$WORK/inproc.jsonl" 2>"$WORK/inproc.err" || fail "ampd train failed"
-INPROC=$(sps "$WORK/inproc.jsonl")
-
 PORT=$((20000 + RANDOM % 20000)) MPORT=$((PORT + 1))
 export AMPD_SERVER=127.0.0.1:$PORT
 "$BIN/ampd" serve --grpc-addr "127.0.0.1:$PORT" --metrics-addr "127.0.0.1:$MPORT" \
@@ -51,29 +48,49 @@ export AMPD_SERVER=127.0.0.1:$PORT
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; [[ -n ${WATCHERS:-} ]] && kill $WATCHERS 2>/dev/null' EXIT
 for _ in $(seq 50); do "$BIN/ampctl" info >/dev/null 2>&1 && break; sleep 0.2; done
-ID=$("$BIN/ampctl" submit -f "$WORK/job.json" -o json |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || fail "submit failed"
-"$BIN/watch_many" --server "127.0.0.1:$PORT" --job "$ID" --watchers 50 >"$WORK/watch.json" \
-  2>"$WORK/watch.err" &
-WATCHERS=$!
-METRICS=0 SCRAPES=0
-SCRAPE_START=$(date +%s.%N)
-while kill -0 "$WATCHERS" 2>/dev/null; do  # scrape once a second until the job ends
-  SCRAPES=$((SCRAPES + 1))
-  curl -sf "http://127.0.0.1:$MPORT/metrics" -o "$WORK/metrics.txt" && METRICS=$((METRICS + 1))
-  sleep 1
-done
-wait "$WATCHERS" 2>/dev/null
-WATCHERS=""
-python3 - "$INPROC" "$WORK/watch.json" "$STEPS" "$SCRAPES" "$METRICS" <<'PY'
+
+# ROUNDS pairs, alternating in-process and served runs of the same job, so that load from
+# anything else on the machine falls on both sides alike; the median pair ratio is reported.
+ROUNDS=${ROUNDS:-3}
+: >"$WORK/rounds.jsonl"
+for r in $(seq "$ROUNDS"); do
+  "$BIN/ampd" train -f "$WORK/job.json" --json --backend cpu --threads "$THREADS" \
+    --out "$WORK/train-out-$r" >"$WORK/inproc-$r.jsonl" 2>"$WORK/inproc.err" || fail "ampd train failed"
+  INPROC=$(sps "$WORK/inproc-$r.jsonl")
+  ID=$("$BIN/ampctl" submit -f "$WORK/job.json" -o json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || fail "submit failed"
+  "$BIN/watch_many" --server "127.0.0.1:$PORT" --job "$ID" --watchers 50 >"$WORK/watch-$r.json" \
+    2>"$WORK/watch.err" &
+  WATCHERS=$!
+  METRICS=0 SCRAPES=0
+  while kill -0 "$WATCHERS" 2>/dev/null; do  # scrape once a second until the job ends
+    SCRAPES=$((SCRAPES + 1))
+    curl -sf "http://127.0.0.1:$MPORT/metrics" -o "$WORK/metrics.txt" && METRICS=$((METRICS + 1))
+    sleep 1
+  done
+  wait "$WATCHERS" 2>/dev/null
+  WATCHERS=""
+  python3 - "$INPROC" "$WORK/watch-$r.json" "$SCRAPES" "$METRICS" >>"$WORK/rounds.jsonl" <<'PY'
 import json, sys
-inproc = float(sys.argv[1])
 w = json.load(open(sys.argv[2]))
-served = float(w.get("served_sps", 0))
-print(json.dumps({"mode": "service", "steps": int(sys.argv[3]), "watchers": w.get("watchers"),
-                  "watch_events_min": w.get("events_min"), "stream_errors": w.get("stream_errors"),
-                  "final_state": w.get("final_state"), "watcher_cpu_s": w.get("watcher_cpu_s"),
-                  "scrapes": int(sys.argv[4]), "scrapes_ok": int(sys.argv[5]),
-                  "inproc_sps": inproc, "served_sps": served,
-                  "ratio": served / inproc if inproc else 0}))
+w.update(inproc_sps=float(sys.argv[1]), scrapes=int(sys.argv[3]), scrapes_ok=int(sys.argv[4]))
+print(json.dumps(w))
+PY
+done
+python3 - "$WORK/rounds.jsonl" "$STEPS" <<'PY'
+import json, statistics, sys
+rounds = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ratios = [r["served_sps"] / r["inproc_sps"] if r["inproc_sps"] else 0 for r in rounds]
+print(json.dumps({
+    "mode": "service", "steps": int(sys.argv[2]), "rounds": len(rounds),
+    "watchers": rounds[0].get("watchers") if rounds else 0,
+    "watch_events_min": min((r.get("events_min", 0) for r in rounds), default=0),
+    "stream_errors": sum(r.get("stream_errors", 0) for r in rounds),
+    "final_states": sorted({r.get("final_state") for r in rounds}),
+    "watcher_cpu_s": [r.get("watcher_cpu_s") for r in rounds],
+    "scrapes": sum(r["scrapes"] for r in rounds), "scrapes_ok": sum(r["scrapes_ok"] for r in rounds),
+    "inproc_sps": [round(r["inproc_sps"], 1) for r in rounds],
+    "served_sps": [round(r["served_sps"], 1) for r in rounds],
+    "ratios": [round(x, 3) for x in ratios],
+    "ratio": statistics.median(ratios) if ratios else 0}))
 PY
