@@ -4,10 +4,12 @@
 #
 # - Tests labelled no-asan / no-tsan are left out (they cannot run under that sanitizer;
 #   tests/sanitize/README.md lists them and why).
-# - Every process's sanitizer report is written under BUILD_DIR/sanitizer-reports/ (log_path)
-#   as well as failing that process: many test scripts stop `ampd serve` with SIGKILL or do
-#   not look at its exit code, so a report from a server (a leak found at exit, a race in a
-#   handler) would otherwise be lost. Any report there fails the run and is printed.
+# - ASan/LSan and TSan reports of every process go to BUILD_DIR/sanitizer-reports/ (log_path)
+#   besides failing that process: the test scripts stop `ampd serve` with SIGTERM/SIGKILL and
+#   do not look at its exit code, so a report from a server (a leak found at exit, a race in
+#   a handler) would otherwise only reach its log. Any report there fails the run and is
+#   printed. (GCC's UBSan ignores log_path when combined with ASan: its reports stay on the
+#   process's stderr; it still halts the process, so a server's RPCs fail.)
 # - ThreadSanitizer needs a narrower address-space layout than some kernels randomize
 #   (vm.mmap_rnd_bits > 28 on newer kernels): the tests then run under `setarch -R`.
 # The default runtime options and suppressions are baked into the binaries
@@ -25,7 +27,6 @@ rm -rf "$reports"
 mkdir -p "$reports"
 if [[ $kind == asan ]]; then
   export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$reports/asan:log_exe_name=1"
-  export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}log_path=$reports/ubsan:log_exe_name=1"
 else
   export TSAN_OPTIONS="${TSAN_OPTIONS:+$TSAN_OPTIONS:}log_path=$reports/tsan:log_exe_name=1"
 fi
