@@ -10,6 +10,13 @@
 # Optimization: -O1 -g unless AMPD_SANITIZE_FLAGS says otherwise (the sanitizers' own
 # recommendation: fast enough, and stacks stay readable).
 #
+# ThreadSanitizer and third-party threads (tests/sanitize/README.md has the details):
+# - libgomp is not instrumented, so TSan cannot see its barriers: the CPU backend's own
+#   `omp parallel` loops are compiled serially (-fopenmp-simd, kernels/CMakeLists.txt);
+#   oneDNN keeps its OpenMP threads (uninstrumented code, nothing for TSan to see).
+# - GCC instruments target_clones' ifunc resolvers, which ld.so runs before the TSan
+#   runtime is up: AMPD_CPU_CLONES is empty under __SANITIZE_THREAD__ (cpu_internal.h).
+#
 # Runtime options: every executable links sanitizer_defaults.cc (tests/sanitize/), which
 # sets __asan/__ubsan/__lsan/__tsan_default_options (halt on the first error, leak checking,
 # the checked-in suppression files), so ampd and ampctl get them too when tests start them
