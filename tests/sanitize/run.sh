@@ -37,6 +37,13 @@ if [[ $kind == tsan ]]; then
   if ((bits > 28)); then
     echo "vm.mmap_rnd_bits=$bits > 28: running the tests under setarch -R (ASLR off) for TSan"
     wrap=(setarch "$(uname -m)" -R)
+    if ! "${wrap[@]}" true 2> /dev/null; then
+      # e.g. a container whose seccomp profile refuses personality(ADDR_NO_RANDOMIZE)
+      echo "error: setarch -R is not permitted here and TSan cannot run with" \
+        "vm.mmap_rnd_bits=$bits; run 'sysctl vm.mmap_rnd_bits=28' on the host, or allow" \
+        "the personality syscall (docker run --security-opt seccomp=unconfined)" >&2
+      exit 1
+    fi
   fi
 fi
 
