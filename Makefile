@@ -5,12 +5,15 @@
 #   make format         clang-format every C++ source
 #   make bench          CPU benchmarks vs PyTorch and oneDNN (bench/RESULTS.md)
 #   make fuzz           run the libFuzzer targets longer (FUZZ_SECONDS each, default 600)
+#   make test-asan      the suite under AddressSanitizer + UBSan (build-asan/)
+#   make test-tsan      the suite under ThreadSanitizer (build-tsan/)
+#   make test-sanitize  both
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CTEST_FLAGS ?=
 
-.PHONY: all deps build test demo format clean bench fuzz
+.PHONY: all deps build test demo format clean bench fuzz test-asan test-tsan test-sanitize
 
 all: build
 
@@ -53,3 +56,31 @@ fuzz: deps $(BUILD_DIR)/build.ninja
 	  tests/fuzz/corpus/job_spec $(BUILD_DIR)/fuzz/work/job_spec tests/fuzz/job_spec.dict
 	tests/fuzz/run.sh $(BUILD_DIR)/fuzz/build/bin/fuzz_csv $(FUZZ_SECONDS) \
 	  tests/fuzz/corpus/csv $(BUILD_DIR)/fuzz/work/csv tests/fuzz/csv.dict
+
+# --- sanitizers: make test-asan, make test-tsan, make test-sanitize -------------------------
+# Separate build trees, every target instrumented (cmake/Sanitizers.cmake; -O1 -g), no CUDA
+# plugin (nvcc code is not instrumented) and no benchmarks. Runtime options and the
+# third-party suppressions are baked into each binary (tests/sanitize/); tests labelled
+# no-asan / no-tsan cannot run under that sanitizer (tests/sanitize/README.md says why).
+# tests/sanitize/run.sh runs ctest (under `setarch -R` when the kernel's ASLR is too wide
+# for TSan).
+ASAN_BUILD_DIR ?= build-asan
+TSAN_BUILD_DIR ?= build-tsan
+SANITIZE_CMAKE_FLAGS = -DAMPD_WITH_CUDA=OFF -DAMPD_BUILD_BENCH=OFF -DAMPD_FUZZ=OFF
+
+$(ASAN_BUILD_DIR)/build.ninja:
+	cmake -S . -B $(ASAN_BUILD_DIR) -G Ninja -DAMPD_SANITIZE=address,undefined \
+	  $(SANITIZE_CMAKE_FLAGS) $(CMAKE_FLAGS)
+
+$(TSAN_BUILD_DIR)/build.ninja:
+	cmake -S . -B $(TSAN_BUILD_DIR) -G Ninja -DAMPD_SANITIZE=thread $(SANITIZE_CMAKE_FLAGS) $(CMAKE_FLAGS)
+
+test-asan: deps $(ASAN_BUILD_DIR)/build.ninja
+	cmake --build $(ASAN_BUILD_DIR) -j $(JOBS)
+	tests/sanitize/run.sh $(ASAN_BUILD_DIR) asan -j $(JOBS) $(CTEST_FLAGS)
+
+test-tsan: deps $(TSAN_BUILD_DIR)/build.ninja
+	cmake --build $(TSAN_BUILD_DIR) -j $(JOBS)
+	tests/sanitize/run.sh $(TSAN_BUILD_DIR) tsan -j $(JOBS) $(CTEST_FLAGS)
+
+test-sanitize: test-asan test-tsan

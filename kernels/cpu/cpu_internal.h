@@ -46,7 +46,10 @@ namespace ampd::cpu_detail {
 // the order of a reduction, differs), and exact cancellations stay exact (LayerNorm's
 // dy gamma - mean(dy gamma) over a constant row is 0, not the product's rounding error
 // amplified by rstd).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Not under ThreadSanitizer: GCC instruments the ifunc resolver it generates, and the
+// dynamic loader runs resolvers before the TSan runtime is initialized (every binary that
+// links this library crashed in ld.so at startup). TSan builds use the baseline kernels.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define AMPD_CPU_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "default"), optimize("fp-contract=off")))
 #else

@@ -93,6 +93,10 @@ std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
       grpc::health::v1::HealthCheckRequest req;
+      // The Trainer service's own status, not the server's (""): gRPC's default health
+      // service answers SERVING for "" from the moment the server starts, a moment before
+      // ampd registers "ampd.v1.Trainer" (NOT_FOUND until then).
+      req.set_service("ampd.v1.Trainer");
       grpc::health::v1::HealthCheckResponse resp;
       if (health->Check(&ctx, req, &resp).ok() &&
           resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
