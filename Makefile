@@ -1,6 +1,7 @@
 # ampd top-level entry points. Everything builds into build/ (binaries in build/bin/).
 #   make demo           the main job: build, run the example digits job, stream progress
-#   make test           install deps if missing, build, run the whole suite (ctest summary)
+#   make test           install deps if missing, build, run the whole suite (ctest summary),
+#                       then again under ASan + UBSan (SANITIZE=0 skips that pass)
 #   make build          configure + build
 #   make format         clang-format every C++ source
 #   make bench          CPU benchmarks vs PyTorch and oneDNN (bench/RESULTS.md)
@@ -26,8 +27,14 @@ $(BUILD_DIR)/build.ninja:
 build: deps $(BUILD_DIR)/build.ninja
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# make test: the suite, then the suite again under AddressSanitizer + UBSan (build-asan/;
+# CI runs exactly this). SANITIZE=0 skips the second pass for a quicker local loop.
+SANITIZE ?= 1
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
+ifneq ($(SANITIZE),0)
+	$(MAKE) --no-print-directory test-asan
+endif
 
 demo: build
 	scripts/demo.sh $(BUILD_DIR)
