@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "server/dataset_store.h"
 
 extern char** environ;
 
@@ -178,6 +179,12 @@ std::string ServerProcess::Log() const {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::string Sha256Hex(const std::string& data) {
+  server::Sha256 sha;
+  sha.Update(data);
+  return sha.HexDigest();
 }
 
 }  // namespace ampd::testing

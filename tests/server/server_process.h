@@ -67,4 +67,8 @@ class ServerProcess {
 // A port that nothing listens on right now (bind to port 0, read it, close).
 int PickFreePort();
 
+// Lowercase hex SHA-256 of `data`, as UploadDatasetHeader.sha256 expects (the server's own
+// ampd::server::Sha256, so tests and server agree by construction).
+std::string Sha256Hex(const std::string& data);
+
 }  // namespace ampd::testing

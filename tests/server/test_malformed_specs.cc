@@ -17,7 +17,6 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/unknown_field_set.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -300,19 +299,6 @@ std::vector<SpecRow> SpecRows() {
       {"client_request_id of 1000 characters", [](S) {}, StatusCode::INVALID_ARGUMENT,
        "client_request_id", std::string(1000, 'r')},
   };
-}
-
-std::string Sha256Hex(const std::string& data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
-  std::string hex;
-  char buf[3];
-  for (unsigned int i = 0; i < len; ++i) {
-    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
-    hex += buf;
-  }
-  return hex;
 }
 
 struct UploadRow {

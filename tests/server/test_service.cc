@@ -5,7 +5,6 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <stdlib.h>
 
@@ -207,19 +206,6 @@ std::vector<std::string> Serialized(const std::vector<JobEvent>& events) {
   std::vector<std::string> out;
   for (const auto& e : events) out.push_back(e.SerializeAsString());
   return out;
-}
-
-std::string Sha256Hex(const std::string& data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
-  std::string hex;
-  char buf[3];
-  for (unsigned int i = 0; i < len; ++i) {
-    std::snprintf(buf, sizeof buf, "%02x", digest[i]);
-    hex += buf;
-  }
-  return hex;
 }
 
 grpc::Status Upload(Stub& stub, const std::string& name, const std::string& content,
