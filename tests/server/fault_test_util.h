@@ -91,45 +91,6 @@ inline WatchResult WatchToEnd(Stub& stub, const std::string& id) {
   return r;
 }
 
-// Watches until a progress event reaches `step`; false if the job ended first.
-inline bool WaitForStep(Stub& stub, const std::string& id, int64_t step) {
-  bool reached = false;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, std::chrono::seconds(60));
-  ampd::v1::WatchJobRequest req;
-  req.set_job_id(id);
-  auto reader = stub.WatchJob(&ctx, req);
-  JobEvent e;
-  while (reader->Read(&e)) {
-    if (e.has_progress() && e.progress().step() >= step) {
-      reached = true;
-      ctx.TryCancel();
-      break;
-    }
-  }
-  (void)reader->Finish();
-  return reached;
-}
-
-inline bool IsFinal(const JobEvent& e) {
-  if (!e.has_state_change()) return false;
-  const JobState s = e.state_change().state();
-  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
-}
-
-// seqs 1..n without gaps or repeats, exactly one final state event, and it is the last.
-inline void ExpectCompleteHistory(const std::vector<JobEvent>& events, const std::string& id) {
-  ASSERT_FALSE(events.empty()) << id;
-  int finals = 0;
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << "event " << i << " of " << id;
-    EXPECT_EQ(events[i].job_id(), id);
-    finals += IsFinal(events[i]) ? 1 : 0;
-  }
-  EXPECT_EQ(finals, 1) << id;
-  EXPECT_TRUE(IsFinal(events.back())) << id;
-}
-
 // The reasons of the job's RUNNING events, in order.
 inline std::vector<std::string> RunningReasons(const std::vector<JobEvent>& events) {
   std::vector<std::string> out;

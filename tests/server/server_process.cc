@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -15,6 +16,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/dataset_store.h"
+#include "server/event_hub.h"
 
 extern char** environ;
 
@@ -179,6 +181,37 @@ std::string ServerProcess::Log() const {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step) {
+  bool reached = false;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  ampd::v1::WatchJobRequest req;
+  req.set_job_id(id);
+  auto reader = stub.WatchJob(&ctx, req);
+  ampd::v1::JobEvent e;
+  while (reader->Read(&e)) {
+    if (e.has_progress() && e.progress().step() >= step) {
+      reached = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  (void)reader->Finish();
+  return reached;
+}
+
+void ExpectCompleteHistory(const std::vector<ampd::v1::JobEvent>& events, const std::string& id) {
+  ASSERT_FALSE(events.empty()) << id;
+  int finals = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << "event " << i << " of " << id;
+    EXPECT_EQ(events[i].job_id(), id);
+    finals += server::EventHub::IsFinal(events[i]) ? 1 : 0;
+  }
+  EXPECT_EQ(finals, 1) << id;
+  EXPECT_TRUE(server::EventHub::IsFinal(events.back())) << id;
 }
 
 std::string Sha256Hex(const std::string& data) {

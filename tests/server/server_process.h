@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "ampd/v1/trainer.grpc.pb.h"
+
 namespace ampd::testing {
 
 class ServerProcess {
@@ -66,6 +68,15 @@ class ServerProcess {
 
 // A port that nothing listens on right now (bind to port 0, read it, close).
 int PickFreePort();
+
+// Follows the job's WatchJob stream until a progress event reaches `step`, then
+// disconnects; false if the job ended first (or 60 s passed).
+bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step);
+
+// A job's whole event history: seqs 1..n without gaps or repeats, every event of job `id`,
+// exactly one final state event (server::EventHub::IsFinal), and it is the last (gtest
+// expectations).
+void ExpectCompleteHistory(const std::vector<ampd::v1::JobEvent>& events, const std::string& id);
 
 // Lowercase hex SHA-256 of `data`, as UploadDatasetHeader.sha256 expects (the server's own
 // ampd::server::Sha256, so tests and server agree by construction).

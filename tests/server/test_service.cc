@@ -163,45 +163,6 @@ WatchResult Watch(Stub& stub, const std::string& id, int64_t since_seq, size_t s
   return r;
 }
 
-// Watches until a progress event reaches `step` (then disconnects).
-bool WaitForStep(Stub& stub, const std::string& id, int64_t step) {
-  bool reached = false;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, seconds(60));
-  ampd::v1::WatchJobRequest req;
-  req.set_job_id(id);
-  auto reader = stub.WatchJob(&ctx, req);
-  JobEvent e;
-  while (reader->Read(&e)) {
-    if (e.has_progress() && e.progress().step() >= step) {
-      reached = true;
-      ctx.TryCancel();
-      break;
-    }
-  }
-  (void)reader->Finish();
-  return reached;
-}
-
-bool IsFinalEvent(const JobEvent& e) {
-  if (!e.has_state_change()) return false;
-  const JobState s = e.state_change().state();
-  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
-}
-
-// seqs 1, 2, ..., n; exactly one final state event, and it is the last.
-void ExpectCompleteHistory(const std::vector<JobEvent>& events, const std::string& id) {
-  ASSERT_FALSE(events.empty());
-  int finals = 0;
-  for (size_t i = 0; i < events.size(); ++i) {
-    ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << "event " << i << " of " << id;
-    EXPECT_EQ(events[i].job_id(), id);
-    finals += IsFinalEvent(events[i]) ? 1 : 0;
-  }
-  EXPECT_EQ(finals, 1);
-  EXPECT_TRUE(IsFinalEvent(events.back()));
-}
-
 std::vector<std::string> Serialized(const std::vector<JobEvent>& events) {
   std::vector<std::string> out;
   for (const auto& e : events) out.push_back(e.SerializeAsString());
