@@ -114,6 +114,8 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
     AMPD_ASSIGN_OR_RETURN(Buffer backup, backend_->allocate(st->t().bytes()));
     state_backup_.push_back(std::move(backup));
   }
+  output_checks_.assign(1, Tensor{});
+  output_checks_.insert(output_checks_.end(), state_tensors_.begin(), state_tensors_.end());
   const auto n_grads = static_cast<int64_t>(grads_.size());
   // Flags: one per gradient, one for the loss, one per state tensor.
   const auto n_flags = n_grads + 1 + static_cast<int64_t>(state_tensors_.size());
@@ -359,9 +361,8 @@ Status Trainer::train_step(int64_t step) {
   const Tensor flags = flags_.view(DType::kI32, n_flags, 1);
   AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(grads_, static_cast<float>(1.0 / scale),
                                                    flags.row_slice(0, n_grads)));
-  std::vector<Tensor> forward_outputs = {model_->loss_rows(n)};
-  forward_outputs.insert(forward_outputs.end(), state_tensors_.begin(), state_tensors_.end());
-  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(forward_outputs, 1.0f,
+  output_checks_[0] = model_->loss_rows(n);
+  AMPD_RETURN_IF_ERROR(backend_->unscale_and_check(output_checks_, 1.0f,
                                                    flags.row_slice(n_grads, n_flags - n_grads)));
   AMPD_RETURN_IF_ERROR(backend_->download(host_flags_.data(), flags));
   std::vector<std::string> bad;

@@ -144,6 +144,9 @@ class Trainer {
   // step made them non-finite); one buffer per state tensor, empty without BatchNorm.
   std::vector<Buffer> state_backup_;
   std::vector<Tensor> state_tensors_;
+  // What the step checks for non-finite values at scale 1 besides the gradients: [0] the
+  // loss rows (set each step: the batch size can change), then the state tensors.
+  std::vector<Tensor> output_checks_;
   std::vector<int32_t> host_flags_;
   std::vector<float> host_loss_accum_;  // the report window's per-row loss sums
   std::vector<float> batch_x_, batch_t_;
