@@ -17,6 +17,9 @@
 #pragma once
 
 #include <omp.h>
+#if defined(__x86_64__) || defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <bit>
@@ -64,6 +67,39 @@ inline constexpr int64_t kGrain = 32 * 1024;
 inline constexpr int64_t kRowChunk = 16;
 // Columns per task of a column reduction.
 inline constexpr int64_t kColBlock = 512;
+
+// Flush-to-zero and denormals-are-zero on this thread for the object's lifetime (MXCSR on
+// x86; a no-op elsewhere), then the caller's mode back. The optimizers run under it:
+// once a job's loss approaches 0, Adam's v = b2 v + (1 - b2) g^2 and m decay through the
+// FP32 subnormal range (below 2^-126), and every operation on a subnormal costs a
+// microcode assist. Measured on this repo's bench machine (AMD EPYC, AVX-512): AdamW took
+// 2.6x longer per step in a converged job than on fresh gradients (bench/RESULTS.md).
+// Numerically the flush changes only values below 2^-126 in magnitude: a flushed m or v
+// changes the update by at most lr * 2^-126 / eps, far below one ulp of any normal
+// weight. TensorFlow and XLA flush denormals on the CPU for the same reason; PyTorch
+// offers torch.set_flush_denormal(True). Scoped, never left set: the FP64 reference
+// backend and everything else on the thread keep IEEE subnormals.
+class ScopedFlushDenormals {
+ public:
+#if defined(__x86_64__) || defined(__SSE__)
+  static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR.FTZ (bit 15) | MXCSR.DAZ (bit 6)
+  ScopedFlushDenormals() : saved_(_mm_getcsr()) {
+    _mm_setcsr(saved_ | kFtzDaz);
+  }
+  ~ScopedFlushDenormals() {
+    _mm_setcsr(saved_);
+  }
+
+ private:
+  unsigned saved_;
+#else
+  ScopedFlushDenormals() = default;
+#endif
+
+ public:
+  ScopedFlushDenormals(const ScopedFlushDenormals&) = delete;
+  ScopedFlushDenormals& operator=(const ScopedFlushDenormals&) = delete;
+};
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;

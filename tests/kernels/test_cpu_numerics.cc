@@ -8,6 +8,9 @@
 //       hand-written reductions do not even depend on the thread count;
 //   (d) an FP16 matmul is bit-identical to the FP32 matmul of the widened operands (the
 //       same arithmetic: products of FP16 values are exact in FP32);
+//   (e) the optimizers flush FP32 subnormals to zero (m, v and w never hold one), agree
+//       with the reference to the last bit that matters, and leave every thread's MXCSR
+//       as they found it (later ops keep IEEE subnormals);
 // plus the primitive cache, the accuracy of oneDNN's GELU / tanh, and softmax on large
 // logits.
 #include <gtest/gtest.h>
@@ -18,6 +21,9 @@
 #include <numbers>
 #include <string>
 #include <vector>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/half.h"
@@ -382,6 +388,96 @@ TEST(CpuNumerics, Fp16MatmulEqualsFp32MatmulOfWidenedInputs) {
 
 // ---- CPU-specific behaviour
 // -----------------------------------------------------------------------
+
+// ---- (e) optimizers flush subnormals, and only inside the op
+// -------------------------------------
+
+bool is_subnormal(float x) {
+  return x != 0.0f && std::fabs(x) < std::numeric_limits<float>::min();
+}
+
+// n elements, several parallel tasks (kGrain = 32768), so both threads run the update.
+// Gradients cycle through: 1e-20 (g^2 = 1e-40 is subnormal), 1e-39 (itself subnormal),
+// -2^-64 and 1 (normal moments). State starts at 0, master at 1.
+TEST(CpuNumerics, OptimizersFlushSubnormalsAndRestoreTheFloatingPointMode) {
+  auto be = cpu(2);
+  auto ref = make_reference_backend();
+  ASSERT_NE(be, nullptr);
+  const int64_t n = 100003;
+  const float grads[] = {1e-20f, 1e-39f, -0x1p-64f, 1.0f};
+  std::vector<double> g(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) g[static_cast<size_t>(i)] = grads[i % 4];
+  const HostTensor g_host = HostTensor::from(DType::kF32, 1, n, g);
+  ASSERT_TRUE(is_subnormal(static_cast<float>(g_host.get(1))));
+
+  struct Side {
+    DeviceTensor w, grad, m, v;
+  };
+  auto make = [&](Backend& b) {
+    return Side{device_filled(b, DType::kF32, 1, n, 1.0f), to_device(b, g_host),
+                device_filled(b, DType::kF32, 1, n, 0.0f),
+                device_filled(b, DType::kF32, 1, n, 0.0f)};
+  };
+  Side c = make(*be), r = make(*ref);
+  for (int step = 1; step <= 3; ++step) {
+    AdamWParams hp;
+    hp.step = step;
+    ParamSlot cs{c.w, c.grad, c.m, c.v, {}}, rs{r.w, r.grad, r.m, r.v, {}};
+    AMPD_ASSERT_OK(be->adamw_step({&cs, 1}, hp));
+    AMPD_ASSERT_OK(ref->adamw_step({&rs, 1}, hp));
+  }
+  const HostTensor w = to_host(*be, c.w), m = to_host(*be, c.m), v = to_host(*be, c.v);
+  const HostTensor rw = to_host(*ref, r.w), rv = to_host(*ref, r.v);
+  // The reference keeps IEEE subnormals: v of the 1e-20 gradients is one.
+  ASSERT_TRUE(is_subnormal(static_cast<float>(rv.get(0)))) << rv.get(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto wi = static_cast<float>(w.get(i)), mi = static_cast<float>(m.get(i)),
+               vi = static_cast<float>(v.get(i));
+    ASSERT_FALSE(is_subnormal(wi) || is_subnormal(mi) || is_subnormal(vi))
+        << "element " << i << ": w " << wi << " m " << mi << " v " << vi;
+    // g^2 (1e-40) and the subnormal gradient itself flush: v = 0 (and m = 0 for 1e-39).
+    if (i % 4 == 0 || i % 4 == 1) {
+      ASSERT_EQ(vi, 0.0f) << "element " << i;
+    }
+    if (i % 4 == 1) {
+      ASSERT_EQ(mi, 0.0f) << "element " << i;
+    }
+    // The weights agree with the IEEE reference: a flushed v moves sqrt(v) + eps by less
+    // than 1e-20 against eps = 1e-8.
+    ASSERT_NEAR(wi, rw.get(i), 2e-7) << "element " << i;
+  }
+
+  SgdParams sgd;
+  sgd.lr = 1e-20f;  // lr * g: 1e-40 for g = 1e-20, subnormal
+  sgd.momentum = 0.5f;
+  sgd.first_step = true;
+  DeviceTensor zero_w = device_filled(*be, DType::kF32, 1, n, 0.0f);
+  DeviceTensor buf = device_filled(*be, DType::kF32, 1, n, 0.0f);
+  ParamSlot ss{zero_w, c.grad, buf, {}, {}};
+  AMPD_ASSERT_OK(be->sgd_step({&ss, 1}, sgd));
+  const HostTensor sw = to_host(*be, zero_w), sb = to_host(*be, buf);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_FALSE(is_subnormal(static_cast<float>(sw.get(i))) ||
+                 is_subnormal(static_cast<float>(sb.get(i))))
+        << "sgd element " << i << ": w " << sw.get(i) << " buffer " << sb.get(i);
+  }
+
+  // Outside the optimizers subnormals are IEEE again, on the calling thread and on every
+  // worker: unscaling 2^-100 by 2^-30 gives exactly 2^-130 in every parallel task.
+#if defined(__x86_64__)
+  EXPECT_EQ(_mm_getcsr() & 0x8040u, 0u) << "FTZ/DAZ left set on the calling thread";
+#endif
+  volatile float tiny = 0x1p-100f;
+  EXPECT_EQ(tiny * 0x1p-30f, 0x1p-130f);
+  DeviceTensor t = device_filled(*be, DType::kF32, 1, n, 0x1p-100f);
+  DeviceTensor flag = device_filled(*be, DType::kI32, 1, 1, 0.0f);
+  const Tensor list[] = {t.tensor};
+  AMPD_ASSERT_OK(be->unscale_and_check(list, 0x1p-30f, flag));
+  const HostTensor th = to_host(*be, t);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(static_cast<float>(th.get(i)), 0x1p-130f) << "element " << i;
+  }
+}
 
 TEST(CpuBackend, DescribesItself) {
   auto be = cpu(2);
