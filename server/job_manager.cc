@@ -1,6 +1,7 @@
 #include "server/job_manager.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <sys/stat.h>
@@ -468,6 +469,9 @@ bool JobManager::Shutdown(std::chrono::steady_clock::time_point deadline) {
 }
 
 void JobManager::WorkerLoop() {
+  // Named so that `top -H`, perf and bench/cpu/service.sh can tell training (this thread
+  // and the OpenMP workers it starts, which inherit the name) from the RPC threads.
+  pthread_setname_np(pthread_self(), "ampd-train");
   for (;;) {
     std::string id;
     {

@@ -65,12 +65,19 @@ def main():
     if "error" in svc:
         print(f"not measured: {svc['error']}")
     else:
-        print("| round | in-process samples/s | served samples/s | ratio | watcher CPU s |")
-        print("|---|---|---|---|---|")
-        for i, (a, b, r, c) in enumerate(zip(svc.get("inproc_sps", []), svc.get("served_sps", []),
-                                             svc.get("ratios", []), svc.get("watcher_cpu_s", []))):
-            print(f"| {i + 1} | {fmt(a, '.0f')} | {fmt(b, '.0f')} | {fmt(r, '.3f')} | {fmt(c, '.2f')} |")
-        print(f"\nmedian ratio {fmt(svc.get('ratio'), '.3f')}; {svc.get('scrapes_ok')}/"
+        print("| round | in-process samples/s | served samples/s | ratio | server training CPU s "
+              "| server other CPU s | watchers+scraper CPU s | CPU-bound ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        for i, (a, b, r) in enumerate(zip(svc.get("inproc_sps", []), svc.get("served_sps", []),
+                                          svc.get("ratios", []))):
+            tr = (svc.get("server_train_cpu_s") or [None] * (i + 1))[i]
+            ot = (svc.get("server_other_cpu_s") or [None] * (i + 1))[i]
+            wc = (svc.get("watcher_cpu_s") or [None] * (i + 1))[i]
+            bound = tr / (tr + ot + wc) if None not in (tr, ot, wc) and tr else None
+            print(f"| {i + 1} | {fmt(a, '.0f')} | {fmt(b, '.0f')} | {fmt(r, '.3f')} | {fmt(tr, '.2f')} "
+                  f"| {fmt(ot, '.2f')} | {fmt(wc, '.3f')} | {fmt(bound, '.3f')} |")
+        print(f"\nmedian ratio {fmt(svc.get('ratio'), '.3f')} (CPU-bound "
+              f"{fmt(svc.get('cpu_bound_ratio'), '.3f')}); {svc.get('scrapes_ok')}/"
               f"{svc.get('scrapes')} scrapes answered; stream errors {svc.get('stream_errors')}; "
               f"fewest events a watcher got {svc.get('watch_events_min')}")
 

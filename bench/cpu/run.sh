@@ -3,6 +3,7 @@
 # on this machine with one thread count, then the service overhead; prints a table last.
 #   bench/cpu/run.sh [BUILD_DIR]       (built targets: ampd_bench ampd ampctl watch_many)
 # Env: BENCH_THREADS (default: nproc), BENCH_STEPS (timed steps, default 40),
+#      BENCH_SERVICE_ROUNDS (alternating in-process/served pairs of the service test, 5),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu).
 # Results: $BENCH_OUT/results.jsonl (one JSON object per measurement) and table.md.
 set -euo pipefail
@@ -11,8 +12,9 @@ BUILD=$(cd "${1:-$ROOT/build}" && pwd)
 THREADS=${BENCH_THREADS:-$(nproc)}
 STEPS=${BENCH_STEPS:-40}
 SCALE_STEPS=20
-SERVICE_STEPS=300
-if [[ "${BENCH_QUICK:-0}" == 1 ]]; then STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; fi
+SERVICE_STEPS=600
+SERVICE_ROUNDS=${BENCH_SERVICE_ROUNDS:-5}
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; SERVICE_ROUNDS=1; fi
 OUT=${BENCH_OUT:-$BUILD/bench-cpu}
 BIN=$BUILD/bin
 mkdir -p "$OUT"
@@ -96,7 +98,7 @@ for p in fp32 bf16; do
 done
 
 # ---- 4: the same job in-process and through `ampd serve` with 50 watchers ------------
-"$ROOT/bench/cpu/service.sh" "$BUILD" "$OUT" "$THREADS" "$SERVICE_STEPS" | tee -a "$RES"
+ROUNDS=$SERVICE_ROUNDS "$ROOT/bench/cpu/service.sh" "$BUILD" "$OUT" "$THREADS" "$SERVICE_STEPS" | tee -a "$RES"
 
 echo "{\"mode\":\"env\",\"torch_how\":\"${TORCH_HOW:-none}\",\"threads\":$THREADS,\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\"}" >>"$RES"
 python3 "$ROOT/bench/cpu/report.py" "$RES" | tee "$OUT/table.md"
