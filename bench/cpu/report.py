@@ -65,19 +65,25 @@ def main():
     if "error" in svc:
         print(f"not measured: {svc['error']}")
     else:
-        print("| round | in-process samples/s | served samples/s | ratio | server training CPU s "
-              "| server other CPU s | watchers+scraper CPU s | CPU-bound ratio |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| round | in-process samples/s | served samples/s | ratio | p90 window in-process "
+              "| p90 served | p90 ratio | server training CPU s | server other CPU s "
+              "| watchers+scraper CPU s | CPU-bound ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for i, (a, b, r) in enumerate(zip(svc.get("inproc_sps", []), svc.get("served_sps", []),
                                           svc.get("ratios", []))):
+            pa = (svc.get("inproc_p90") or [None] * (i + 1))[i]
+            pb = (svc.get("served_p90") or [None] * (i + 1))[i]
             tr = (svc.get("server_train_cpu_s") or [None] * (i + 1))[i]
             ot = (svc.get("server_other_cpu_s") or [None] * (i + 1))[i]
             wc = (svc.get("watcher_cpu_s") or [None] * (i + 1))[i]
             bound = tr / (tr + ot + wc) if None not in (tr, ot, wc) and tr else None
-            print(f"| {i + 1} | {fmt(a, '.0f')} | {fmt(b, '.0f')} | {fmt(r, '.3f')} | {fmt(tr, '.2f')} "
+            print(f"| {i + 1} | {fmt(a, '.0f')} | {fmt(b, '.0f')} | {fmt(r, '.3f')} | {fmt(pa, '.0f')} "
+                  f"| {fmt(pb, '.0f')} | {fmt(pa and pb and pb / pa, '.3f')} | {fmt(tr, '.2f')} "
                   f"| {fmt(ot, '.2f')} | {fmt(wc, '.3f')} | {fmt(bound, '.3f')} |")
-        print(f"\nmedian ratio {fmt(svc.get('ratio'), '.3f')} (CPU-bound "
-              f"{fmt(svc.get('cpu_bound_ratio'), '.3f')}); {svc.get('scrapes_ok')}/"
+        print(f"\nmedian ratio {fmt(svc.get('ratio'), '.3f')}, p90 ratio "
+              f"{fmt(svc.get('ratio_p90'), '.3f')}, CPU-bound ratio "
+              f"{fmt(svc.get('cpu_bound_ratio'), '.3f')} (bench/cpu/service.sh explains the "
+              f"three); {svc.get('scrapes_ok')}/"
               f"{svc.get('scrapes')} scrapes answered; stream errors {svc.get('stream_errors')}; "
               f"fewest events a watcher got {svc.get('watch_events_min')}")
 

@@ -17,7 +17,8 @@
 //
 // Prints one JSON line: events per watcher (min/max), progress events, the harmonic mean
 // of the job's samples/s over its progress events (first excluded, as the in-process side),
-// the final state, scrapes made and answered, and this process's user+system CPU seconds.
+// the final state, scrapes made and answered, this process's user+system CPU seconds, and
+// the samples/s of every progress event (rates).
 #include <grpcpp/grpcpp.h>
 #include <netdb.h>
 #include <sys/resource.h>
@@ -235,14 +236,20 @@ int main(int argc, char** argv) {
       ++n;
     }
   }
+  std::string rates;  // every window's samples/s, for the service script's quantiles
+  for (size_t i = 0; i < first.rates.size(); ++i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.1f", i ? "," : "", first.rates[i]);
+    rates += buf;
+  }
   std::printf(
       "{\"watchers\":%d,\"events_min\":%lld,\"events_max\":%lld,\"progress_events\":%zu,"
       "\"served_sps\":%.3f,\"final_state\":\"%s\",\"stream_errors\":%lld,"
-      "\"scrapes\":%d,\"scrapes_ok\":%d,\"watcher_cpu_s\":%.3f%s%s%s}\n",
+      "\"scrapes\":%d,\"scrapes_ok\":%d,\"watcher_cpu_s\":%.3f,\"rates\":[%s]%s%s%s}\n",
       watchers, static_cast<long long>(min_events), static_cast<long long>(max_events),
       first.rates.size(), n ? static_cast<double>(n) / inv : 0.0, first.final_state.c_str(),
       static_cast<long long>(errors), scraper ? scraper->made() : 0,
-      scraper ? scraper->answered() : 0, cpu_seconds(), errors ? ",\"first_error\":\"" : "",
-      first_error.c_str(), errors ? "\"" : "");
+      scraper ? scraper->answered() : 0, cpu_seconds(), rates.c_str(),
+      errors ? ",\"first_error\":\"" : "", first_error.c_str(), errors ? "\"" : "");
   return errors ? 1 : 0;
 }
