@@ -12,11 +12,38 @@ def load(path):
     return rows
 
 
+def find_all(rows, mode, **kw):
+    return [r for r in rows
+            if r.get("mode") == mode and all(r.get(k) == v for k, v in kw.items())]
+
+
+def time_of(r):
+    if "phase_ms" in r:
+        return sum(r["phase_ms"].values())
+    return r.get("step_ms_median") or r.get("matmul_ms_median") or 0.0
+
+
 def find(rows, mode, **kw):
-    for r in rows:
-        if r.get("mode") == mode and all(r.get(k) == v for k, v in kw.items()):
-            return r
-    return None
+    """The matching row; with repeats (BENCH_REPEATS), the one with the median time."""
+    found = sorted(find_all(rows, mode, **kw), key=time_of)
+    return found[(len(found) - 1) // 2] if found else None
+
+
+def median(values):
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def paired(rows, precision, num_mode, num_key, den_mode, den_key):
+    """num/den of each repeat: the k-th run of one beside the k-th of the other (run.sh
+    interleaves them, so both saw the same minute of this machine)."""
+    a = find_all(rows, num_mode, precision=precision, width=1024, batch=256)
+    b = find_all(rows, den_mode, precision=precision, width=1024, batch=256)
+    return [x[num_key] / y[den_key] for x, y in zip(a, b)
+            if x.get(num_key) and y.get(den_key)]
 
 
 def fmt(v, spec=".2f"):
@@ -30,7 +57,7 @@ def main():
           f"{env.get('threads')} threads, {env.get('cpu')}; torch: {env.get('torch_how')}\n")
     print("| precision | ampd step ms | torch step ms | ampd/torch | step GFLOP/s | "
           "raw matmul ms | raw matmul GFLOP/s | step/raw | act bytes | act vs fp32 | "
-          "fwd/bwd/unscale/opt ms |")
+          "load/fwd/bwd/unscale/opt ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     base = find(rows, "steps", precision="fp32", width=1024, batch=256)
     for p in ("fp32", "bf16", "fp16"):
@@ -40,21 +67,36 @@ def main():
         ph = (find(rows, "phases", precision=p, width=1024, batch=256) or {}).get("phase_ms", {})
         sm, tm = s.get("step_ms_median"), t.get("step_ms_median")
         torch_cell = fmt(tm) if tm else ("error: " + t["error"][:60] if "error" in t else "-")
-        ratio = sm / tm if sm and tm else None
-        eff = m["matmul_ms_median"] / sm if sm and m.get("matmul_ms_median") else None
+        # Ratios: the median over repeats of each repeat's own ratio.
+        ratio = median(paired(rows, p, "steps", "step_ms_median", "torch", "step_ms_median"))
+        eff = median(paired(rows, p, "matmul", "matmul_ms_median", "steps", "step_ms_median"))
         act = s.get("activation_bytes")
         actr = act / base["activation_bytes"] if act and base else None
-        phs = "/".join(fmt(ph.get(k)) for k in ("forward", "backward", "unscale_check",
+        phs = "/".join(fmt(ph.get(k)) for k in ("load_batch", "forward", "backward", "unscale_check",
                                                 "optimizer"))
         print(f"| {p} | {fmt(sm)} | {torch_cell} | {fmt(ratio)} | {fmt(s.get('gflops'), '.1f')} "
               f"| {fmt(m.get('matmul_ms_median'))} | {fmt(m.get('gflops'), '.1f')} "
               f"| {fmt(eff and eff * 100, '.0f')}% | {act or '-'} | {fmt(actr)} | {phs} |")
+    reps = len(find_all(rows, "steps", precision="fp32", width=1024, batch=256))
+    if reps > 1:
+        print(f"\nMedian of {reps} interleaved repeats (step, torch, matmul, phases in turn); "
+              "the ratios are the median of each repeat's own ratio. Per repeat:")
+        for p in ("fp32", "bf16", "fp16"):
+            r1 = paired(rows, p, "steps", "step_ms_median", "torch", "step_ms_median")
+            r2 = paired(rows, p, "matmul", "matmul_ms_median", "steps", "step_ms_median")
+            if r1 or r2:
+                print(f"- {p}: ampd/torch {', '.join(fmt(x) for x in r1) or '-'}; "
+                      f"step/raw {', '.join(fmt(x * 100, '.0f') + '%' for x in r2) or '-'}")
     print("\n### Scaling (ampd step ms / share of raw matmul time)\n")
     print("| precision | width | batch | step ms | raw matmul ms | step/raw | step GFLOP/s |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        if r.get("mode") != "steps":
+    seen = set()
+    for r0 in rows:
+        key = (r0.get("precision"), r0.get("width"), r0.get("batch"))
+        if r0.get("mode") != "steps" or key in seen:
             continue
+        seen.add(key)
+        r = find(rows, "steps", precision=key[0], width=key[1], batch=key[2])
         m = find(rows, "matmul", precision=r["precision"], width=r["width"], batch=r["batch"])
         mm = m and m["matmul_ms_median"]
         print(f"| {r['precision']} | {r['width']} | {r['batch']} | {fmt(r['step_ms_median'])} "

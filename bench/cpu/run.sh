@@ -3,6 +3,7 @@
 # on this machine with one thread count, then the service overhead; prints a table last.
 #   bench/cpu/run.sh [BUILD_DIR]       (built targets: ampd_bench ampd ampctl watch_many)
 # Env: BENCH_THREADS (default: nproc), BENCH_STEPS (timed steps, default 40),
+#      BENCH_REPEATS (interleaved repeats of the batch-256 comparison, default 3),
 #      BENCH_SERVICE_ROUNDS (alternating in-process/served pairs of the service test, 5),
 #      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu).
 # Results: $BENCH_OUT/results.jsonl (one JSON object per measurement) and table.md.
@@ -14,7 +15,10 @@ STEPS=${BENCH_STEPS:-40}
 SCALE_STEPS=20
 SERVICE_STEPS=600
 SERVICE_ROUNDS=${BENCH_SERVICE_ROUNDS:-5}
-if [[ "${BENCH_QUICK:-0}" == 1 ]]; then STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; SERVICE_ROUNDS=1; fi
+REPEATS=${BENCH_REPEATS:-3}
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
+  STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; SERVICE_ROUNDS=1; REPEATS=1
+fi
 OUT=${BENCH_OUT:-$BUILD/bench-cpu}
 BIN=$BUILD/bin
 mkdir -p "$OUT"
@@ -75,12 +79,19 @@ torch_run() {
 }
 
 # ---- 1-3: the 784-1024-1024-10 MLP, batch 256 ----------------------------------------
-for p in fp32 bf16 fp16; do
-  log "training step, $p"
-  ampd steps precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
-  torch_run precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
-  ampd matmul precision=$p width=1024 batch=256 reps="$STEPS"
-  ampd phases precision=$p width=1024 batch=256 steps="$STEPS"
+# REPEATS rounds, each running ampd, PyTorch, the raw matmuls and the phases in turn, so
+# that each ratio compares runs from the same minute (this VM's speed drifts by up to 25%
+# over seconds); the table takes medians. FP16 runs once: PyTorch's CPU fp16 takes ~0.7 s
+# a step.
+for rep in $(seq "$REPEATS"); do
+  for p in fp32 bf16 fp16; do
+    [[ $p == fp16 && $rep -gt 1 ]] && continue
+    log "training step, $p (repeat $rep of $REPEATS)"
+    ampd steps precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
+    torch_run precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
+    ampd matmul precision=$p width=1024 batch=256 reps="$STEPS"
+    ampd phases precision=$p width=1024 batch=256 steps="$STEPS"
+  done
 done
 
 # ---- 5: scaling with width and batch ----------------------------------------------------
