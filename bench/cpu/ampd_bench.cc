@@ -11,6 +11,9 @@
 //       input-gradient matmul of the MLP (same shapes, dtypes, transposes and bias as the
 //       Linear layer issues), called on the CPU backend directly, in step order; the
 //       median time of the whole sequence and its FLOP/s.
+//   ampd_bench paired precision=fp32 width=1024 batch=256 steps=40 warmup=5 threads=2
+//       The two above, interleaved: after every trainer step, the step's matmuls once; the
+//       median over steps of (matmul sequence time / step time), each pair moments apart.
 //   ampd_bench phases precision=fp32 width=1024 batch=256 steps=30 threads=2
 //       A timing breakdown of the same step through Model and Optimizer (load_batch,
 //       forward, backward, unscale+check, optimizer) to show where the non-matmul time goes.
@@ -67,7 +70,7 @@ void check(const Status& s, const char* what) {
 }
 
 Config parse(int argc, char** argv) {
-  if (argc < 2) die("usage: ampd_bench steps|matmul|phases key=value...");
+  if (argc < 2) die("usage: ampd_bench steps|matmul|paired|phases key=value...");
   Config c;
   c.mode = argv[1];
   for (int i = 2; i < argc; ++i) {
@@ -233,65 +236,84 @@ Owned make_tensor(ampd::Backend& be, DType dt, int64_t rows, int64_t cols, std::
   return o;
 }
 
+// Every matmul of one step of the MLP, on its own buffers, in step order.
+class MatmulSequence {
+ public:
+  MatmulSequence(ampd::Backend& be, const Config& c) : be_(be) {
+    const DType dt = ampd::engine::precision_dtype(c.precision);
+    std::mt19937 rng(1);
+    const auto ls = linears(c.width);
+    const int64_t B = c.batch;
+    for (size_t i = 0; i < ls.size(); ++i) {
+      const auto [in, out] = ls[i];
+      keep_.push_back(make_tensor(be, dt, B, in, rng));             // x
+      keep_.push_back(make_tensor(be, dt, out, in, rng));           // W (working copy)
+      keep_.push_back(make_tensor(be, DType::kF32, 1, out, rng));   // bias (F32 master)
+      keep_.push_back(make_tensor(be, dt, B, out, rng));            // y
+      keep_.push_back(make_tensor(be, dt, B, out, rng));            // dy
+      keep_.push_back(make_tensor(be, DType::kF32, out, in, rng));  // dW
+      keep_.push_back(make_tensor(be, dt, B, in, rng));             // dx
+    }
+    for (size_t i = 0; i < ls.size(); ++i) {  // forward
+      const Owned* t = &keep_[i * 7];
+      ampd::MatmulArgs m;
+      m.a = t[0].t;
+      m.b = t[1].t;
+      m.trans_b = true;
+      m.c = t[3].t;
+      m.bias = t[2].t;
+      calls_.push_back(m);
+    }
+    for (size_t k = ls.size(); k-- > 0;) {  // backward: dW, then dx
+      const Owned* t = &keep_[k * 7];
+      ampd::MatmulArgs dw;
+      dw.a = t[4].t;
+      dw.trans_a = true;
+      dw.b = t[0].t;
+      dw.c = t[5].t;
+      calls_.push_back(dw);
+      if (k == 0) continue;
+      ampd::MatmulArgs dx;
+      dx.a = t[4].t;
+      dx.b = t[1].t;
+      dx.c = t[6].t;
+      calls_.push_back(dx);
+    }
+  }
+  size_t size() const { return calls_.size(); }
+  // Runs the sequence once; per_call (if given) gets each product's seconds.
+  double run(std::vector<double>* per_call = nullptr) {
+    const Clock::time_point s0 = Clock::now();
+    for (size_t i = 0; i < calls_.size(); ++i) {
+      const Clock::time_point t0 = Clock::now();
+      check(be_.matmul(calls_[i]), "matmul");
+      check(be_.synchronize(), "synchronize");
+      if (per_call != nullptr) (*per_call)[i] = secs(t0, Clock::now());
+    }
+    return secs(s0, Clock::now());
+  }
+
+ private:
+  ampd::Backend& be_;
+  std::vector<Owned> keep_;
+  std::vector<ampd::MatmulArgs> calls_;
+};
+
 void run_matmul(const Config& c) {
   const auto owned = make_backend(c);
-  ampd::Backend& be = *owned;
-  const DType dt = ampd::engine::precision_dtype(c.precision);
-  std::mt19937 rng(1);
-  std::vector<Owned> keep;
-  std::vector<ampd::MatmulArgs> calls;
-  const auto ls = linears(c.width);
-  const int64_t B = c.batch;
-  for (size_t i = 0; i < ls.size(); ++i) {
-    const auto [in, out] = ls[i];
-    keep.push_back(make_tensor(be, dt, B, in, rng));             // x
-    keep.push_back(make_tensor(be, dt, out, in, rng));           // W (working copy)
-    keep.push_back(make_tensor(be, DType::kF32, 1, out, rng));   // bias (F32 master)
-    keep.push_back(make_tensor(be, dt, B, out, rng));            // y
-    keep.push_back(make_tensor(be, dt, B, out, rng));            // dy
-    keep.push_back(make_tensor(be, DType::kF32, out, in, rng));  // dW
-    keep.push_back(make_tensor(be, dt, B, in, rng));             // dx
-  }
-  for (size_t i = 0; i < ls.size(); ++i) {  // forward
-    const Owned* t = &keep[i * 7];
-    ampd::MatmulArgs m;
-    m.a = t[0].t;
-    m.b = t[1].t;
-    m.trans_b = true;
-    m.c = t[3].t;
-    m.bias = t[2].t;
-    calls.push_back(m);
-  }
-  for (size_t k = ls.size(); k-- > 0;) {  // backward: dW, then dx
-    const Owned* t = &keep[k * 7];
-    ampd::MatmulArgs dw;
-    dw.a = t[4].t;
-    dw.trans_a = true;
-    dw.b = t[0].t;
-    dw.c = t[5].t;
-    calls.push_back(dw);
-    if (k == 0) continue;
-    ampd::MatmulArgs dx;
-    dx.a = t[4].t;
-    dx.b = t[1].t;
-    dx.c = t[6].t;
-    calls.push_back(dx);
-  }
+  MatmulSequence mm(*owned, c);
   std::vector<double> seq;
-  std::vector<std::vector<double>> per(calls.size());
+  std::vector<std::vector<double>> per(mm.size());
+  std::vector<double> one(mm.size());
   for (int64_t r = 0; r < c.reps + 3; ++r) {
-    const Clock::time_point s0 = Clock::now();
-    for (size_t i = 0; i < calls.size(); ++i) {
-      const Clock::time_point t0 = Clock::now();
-      check(be.matmul(calls[i]), "matmul");
-      check(be.synchronize(), "synchronize");
-      if (r >= 3) per[i].push_back(secs(t0, Clock::now()));
-    }
-    if (r >= 3) seq.push_back(secs(s0, Clock::now()));
+    const double t = mm.run(&one);
+    if (r < 3) continue;
+    seq.push_back(t);
+    for (size_t i = 0; i < one.size(); ++i) per[i].push_back(one[i]);
   }
   const double med = median(seq);
   std::string parts;
-  for (size_t i = 0; i < calls.size(); ++i) {
+  for (size_t i = 0; i < per.size(); ++i) {
     if (i) parts += ",";
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.4f", median(per[i]) * 1e3);
@@ -302,6 +324,46 @@ void run_matmul(const Config& c) {
               "\n",
               common_json(c).c_str(), med * 1e3, step_flops(c) * 1e-9, step_flops(c) / med * 1e-9,
               parts.c_str());
+}
+
+// ---- paired: each training step beside the raw matmuls, moments apart --------------------
+
+// The trainer as in `steps`, and after every step (inside its progress callback) the
+// step's matmuls alone, once. Each step is paired with the sequence run right after it,
+// so both see the same state of this shared machine (whose speed drifts by up to 25% over
+// seconds); the step's time excludes the sequence. Reports the median of the per-pair
+// ratios raw/step, beside each side's median. The sequence's buffers evict some of the
+// step's data from the caches, so the step here can only look slower than alone.
+void run_paired(const Config& c) {
+  const auto owned = make_backend(c);
+  ampd::Backend& backend = *owned;
+  MatmulSequence mm(backend, c);
+  auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
+  check(spec.status(), "job spec");
+  std::vector<double> step_s, raw_s;
+  Clock::time_point last{};
+  int64_t seen = 0;
+  ampd::engine::TrainerOptions opts;
+  opts.on_event = [&](const ampd::v1::JobEvent& e) {
+    if (!e.has_progress()) return;
+    const Clock::time_point now = Clock::now();
+    if (seen++ > c.warmup) step_s.push_back(secs(last, now));
+    const double raw = mm.run();
+    if (seen > c.warmup + 1) raw_s.push_back(raw);
+    last = Clock::now();
+  };
+  auto trainer = ampd::engine::Trainer::create(backend, *spec, std::move(opts));
+  check(trainer.status(), "trainer");
+  const ampd::v1::Job job = (*trainer)->run();
+  if (job.state() != ampd::v1::SUCCEEDED) die("job failed: " + job.failure_reason());
+  const size_t n = std::min(step_s.size(), raw_s.size());
+  if (n == 0) die("no timed steps");
+  std::vector<double> ratios;
+  for (size_t i = 0; i < n; ++i) ratios.push_back(raw_s[i] / step_s[i]);
+  std::printf(R"({"mode":"paired",%s,"pairs":%zu,"step_ms_median":%.4f,"matmul_ms_median":%.4f,)"
+              R"("raw_over_step_median":%.4f})"
+              "\n",
+              common_json(c).c_str(), n, median(step_s) * 1e3, median(raw_s) * 1e3, median(ratios));
 }
 
 // ---- phases: where the time of one step goes ------------------------------------------
@@ -379,6 +441,8 @@ int main(int argc, char** argv) {
     run_steps(c);
   } else if (c.mode == "matmul") {
     run_matmul(c);
+  } else if (c.mode == "paired") {
+    run_paired(c);
   } else if (c.mode == "phases") {
     run_phases(c);
   } else {

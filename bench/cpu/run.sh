@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=$(cd "${1:-$ROOT/build}" && pwd)
 THREADS=${BENCH_THREADS:-$(nproc)}
 STEPS=${BENCH_STEPS:-40}
-SCALE_STEPS=20
+SCALE_STEPS=30
 SERVICE_STEPS=600
 SERVICE_ROUNDS=${BENCH_SERVICE_ROUNDS:-5}
 REPEATS=${BENCH_REPEATS:-3}
@@ -90,6 +90,7 @@ for rep in $(seq "$REPEATS"); do
     ampd steps precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
     torch_run precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
     ampd matmul precision=$p width=1024 batch=256 reps="$STEPS"
+    ampd paired precision=$p width=1024 batch=256 steps="$STEPS" warmup=5
     ampd phases precision=$p width=1024 batch=256 steps="$STEPS"
   done
 done
@@ -98,13 +99,11 @@ done
 for p in fp32 bf16; do
   for w in 256 512 2048; do
     log "scaling $p width=$w"
-    ampd steps precision=$p width=$w batch=256 steps=$SCALE_STEPS warmup=3
-    ampd matmul precision=$p width=$w batch=256 reps=$SCALE_STEPS
+    ampd paired precision=$p width=$w batch=256 steps=$SCALE_STEPS warmup=3
   done
   for b in 64 128 512 1024; do
     log "scaling $p batch=$b"
-    ampd steps precision=$p width=1024 batch=$b steps=$SCALE_STEPS warmup=3
-    ampd matmul precision=$p width=1024 batch=$b reps=$SCALE_STEPS
+    ampd paired precision=$p width=1024 batch=$b steps=$SCALE_STEPS warmup=3
   done
 done
 
