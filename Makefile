@@ -46,7 +46,7 @@ clean:
 	rm -rf $(BUILD_DIR)
 
 # make bench: ampd's CPU training step beside PyTorch, oneDNN's raw matmul and the service
-# (bench/cpu/run.sh; ~10 minutes; results in $(BUILD_DIR)/bench-cpu/). Not part of `make test`.
+# (bench/cpu/run.sh; ~4 minutes; results in $(BUILD_DIR)/bench-cpu/). Not part of `make test`.
 bench: deps $(BUILD_DIR)/build.ninja
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target ampd_bench ampd ampctl watch_many
 	bench/cpu/run.sh $(BUILD_DIR)
