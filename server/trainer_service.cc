@@ -187,11 +187,13 @@ namespace {
 // (the scheduler runs it at the next regular switch, within milliseconds). With 50
 // watchers, publishing an event cost the training thread 0.65-0.95 ms before (each woken
 // watcher ran at once, on its core), 0.26 ms after (bench/RESULTS.md).
+// Only a thread in the default policy is switched, so a server the operator started under
+// another policy (chrt) keeps it.
 class BatchScheduling {
  public:
   BatchScheduling() {
     sched_param p{};
-    ok_ = sched_setscheduler(0, SCHED_BATCH, &p) == 0;
+    ok_ = sched_getscheduler(0) == SCHED_OTHER && sched_setscheduler(0, SCHED_BATCH, &p) == 0;
   }
   ~BatchScheduling() {
     sched_param p{};
