@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -166,23 +167,31 @@ std::string common_json(const Config& c) {
          std::to_string(c.threads);
 }
 
+// Trains the benchmark MLP (warmup + steps steps, a progress event every step) through
+// engine::Trainer::run(), calling on_progress at each progress event; dies unless the job
+// succeeds.
+ampd::v1::Job train(ampd::Backend& backend, const Config& c, std::function<void()> on_progress) {
+  auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
+  check(spec.status(), "job spec");
+  ampd::engine::TrainerOptions opts;
+  opts.on_event = [&](const ampd::v1::JobEvent& e) {
+    if (e.has_progress()) on_progress();
+  };
+  auto trainer = ampd::engine::Trainer::create(backend, *spec, std::move(opts));
+  check(trainer.status(), "trainer");
+  ampd::v1::Job job = (*trainer)->run();
+  if (job.state() != ampd::v1::SUCCEEDED) die("job failed: " + job.failure_reason());
+  return job;
+}
+
 // ---- steps: the real Trainer ---------------------------------------------------------
 
 void run_steps(const Config& c) {
   const auto owned = make_backend(c);
   ampd::Backend& backend = *owned;
-  auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
-  check(spec.status(), "job spec");
   std::vector<Clock::time_point> marks;
-  ampd::engine::TrainerOptions opts;
-  opts.on_event = [&](const ampd::v1::JobEvent& e) {
-    if (e.has_progress()) marks.push_back(Clock::now());
-  };
-  auto trainer = ampd::engine::Trainer::create(backend, *spec, std::move(opts));
-  check(trainer.status(), "trainer");
   const Clock::time_point start = Clock::now();
-  const ampd::v1::Job job = (*trainer)->run();
-  if (job.state() != ampd::v1::SUCCEEDED) die("job failed: " + job.failure_reason());
+  const ampd::v1::Job job = train(backend, c, [&] { marks.push_back(Clock::now()); });
   std::vector<double> times;
   for (size_t i = static_cast<size_t>(c.warmup) + 1; i < marks.size(); ++i) {
     times.push_back(secs(marks[i - 1], marks[i]));
@@ -226,7 +235,6 @@ Owned make_tensor(ampd::Backend& be, DType dt, int64_t rows, int64_t cols, std::
   if (dt == DType::kF32) {
     check(be.upload(o.t, host.data()), "upload");
   } else {
-    Owned tmp;
     auto tb = be.allocate(host.size() * sizeof(float));
     check(tb.status(), "allocate");
     const Tensor t32 = tb->view(DType::kF32, rows, cols);
@@ -338,24 +346,16 @@ void run_paired(const Config& c) {
   const auto owned = make_backend(c);
   ampd::Backend& backend = *owned;
   MatmulSequence mm(backend, c);
-  auto spec = ampd::engine::parse_job_spec(job_json(c, c.warmup + c.steps, 1), "json");
-  check(spec.status(), "job spec");
   std::vector<double> step_s, raw_s;
   Clock::time_point last{};
   int64_t seen = 0;
-  ampd::engine::TrainerOptions opts;
-  opts.on_event = [&](const ampd::v1::JobEvent& e) {
-    if (!e.has_progress()) return;
+  train(backend, c, [&] {
     const Clock::time_point now = Clock::now();
     if (seen++ > c.warmup) step_s.push_back(secs(last, now));
     const double raw = mm.run();
     if (seen > c.warmup + 1) raw_s.push_back(raw);
     last = Clock::now();
-  };
-  auto trainer = ampd::engine::Trainer::create(backend, *spec, std::move(opts));
-  check(trainer.status(), "trainer");
-  const ampd::v1::Job job = (*trainer)->run();
-  if (job.state() != ampd::v1::SUCCEEDED) die("job failed: " + job.failure_reason());
+  });
   const size_t n = std::min(step_s.size(), raw_s.size());
   if (n == 0) die("no timed steps");
   std::vector<double> ratios;

@@ -21,6 +21,7 @@
 #include "engine/safetensors.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
 namespace {
@@ -28,20 +29,10 @@ namespace {
 namespace fs = std::filesystem;
 
 std::unique_ptr<Backend> cpu() {
-  CpuBackendOptions o;
-  o.threads = 2;
-  auto b = make_cpu_backend(o);
-  EXPECT_TRUE(b.ok()) << b.status().to_string();
-  return std::move(b).value();
+  return test::cpu_backend(2);
 }
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("ampd-ckfault-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using test::temp_dir;
 
 ampd::v1::JobSpec spec() {
   auto s = parse_job_spec(R"(

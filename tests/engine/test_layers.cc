@@ -136,7 +136,8 @@ TEST_P(LayerGradient, BackwardMatchesFiniteDifferences) {
       };
       const double fd = (at(saved + h) - at(saved - h)) / (2.0 * static_cast<double>(h));
       at(saved);
-      EXPECT_NEAR(dparams[k][i], fd, 2e-3 + 1e-2 * std::abs(fd)) << kind << " " << p.name << "[" << i << "]";
+      EXPECT_NEAR(dparams[k][i], fd, 2e-3 + 1e-2 * std::abs(fd))
+          << kind << " " << p.name << "[" << i << "]";
     }
   }
 }
@@ -192,8 +193,8 @@ TEST_P(LayerPrecision, LowPrecisionForwardTracksFp32) {
     max_err = std::max(max_err, std::abs(static_cast<double>(ref[i]) - low[i]));
   }
   const double ulp = dt == DType::kF16 ? 0x1p-10 : 0x1p-7;
-  EXPECT_LE(max_err, 8 * ulp * max_ref) << kind << " " << dtype_name << " max_err " << max_err
-                                        << " max |y| " << max_ref;
+  EXPECT_LE(max_err, 8 * ulp * max_ref)
+      << kind << " " << dtype_name << " max_err " << max_err << " max |y| " << max_ref;
 }
 
 INSTANTIATE_TEST_SUITE_P(

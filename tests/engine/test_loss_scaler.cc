@@ -56,8 +56,8 @@ TEST(LossScaler, HandWrittenTraceOfPyTorchRule) {
   const Row trace[] = {
       {false, 1024, 1, false}, {false, 1024, 2, false}, {false, 2048, 0, false},  // grow
       {true, 1024, 0, true},                                                      // backoff
-      {false, 1024, 1, false}, {true, 512, 0, true},  {true, 256, 0, true},       // 2 overflows
-      {false, 256, 1, false},  {false, 256, 2, false}, {false, 512, 0, false},
+      {false, 1024, 1, false}, {true, 512, 0, true},    {true, 256, 0, true},     // 2 overflows
+      {false, 256, 1, false},  {false, 256, 2, false},  {false, 512, 0, false},
   };
   for (size_t i = 0; i < std::size(trace); ++i) {
     const auto d = s.update(trace[i].overflow);

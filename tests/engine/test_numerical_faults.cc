@@ -17,16 +17,13 @@
 #include "engine/job_spec.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
 namespace {
 
 std::unique_ptr<Backend> cpu() {
-  CpuBackendOptions o;
-  o.threads = 2;
-  auto b = make_cpu_backend(o);
-  EXPECT_TRUE(b.ok()) << b.status().to_string();
-  return std::move(b).value();
+  return test::cpu_backend(2);
 }
 
 // A small digits MLP with BatchNorm (running statistics) and AdamW (two state tensors

@@ -12,16 +12,13 @@
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/half.h"
+#include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
 namespace {
 
 std::unique_ptr<Backend> cpu() {
-  CpuBackendOptions o;
-  o.threads = 1;
-  auto b = make_cpu_backend(o);
-  EXPECT_TRUE(b.ok()) << b.status().to_string();
-  return std::move(b).value();
+  return test::cpu_backend(1);
 }
 
 TEST(GradientTelemetry, ClassesAtTheirBoundaries) {

@@ -2,20 +2,21 @@
 // precisions, overflow handling, FP16 underflow vs loss scaling, bit-exact resume,
 // activation memory.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
-#include <cstring>
-#include <map>
-#include <unistd.h>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "engine/checkpoint.h"
 #include "engine/job_spec.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
 namespace {
@@ -23,11 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::unique_ptr<Backend> cpu() {
-  CpuBackendOptions o;
-  o.threads = 2;
-  auto b = make_cpu_backend(o);
-  EXPECT_TRUE(b.ok()) << b.status().to_string();
-  return std::move(b).value();
+  return test::cpu_backend(2);
 }
 
 ampd::v1::JobSpec spec_from_file(const std::string& path) {
@@ -48,12 +45,7 @@ std::string fmt(double v) {
   return buf;
 }
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("ampd-test-" + name + "-" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+using test::temp_dir;
 
 std::vector<float> host_copy(Backend& be, const Tensor& t) {
   std::vector<float> out(static_cast<size_t>(t.numel()));
@@ -83,8 +75,8 @@ TEST(TrainerDigits, ThreePrecisionsReachAccuracyAndAgree) {
   double acc[3];
   const char* precisions[] = {"fp32", "fp16", "bf16"};
   for (int i = 0; i < 3; ++i) {
-    const auto spec =
-        spec_from_file(std::string(AMPD_SOURCE_DIR) + "/examples/digits-" + precisions[i] + ".yaml");
+    const auto spec = spec_from_file(std::string(AMPD_SOURCE_DIR) + "/examples/digits-" +
+                                     precisions[i] + ".yaml");
     auto r = run(*be, spec);
     ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();
     acc[i] = r.job.metrics().val_accuracy();
@@ -170,7 +162,8 @@ TEST(TrainerOverflow, InjectedInfSkipsStepNamesTensorAndHalvesScale) {
       if (step == 6) {  // masters untouched by the skipped step
         for (size_t i = 0; i < params.size(); ++i) {
           const auto now = host_copy(*be, params[i]->master_t());
-          EXPECT_EQ(0, std::memcmp(now.data(), before[i].data(), now.size() * 4)) << params[i]->name;
+          EXPECT_EQ(0, std::memcmp(now.data(), before[i].data(), now.size() * 4))
+              << params[i]->name;
         }
         checked = true;
       }
@@ -242,14 +235,15 @@ TEST(TrainerUnderflow, Fp16WithoutScalingStallsDynamicScalingLearns) {
   }
   auto be = cpu();
   auto run_with = [&](const std::string& precision, const std::string& scaling) {
-    auto spec = spec_from_yaml(
-        "name: tiny\nprecision: " + precision +
-        "\nmodel: {layers: [{linear: {out_features: 1}}], loss: mse}\n"
-        "data: {csv: {path: tiny.csv, label_column: -1}, batch_size: 512, "
-        "validation_fraction: 0.25}\n"
-        "optimizer: {sgd: {lr: 0.2}}\n"
-        "loss_scaling: {" + scaling + ": {}}\n"
-        "training: {max_steps: 300, report_every: 50, seed: 5}\n");
+    auto spec = spec_from_yaml("name: tiny\nprecision: " + precision +
+                               "\nmodel: {layers: [{linear: {out_features: 1}}], loss: mse}\n"
+                               "data: {csv: {path: tiny.csv, label_column: -1}, batch_size: 512, "
+                               "validation_fraction: 0.25}\n"
+                               "optimizer: {sgd: {lr: 0.2}}\n"
+                               "loss_scaling: {" +
+                               scaling +
+                               ": {}}\n"
+                               "training: {max_steps: 300, report_every: 50, seed: 5}\n");
     TrainerOptions o;
     o.data_dir = dir.string();
     auto r = run(*be, spec, o);

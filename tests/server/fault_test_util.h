@@ -1,6 +1,6 @@
 // Helpers shared by the fault tests that drive a real `ampd serve` (test_crash_recovery.cc,
-// test_disk_full.cc): a fixture with a state dir and the servers started on it, and the
-// calls they make through the generated stubs.
+// test_disk_full.cc): the calls they make through the generated stubs (the fixture is
+// server_process.h's ServerTest).
 #pragma once
 
 #include <google/protobuf/util/time_util.h>
@@ -147,50 +147,6 @@ inline bool Serving(ServerProcess& server) {
          resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
-class FaultTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/ampd-fault-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    state_dir_ = (root_ / "state").string();
-  }
-  void TearDown() override {
-    if (HasFailure()) {
-      for (auto& s : servers_)
-        std::cerr << "---- server log (" << s->address() << ")\n" << s->Log();
-    }
-    servers_.clear();
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  // Starts a server on state_dir (the newest one is server() / stub()); `env` is set for
-  // the child only (posix_spawn passes this process's environment).
-  ServerProcess* StartServer(const std::vector<std::pair<std::string, std::string>>& env = {}) {
-    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    std::string error;
-    auto p = ServerProcess::Start(state_dir_, {}, &error);
-    for (const auto& [k, v] : env) ::unsetenv(k.c_str());
-    EXPECT_NE(p, nullptr) << error;
-    if (p == nullptr) return nullptr;
-    servers_.push_back(std::move(p));
-    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->NewChannel());
-    return servers_.back().get();
-  }
-  ServerProcess& server() { return *servers_.back(); }
-  Stub& stub() { return *stub_; }
-  fs::path JobDir(const std::string& id) const { return fs::path(state_dir_) / "jobs" / id; }
-
-  fs::path root_;
-  std::string state_dir_;
-  std::vector<std::unique_ptr<ServerProcess>> servers_;
-  std::unique_ptr<Stub> stub_;
-};
-
-#define FAULT_ASSERT_OK(expr)                                              \
-  do {                                                                     \
-    const grpc::Status s_ = (expr);                                        \
-    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
-  } while (0)
+using FaultTest = ServerTest;
 
 }  // namespace ampd::testing::faults

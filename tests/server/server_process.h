@@ -5,9 +5,13 @@
 #pragma once
 
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
 #include <sys/types.h>
 
 #include <chrono>
+#include <filesystem>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -77,6 +81,60 @@ bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t s
 // exactly one final state event (server::EventHub::IsFinal), and it is the last (gtest
 // expectations).
 void ExpectCompleteHistory(const std::vector<ampd::v1::JobEvent>& events, const std::string& id);
+
+// A test with its own temporary state dir and the `ampd serve` processes it starts there
+// (newest last); all are killed and the dir removed at the end, and a failing test prints
+// every server's log.
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ampd-server-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    state_dir_ = (root_ / "state").string();
+  }
+  void TearDown() override {
+    if (HasFailure()) {
+      for (auto& s : servers_)
+        std::cerr << "---- server log (" << s->address() << ")\n" << s->Log();
+    }
+    servers_.clear();  // kills what still runs
+    std::error_code ec;
+    std::filesystem::remove_all(root_, ec);
+  }
+  // Starts a server on the state dir with `extra` arguments and `env` ("NAME=value") added
+  // to its environment; it becomes server() / stub().
+  ServerProcess* StartServer(const std::vector<std::string>& extra = {},
+                             const std::vector<std::string>& env = {}) {
+    ServerProcess::Options options;
+    options.extra_args = extra;
+    options.env = env;
+    std::string error;
+    auto p = ServerProcess::StartWith(state_dir_, options, &error);
+    EXPECT_NE(p, nullptr) << error;
+    if (p == nullptr) return nullptr;
+    servers_.push_back(std::move(p));
+    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->NewChannel());
+    return servers_.back().get();
+  }
+  ServerProcess& server() { return *servers_.back(); }
+  ampd::v1::Trainer::Stub& stub() { return *stub_; }
+  std::filesystem::path JobDir(const std::string& id) const {
+    return std::filesystem::path(state_dir_) / "jobs" / id;
+  }
+
+  std::filesystem::path root_;
+  std::string state_dir_;
+  std::vector<std::unique_ptr<ServerProcess>> servers_;
+  std::unique_ptr<ampd::v1::Trainer::Stub> stub_;
+};
+
+// ASSERT that a grpc::Status is OK, printing its code and message if not.
+#define AMPD_ASSERT_GRPC_OK(expr)                                          \
+  do {                                                                     \
+    const grpc::Status s_ = (expr);                                        \
+    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
+  } while (0)
 
 // Lowercase hex SHA-256 of `data`, as UploadDatasetHeader.sha256 expects (the server's own
 // ampd::server::Sha256, so tests and server agree by construction).

@@ -54,7 +54,7 @@ class CrashRecovery : public FaultTest {
   void ExpectSameWeights(const std::string& id, const std::string& reference) {
     std::string bytes;
     int64_t step = -1;
-    FAULT_ASSERT_OK(Download(stub(), id, &bytes, &step));
+    AMPD_ASSERT_GRPC_OK(Download(stub(), id, &bytes, &step));
     EXPECT_EQ(step, kSteps);
     const auto got = TensorsOf(bytes, root_ / "got.safetensors");
     const auto want = TensorsOf(reference, root_ / "want.safetensors");
@@ -80,13 +80,13 @@ TEST_F(CrashRecovery, SigkillAtARandomStepResumesBitIdenticalToAnUninterruptedRu
   ASSERT_NE(StartServer(), nullptr);
   const JobSpec spec = DigitsJob(kSteps, kEvery);
   Job job;
-  FAULT_ASSERT_OK(Submit(stub(), spec, &job));
+  AMPD_ASSERT_GRPC_OK(Submit(stub(), spec, &job));
   ASSERT_TRUE(WaitForStep(stub(), job.id(), kill_after));
   EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
 
   ASSERT_NE(StartServer(), nullptr);
   const WatchResult w = WatchToEnd(stub(), job.id());
-  FAULT_ASSERT_OK(w.status);
+  AMPD_ASSERT_GRPC_OK(w.status);
   ExpectCompleteHistory(w.events, job.id());
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
   const auto reasons = RunningReasons(w.events);
@@ -98,7 +98,7 @@ TEST_F(CrashRecovery, SigkillAtARandomStepResumesBitIdenticalToAnUninterruptedRu
   EXPECT_EQ(resumed % kEvery, 0) << reasons[1];
   RecordProperty("resumed_from_step", static_cast<int>(resumed));
   Job done;
-  FAULT_ASSERT_OK(GetJob(stub(), job.id(), &done));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED);
   EXPECT_EQ(done.step(), kSteps);
 
@@ -112,14 +112,14 @@ TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
   for (int i = 0; i < 4; ++i) {
     specs.push_back(DigitsJob(kSteps, kEvery, 100 + i));
     Job job;
-    FAULT_ASSERT_OK(Submit(stub(), specs.back(), &job, "crash-" + std::to_string(i)));
+    AMPD_ASSERT_GRPC_OK(Submit(stub(), specs.back(), &job, "crash-" + std::to_string(i)));
     ids.push_back(job.id());
   }
   // Job 0 done, job 1 running, jobs 2 and 3 queued: then SIGKILL.
   ASSERT_TRUE(WaitForStep(stub(), ids[1], 60));
   {
     Job j;
-    FAULT_ASSERT_OK(GetJob(stub(), ids[2], &j));
+    AMPD_ASSERT_GRPC_OK(GetJob(stub(), ids[2], &j));
     EXPECT_EQ(j.state(), ampd::v1::QUEUED);
   }
   EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
@@ -128,7 +128,7 @@ TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
   for (size_t i = 0; i < ids.size(); ++i) {
     SCOPED_TRACE(ids[i]);
     const WatchResult w = WatchToEnd(stub(), ids[i]);
-    FAULT_ASSERT_OK(w.status);
+    AMPD_ASSERT_GRPC_OK(w.status);
     ExpectCompleteHistory(w.events, ids[i]);
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
     // Only the running job ran twice.
@@ -142,7 +142,7 @@ TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
     SetDeadline(&ctx);
     ampd::v1::ListJobsRequest req;
     req.set_page_size(100);
-    FAULT_ASSERT_OK(stub().ListJobs(&ctx, req, &all));
+    AMPD_ASSERT_GRPC_OK(stub().ListJobs(&ctx, req, &all));
   }
   std::vector<std::string> listed;
   for (const auto& j : all.jobs()) {
@@ -153,7 +153,7 @@ TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
   EXPECT_EQ(listed, ids);
   for (int i = 0; i < 4; ++i) {
     Job again;
-    FAULT_ASSERT_OK(
+    AMPD_ASSERT_GRPC_OK(
         Submit(stub(), specs[static_cast<size_t>(i)], &again, "crash-" + std::to_string(i)));
     EXPECT_EQ(again.id(), ids[static_cast<size_t>(i)]);
   }
@@ -192,7 +192,7 @@ TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
         (root_ / (std::string("state-") + std::to_string(static_cast<int>(damage)))).string();
     ASSERT_NE(StartServer(), nullptr);
     Job job;
-    FAULT_ASSERT_OK(Submit(stub(), spec, &job));
+    AMPD_ASSERT_GRPC_OK(Submit(stub(), spec, &job));
     ASSERT_TRUE(WaitForStep(stub(), job.id(), 4 * kEvery + 5));
     EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
 
@@ -222,7 +222,7 @@ TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
 
     ASSERT_NE(StartServer(), nullptr);
     const WatchResult w = WatchToEnd(stub(), job.id());
-    FAULT_ASSERT_OK(w.status);
+    AMPD_ASSERT_GRPC_OK(w.status);
     ExpectCompleteHistory(w.events, job.id());
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
     const auto reasons = RunningReasons(w.events);

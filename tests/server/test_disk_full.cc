@@ -26,13 +26,12 @@ class DiskFull : public FaultTest {};
 TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
   // Writes 2 and 4 (job A: step 50, and its final one at 100) find the disk full; write 6
   // (job B: step 50) finds the directory read-only.
-  ASSERT_NE(
-      StartServer({{"AMPD_FAULT_WRITE_ENOSPC", "nth:2,4"}, {"AMPD_FAULT_WRITE_EROFS", "nth:6"}}),
-      nullptr);
+  ASSERT_NE(StartServer({}, {"AMPD_FAULT_WRITE_ENOSPC=nth:2,4", "AMPD_FAULT_WRITE_EROFS=nth:6"}),
+            nullptr);
   Job a;
-  FAULT_ASSERT_OK(Submit(stub(), DigitsJob(kSteps, kEvery, 1), &a));
+  AMPD_ASSERT_GRPC_OK(Submit(stub(), DigitsJob(kSteps, kEvery, 1), &a));
   const WatchResult wa = WatchToEnd(stub(), a.id());
-  FAULT_ASSERT_OK(wa.status);
+  AMPD_ASSERT_GRPC_OK(wa.status);
   ExpectCompleteHistory(wa.events, a.id());
   const fs::path dir = JobDir(a.id());
   auto path = [&](int64_t step) {
@@ -55,7 +54,7 @@ TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
   EXPECT_EQ(cks[3].step(), kSteps);
   EXPECT_FALSE(cks[3].error().empty());
   Job failed;
-  FAULT_ASSERT_OK(GetJob(stub(), a.id(), &failed));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), a.id(), &failed));
   EXPECT_EQ(failed.state(), ampd::v1::FAILED);
   EXPECT_EQ(failed.failure_reason(),
             "step 100: the final checkpoint could not be written: " + cks[3].error() +
@@ -69,7 +68,7 @@ TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
   EXPECT_EQ(ck->meta.step, 75);
   std::string bytes;
   int64_t step = 0;
-  FAULT_ASSERT_OK(Download(stub(), a.id(), &bytes, &step));
+  AMPD_ASSERT_GRPC_OK(Download(stub(), a.id(), &bytes, &step));
   EXPECT_EQ(step, 75);
   EXPECT_EQ(static_cast<uintmax_t>(bytes.size()), fs::file_size(path(75)));
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -80,9 +79,9 @@ TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
   // unwritable directory this time) does not stop it.
   EXPECT_TRUE(Serving(server()));
   Job b;
-  FAULT_ASSERT_OK(Submit(stub(), DigitsJob(kSteps, kEvery, 2), &b));
+  AMPD_ASSERT_GRPC_OK(Submit(stub(), DigitsJob(kSteps, kEvery, 2), &b));
   const WatchResult wb = WatchToEnd(stub(), b.id());
-  FAULT_ASSERT_OK(wb.status);
+  AMPD_ASSERT_GRPC_OK(wb.status);
   ExpectCompleteHistory(wb.events, b.id());
   EXPECT_EQ(wb.events.back().state_change().state(), ampd::v1::SUCCEEDED);
   const auto bks = Checkpoints(wb.events);
@@ -91,7 +90,7 @@ TEST_F(DiskFull, CheckpointWritesThatFailAreReportedAndTheServerKeepsServing) {
             std::string::npos)
       << bks[1].error();
   Job done;
-  FAULT_ASSERT_OK(GetJob(stub(), b.id(), &done));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), b.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED);
   EXPECT_EQ(fs::path(done.checkpoint()).filename(), "step-100.safetensors");
   EXPECT_TRUE(engine::read_checkpoint(done.checkpoint()).ok());

@@ -18,6 +18,7 @@
 #include "server/event_hub.h"
 #include "server/job_manager.h"
 #include "server/job_store.h"
+#include "tests/server/manager_test_util.h"
 
 namespace ampd::server {
 namespace {
@@ -337,18 +338,8 @@ TEST(ApplyEvent, KeepsTheJobSummaryInStepWithEvents) {
 
 // ---- JobManager (in-process, on the reference backend) ----------------------------------
 
-ampd::v1::JobSpec TinySpec(int64_t max_steps) {
-  auto spec = engine::parse_job_spec(
-      "precision: fp32\n"
-      "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
-      "data: {synthetic: {kind: blobs, samples: 64, features: 4, classes: 3}, batch_size: 16}\n"
-      "optimizer: {sgd: {lr: 0.1}}\n"
-      "training: {max_steps: " +
-          std::to_string(max_steps) + ", report_every: 1, checkpoint_every: 5}\n",
-      "yaml");
-  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
-  return spec.ok() ? spec.value() : ampd::v1::JobSpec();
-}
+using test::TinySpec;
+using test::WatchToEnd;
 
 std::unique_ptr<JobManager> NewManager(const TempDir& dir) {
   JobManagerOptions o;
@@ -360,18 +351,6 @@ std::unique_ptr<JobManager> NewManager(const TempDir& dir) {
   if (!m.ok()) return nullptr;
   (*m)->Start();
   return std::move(m).value();
-}
-
-std::vector<JobEvent> WatchToEnd(JobManager& m, const std::string& id, Status* status) {
-  std::vector<JobEvent> events;
-  *status = m.Watch(
-      id, 0,
-      [&](const JobEvent& e) {
-        events.push_back(e);
-        return true;
-      },
-      nullptr);
-  return events;
 }
 
 void ExpectContiguous(const std::vector<JobEvent>& events) {

@@ -192,49 +192,7 @@ grpc::Status Upload(Stub& stub, const std::string& name, const std::string& cont
 
 // ---- fixture -------------------------------------------------------------------------------
 
-class ServiceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/ampd-service-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    state_dir_ = (root_ / "state").string();
-  }
-
-  void TearDown() override {
-    if (HasFailure()) {
-      for (auto& s : servers_)
-        std::cerr << "---- server log (" << s->address() << ")\n" << s->Log();
-    }
-    servers_.clear();  // kills what still runs
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-
-  // Starts a server on the test's state dir; the newest one is server().
-  ServerProcess* StartServer(const std::vector<std::string>& extra = {}) {
-    std::string error;
-    auto p = ServerProcess::Start(state_dir_, extra, &error);
-    EXPECT_NE(p, nullptr) << error;
-    if (p == nullptr) return nullptr;
-    servers_.push_back(std::move(p));
-    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->NewChannel());
-    return servers_.back().get();
-  }
-  ServerProcess& server() { return *servers_.back(); }
-  Stub& stub() { return *stub_; }
-
-  fs::path root_;
-  std::string state_dir_;
-  std::vector<std::unique_ptr<ServerProcess>> servers_;
-  std::unique_ptr<Stub> stub_;
-};
-
-#define ASSERT_OK(expr)                                                    \
-  do {                                                                     \
-    const grpc::Status s_ = (expr);                                        \
-    ASSERT_TRUE(s_.ok()) << s_.error_code() << ": " << s_.error_message(); \
-  } while (0)
+using ServiceTest = ServerTest;
 
 // ---- submit, watch, result ---------------------------------------------------------------
 
@@ -265,7 +223,7 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     ampd::v1::ServerInfo info;
-    ASSERT_OK(stub().GetServerInfo(&ctx, {}, &info));
+    AMPD_ASSERT_GRPC_OK(stub().GetServerInfo(&ctx, {}, &info));
     EXPECT_FALSE(info.version().empty());
     EXPECT_EQ(info.backend(), "cpu");
     EXPECT_FALSE(info.device().empty());
@@ -282,14 +240,14 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
   EXPECT_EQ(submitted.spec().training().checkpoint_every(), 50);
 
   const WatchResult w = Watch(stub(), submitted.id(), 0);
-  ASSERT_OK(w.status);
+  AMPD_ASSERT_GRPC_OK(w.status);
   ExpectCompleteHistory(w.events, submitted.id());
   ASSERT_TRUE(w.events.front().has_state_change());
   EXPECT_EQ(w.events.front().state_change().state(), ampd::v1::QUEUED);
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
 
   Job done;
-  ASSERT_OK(GetJob(stub(), submitted.id(), &done));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), submitted.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED);
   EXPECT_EQ(done.step(), local.step());
   EXPECT_EQ(done.metrics().val_accuracy(), local.metrics().val_accuracy());
@@ -320,7 +278,7 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
     EXPECT_EQ(chunk.step(), done.step());
     got += chunk.data();
   }
-  ASSERT_OK(reader->Finish());
+  AMPD_ASSERT_GRPC_OK(reader->Finish());
   EXPECT_TRUE(got == file);
 }
 
@@ -328,14 +286,14 @@ TEST_F(ServiceTest, ListAndGetWithPaging) {
   ASSERT_NE(StartServer(), nullptr);
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) ids.push_back(MustSubmit(stub(), TinySpec(3)).id());
-  for (const auto& id : ids) ASSERT_OK(Watch(stub(), id, 0).status);
+  for (const auto& id : ids) AMPD_ASSERT_GRPC_OK(Watch(stub(), id, 0).status);
 
   std::vector<std::string> listed;
   std::string token;
   int pages = 0;
   do {
     ampd::v1::ListJobsResponse resp;
-    ASSERT_OK(ListJobs(stub(), {}, 2, token, &resp));
+    AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 2, token, &resp));
     EXPECT_LE(resp.jobs_size(), 2);
     for (const auto& j : resp.jobs()) listed.push_back(j.id());
     token = resp.next_page_token();
@@ -345,15 +303,15 @@ TEST_F(ServiceTest, ListAndGetWithPaging) {
   EXPECT_EQ(listed, ids);  // oldest first = submission order
 
   ampd::v1::ListJobsResponse succeeded, queued, both;
-  ASSERT_OK(ListJobs(stub(), {ampd::v1::SUCCEEDED}, 0, "", &succeeded));
+  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {ampd::v1::SUCCEEDED}, 0, "", &succeeded));
   EXPECT_EQ(succeeded.jobs_size(), 5);
   EXPECT_TRUE(succeeded.next_page_token().empty());
-  ASSERT_OK(ListJobs(stub(), {ampd::v1::QUEUED, ampd::v1::RUNNING}, 0, "", &queued));
+  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {ampd::v1::QUEUED, ampd::v1::RUNNING}, 0, "", &queued));
   EXPECT_EQ(queued.jobs_size(), 0);
 
   for (const auto& id : ids) {
     Job j;
-    ASSERT_OK(GetJob(stub(), id, &j));
+    AMPD_ASSERT_GRPC_OK(GetJob(stub(), id, &j));
     EXPECT_EQ(j.id(), id);
     EXPECT_EQ(j.state(), ampd::v1::SUCCEEDED);
     EXPECT_EQ(j.step(), 3);
@@ -372,11 +330,11 @@ TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
   ASSERT_TRUE(WaitForStep(stub(), running.id(), 60));
 
   Job j;
-  ASSERT_OK(CancelJob(stub(), queued.id(), &j));
+  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), queued.id(), &j));
   EXPECT_EQ(j.state(), ampd::v1::CANCELLED);
   EXPECT_TRUE(j.checkpoint().empty());
 
-  ASSERT_OK(CancelJob(stub(), running.id(), &j));
+  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), running.id(), &j));
   EXPECT_EQ(j.state(), ampd::v1::CANCELLED);  // CancelJob waits for the step boundary
   EXPECT_GE(j.step(), 60);
   ASSERT_FALSE(j.checkpoint().empty());
@@ -385,7 +343,7 @@ TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
             "step-" + std::to_string(j.step()) + ".safetensors");
 
   const WatchResult w = Watch(stub(), running.id(), 0);
-  ASSERT_OK(w.status);
+  AMPD_ASSERT_GRPC_OK(w.status);
   ExpectCompleteHistory(w.events, running.id());
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::CANCELLED);
   ASSERT_GE(w.events.size(), 2u);
@@ -394,7 +352,7 @@ TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
   EXPECT_EQ(ck.checkpoint().step(), j.step());
 
   const WatchResult wq = Watch(stub(), queued.id(), 0);
-  ASSERT_OK(wq.status);
+  AMPD_ASSERT_GRPC_OK(wq.status);
   ASSERT_EQ(wq.events.size(), 2u);  // QUEUED, CANCELLED
   EXPECT_EQ(wq.events.back().state_change().state(), ampd::v1::CANCELLED);
 
@@ -421,7 +379,7 @@ TEST_F(ServiceTest, ResubmissionWithSameClientRequestIdReturnsTheSameJob) {
   EXPECT_EQ(again.id(), first.id());
   EXPECT_EQ(again.client_request_id(), "req-1");
   ampd::v1::ListJobsResponse all;
-  ASSERT_OK(ListJobs(stub(), {}, 0, "", &all));
+  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 0, "", &all));
   EXPECT_EQ(all.jobs_size(), 1);
 
   Job other;
@@ -430,7 +388,7 @@ TEST_F(ServiceTest, ResubmissionWithSameClientRequestIdReturnsTheSameJob) {
   EXPECT_EQ(Submit(stub(), TinySpec(4), &other, std::string(129, 'x')).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   // After the job ended, a retry still answers with it.
-  ASSERT_OK(Watch(stub(), first.id(), 0).status);
+  AMPD_ASSERT_GRPC_OK(Watch(stub(), first.id(), 0).status);
   const Job later = MustSubmit(stub(), TinySpec(4), "req-1");
   EXPECT_EQ(later.id(), first.id());
   EXPECT_EQ(later.state(), ampd::v1::SUCCEEDED);
@@ -465,12 +423,13 @@ TEST_F(ServiceTest, LateSlowAndReconnectingWatchersSeeEveryEventOnceInOrder) {
 
   // The reference: the whole history, read after the end (from the store alone).
   const WatchResult after = Watch(stub(), job.id(), 0);
-  ASSERT_OK(after.status);
+  AMPD_ASSERT_GRPC_OK(after.status);
   ExpectCompleteHistory(after.events, job.id());
   EXPECT_GT(after.events.size(), 2500u);
   const auto reference = Serialized(after.events);
 
-  for (const WatchResult* r : {&full, &slow, &late, &reconnect_rest}) ASSERT_OK(r->status);
+  for (const WatchResult* r : {&full, &slow, &late, &reconnect_rest})
+    AMPD_ASSERT_GRPC_OK(r->status);
   EXPECT_EQ(Serialized(full.events), reference);
   EXPECT_EQ(Serialized(slow.events), reference);
   EXPECT_EQ(Serialized(late.events), reference);
@@ -480,7 +439,7 @@ TEST_F(ServiceTest, LateSlowAndReconnectingWatchersSeeEveryEventOnceInOrder) {
 
   // Past the end: nothing more, and the stream ends at once.
   const WatchResult tail = Watch(stub(), job.id(), after.events.back().seq());
-  ASSERT_OK(tail.status);
+  AMPD_ASSERT_GRPC_OK(tail.status);
   EXPECT_TRUE(tail.events.empty());
 }
 
@@ -509,11 +468,11 @@ class RestartTest : public ServiceTest {
 
     ASSERT_NE(StartServer(), nullptr);
     Job now;
-    ASSERT_OK(GetJob(stub(), job.id(), &now));
+    AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &now));
     EXPECT_TRUE(now.state() == ampd::v1::RUNNING || now.state() == ampd::v1::SUCCEEDED)
         << ampd::v1::JobState_Name(now.state());
     const WatchResult w = Watch(stub(), job.id(), 0);
-    ASSERT_OK(w.status);
+    AMPD_ASSERT_GRPC_OK(w.status);
     ExpectCompleteHistory(w.events, job.id());
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
     std::vector<std::string> running_reasons;
@@ -534,14 +493,14 @@ class RestartTest : public ServiceTest {
     EXPECT_GE(resumed_at, sig == SIGTERM ? 400 : 350) << reason;
 
     Job resumed;
-    ASSERT_OK(GetJob(stub(), job.id(), &resumed));
+    AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &resumed));
     EXPECT_EQ(resumed.state(), ampd::v1::SUCCEEDED);
     EXPECT_EQ(resumed.step(), 1200);
     // Resume is bit-exact (same backend and threads): an uninterrupted run ends the same.
     const Job fresh = MustSubmit(stub(), spec);
-    ASSERT_OK(Watch(stub(), fresh.id(), 0).status);
+    AMPD_ASSERT_GRPC_OK(Watch(stub(), fresh.id(), 0).status);
     Job reference;
-    ASSERT_OK(GetJob(stub(), fresh.id(), &reference));
+    AMPD_ASSERT_GRPC_OK(GetJob(stub(), fresh.id(), &reference));
     EXPECT_EQ(resumed.metrics().val_accuracy(), reference.metrics().val_accuracy());
     EXPECT_EQ(resumed.metrics().val_loss(), reference.metrics().val_loss());
   }
@@ -594,12 +553,12 @@ TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
 
   for (const auto& id : ids) {
     const WatchResult w = Watch(stub(), id, 0);
-    ASSERT_OK(w.status);
+    AMPD_ASSERT_GRPC_OK(w.status);
     ExpectCompleteHistory(w.events, id);
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
   }
   ampd::v1::ListJobsResponse all;
-  ASSERT_OK(ListJobs(stub(), {}, 100, "", &all));
+  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 100, "", &all));
   std::set<std::string> listed;
   for (const auto& j : all.jobs()) {
     listed.insert(j.id());
@@ -627,7 +586,7 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(service);
     HealthCheckResponse resp;
-    ASSERT_OK(health->Check(&ctx, req, &resp));
+    AMPD_ASSERT_GRPC_OK(health->Check(&ctx, req, &resp));
     EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING) << service;
   }
 
@@ -664,7 +623,7 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
     }
     EXPECT_TRUE(found);
     stream->WritesDone();
-    ASSERT_OK(stream->Finish());
+    AMPD_ASSERT_GRPC_OK(stream->Finish());
   }
 
   const Job job = MustSubmit(stub(), EndlessSpec());
@@ -686,7 +645,7 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     HealthCheckResponse resp;
-    ASSERT_OK(health->Check(&ctx, watch_req, &resp));
+    AMPD_ASSERT_GRPC_OK(health->Check(&ctx, watch_req, &resp));
     EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
   }
   Job ignored;
@@ -702,10 +661,10 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
   // A shutdown is not a cancel: after a restart the job is RUNNING again, not CANCELLED.
   ASSERT_NE(StartServer(), nullptr);
   Job after;
-  ASSERT_OK(GetJob(stub(), job.id(), &after));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &after));
   EXPECT_EQ(after.state(), ampd::v1::RUNNING);
   EXPECT_FALSE(after.checkpoint().empty());
-  ASSERT_OK(CancelJob(stub(), job.id(), &after));
+  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), job.id(), &after));
 }
 
 TEST_F(ServiceTest, ASecondServerOnTheSameStateDirIsRefused) {
@@ -761,7 +720,7 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
 
   // Cancelling a finished job.
   const Job finished = MustSubmit(stub(), TinySpec(2));
-  ASSERT_OK(Watch(stub(), finished.id(), 0).status);
+  AMPD_ASSERT_GRPC_OK(Watch(stub(), finished.id(), 0).status);
   EXPECT_EQ(CancelJob(stub(), finished.id(), &job).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
 
@@ -771,8 +730,8 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
   const Job waiting = MustSubmit(stub(), TinySpec(2));
   s = Submit(stub(), TinySpec(2), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  ASSERT_OK(CancelJob(stub(), waiting.id(), &job));
-  ASSERT_OK(CancelJob(stub(), running.id(), &job));
+  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), waiting.id(), &job));
+  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), running.id(), &job));
 
   // Uploads: the checksum and the size are verified, the limit enforced, nothing kept.
   const std::string content = "1,2,0\n3,4,1\n";
@@ -803,7 +762,7 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   ampd::v1::ListDatasetsResponse list;
-  ASSERT_OK(stub().ListDatasets(&ctx, {}, &list));
+  AMPD_ASSERT_GRPC_OK(stub().ListDatasets(&ctx, {}, &list));
   EXPECT_EQ(list.datasets_size(), 0) << list.DebugString();
   std::error_code ec;
   EXPECT_TRUE(fs::is_empty(fs::path(state_dir_) / "data", ec));
@@ -824,7 +783,7 @@ TEST_F(ServiceTest, UploadedDatasetTrainsAJob) {
     csv += std::to_string(label) + "\n";
   }
   ampd::v1::Dataset ds;
-  ASSERT_OK(Upload(stub(), "two-class.csv", csv, Sha256Hex(csv), csv.size(), 1000, &ds));
+  AMPD_ASSERT_GRPC_OK(Upload(stub(), "two-class.csv", csv, Sha256Hex(csv), csv.size(), 1000, &ds));
   EXPECT_EQ(ds.name(), "two-class.csv");
   EXPECT_EQ(ds.size_bytes(), static_cast<int64_t>(csv.size()));
   EXPECT_EQ(ds.sha256(), Sha256Hex(csv));
@@ -835,7 +794,7 @@ TEST_F(ServiceTest, UploadedDatasetTrainsAJob) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     ampd::v1::ListDatasetsResponse list;
-    ASSERT_OK(stub().ListDatasets(&ctx, {}, &list));
+    AMPD_ASSERT_GRPC_OK(stub().ListDatasets(&ctx, {}, &list));
     ASSERT_EQ(list.datasets_size(), 1);
     EXPECT_EQ(list.datasets(0).name(), "two-class.csv");
     EXPECT_EQ(list.datasets(0).sha256(), Sha256Hex(csv));
@@ -847,9 +806,9 @@ TEST_F(ServiceTest, UploadedDatasetTrainsAJob) {
       "optimizer: {sgd: {lr: 0.1}}\n"
       "training: {epochs: 5, seed: 1}\n");
   const Job job = MustSubmit(stub(), spec);
-  ASSERT_OK(Watch(stub(), job.id(), 0).status);
+  AMPD_ASSERT_GRPC_OK(Watch(stub(), job.id(), 0).status);
   Job done;
-  ASSERT_OK(GetJob(stub(), job.id(), &done));
+  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED) << done.failure_reason();
   EXPECT_GT(done.metrics().val_accuracy(), 0.9);
 }

@@ -14,6 +14,7 @@
 #include "server/event_hub.h"
 #include "server/job_manager.h"
 #include "server/job_store.h"
+#include "tests/server/manager_test_util.h"
 
 namespace ampd::server {
 namespace {
@@ -21,36 +22,12 @@ namespace {
 namespace fs = std::filesystem;
 using ampd::v1::JobEvent;
 
-ampd::v1::JobSpec Spec(int64_t steps) {
-  auto spec = engine::parse_job_spec(
-      "precision: fp32\n"
-      "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
-      "data: {synthetic: {kind: blobs, samples: 64, features: 4, classes: 3}, batch_size: 16}\n"
-      "optimizer: {sgd: {lr: 0.1}}\n"
-      "training: {max_steps: " +
-          std::to_string(steps) + ", report_every: 1, checkpoint_every: 20}\n",
-      "yaml");
-  EXPECT_TRUE(spec.ok()) << spec.status().to_string();
-  return spec.ok() ? spec.value() : ampd::v1::JobSpec();
-}
+using test::TinySpec;
 
 struct DiskFull {
   DiskFull() { JobStore::SetDiskFullForTesting(true); }
   ~DiskFull() { JobStore::SetDiskFullForTesting(false); }
 };
-
-std::vector<JobEvent> WatchToEnd(JobManager& m, const std::string& id) {
-  std::vector<JobEvent> events;
-  Status s = m.Watch(
-      id, 0,
-      [&](const JobEvent& e) {
-        events.push_back(e);
-        return true;
-      },
-      nullptr);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  return events;
-}
 
 TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
   char tmpl[] = "/tmp/ampd-store-fault-XXXXXX";
@@ -78,7 +55,7 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
     // database cannot grow and has little room left in its pages. A refused call says why.
     Status refused;
     for (int i = 0; i < 500 && refused.ok(); ++i) {
-      auto job = m->Submit(Spec(60), "");
+      auto job = m->Submit(TinySpec(60, 20), "");
       if (job.ok()) {
         ids.push_back(job->id());
       } else {
@@ -99,12 +76,14 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
     EXPECT_TRUE(m->List({}, 10, "").ok());
   }
   // Space again: the next job goes in, and the earlier jobs' events with it.
-  auto c = m->Submit(Spec(5), "");
+  auto c = m->Submit(TinySpec(5, 20), "");
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   ids.push_back(c->id());
   ASSERT_TRUE(wait_idle());
   for (const std::string& id : ids) {
-    const auto events = WatchToEnd(*m, id);
+    Status ws;
+    const auto events = test::WatchToEnd(*m, id, &ws);
+    EXPECT_TRUE(ws.ok()) << ws.to_string();
     ASSERT_FALSE(events.empty());
     int finals = 0, progress = 0;
     for (size_t i = 0; i < events.size(); ++i) {
