@@ -20,7 +20,8 @@ Status add_tensor(StFile& file, Backend& be, const std::string& name, const Tens
   StTensor st;
   st.name = name;
   st.dtype = DType::kF32;
-  st.shape = t.rows == 1 ? std::vector<int64_t>{t.cols} : std::vector<int64_t>{t.rows, t.cols};
+  st.shape =
+      t.rows() == 1 ? std::vector<int64_t>{t.cols()} : std::vector<int64_t>{t.rows(), t.cols()};
   st.data.resize(t.bytes());
   AMPD_RETURN_IF_ERROR(be.download(st.data.data(), t));
   file.tensors.push_back(std::move(st));

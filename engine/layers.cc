@@ -119,14 +119,14 @@ class LayerNorm final : public Layer {
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     return ctx.backend->layernorm_forward(x, params_[0].master_t(), params_[1].master_t(), y,
-                                          mean_.view(DType::kF32, 1, x.rows),
-                                          rstd_.view(DType::kF32, 1, x.rows), eps_);
+                                          mean_.view(DType::kF32, 1, x.rows()),
+                                          rstd_.view(DType::kF32, 1, x.rows()), eps_);
   }
   Status backward(const PassContext& ctx, const Tensor& x, const Tensor&, const Tensor& dy,
                   const Tensor& dx) override {
     return ctx.backend->layernorm_backward(
-        dy, x, params_[0].master_t(), mean_.view(DType::kF32, 1, x.rows),
-        rstd_.view(DType::kF32, 1, x.rows), dx, params_[0].grad_t(), params_[1].grad_t());
+        dy, x, params_[0].master_t(), mean_.view(DType::kF32, 1, x.rows()),
+        rstd_.view(DType::kF32, 1, x.rows()), dx, params_[0].grad_t(), params_[1].grad_t());
   }
 
  private:
@@ -161,7 +161,7 @@ class BatchNorm final : public Layer {
     return Status::Ok();
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
-    if (!ctx.training || x.rows < 2) {
+    if (!ctx.training || x.rows() < 2) {
       // Evaluation (or a batch too small for statistics): running statistics.
       return ctx.backend->batchnorm_forward_eval(x, params_[0].master_t(), params_[1].master_t(),
                                                  states_[0].t(), states_[1].t(), y, eps_);
@@ -172,7 +172,7 @@ class BatchNorm final : public Layer {
   }
   Status backward(const PassContext& ctx, const Tensor& x, const Tensor&, const Tensor& dy,
                   const Tensor& dx) override {
-    if (x.rows < 2)
+    if (x.rows() < 2)
       return FailedPrecondition("batch_norm needs at least 2 rows in a training batch");
     return ctx.backend->batchnorm_backward(
         dy, x, params_[0].master_t(), mean_.view(DType::kF32, 1, in_),
@@ -202,14 +202,14 @@ class Dropout final : public Layer {
     // so that a resumed job draws the same masks as an uninterrupted one.
     const uint64_t seed = splitmix64(ctx.seed ^ (0xd50ull + static_cast<uint64_t>(index_)));
     const uint64_t offset = static_cast<uint64_t>(ctx.step) * static_cast<uint64_t>(x.numel());
-    return ctx.backend->dropout_forward(x, y, mask_.view(DType::kU8, x.rows, x.cols), p_, seed,
+    return ctx.backend->dropout_forward(x, y, mask_.view(DType::kU8, x.rows(), x.cols()), p_, seed,
                                         offset);
   }
   Status backward(const PassContext& ctx, const Tensor&, const Tensor&, const Tensor& dy,
                   const Tensor& dx) override {
     if (dx.empty()) return Status::Ok();
     if (p_ == 0.0f) return ctx.backend->copy(dx, dy);
-    return ctx.backend->dropout_backward(dy, mask_.view(DType::kU8, dy.rows, dy.cols), dx, p_);
+    return ctx.backend->dropout_backward(dy, mask_.view(DType::kU8, dy.rows(), dy.cols()), dx, p_);
   }
 
  private:

@@ -345,7 +345,7 @@ Status Trainer::train_step(int64_t step) {
   // this step turns out non-finite.
   for (size_t i = 0; i < state_tensors_.size(); ++i) {
     const Tensor& t = state_tensors_[i];
-    AMPD_RETURN_IF_ERROR(backend_->copy(state_backup_[i].view(t.dtype, t.rows, t.cols), t));
+    AMPD_RETURN_IF_ERROR(backend_->copy(state_backup_[i].view(t.dtype, t.rows(), t.cols()), t));
   }
   AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
   AMPD_RETURN_IF_ERROR(model_->forward(ctx, n));
@@ -421,7 +421,7 @@ Status Trainer::train_step(int64_t step) {
     if (states_bad) {
       for (size_t i = 0; i < state_tensors_.size(); ++i) {
         const Tensor& t = state_tensors_[i];
-        AMPD_RETURN_IF_ERROR(backend_->copy(t, state_backup_[i].view(t.dtype, t.rows, t.cols)));
+        AMPD_RETURN_IF_ERROR(backend_->copy(t, state_backup_[i].view(t.dtype, t.rows(), t.cols())));
       }
     }
     if (dec.failure) {

@@ -10,7 +10,9 @@ namespace ampd {
 
 namespace {
 
-std::string dims(const Tensor& t) { return t.describe(); }
+std::string dims(const Tensor& t) {
+  return t.describe();
+}
 
 Status need(bool ok, const char* op, const std::string& what) {
   if (ok) return Status::Ok();
@@ -21,9 +23,15 @@ Status need_data(const char* op, const char* name, const Tensor& t) {
   if (t.data == nullptr && t.numel() > 0) {
     return InvalidArgument(std::string(op) + ": " + name + " has no data");
   }
-  if (t.rows < 0 || t.cols < 0) {
-    return InvalidArgument(std::string(op) + ": " + name + " has a negative dimension " +
-                           dims(t));
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.size(i) < 0) {
+      return InvalidArgument(std::string(op) + ": " + name + " has a negative dimension " +
+                             dims(t));
+    }
+  }
+  // Every op but batched_matmul sees its tensors as contiguous row-major matrices.
+  if (!t.is_contiguous()) {
+    return InvalidArgument(std::string(op) + ": " + name + " must be contiguous, got " + dims(t));
   }
   return Status::Ok();
 }
@@ -39,31 +47,29 @@ Status need_f32(const char* op, const char* name, const Tensor& t) {
   return need(t.dtype == DType::kF32, op, std::string(name) + " must be f32, got " + dims(t));
 }
 
-Status need_shape(const char* op, const char* name, const Tensor& t, int64_t rows,
-                  int64_t cols) {
-  return need(t.rows == rows && t.cols == cols, op,
-              std::string(name) + " must be " + std::to_string(rows) + "x" +
-                  std::to_string(cols) + ", got " + dims(t));
+Status need_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+  return need(t.rows() == rows && t.cols() == cols, op,
+              std::string(name) + " must be " + std::to_string(rows) + "x" + std::to_string(cols) +
+                  ", got " + dims(t));
 }
 
 Status need_vector(const char* op, const char* name, const Tensor& t, int64_t n) {
-  return need(t.numel() == n && (t.rows == 1 || t.cols == 1), op,
-              std::string(name) + " must be a vector of " + std::to_string(n) + ", got " +
-                  dims(t));
+  return need(t.numel() == n && (t.rows() == 1 || t.cols() == 1), op,
+              std::string(name) + " must be a vector of " + std::to_string(n) + ", got " + dims(t));
 }
 
-Status need_same_shape(const char* op, const char* a_name, const Tensor& a,
-                       const char* b_name, const Tensor& b) {
-  return need(a.rows == b.rows && a.cols == b.cols, op,
-              std::string(b_name) + " " + dims(b) + " must have the shape of " + a_name + " " +
-                  dims(a));
+Status need_same_shape(const char* op, const char* a_name, const Tensor& a, const char* b_name,
+                       const Tensor& b) {
+  return need(
+      a.rows() == b.rows() && a.cols() == b.cols(), op,
+      std::string(b_name) + " " + dims(b) + " must have the shape of " + a_name + " " + dims(a));
 }
 
-Status need_same_dtype(const char* op, const char* a_name, const Tensor& a,
-                       const char* b_name, const Tensor& b) {
-  return need(a.dtype == b.dtype, op,
-              std::string(b_name) + " " + dims(b) + " must have the dtype of " + a_name + " " +
-                  dims(a));
+Status need_same_dtype(const char* op, const char* a_name, const Tensor& a, const char* b_name,
+                       const Tensor& b) {
+  return need(
+      a.dtype == b.dtype, op,
+      std::string(b_name) + " " + dims(b) + " must have the dtype of " + a_name + " " + dims(a));
 }
 
 Status need_dtype_supported(const Backend& be, const char* op, const Tensor& t) {
@@ -126,7 +132,9 @@ MemoryStats Backend::memory_stats() const {
   return MemoryStats{in_use_bytes_, peak_bytes_, device_total_bytes()};
 }
 
-void Backend::reset_peak_memory() { peak_bytes_ = in_use_bytes_; }
+void Backend::reset_peak_memory() {
+  peak_bytes_ = in_use_bytes_;
+}
 
 Status Backend::upload(const Tensor& dst, const void* host_src) {
   AMPD_RETURN_IF_ERROR(need_data("upload", "dst", dst));
@@ -137,7 +145,8 @@ Status Backend::upload(const Tensor& dst, const void* host_src) {
 
 Status Backend::download(void* host_dst, const Tensor& src) {
   AMPD_RETURN_IF_ERROR(need_data("download", "src", src));
-  if (src.numel() > 0 && host_dst == nullptr) return InvalidArgument("download: null host destination");
+  if (src.numel() > 0 && host_dst == nullptr)
+    return InvalidArgument("download: null host destination");
   if (src.numel() == 0) return synchronize_impl();
   return download_impl(host_dst, src);
 }
@@ -158,7 +167,9 @@ Status Backend::fill(const Tensor& dst, float value) {
   return fill_impl(dst, value);
 }
 
-Status Backend::synchronize() { return synchronize_impl(); }
+Status Backend::synchronize() {
+  return synchronize_impl();
+}
 
 // ---- dense algebra ----------------------------------------------------------------
 
@@ -171,10 +182,10 @@ Status Backend::matmul(const MatmulArgs& m) {
   AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, m.a));
   AMPD_RETURN_IF_ERROR(need(m.c.dtype == DType::kF32 || m.c.dtype == m.a.dtype, op,
                             "c must be f32 or a's dtype, got c " + dims(m.c) + " a " + dims(m.a)));
-  const int64_t M = m.trans_a ? m.a.cols : m.a.rows;
-  const int64_t K = m.trans_a ? m.a.rows : m.a.cols;
-  const int64_t Kb = m.trans_b ? m.b.cols : m.b.rows;
-  const int64_t N = m.trans_b ? m.b.rows : m.b.cols;
+  const int64_t M = m.trans_a ? m.a.cols() : m.a.rows();
+  const int64_t K = m.trans_a ? m.a.rows() : m.a.cols();
+  const int64_t Kb = m.trans_b ? m.b.cols() : m.b.rows();
+  const int64_t N = m.trans_b ? m.b.rows() : m.b.cols();
   AMPD_RETURN_IF_ERROR(need(K == Kb, op,
                             "inner dimensions differ: op(a) is " + std::to_string(M) + "x" +
                                 std::to_string(K) + ", op(b) is " + std::to_string(Kb) + "x" +
@@ -186,8 +197,8 @@ Status Backend::matmul(const MatmulArgs& m) {
                               "bias must be f32 or c's dtype, got " + dims(m.bias)));
     AMPD_RETURN_IF_ERROR(need_vector(op, "bias", m.bias, N));
   }
-  AMPD_RETURN_IF_ERROR(need(std::isfinite(m.alpha) && std::isfinite(m.beta), op,
-                            "alpha and beta must be finite"));
+  AMPD_RETURN_IF_ERROR(
+      need(std::isfinite(m.alpha) && std::isfinite(m.beta), op, "alpha and beta must be finite"));
   if (M == 0 || N == 0) return Status::Ok();
   return matmul_impl(m);
 }
@@ -206,15 +217,15 @@ Status Backend::add_bias(const Tensor& x, const Tensor& bias) {
   AMPD_RETURN_IF_ERROR(need_float("add_bias", "bias", bias));
   AMPD_RETURN_IF_ERROR(need(bias.dtype == DType::kF32 || bias.dtype == x.dtype, "add_bias",
                             "bias must be f32 or x's dtype, got " + dims(bias)));
-  AMPD_RETURN_IF_ERROR(need_vector("add_bias", "bias", bias, x.cols));
+  AMPD_RETURN_IF_ERROR(need_vector("add_bias", "bias", bias, x.cols()));
   if (x.numel() == 0) return Status::Ok();
   return add_bias_impl(x, bias);
 }
 
 Status Backend::bias_grad(const Tensor& dy, const Tensor& dbias, float beta) {
   AMPD_RETURN_IF_ERROR(need_float("bias_grad", "dy", dy));
-  AMPD_RETURN_IF_ERROR(need_param_f32("bias_grad", "dbias", dbias, dy.cols));
-  if (dy.cols == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need_param_f32("bias_grad", "dbias", dbias, dy.cols()));
+  if (dy.cols() == 0) return Status::Ok();
   return bias_grad_impl(dy, dbias, beta);
 }
 
@@ -267,10 +278,10 @@ Status Backend::layernorm_forward(const Tensor& x, const Tensor& gamma, const Te
   AMPD_RETURN_IF_ERROR(need_float(op, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "x", x, "y", y));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "gamma", gamma, x.cols));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "beta", beta, x.cols));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "mean", mean, x.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "gamma", gamma, x.cols()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "beta", beta, x.cols()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "mean", mean, x.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows()));
   AMPD_RETURN_IF_ERROR(need(eps > 0 && std::isfinite(eps), op, "eps must be > 0"));
   if (x.numel() == 0) return Status::Ok();
   return layernorm_forward_impl(x, gamma, beta, y, mean, rstd, eps);
@@ -286,18 +297,17 @@ Status Backend::layernorm_backward(const Tensor& dy, const Tensor& x, const Tens
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dy", dy));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dx", dx));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "dy", dy, "dx", dx));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "gamma", gamma, x.cols));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "mean", mean, x.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "dgamma", dgamma, x.cols));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "dbeta", dbeta, x.cols));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "gamma", gamma, x.cols()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "mean", mean, x.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "dgamma", dgamma, x.cols()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "dbeta", dbeta, x.cols()));
   if (x.numel() == 0) return Status::Ok();
   return layernorm_backward_impl(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
 }
 
-Status Backend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma,
-                                        const Tensor& beta, const Tensor& y,
-                                        const Tensor& mean, const Tensor& rstd,
+Status Backend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                        const Tensor& y, const Tensor& mean, const Tensor& rstd,
                                         const Tensor& running_mean, const Tensor& running_var,
                                         float momentum, float eps) {
   constexpr const char* op = "batchnorm_forward_train";
@@ -305,30 +315,35 @@ Status Backend::batchnorm_forward_train(const Tensor& x, const Tensor& gamma,
   AMPD_RETURN_IF_ERROR(need_float(op, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "x", x, "y", y));
-  for (auto [name, t] : {std::pair{"gamma", &gamma}, {"beta", &beta}, {"mean", &mean},
-                         {"rstd", &rstd}, {"running_mean", &running_mean},
+  for (auto [name, t] : {std::pair{"gamma", &gamma},
+                         {"beta", &beta},
+                         {"mean", &mean},
+                         {"rstd", &rstd},
+                         {"running_mean", &running_mean},
                          {"running_var", &running_var}}) {
-    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols));
+    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols()));
   }
-  AMPD_RETURN_IF_ERROR(need(x.rows >= 2, op,
+  AMPD_RETURN_IF_ERROR(need(x.rows() >= 2, op,
                             "needs at least 2 rows to estimate batch statistics, got " + dims(x)));
   AMPD_RETURN_IF_ERROR(need(eps > 0 && momentum >= 0 && momentum <= 1, op,
                             "eps must be > 0 and momentum in [0, 1]"));
-  return batchnorm_forward_train_impl(x, gamma, beta, y, mean, rstd, running_mean,
-                                      running_var, momentum, eps);
+  return batchnorm_forward_train_impl(x, gamma, beta, y, mean, rstd, running_mean, running_var,
+                                      momentum, eps);
 }
 
-Status Backend::batchnorm_forward_eval(const Tensor& x, const Tensor& gamma,
-                                       const Tensor& beta, const Tensor& running_mean,
-                                       const Tensor& running_var, const Tensor& y, float eps) {
+Status Backend::batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                       const Tensor& running_mean, const Tensor& running_var,
+                                       const Tensor& y, float eps) {
   constexpr const char* op = "batchnorm_forward_eval";
   AMPD_RETURN_IF_ERROR(need_float(op, "x", x));
   AMPD_RETURN_IF_ERROR(need_float(op, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "x", x, "y", y));
-  for (auto [name, t] : {std::pair{"gamma", &gamma}, {"beta", &beta},
-                         {"running_mean", &running_mean}, {"running_var", &running_var}}) {
-    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols));
+  for (auto [name, t] : {std::pair{"gamma", &gamma},
+                         {"beta", &beta},
+                         {"running_mean", &running_mean},
+                         {"running_var", &running_var}}) {
+    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols()));
   }
   AMPD_RETURN_IF_ERROR(need(eps > 0, op, "eps must be > 0"));
   if (x.numel() == 0) return Status::Ok();
@@ -345,9 +360,12 @@ Status Backend::batchnorm_backward(const Tensor& dy, const Tensor& x, const Tens
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dy", dy));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dx", dx));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "dy", dy, "dx", dx));
-  for (auto [name, t] : {std::pair{"gamma", &gamma}, {"mean", &mean}, {"rstd", &rstd},
-                         {"dgamma", &dgamma}, {"dbeta", &dbeta}}) {
-    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols));
+  for (auto [name, t] : {std::pair{"gamma", &gamma},
+                         {"mean", &mean},
+                         {"rstd", &rstd},
+                         {"dgamma", &dgamma},
+                         {"dbeta", &dbeta}}) {
+    AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols()));
   }
   if (x.numel() == 0) return Status::Ok();
   return batchnorm_backward_impl(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
@@ -370,8 +388,7 @@ Status Backend::dropout_forward(const Tensor& x, const Tensor& y, const Tensor& 
   return dropout_forward_impl(x, y, mask, p, seed, offset);
 }
 
-Status Backend::dropout_backward(const Tensor& dy, const Tensor& mask, const Tensor& dx,
-                                 float p) {
+Status Backend::dropout_backward(const Tensor& dy, const Tensor& mask, const Tensor& dx, float p) {
   constexpr const char* op = "dropout_backward";
   AMPD_RETURN_IF_ERROR(need_float(op, "dy", dy));
   AMPD_RETURN_IF_ERROR(need_float(op, "dx", dx));
@@ -387,32 +404,31 @@ Status Backend::dropout_backward(const Tensor& dy, const Tensor& mask, const Ten
 
 // ---- losses ----------------------------------------------------------------------------
 
-Status Backend::softmax_xent_forward(const Tensor& logits, const Tensor& labels,
-                                     const Tensor& loss, const Tensor& lse) {
+Status Backend::softmax_xent_forward(const Tensor& logits, const Tensor& labels, const Tensor& loss,
+                                     const Tensor& lse) {
   constexpr const char* op = "softmax_xent_forward";
   AMPD_RETURN_IF_ERROR(need_float(op, "logits", logits));
   AMPD_RETURN_IF_ERROR(need_data(op, "labels", labels));
   AMPD_RETURN_IF_ERROR(need(labels.dtype == DType::kI32, op, "labels must be i32"));
-  AMPD_RETURN_IF_ERROR(need_vector(op, "labels", labels, logits.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, logits.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows));
-  AMPD_RETURN_IF_ERROR(need(logits.cols > 0 || logits.rows == 0, op, "logits has no classes"));
-  if (logits.rows == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need_vector(op, "labels", labels, logits.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, logits.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows()));
+  AMPD_RETURN_IF_ERROR(need(logits.cols() > 0 || logits.rows() == 0, op, "logits has no classes"));
+  if (logits.rows() == 0) return Status::Ok();
   return softmax_xent_forward_impl(logits, labels, loss, lse);
 }
 
-Status Backend::softmax_xent_backward(const Tensor& logits, const Tensor& labels,
-                                      const Tensor& lse, const Tensor& dlogits,
-                                      float grad_scale) {
+Status Backend::softmax_xent_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,
+                                      const Tensor& dlogits, float grad_scale) {
   constexpr const char* op = "softmax_xent_backward";
   AMPD_RETURN_IF_ERROR(need_float(op, "logits", logits));
   AMPD_RETURN_IF_ERROR(need_float(op, "dlogits", dlogits));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "logits", logits, "dlogits", dlogits));
   AMPD_RETURN_IF_ERROR(need_data(op, "labels", labels));
   AMPD_RETURN_IF_ERROR(need(labels.dtype == DType::kI32, op, "labels must be i32"));
-  AMPD_RETURN_IF_ERROR(need_vector(op, "labels", labels, logits.rows));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows));
-  if (logits.rows == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need_vector(op, "labels", labels, logits.rows()));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows()));
+  if (logits.rows() == 0) return Status::Ok();
   return softmax_xent_backward_impl(logits, labels, lse, dlogits, grad_scale);
 }
 
@@ -421,9 +437,9 @@ Status Backend::mse_forward(const Tensor& pred, const Tensor& target, const Tens
   AMPD_RETURN_IF_ERROR(need_float(op, "pred", pred));
   AMPD_RETURN_IF_ERROR(need_f32(op, "target", target));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "pred", pred, "target", target));
-  AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, pred.rows));
-  if (pred.rows == 0) return Status::Ok();
-  AMPD_RETURN_IF_ERROR(need(pred.cols > 0, op, "pred has no columns"));
+  AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, pred.rows()));
+  if (pred.rows() == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need(pred.cols() > 0, op, "pred has no columns"));
   return mse_forward_impl(pred, target, loss);
 }
 
@@ -443,9 +459,9 @@ Status Backend::argmax_rows(const Tensor& x, const Tensor& out) {
   AMPD_RETURN_IF_ERROR(need_float("argmax_rows", "x", x));
   AMPD_RETURN_IF_ERROR(need_data("argmax_rows", "out", out));
   AMPD_RETURN_IF_ERROR(need(out.dtype == DType::kI32, "argmax_rows", "out must be i32"));
-  AMPD_RETURN_IF_ERROR(need_vector("argmax_rows", "out", out, x.rows));
-  AMPD_RETURN_IF_ERROR(need(x.cols > 0 || x.rows == 0, "argmax_rows", "x has no columns"));
-  if (x.rows == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need_vector("argmax_rows", "out", out, x.rows()));
+  AMPD_RETURN_IF_ERROR(need(x.cols() > 0 || x.rows() == 0, "argmax_rows", "x has no columns"));
+  if (x.rows() == 0) return Status::Ok();
   return argmax_rows_impl(x, out);
 }
 
@@ -459,9 +475,10 @@ Status Backend::unscale_and_check(std::span<const Tensor> grads, float inv_scale
     AMPD_RETURN_IF_ERROR(need_f32(op, name.c_str(), grads[i]));
   }
   AMPD_RETURN_IF_ERROR(need_data(op, "found_nonfinite", found_nonfinite));
-  AMPD_RETURN_IF_ERROR(need(found_nonfinite.dtype == DType::kI32, op, "found_nonfinite must be i32"));
-  AMPD_RETURN_IF_ERROR(need_vector(op, "found_nonfinite", found_nonfinite,
-                                   static_cast<int64_t>(grads.size())));
+  AMPD_RETURN_IF_ERROR(
+      need(found_nonfinite.dtype == DType::kI32, op, "found_nonfinite must be i32"));
+  AMPD_RETURN_IF_ERROR(
+      need_vector(op, "found_nonfinite", found_nonfinite, static_cast<int64_t>(grads.size())));
   AMPD_RETURN_IF_ERROR(need(std::isfinite(inv_scale), op, "inv_scale must be finite"));
   if (grads.empty()) return Status::Ok();
   return unscale_and_check_impl(grads, inv_scale, found_nonfinite);
@@ -491,16 +508,18 @@ Status check_slots(const char* op, std::span<const ParamSlot> params, bool needs
     AMPD_RETURN_IF_ERROR(need_same_shape(op, "master", p.master, (at + "grad").c_str(), p.grad));
     if (needs_state1) {
       AMPD_RETURN_IF_ERROR(need_f32(op, (at + "state1").c_str(), p.state1));
-      AMPD_RETURN_IF_ERROR(need_same_shape(op, "master", p.master, (at + "state1").c_str(), p.state1));
+      AMPD_RETURN_IF_ERROR(
+          need_same_shape(op, "master", p.master, (at + "state1").c_str(), p.state1));
     }
     if (needs_state2) {
       AMPD_RETURN_IF_ERROR(need_f32(op, (at + "state2").c_str(), p.state2));
-      AMPD_RETURN_IF_ERROR(need_same_shape(op, "master", p.master, (at + "state2").c_str(), p.state2));
+      AMPD_RETURN_IF_ERROR(
+          need_same_shape(op, "master", p.master, (at + "state2").c_str(), p.state2));
     }
     if (!p.low_precision.empty()) {
       AMPD_RETURN_IF_ERROR(need_float(op, (at + "low_precision").c_str(), p.low_precision));
-      AMPD_RETURN_IF_ERROR(need(p.low_precision.dtype != DType::kF32, op,
-                                at + "low_precision must be f16 or bf16"));
+      AMPD_RETURN_IF_ERROR(
+          need(p.low_precision.dtype != DType::kF32, op, at + "low_precision must be f16 or bf16"));
       AMPD_RETURN_IF_ERROR(need(p.low_precision.numel() == p.master.numel(), op,
                                 at + "low_precision must have master's size"));
     }
@@ -508,7 +527,9 @@ Status check_slots(const char* op, std::span<const ParamSlot> params, bool needs
   return Status::Ok();
 }
 
-bool finite_nonneg(float v) { return std::isfinite(v) && v >= 0.0f; }
+bool finite_nonneg(float v) {
+  return std::isfinite(v) && v >= 0.0f;
+}
 
 }  // namespace
 
@@ -526,11 +547,10 @@ Status Backend::sgd_step(std::span<const ParamSlot> params, const SgdParams& hp)
 
 Status Backend::adamw_step(std::span<const ParamSlot> params, const AdamWParams& hp) {
   AMPD_RETURN_IF_ERROR(check_slots("adamw_step", params, true, true));
-  AMPD_RETURN_IF_ERROR(need(finite_nonneg(hp.lr) && finite_nonneg(hp.weight_decay) &&
-                                hp.beta1 >= 0 && hp.beta1 < 1 && hp.beta2 >= 0 && hp.beta2 < 1 &&
-                                hp.eps > 0 && std::isfinite(hp.grad_scale),
-                            "adamw_step",
-                            "lr, weight_decay >= 0, betas in [0, 1), eps > 0 required"));
+  AMPD_RETURN_IF_ERROR(need(
+      finite_nonneg(hp.lr) && finite_nonneg(hp.weight_decay) && hp.beta1 >= 0 && hp.beta1 < 1 &&
+          hp.beta2 >= 0 && hp.beta2 < 1 && hp.eps > 0 && std::isfinite(hp.grad_scale),
+      "adamw_step", "lr, weight_decay >= 0, betas in [0, 1), eps > 0 required"));
   AMPD_RETURN_IF_ERROR(need(hp.step >= 1, "adamw_step", "step must be >= 1"));
   if (params.empty()) return Status::Ok();
   return adamw_step_impl(params, hp);

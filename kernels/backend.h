@@ -71,8 +71,8 @@ class Buffer {
 };
 
 struct MemoryStats {
-  size_t in_use_bytes = 0;     // currently allocated through allocate()
-  size_t peak_bytes = 0;       // high-water mark since the last reset_peak_memory()
+  size_t in_use_bytes = 0;        // currently allocated through allocate()
+  size_t peak_bytes = 0;          // high-water mark since the last reset_peak_memory()
   size_t device_total_bytes = 0;  // the device's capacity (0 if unknown)
 };
 
@@ -168,9 +168,9 @@ class Backend {
   Status matmul(const MatmulArgs& args);
   // dst = round(src) for any pair of floating dtypes of the same numel.
   Status cast(const Tensor& src, const Tensor& dst);
-  // x[i, j] += bias[j]; x float, bias F32 or x's dtype, 1 x x.cols.
+  // x[i, j] += bias[j]; x float, bias F32 or x's dtype, 1 x x.cols().
   Status add_bias(const Tensor& x, const Tensor& bias);
-  // dbias[j] = beta * dbias[j] + sum_i dy[i, j]; dbias F32 1 x dy.cols.
+  // dbias[j] = beta * dbias[j] + sum_i dy[i, j]; dbias F32 1 x dy.cols().
   Status bias_grad(const Tensor& dy, const Tensor& dbias, float beta = 0.0f);
   // x *= alpha, in place, any floating dtype.
   Status scale(const Tensor& x, float alpha);
@@ -183,14 +183,12 @@ class Backend {
   // PyTorch's CPU GELU); the conformance tests allow exactly that.
   Status activation_forward(Activation act, const Tensor& x, const Tensor& y);
   // dx = dy * act'(x); dx may alias dy.
-  Status activation_backward(Activation act, const Tensor& x, const Tensor& dy,
-                             const Tensor& dx);
+  Status activation_backward(Activation act, const Tensor& x, const Tensor& dy, const Tensor& dx);
 
   // -- normalization. gamma/beta/dgamma/dbeta are F32 1 x C, statistics F32.
-  // LayerNorm over each row (C = x.cols): mean/rstd are F32 1 x N.
+  // LayerNorm over each row (C = x.cols()): mean/rstd are F32 1 x N.
   Status layernorm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                           const Tensor& y, const Tensor& mean, const Tensor& rstd,
-                           float eps);
+                           const Tensor& y, const Tensor& mean, const Tensor& rstd, float eps);
   // dgamma/dbeta are overwritten (not accumulated).
   Status layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                             const Tensor& mean, const Tensor& rstd, const Tensor& dx,
@@ -271,47 +269,42 @@ class Backend {
   virtual Status activation_forward_impl(Activation act, const Tensor& x, const Tensor& y) = 0;
   virtual Status activation_backward_impl(Activation act, const Tensor& x, const Tensor& dy,
                                           const Tensor& dx) = 0;
-  virtual Status layernorm_forward_impl(const Tensor& x, const Tensor& gamma,
-                                        const Tensor& beta, const Tensor& y,
-                                        const Tensor& mean, const Tensor& rstd, float eps) = 0;
-  virtual Status layernorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& mean,
-                                         const Tensor& rstd, const Tensor& dx,
+  virtual Status layernorm_forward_impl(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                        const Tensor& y, const Tensor& mean, const Tensor& rstd,
+                                        float eps) = 0;
+  virtual Status layernorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                          const Tensor& dgamma, const Tensor& dbeta) = 0;
   virtual Status batchnorm_forward_train_impl(const Tensor& x, const Tensor& gamma,
                                               const Tensor& beta, const Tensor& y,
                                               const Tensor& mean, const Tensor& rstd,
-                                              const Tensor& running_mean,
-                                              const Tensor& running_var, float momentum,
-                                              float eps) = 0;
+                                              const Tensor& running_mean, const Tensor& running_var,
+                                              float momentum, float eps) = 0;
   virtual Status batchnorm_forward_eval_impl(const Tensor& x, const Tensor& gamma,
                                              const Tensor& beta, const Tensor& running_mean,
                                              const Tensor& running_var, const Tensor& y,
                                              float eps) = 0;
-  virtual Status batchnorm_backward_impl(const Tensor& dy, const Tensor& x,
-                                         const Tensor& gamma, const Tensor& mean,
-                                         const Tensor& rstd, const Tensor& dx,
+  virtual Status batchnorm_backward_impl(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                         const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                                          const Tensor& dgamma, const Tensor& dbeta) = 0;
-  virtual Status dropout_forward_impl(const Tensor& x, const Tensor& y, const Tensor& mask,
-                                      float p, uint64_t seed, uint64_t offset) = 0;
-  virtual Status dropout_backward_impl(const Tensor& dy, const Tensor& mask,
-                                       const Tensor& dx, float p) = 0;
+  virtual Status dropout_forward_impl(const Tensor& x, const Tensor& y, const Tensor& mask, float p,
+                                      uint64_t seed, uint64_t offset) = 0;
+  virtual Status dropout_backward_impl(const Tensor& dy, const Tensor& mask, const Tensor& dx,
+                                       float p) = 0;
   virtual Status softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
                                            const Tensor& loss, const Tensor& lse) = 0;
   virtual Status softmax_xent_backward_impl(const Tensor& logits, const Tensor& labels,
                                             const Tensor& lse, const Tensor& dlogits,
                                             float grad_scale) = 0;
-  virtual Status mse_forward_impl(const Tensor& pred, const Tensor& target,
-                                  const Tensor& loss) = 0;
-  virtual Status mse_backward_impl(const Tensor& pred, const Tensor& target,
-                                   const Tensor& dpred, float grad_scale) = 0;
+  virtual Status mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) = 0;
+  virtual Status mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
+                                   float grad_scale) = 0;
   virtual Status argmax_rows_impl(const Tensor& x, const Tensor& out) = 0;
   virtual Status unscale_and_check_impl(std::span<const Tensor> grads, float inv_scale,
                                         const Tensor& found_nonfinite) = 0;
   virtual Status global_norm_impl(std::span<const Tensor> grads, const Tensor& out) = 0;
   virtual Status sgd_step_impl(std::span<const ParamSlot> params, const SgdParams& hp) = 0;
-  virtual Status adamw_step_impl(std::span<const ParamSlot> params,
-                                 const AdamWParams& hp) = 0;
+  virtual Status adamw_step_impl(std::span<const ParamSlot> params, const AdamWParams& hp) = 0;
 
  private:
   size_t in_use_bytes_ = 0;

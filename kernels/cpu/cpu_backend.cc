@@ -219,7 +219,7 @@ Status CpuBackend::cast_impl(const Tensor& src, const Tensor& dst) {
 
 Status CpuBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
   OpScope scope(*state_);
-  const int64_t rows = x.rows, cols = x.cols;
+  const int64_t rows = x.rows(), cols = x.cols();
   cpu_detail::parallel_rows(rows, cols, [&](int64_t r) {
     float xbuf[kBlock], bbuf[kBlock];
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
@@ -239,9 +239,9 @@ Status CpuBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
 Status CpuBackend::bias_grad_impl(const Tensor& dy, const Tensor& dbias, float beta) {
   OpScope scope(*state_);
   return guarded("bias_grad", [&]() -> Status {
-    const int64_t cols = dy.cols;
+    const int64_t cols = dy.cols();
     double* sums = state_->partials64.get(static_cast<size_t>(cols));
-    cpu_detail::column_sums(*state_, dy.rows, cols, 1, sums,
+    cpu_detail::column_sums(*state_, dy.rows(), cols, 1, sums,
                             [&](int64_t r, int64_t c0, int64_t n, float* acc) {
                               float buf[cpu_detail::kColBlock];
                               const float* v = load_f32(dy, r * cols + c0, n, buf);

@@ -77,12 +77,12 @@ AMPD_CPU_CLONES void exp_shifted(const float* x, float* out, int64_t n, float sh
 Status CpuBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
                                              const Tensor& loss, const Tensor& lse) {
   cpu_detail::OpScope scope(*state_);
-  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_forward", labels, logits.cols));
+  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_forward", labels, logits.cols()));
   return cpu_detail::guarded("softmax_xent_forward", [&]() -> Status {
-    const int64_t cols = logits.cols;
+    const int64_t cols = logits.cols();
     float* bufs = state_->rows.get(static_cast<size_t>(state_->threads * cols));
     const int32_t* label = labels.as<const int32_t>();
-    cpu_detail::parallel_rows_tid(logits.rows, cols, [&](int64_t r, int tid) {
+    cpu_detail::parallel_rows_tid(logits.rows(), cols, [&](int64_t r, int tid) {
       const float* x = load_f32(logits, r * cols, cols, bufs + static_cast<size_t>(tid) * cols);
       const float m = row_max(x, cols);
       const double s = exp_sum(x, cols, m);
@@ -98,11 +98,11 @@ Status CpuBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor
                                               const Tensor& lse, const Tensor& dlogits,
                                               float grad_scale) {
   cpu_detail::OpScope scope(*state_);
-  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_backward", labels, logits.cols));
-  const int64_t cols = logits.cols;
+  AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_backward", labels, logits.cols()));
+  const int64_t cols = logits.cols();
   const int32_t* label = labels.as<const int32_t>();
   const float* lse_v = lse.as<const float>();
-  cpu_detail::parallel_rows(logits.rows, cols, [&](int64_t r) {
+  cpu_detail::parallel_rows(logits.rows(), cols, [&](int64_t r) {
     float buf[kBlock];
     const float l = lse_v[r];
     const int64_t target = label[r];
@@ -123,9 +123,9 @@ Status CpuBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor
 
 Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) {
   cpu_detail::OpScope scope(*state_);
-  const int64_t cols = pred.cols;
+  const int64_t cols = pred.cols();
   const float* t = target.as<const float>();
-  cpu_detail::parallel_rows(pred.rows, cols, [&](int64_t r) {
+  cpu_detail::parallel_rows(pred.rows(), cols, [&](int64_t r) {
     float buf[kBlock];
     double total = 0.0;
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
@@ -145,7 +145,7 @@ Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, co
 Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
                                      float grad_scale) {
   cpu_detail::OpScope scope(*state_);
-  const float k = static_cast<float>(2.0 * grad_scale / static_cast<double>(pred.cols));
+  const float k = static_cast<float>(2.0 * grad_scale / static_cast<double>(pred.cols()));
   const float* t = target.as<const float>();
   cpu_detail::parallel_blocks(pred.numel(), [&](int64_t b, int64_t e) {
     float buf[kBlock];
@@ -161,9 +161,9 @@ Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, c
 
 Status CpuBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
   cpu_detail::OpScope scope(*state_);
-  const int64_t cols = x.cols;
+  const int64_t cols = x.cols();
   int32_t* idx = out.as<int32_t>();
-  cpu_detail::parallel_rows(x.rows, cols, [&](int64_t r) {
+  cpu_detail::parallel_rows(x.rows(), cols, [&](int64_t r) {
     float buf[kBlock];
     float best = 0.0f;
     int64_t best_j = 0;

@@ -86,11 +86,11 @@ MatmulPlan make_plan(const CpuState& s, const MatmulKey& k, float alpha, float b
 // C = beta * C + bias for an empty reduction (K == 0), in FP32, rounded once.
 void empty_product(const MatmulArgs& m) {
   const Tensor& c = m.c;
-  cpu_detail::parallel_rows(c.rows, c.cols, [&](int64_t r) {
+  cpu_detail::parallel_rows(c.rows(), c.cols(), [&](int64_t r) {
     float cbuf[cpu_detail::kBlock], bbuf[cpu_detail::kBlock];
-    for (int64_t c0 = 0; c0 < c.cols; c0 += cpu_detail::kBlock) {
-      const int64_t n = std::min(cpu_detail::kBlock, c.cols - c0);
-      const int64_t i = r * c.cols + c0;
+    for (int64_t c0 = 0; c0 < c.cols(); c0 += cpu_detail::kBlock) {
+      const int64_t n = std::min(cpu_detail::kBlock, c.cols() - c0);
+      const int64_t i = r * c.cols() + c0;
       float* out = cpu_detail::out_f32(c, i, cbuf);
       if (m.beta != 0.0f) {
         const float* cv = cpu_detail::load_f32(c, i, n, cbuf);
@@ -121,9 +121,9 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
   return cpu_detail::guarded("matmul", [&]() -> Status {
     CpuState& s = *state_;
     MatmulKey key;
-    key.m = m.trans_a ? m.a.cols : m.a.rows;
-    key.k = m.trans_a ? m.a.rows : m.a.cols;
-    key.n = m.trans_b ? m.b.rows : m.b.cols;
+    key.m = m.trans_a ? m.a.cols() : m.a.rows();
+    key.k = m.trans_a ? m.a.rows() : m.a.cols();
+    key.n = m.trans_b ? m.b.rows() : m.b.cols();
     if (key.k == 0) {
       empty_product(m);
       return Status::Ok();

@@ -50,8 +50,8 @@ float rstd_of(double var, float eps) {
 // y = (x - mean_j) * rstd_j * gamma_j + beta_j with per-column statistics (BatchNorm).
 void normalize_columns(const Tensor& x, const float* mean, const float* rstd, const float* gamma,
                        const float* beta, const Tensor& y) {
-  const int64_t cols = x.cols;
-  cpu_detail::parallel_rows(x.rows, cols, [&](int64_t r) {
+  const int64_t cols = x.cols();
+  cpu_detail::parallel_rows(x.rows(), cols, [&](int64_t r) {
     float buf[cpu_detail::kBlock];
     for (int64_t c0 = 0; c0 < cols; c0 += cpu_detail::kBlock) {
       const int64_t n = std::min(cpu_detail::kBlock, cols - c0);
@@ -120,9 +120,9 @@ Status CpuBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma, 
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("layernorm_forward", [&]() -> Status {
     CpuState& s = *state_;
-    const int64_t cols = x.cols;
+    const int64_t cols = x.cols();
     float* bufs = s.rows.get(static_cast<size_t>(s.threads * 2 * cols));
-    cpu_detail::parallel_rows_tid(x.rows, cols, [&](int64_t r, int tid) {
+    cpu_detail::parallel_rows_tid(x.rows(), cols, [&](int64_t r, int tid) {
       float* xbuf = bufs + static_cast<size_t>(tid) * 2 * cols;
       float* ybuf = xbuf + cols;
       const float* xv = load_f32(x, r * cols, cols, xbuf);
@@ -143,7 +143,7 @@ Status CpuBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x, co
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("layernorm_backward", [&]() -> Status {
     CpuState& s = *state_;
-    const int64_t rows = x.rows, cols = x.cols;
+    const int64_t rows = x.rows(), cols = x.cols();
     const int64_t nrc = cpu_detail::ceil_div(rows, cpu_detail::kRowChunk);
     float* partials = s.partials.get(static_cast<size_t>(nrc * 2 * cols));  // [rc][g|b][cols]
     float* bufs = s.rows.get(static_cast<size_t>(s.threads * 3 * cols));
@@ -187,7 +187,7 @@ Status CpuBackend::batchnorm_forward_train_impl(const Tensor& x, const Tensor& g
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("batchnorm_forward_train", [&]() -> Status {
     CpuState& s = *state_;
-    const int64_t rows = x.rows, cols = x.cols;
+    const int64_t rows = x.rows(), cols = x.cols();
     float* mu = mean.as<float>();
     float* rs = rstd.as<float>();
     double* sums = s.partials64.get(static_cast<size_t>(cols));
@@ -228,7 +228,7 @@ Status CpuBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tensor& ga
                                                float eps) {
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("batchnorm_forward_eval", [&]() -> Status {
-    const int64_t cols = x.cols;
+    const int64_t cols = x.cols();
     float* rs = state_->partials.get(static_cast<size_t>(cols));
     const float* rv = running_var.as<const float>();
     for (int64_t j = 0; j < cols; ++j) rs[j] = rstd_of(rv[j], eps);
@@ -244,7 +244,7 @@ Status CpuBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x, co
   cpu_detail::OpScope scope(*state_);
   return cpu_detail::guarded("batchnorm_backward", [&]() -> Status {
     CpuState& s = *state_;
-    const int64_t rows = x.rows, cols = x.cols;
+    const int64_t rows = x.rows(), cols = x.cols();
     const float* mu = mean.as<const float>();
     const float* rs = rstd.as<const float>();
     const float* g = gamma.as<const float>();

@@ -345,20 +345,20 @@ Status affine_bias(CudaContext& ctx, const Tensor& in, float beta, const Tensor&
     return InvalidArgument("affine_bias: bias must be f32 or the output's dtype");
   }
   if (read_in && beta == 1.0f && in.dtype == DType::kF32 && !bias.empty() &&
-      bias.dtype == DType::kF32 && out.dtype != DType::kF32 && out.cols % 8 == 0 &&
+      bias.dtype == DType::kF32 && out.dtype != DType::kF32 && out.cols() % 8 == 0 &&
       aligned16(in.data) && aligned16(bias.data) && aligned16(out.data)) {
     return dispatch_float(out.dtype, [&](auto o) {
       using TOut = decltype(o);
-      const int64_t packs = out.cols / 8;
+      const int64_t packs = out.cols() / 8;
       int tx = 32;
       while (tx < kThreads && tx < packs) tx *= 2;
       const int ty = kThreads / tx;
       const int64_t gx = (packs + tx - 1) / tx;
-      const int64_t gy = std::min<int64_t>((out.rows + ty - 1) / ty, 65535);
+      const int64_t gy = std::min<int64_t>((out.rows() + ty - 1) / ty, 65535);
       if (gx > 0x7fffffff) return InvalidArgument("affine_bias: too many columns");
       bias_round8_kernel<TOut><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)),
                                  dim3(tx, ty), 0, ctx.stream>>>(
-          in.as<const float>(), bias.as<const float>(), out.as<TOut>(), out.rows, out.cols);
+          in.as<const float>(), bias.as<const float>(), out.as<TOut>(), out.rows(), out.cols());
       AMPD_CUDA_CHECK_LAUNCH("affine_bias");
       return Status::Ok();
     });
@@ -372,7 +372,7 @@ Status affine_bias(CudaContext& ctx, const Tensor& in, float beta, const Tensor&
         AffineBiasOp<TIn, TOut, TB> op{read_in ? in.as<const TIn>() : nullptr,
                                        bias.empty() ? nullptr : bias.as<const TB>(), out.as<TOut>(),
                                        beta};
-        return launch_rowcol("affine_bias", ctx.stream, op, out.rows, out.cols);
+        return launch_rowcol("affine_bias", ctx.stream, op, out.rows(), out.cols());
       };
       return bias_dtype == DType::kF32 ? with_bias(float{}) : with_bias(TOut{});
     };

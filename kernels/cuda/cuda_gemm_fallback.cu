@@ -57,7 +57,7 @@ __global__ void gemm_kernel(const TA* a, const TA* b, TC* c, const TB* bias, int
 }  // namespace
 
 Status gemm_fallback(CudaContext& ctx, const MatmulArgs& m) {
-  const int64_t M = m.c.rows, N = m.c.cols, K = m.trans_a ? m.a.rows : m.a.cols;
+  const int64_t M = m.c.rows(), N = m.c.cols(), K = m.trans_a ? m.a.rows() : m.a.cols();
   const int64_t gx = (N + kTile - 1) / kTile;
   int64_t gy = (M + kTile - 1) / kTile;
   if (gy > 65535) gy = 65535;

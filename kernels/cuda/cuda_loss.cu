@@ -247,22 +247,22 @@ unsigned row_blocks(int64_t rows) {
 
 Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                             const Tensor& loss, const Tensor& lse) {
-  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols));
+  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols()));
   AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto t) {
     using T = decltype(t);
     softmax_xent_forward_kernel<T>
-        <<<row_blocks(logits.rows), row_threads(logits.cols), 0, ctx.stream>>>(
+        <<<row_blocks(logits.rows()), row_threads(logits.cols()), 0, ctx.stream>>>(
             logits.as<const T>(), labels.as<const int32_t>(), loss.as<float>(), lse.as<float>(),
-            logits.rows, logits.cols, ctx.device_flag);
+            logits.rows(), logits.cols(), ctx.device_flag);
     AMPD_CUDA_CHECK_LAUNCH("softmax_xent_forward");
     return Status::Ok();
   }));
-  return finish_label_check(ctx, "softmax_xent_forward", labels, logits.cols);
+  return finish_label_check(ctx, "softmax_xent_forward", labels, logits.cols());
 }
 
 Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                              const Tensor& lse, const Tensor& dlogits, float grad_scale) {
-  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols));
+  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols()));
   AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto a) {
     return dispatch_float(dlogits.dtype, [&](auto d) {
       using TL = decltype(a);
@@ -273,17 +273,17 @@ Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tenso
                                      dlogits.as<TD>(),
                                      grad_scale,
                                      ctx.device_flag};
-      return launch_rowcol("softmax_xent_backward", ctx.stream, op, logits.rows, logits.cols);
+      return launch_rowcol("softmax_xent_backward", ctx.stream, op, logits.rows(), logits.cols());
     });
   }));
-  return finish_label_check(ctx, "softmax_xent_backward", labels, logits.cols);
+  return finish_label_check(ctx, "softmax_xent_backward", labels, logits.cols());
 }
 
 Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& loss) {
   return dispatch_float(pred.dtype, [&](auto t) {
     using T = decltype(t);
-    mse_forward_kernel<T><<<row_blocks(pred.rows), row_threads(pred.cols), 0, ctx.stream>>>(
-        pred.as<const T>(), target.as<const float>(), loss.as<float>(), pred.rows, pred.cols);
+    mse_forward_kernel<T><<<row_blocks(pred.rows()), row_threads(pred.cols()), 0, ctx.stream>>>(
+        pred.as<const T>(), target.as<const float>(), loss.as<float>(), pred.rows(), pred.cols());
     AMPD_CUDA_CHECK_LAUNCH("mse_forward");
     return Status::Ok();
   });
@@ -292,7 +292,7 @@ Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, c
 Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& dpred,
                     float grad_scale) {
   const float factor =
-      static_cast<float>(2.0 * static_cast<double>(grad_scale) / static_cast<double>(pred.cols));
+      static_cast<float>(2.0 * static_cast<double>(grad_scale) / static_cast<double>(pred.cols()));
   return dispatch_float(pred.dtype, [&](auto a) {
     return dispatch_float(dpred.dtype, [&](auto d) {
       using TP = decltype(a);
@@ -307,8 +307,8 @@ Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target, 
 Status argmax_rows(CudaContext& ctx, const Tensor& x, const Tensor& out) {
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
-    argmax_kernel<T><<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
-        x.as<const T>(), out.as<int32_t>(), x.rows, x.cols);
+    argmax_kernel<T><<<row_blocks(x.rows()), row_threads(x.cols()), 0, ctx.stream>>>(
+        x.as<const T>(), out.as<int32_t>(), x.rows(), x.cols());
     AMPD_CUDA_CHECK_LAUNCH("argmax_rows");
     return Status::Ok();
   });

@@ -301,9 +301,9 @@ Status execute(MatmulCache& cache, CudaContext& ctx, Plan& plan, const MatmulArg
 
 Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
   PlanKey key;
-  key.m = m.c.rows;
-  key.n = m.c.cols;
-  key.k = m.trans_a ? m.a.rows : m.a.cols;
+  key.m = m.c.rows();
+  key.n = m.c.cols();
+  key.k = m.trans_a ? m.a.rows() : m.a.cols();
   if (key.k == 0) return affine_bias(ctx, m.c, m.beta, m.bias, m.c);
   key.ab = m.a.dtype;
   key.c = m.c.dtype;
@@ -352,12 +352,13 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
     AMPD_ASSIGN_OR_RETURN(Plan * p2, cache.plan(plain, nullptr));
     if (p2->unusable.empty()) {
       if (c32 != m.c.data && m.beta != 0.0f) {
-        AMPD_RETURN_IF_ERROR(cast(ctx, m.c, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}));
+        AMPD_RETURN_IF_ERROR(cast(ctx, m.c, Tensor{c32, DType::kF32, m.c.rows(), m.c.cols()}));
       }
       AMPD_RETURN_IF_ERROR(execute(cache, ctx, *p2, m, c32, c32, m.beta, nullptr));
       if (p2->unusable.empty()) {
         ++cache.stats.bias_fallbacks;
-        return affine_bias(ctx, Tensor{c32, DType::kF32, m.c.rows, m.c.cols}, 1.0f, m.bias, m.c);
+        return affine_bias(ctx, Tensor{c32, DType::kF32, m.c.rows(), m.c.cols()}, 1.0f, m.bias,
+                           m.c);
       }
     }
   }

@@ -337,8 +337,8 @@ struct BatchNormDx {
 Status bias_grad(CudaContext& ctx, const Tensor& dy, const Tensor& dbias, float beta) {
   return dispatch_float(dy.dtype, [&](auto t) {
     using T = decltype(t);
-    return column_reduce<1>(ctx, "bias_grad", dy.rows, dy.cols,
-                            ColumnValue<T>{dy.as<const T>(), dy.cols},
+    return column_reduce<1>(ctx, "bias_grad", dy.rows(), dy.cols(),
+                            ColumnValue<T>{dy.as<const T>(), dy.cols()},
                             BiasGradFinal{dbias.as<float>(), beta});
   });
 }
@@ -347,9 +347,9 @@ Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
                          const Tensor& y, const Tensor& mean, const Tensor& rstd, float eps) {
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
-    layernorm_forward_kernel<T><<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+    layernorm_forward_kernel<T><<<row_blocks(x.rows()), row_threads(x.cols()), 0, ctx.stream>>>(
         x.as<const T>(), gamma.as<const float>(), beta.as<const float>(), y.as<T>(),
-        mean.as<float>(), rstd.as<float>(), x.rows, x.cols, eps);
+        mean.as<float>(), rstd.as<float>(), x.rows(), x.cols(), eps);
     AMPD_CUDA_CHECK_LAUNCH("layernorm_forward");
     return Status::Ok();
   });
@@ -364,14 +364,14 @@ Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, c
       using TX = decltype(a);
       // dgamma / dbeta first: they read dy, which dx may overwrite.
       AMPD_RETURN_IF_ERROR(column_reduce<2>(
-          ctx, "layernorm_backward", x.rows, x.cols,
+          ctx, "layernorm_backward", x.rows(), x.cols(),
           LayerNormParamGrad<TD, TX>{dy.as<const TD>(), x.as<const TX>(), mean.as<const float>(),
-                                     rstd.as<const float>(), x.cols},
+                                     rstd.as<const float>(), x.cols()},
           TwoOutputsFinal{dgamma.as<float>(), dbeta.as<float>()}));
       layernorm_backward_dx_kernel<TD, TX>
-          <<<row_blocks(x.rows), row_threads(x.cols), 0, ctx.stream>>>(
+          <<<row_blocks(x.rows()), row_threads(x.cols()), 0, ctx.stream>>>(
               dy.as<const TD>(), x.as<const TX>(), gamma.as<const float>(), mean.as<const float>(),
-              rstd.as<const float>(), dx.as<TD>(), x.rows, x.cols);
+              rstd.as<const float>(), dx.as<TD>(), x.rows(), x.cols());
       AMPD_CUDA_CHECK_LAUNCH("layernorm_backward");
       return Status::Ok();
     });
@@ -382,20 +382,20 @@ Status batchnorm_forward_train(CudaContext& ctx, const Tensor& x, const Tensor& 
                                const Tensor& beta, const Tensor& y, const Tensor& mean,
                                const Tensor& rstd, const Tensor& running_mean,
                                const Tensor& running_var, float momentum, float eps) {
-  const double n = static_cast<double>(x.rows);
+  const double n = static_cast<double>(x.rows());
   return dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
-    AMPD_RETURN_IF_ERROR(column_reduce<1>(ctx, "batchnorm_forward_train", x.rows, x.cols,
-                                          ColumnValue<T>{x.as<const T>(), x.cols},
+    AMPD_RETURN_IF_ERROR(column_reduce<1>(ctx, "batchnorm_forward_train", x.rows(), x.cols(),
+                                          ColumnValue<T>{x.as<const T>(), x.cols()},
                                           MeanFinal{mean.as<float>(), 1.0 / n}));
     AMPD_RETURN_IF_ERROR(column_reduce<1>(
-        ctx, "batchnorm_forward_train", x.rows, x.cols,
-        CenteredSquare<T>{x.as<const T>(), mean.as<const float>(), x.cols},
+        ctx, "batchnorm_forward_train", x.rows(), x.cols(),
+        CenteredSquare<T>{x.as<const T>(), mean.as<const float>(), x.cols()},
         VarianceFinal{mean.as<const float>(), rstd.as<float>(), running_mean.as<float>(),
                       running_var.as<float>(), n, momentum, eps}));
     BatchNormApply<T> op{x.as<const T>(),         mean.as<const float>(), rstd.as<const float>(),
                          gamma.as<const float>(), beta.as<const float>(), y.as<T>()};
-    return launch_rowcol("batchnorm_forward_train", ctx.stream, op, x.rows, x.cols);
+    return launch_rowcol("batchnorm_forward_train", ctx.stream, op, x.rows(), x.cols());
   });
 }
 
@@ -411,7 +411,7 @@ Status batchnorm_forward_eval(CudaContext& ctx, const Tensor& x, const Tensor& g
                         beta.as<const float>(),
                         eps,
                         y.as<T>()};
-    return launch_rowcol("batchnorm_forward_eval", ctx.stream, op, x.rows, x.cols);
+    return launch_rowcol("batchnorm_forward_eval", ctx.stream, op, x.rows(), x.cols());
   });
 }
 
@@ -423,9 +423,9 @@ Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, c
       using TD = decltype(d);
       using TX = decltype(a);
       AMPD_RETURN_IF_ERROR(column_reduce<2>(
-          ctx, "batchnorm_backward", x.rows, x.cols,
+          ctx, "batchnorm_backward", x.rows(), x.cols(),
           BatchNormParamGrad<TD, TX>{dy.as<const TD>(), x.as<const TX>(), mean.as<const float>(),
-                                     rstd.as<const float>(), x.cols},
+                                     rstd.as<const float>(), x.cols()},
           TwoOutputsFinal{dbeta.as<float>(), dgamma.as<float>()}));
       BatchNormDx<TD, TX> op{dy.as<const TD>(),
                              x.as<const TX>(),
@@ -434,9 +434,9 @@ Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, c
                              rstd.as<const float>(),
                              dgamma.as<const float>(),
                              dbeta.as<const float>(),
-                             static_cast<float>(1.0 / static_cast<double>(x.rows)),
+                             static_cast<float>(1.0 / static_cast<double>(x.rows())),
                              dx.as<TD>()};
-      return launch_rowcol("batchnorm_backward", ctx.stream, op, x.rows, x.cols);
+      return launch_rowcol("batchnorm_backward", ctx.stream, op, x.rows(), x.cols());
     });
   });
 }

@@ -233,19 +233,19 @@ Status ReferenceBackend::fill_impl(const Tensor& dst, float value) {
 // then the whole expression is rounded once to C's dtype. As in BLAS, beta == 0 means
 // C's old contents are not read at all (so NaN or garbage there does not leak through).
 Status ReferenceBackend::matmul_impl(const MatmulArgs& m) {
-  const int64_t M = m.c.rows;
-  const int64_t N = m.c.cols;
-  const int64_t K = m.trans_a ? m.a.rows : m.a.cols;
+  const int64_t M = m.c.rows();
+  const int64_t N = m.c.cols();
+  const int64_t K = m.trans_a ? m.a.rows() : m.a.cols();
   const std::vector<double> a = widen(m.a);
   const std::vector<double> b = widen(m.b);
   const std::vector<double> c_old = m.beta != 0.0f ? widen(m.c) : std::vector<double>();
   const std::vector<double> bias = m.bias.empty() ? std::vector<double>() : widen(m.bias);
   // op(A)[i, k]: A is M x K, or K x M when transposed; likewise op(B)[k, j].
   auto a_at = [&](int64_t i, int64_t k) {
-    return m.trans_a ? a[idx(k, i, m.a.cols)] : a[idx(i, k, m.a.cols)];
+    return m.trans_a ? a[idx(k, i, m.a.cols())] : a[idx(i, k, m.a.cols())];
   };
   auto b_at = [&](int64_t k, int64_t j) {
-    return m.trans_b ? b[idx(j, k, m.b.cols)] : b[idx(k, j, m.b.cols)];
+    return m.trans_b ? b[idx(j, k, m.b.cols())] : b[idx(k, j, m.b.cols())];
   };
   const double alpha = m.alpha;
   const double beta = m.beta;
@@ -272,8 +272,8 @@ Status ReferenceBackend::cast_impl(const Tensor& src, const Tensor& dst) {
 Status ReferenceBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
   std::vector<double> v = widen(x);
   const std::vector<double> b = widen(bias);
-  for (int64_t i = 0; i < x.rows; ++i) {
-    for (int64_t j = 0; j < x.cols; ++j) v[idx(i, j, x.cols)] += b[static_cast<size_t>(j)];
+  for (int64_t i = 0; i < x.rows(); ++i) {
+    for (int64_t j = 0; j < x.cols(); ++j) v[idx(i, j, x.cols())] += b[static_cast<size_t>(j)];
   }
   narrow(x, v);
   return Status::Ok();
@@ -283,15 +283,15 @@ Status ReferenceBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
 // the old dbias, so a freshly allocated (uninitialised) dbias can be written with beta 0.
 Status ReferenceBackend::bias_grad_impl(const Tensor& dy, const Tensor& dbias, float beta) {
   const std::vector<double> g = widen(dy);
-  std::vector<double> out(static_cast<size_t>(dy.cols), 0.0);
+  std::vector<double> out(static_cast<size_t>(dy.cols()), 0.0);
   if (beta != 0.0f) {
     const std::vector<double> old = widen(dbias);
     for (size_t j = 0; j < out.size(); ++j) out[j] = static_cast<double>(beta) * old[j];
   }
   // Column sums accumulated separately from the beta term, then added: one rounding.
-  for (int64_t j = 0; j < dy.cols; ++j) {
+  for (int64_t j = 0; j < dy.cols(); ++j) {
     double sum = 0.0;
-    for (int64_t i = 0; i < dy.rows; ++i) sum += g[idx(i, j, dy.cols)];
+    for (int64_t i = 0; i < dy.rows(); ++i) sum += g[idx(i, j, dy.cols())];
     out[static_cast<size_t>(j)] += sum;
   }
   narrow(dbias, out);
@@ -342,14 +342,14 @@ Status ReferenceBackend::activation_backward_impl(Activation act, const Tensor& 
 Status ReferenceBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma,
                                                 const Tensor& beta, const Tensor& y,
                                                 const Tensor& mean, const Tensor& rstd, float eps) {
-  const int64_t C = x.cols;
+  const int64_t C = x.cols();
   const std::vector<double> xv = widen(x);
   const std::vector<double> g = widen(gamma);
   const std::vector<double> b = widen(beta);
   std::vector<double> yv(xv.size());
-  std::vector<double> mv(static_cast<size_t>(x.rows));
-  std::vector<double> rv(static_cast<size_t>(x.rows));
-  for (int64_t i = 0; i < x.rows; ++i) {
+  std::vector<double> mv(static_cast<size_t>(x.rows()));
+  std::vector<double> rv(static_cast<size_t>(x.rows()));
+  for (int64_t i = 0; i < x.rows(); ++i) {
     double sum = 0.0;
     for (int64_t j = 0; j < C; ++j) sum += xv[idx(i, j, C)];
     const double mu = sum / static_cast<double>(C);
@@ -379,7 +379,7 @@ Status ReferenceBackend::layernorm_backward_impl(const Tensor& dy, const Tensor&
                                                  const Tensor& gamma, const Tensor& mean,
                                                  const Tensor& rstd, const Tensor& dx,
                                                  const Tensor& dgamma, const Tensor& dbeta) {
-  const int64_t C = x.cols;
+  const int64_t C = x.cols();
   const std::vector<double> xv = widen(x);
   const std::vector<double> dyv = widen(dy);
   const std::vector<double> gam = widen(gamma);
@@ -390,7 +390,7 @@ Status ReferenceBackend::layernorm_backward_impl(const Tensor& dy, const Tensor&
   std::vector<double> db(static_cast<size_t>(C), 0.0);
   std::vector<double> xhat(static_cast<size_t>(C));
   std::vector<double> gv(static_cast<size_t>(C));
-  for (int64_t i = 0; i < x.rows; ++i) {
+  for (int64_t i = 0; i < x.rows(); ++i) {
     const double m = mu[static_cast<size_t>(i)];
     const double r = rs[static_cast<size_t>(i)];
     double mean_g = 0.0;
@@ -432,8 +432,8 @@ Status ReferenceBackend::batchnorm_forward_train_impl(const Tensor& x, const Ten
                                                       const Tensor& running_mean,
                                                       const Tensor& running_var, float momentum,
                                                       float eps) {
-  const int64_t N = x.rows;
-  const int64_t C = x.cols;
+  const int64_t N = x.rows();
+  const int64_t C = x.cols();
   const double n = static_cast<double>(N);
   const double mom = momentum;
   const std::vector<double> xv = widen(x);
@@ -478,14 +478,14 @@ Status ReferenceBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tens
                                                      const Tensor& beta, const Tensor& running_mean,
                                                      const Tensor& running_var, const Tensor& y,
                                                      float eps) {
-  const int64_t C = x.cols;
+  const int64_t C = x.cols();
   const std::vector<double> xv = widen(x);
   const std::vector<double> g = widen(gamma);
   const std::vector<double> b = widen(beta);
   const std::vector<double> rm = widen(running_mean);
   const std::vector<double> rvar = widen(running_var);
   std::vector<double> yv(xv.size());
-  for (int64_t i = 0; i < x.rows; ++i) {
+  for (int64_t i = 0; i < x.rows(); ++i) {
     for (int64_t j = 0; j < C; ++j) {
       const size_t jj = static_cast<size_t>(j);
       const size_t k = idx(i, j, C);
@@ -504,8 +504,8 @@ Status ReferenceBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor&
                                                  const Tensor& gamma, const Tensor& mean,
                                                  const Tensor& rstd, const Tensor& dx,
                                                  const Tensor& dgamma, const Tensor& dbeta) {
-  const int64_t N = x.rows;
-  const int64_t C = x.cols;
+  const int64_t N = x.rows();
+  const int64_t C = x.cols();
   const double n = static_cast<double>(N);
   const std::vector<double> xv = widen(x);
   const std::vector<double> dyv = widen(dy);
@@ -595,13 +595,13 @@ Status check_labels(const char* op, const std::vector<double>& labels, int64_t c
 // row makes m NaN (std::max would drop it, so it is tested explicitly) and the loss NaN.
 Status ReferenceBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor& labels,
                                                    const Tensor& loss, const Tensor& lse) {
-  const int64_t C = logits.cols;
+  const int64_t C = logits.cols();
   const std::vector<double> lab = widen(labels);
   AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_forward", lab, C));
   const std::vector<double> x = widen(logits);
-  std::vector<double> lossv(static_cast<size_t>(logits.rows));
-  std::vector<double> lsev(static_cast<size_t>(logits.rows));
-  for (int64_t i = 0; i < logits.rows; ++i) {
+  std::vector<double> lossv(static_cast<size_t>(logits.rows()));
+  std::vector<double> lsev(static_cast<size_t>(logits.rows()));
+  for (int64_t i = 0; i < logits.rows(); ++i) {
     double m = x[idx(i, 0, C)];
     for (int64_t j = 1; j < C; ++j) {
       const double v = x[idx(i, j, C)];
@@ -627,13 +627,13 @@ Status ReferenceBackend::softmax_xent_forward_impl(const Tensor& logits, const T
 Status ReferenceBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor& labels,
                                                     const Tensor& lse, const Tensor& dlogits,
                                                     float grad_scale) {
-  const int64_t C = logits.cols;
+  const int64_t C = logits.cols();
   const std::vector<double> lab = widen(labels);
   AMPD_RETURN_IF_ERROR(check_labels("softmax_xent_backward", lab, C));
   std::vector<double> x = widen(logits);
   const std::vector<double> l = widen(lse);
   const double s = grad_scale;
-  for (int64_t i = 0; i < logits.rows; ++i) {
+  for (int64_t i = 0; i < logits.rows(); ++i) {
     const int64_t label = static_cast<int64_t>(lab[static_cast<size_t>(i)]);
     for (int64_t j = 0; j < C; ++j) {
       const size_t k = idx(i, j, C);
@@ -648,11 +648,11 @@ Status ReferenceBackend::softmax_xent_backward_impl(const Tensor& logits, const 
 // loss[i] = sum_j (pred - target)^2 / C
 Status ReferenceBackend::mse_forward_impl(const Tensor& pred, const Tensor& target,
                                           const Tensor& loss) {
-  const int64_t C = pred.cols;
+  const int64_t C = pred.cols();
   const std::vector<double> p = widen(pred);
   const std::vector<double> t = widen(target);
-  std::vector<double> out(static_cast<size_t>(pred.rows));
-  for (int64_t i = 0; i < pred.rows; ++i) {
+  std::vector<double> out(static_cast<size_t>(pred.rows()));
+  for (int64_t i = 0; i < pred.rows(); ++i) {
     double sum = 0.0;
     for (int64_t j = 0; j < C; ++j) {
       const double d = p[idx(i, j, C)] - t[idx(i, j, C)];
@@ -667,7 +667,7 @@ Status ReferenceBackend::mse_forward_impl(const Tensor& pred, const Tensor& targ
 // dpred = grad_scale * 2 (pred - target) / C
 Status ReferenceBackend::mse_backward_impl(const Tensor& pred, const Tensor& target,
                                            const Tensor& dpred, float grad_scale) {
-  const double C = static_cast<double>(pred.cols);
+  const double C = static_cast<double>(pred.cols());
   std::vector<double> p = widen(pred);
   const std::vector<double> t = widen(target);
   for (size_t i = 0; i < p.size(); ++i) {
@@ -680,10 +680,10 @@ Status ReferenceBackend::mse_backward_impl(const Tensor& pred, const Tensor& tar
 // First index of the row maximum. NaN counts as larger than every number (and the
 // first NaN wins), so a row holding NaN points at it rather than hiding it.
 Status ReferenceBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
-  const int64_t C = x.cols;
+  const int64_t C = x.cols();
   const std::vector<double> v = widen(x);
   int32_t* o = out.as<int32_t>();
-  for (int64_t i = 0; i < x.rows; ++i) {
+  for (int64_t i = 0; i < x.rows(); ++i) {
     int64_t best = 0;
     double best_v = v[idx(i, 0, C)];
     for (int64_t j = 1; j < C && !std::isnan(best_v); ++j) {

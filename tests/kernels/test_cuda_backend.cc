@@ -145,8 +145,7 @@ MatmulArgs mm(const Tensor& a, const Tensor& b, const Tensor& c, bool ta = false
 Tensor view_at(const DeviceTensor& d, int64_t offset, int64_t rows, int64_t cols) {
   Tensor t = d.tensor;
   t.data = static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(t.dtype));
-  t.rows = rows;
-  t.cols = cols;
+  t = Tensor(t.data, t.dtype, rows, cols);
   return t;
 }
 
@@ -431,7 +430,7 @@ TEST_F(CudaBackendTest, PointerNotAlignedToItsElementsIsInvalidArgument) {
   DeviceTensor buf = device_filled(be(), DType::kF32, 1, 64, 1.0f);
   Tensor bad = buf.tensor;
   bad.data = static_cast<char*>(bad.data) + 2;
-  bad.cols = 16;
+  bad = Tensor(bad.data, bad.dtype, 1, 16);
   DeviceTensor out = device_tensor(be(), DType::kBF16, 1, 16);
   const Status s = be().cast(bad, out);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();

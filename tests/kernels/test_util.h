@@ -305,7 +305,7 @@ inline DeviceTensor to_device(Backend& be, const HostTensor& h) {
 }
 
 inline HostTensor to_host(Backend& be, const Tensor& t) {
-  HostTensor h(t.dtype, t.rows, t.cols);
+  HostTensor h(t.dtype, t.rows(), t.cols());
   const Status s = be.download(h.data(), t);
   if (!s.ok()) ADD_FAILURE() << "download " << t.describe() << ": " << s.to_string();
   return h;
