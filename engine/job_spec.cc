@@ -82,10 +82,15 @@
 #include <utility>
 #include <vector>
 
+#include "engine/layer_registry.h"
+#include "engine/model.h"
+#include "engine/spec_checker.h"
 #include "proto/job_spec_io.h"
 
 namespace ampd::engine {
 namespace {
+
+using Checker = SpecChecker;
 
 namespace pb = google::protobuf;
 using ampd::v1::BatchNormSpec;
@@ -99,29 +104,10 @@ using ampd::v1::ModelSpec;
 using ampd::v1::OptimizerSpec;
 using ampd::v1::TrainingSpec;
 
-// At most this many errors are listed; the count line still gives the total.
-constexpr size_t kMaxListedErrors = 50;
 
 // ---------------------------------------------------------------------------------------
 // Formatting helpers
 // ---------------------------------------------------------------------------------------
-
-// Shortest text that reads back as the same value: 0.1f prints "0.1", not "0.100000001".
-template <typename T>
-std::string Num(T v) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (std::isnan(v)) return "nan";
-    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  }
-  char buf[64];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
-  if (ec != std::errc()) return "?";
-  return std::string(buf, end);
-}
-
-std::string Quote(std::string_view s) {
-  return spec_io::quote_for_message(s);
-}
 
 // Number of UTF-8 code points (bytes that do not continue a sequence).
 size_t Utf8Length(std::string_view s) {
@@ -146,87 +132,6 @@ StatusOr<JobSpec> FromSpecIo(spec_io::ParseResult r) {
 // ---------------------------------------------------------------------------------------
 // Validation
 // ---------------------------------------------------------------------------------------
-
-class Checker {
- public:
-  void Add(const std::string& path, const std::string& message) {
-    errors_.push_back(path + ": " + message);
-  }
-  bool ok() const { return errors_.empty(); }
-
-  // One error alone; several under a count line, one per line.
-  Status ToStatus() const {
-    if (errors_.size() == 1) return InvalidArgument(errors_[0]);
-    std::string message = "job spec has " + std::to_string(errors_.size()) + " errors:";
-    for (size_t i = 0; i < errors_.size() && i < kMaxListedErrors; ++i) {
-      message += "\n  " + errors_[i];
-    }
-    if (errors_.size() > kMaxListedErrors) {
-      message += "\n  ... and " + std::to_string(errors_.size() - kMaxListedErrors) + " more";
-    }
-    return InvalidArgument(message);
-  }
-
-  template <typename T>
-  bool Finite(const std::string& path, T v) {
-    if (std::isfinite(v)) return true;
-    Add(path, "must be finite, got " + Num(v));
-    return false;
-  }
-
-  // v in the interval from lo to hi, each end closed or open; reported in interval notation.
-  template <typename T>
-  bool InRange(const std::string& path, T v, T lo, bool lo_closed, T hi, bool hi_closed) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (!Finite(path, v)) return false;
-    }
-    bool ok = (lo_closed ? v >= lo : v > lo) && (hi_closed ? v <= hi : v < hi);
-    if (!ok) {
-      Add(path, "must be in " + std::string(lo_closed ? "[" : "(") + Num(lo) + ", " + Num(hi) +
-                    (hi_closed ? "]" : ")") + ", got " + Num(v));
-    }
-    return ok;
-  }
-  template <typename T>
-  bool Closed(const std::string& path, T v, T lo, T hi) {
-    return InRange(path, v, lo, true, hi, true);
-  }
-
-  // v > lo (strict) or v >= lo.
-  template <typename T>
-  bool Above(const std::string& path, T v, T lo, bool strict) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (!Finite(path, v)) return false;
-    }
-    bool ok = strict ? v > lo : v >= lo;
-    if (!ok)
-      Add(path, std::string("must be ") + (strict ? "> " : ">= ") + Num(lo) + ", got " + Num(v));
-    return ok;
-  }
-  template <typename T>
-  bool Positive(const std::string& path, T v) {
-    return Above(path, v, T(0), true);
-  }
-  template <typename T>
-  bool NonNegative(const std::string& path, T v) {
-    return Above(path, v, T(0), false);
-  }
-
-  bool OneOf(const std::string& path, const std::string& v,
-             std::initializer_list<std::string_view> allowed) {
-    std::string list;
-    for (std::string_view a : allowed) {
-      if (v == a) return true;
-      if (!list.empty()) list += ", ";
-      list += a;
-    }
-    Add(path, "must be one of " + list + "; got " + Quote(v));
-    return false;
-  }
-
- private:
-  std::vector<std::string> errors_;
-};
 
 // ---------------------------------------------------------------------------------------
 // Fields this build does not know
@@ -286,23 +191,6 @@ void CheckUnknownFields(const pb::Message& message, const std::string& path, Che
   }
 }
 
-const char* LayerKindName(const LayerSpec& layer) {
-  switch (layer.kind_case()) {
-    case LayerSpec::kLinear: return "linear";
-    case LayerSpec::kRelu: return "relu";
-    case LayerSpec::kGelu: return "gelu";
-    case LayerSpec::kTanh: return "tanh";
-    case LayerSpec::kLayerNorm: return "layer_norm";
-    case LayerSpec::kBatchNorm: return "batch_norm";
-    case LayerSpec::kDropout: return "dropout";
-    case LayerSpec::KIND_NOT_SET: break;
-  }
-  return "none";
-}
-
-constexpr float kDefaultNormEps = 1e-5f;
-constexpr int kMaxLayers = 256;
-constexpr int kMaxWidth = 65536;
 constexpr int64_t kMaxSyntheticValues = int64_t{1} << 28;
 constexpr size_t kMaxPathBytes = 1024;
 constexpr int64_t kMaxTotalSteps = 1000000000;
@@ -313,53 +201,19 @@ void ResolveModel(ModelSpec* model, Checker* c) {
 
   const int n = model->layers_size();
   if (n == 0) c->Add("model.layers", "must have at least one layer (the last one linear)");
-  if (n > kMaxLayers) {
-    c->Add("model.layers",
-           "must have at most " + std::to_string(kMaxLayers) + " layers, got " + std::to_string(n));
+  const int total = count_layers(model->layers());
+  if (total > kMaxLayers) {
+    c->Add("model.layers", "must have at most " + std::to_string(kMaxLayers) +
+                               " layers (residual blocks' layers included), got " +
+                               std::to_string(total));
   }
-  for (int i = 0; i < n; ++i) {
-    LayerSpec* layer = model->mutable_layers(i);
-    const std::string path = "model.layers[" + std::to_string(i) + "]";
-    switch (layer->kind_case()) {
-      case LayerSpec::kLinear: {
-        auto* linear = layer->mutable_linear();
-        c->Closed(path + ".linear.out_features", linear->out_features(), 1, kMaxWidth);
-        if (!linear->has_bias()) linear->set_bias(true);
-        break;
-      }
-      case LayerSpec::kRelu:
-      case LayerSpec::kGelu:
-      case LayerSpec::kTanh: break;
-      case LayerSpec::kLayerNorm: {
-        auto* norm = layer->mutable_layer_norm();
-        if (!norm->has_eps()) norm->set_eps(kDefaultNormEps);
-        c->InRange(path + ".layer_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
-        break;
-      }
-      case LayerSpec::kBatchNorm: {
-        BatchNormSpec* norm = layer->mutable_batch_norm();
-        if (!norm->has_eps()) norm->set_eps(kDefaultNormEps);
-        if (!norm->has_momentum()) norm->set_momentum(0.1f);
-        c->InRange(path + ".batch_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
-        c->Closed(path + ".batch_norm.momentum", norm->momentum(), 0.0f, 1.0f);
-        break;
-      }
-      case LayerSpec::kDropout:
-        c->InRange(path + ".dropout.p", layer->dropout().p(), 0.0f, true, 1.0f, false);
-        break;
-      case LayerSpec::KIND_NOT_SET:
-        c->Add(path,
-               "no layer kind; set one of linear, relu, gelu, tanh, layer_norm, batch_norm, "
-               "dropout (e.g. `relu: {}`)");
-        break;
-    }
-  }
+  resolve_layers(model->mutable_layers(), "model.layers", 0, *c);
   if (n > 0) {
     const LayerSpec& last = model->layers(n - 1);
     if (last.kind_case() != LayerSpec::kLinear && last.kind_case() != LayerSpec::KIND_NOT_SET) {
       c->Add("model.layers[" + std::to_string(n - 1) + "]",
              std::string("the last layer must be linear (it produces the outputs), got ") +
-                 LayerKindName(last));
+                 std::string(layer_kind_name(last)));
     }
   }
 }
@@ -651,58 +505,45 @@ StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
 
 MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
                                int64_t output_features) {
-  const bool fp32 = spec.precision() == "fp32";
-  // fp16, bf16 and auto (which resolves to one of them) keep 2-byte activations and a
-  // 2-byte working copy of the weights; fp32 keeps neither copy.
-  const int64_t act_bytes = fp32 ? 4 : 2;
-  const int64_t copy_bytes = fp32 ? 0 : 2;
-  const int64_t batch = spec.data().batch_size() > 0 ? spec.data().batch_size() : 64;
-
-  int64_t width = input_features > 0 ? input_features : AssumedInputWidth(spec);
-  int64_t params = 0;                // learned parameters
-  int64_t buffers = 0;               // fp32 running statistics
-  int64_t act_elements = 0;          // low-precision activation elements (values and gradients)
-  int64_t extra_bytes = 0;           // fp32 statistics, masks, loss buffers
-  act_elements = Mul(batch, width);  // the input batch (no gradient)
-  for (const LayerSpec& layer : spec.model().layers()) {
-    switch (layer.kind_case()) {
-      case LayerSpec::kLinear: {
-        const int64_t out = std::max<int64_t>(layer.linear().out_features(), 1);
-        const bool bias = !layer.linear().has_bias() || layer.linear().bias();
-        params = Add(params, Add(Mul(width, out), bias ? out : 0));
-        width = out;
-        break;
-      }
-      case LayerSpec::kLayerNorm:
-        params = Add(params, Mul(2, width));
-        extra_bytes = Add(extra_bytes, Mul(batch, 2, 4));  // mean and rstd per row
-        break;
-      case LayerSpec::kBatchNorm:
-        params = Add(params, Mul(2, width));
-        buffers = Add(buffers, Mul(2, width));
-        extra_bytes = Add(extra_bytes, Mul(width, 2, 4));  // batch mean and rstd
-        break;
-      case LayerSpec::kDropout:
-        extra_bytes = Add(extra_bytes, Mul(batch, width));  // a byte-per-element mask
-        break;
-      default: break;
-    }
-    act_elements = Add(act_elements, Mul(batch, width, 2));  // output and its gradient
+  // The model's own build, run dry (engine/layers.h): the figures are what Model::create
+  // allocates for this spec, not a second formula. fp16, bf16 and auto (which resolves to
+  // one of them) keep 2-byte activations and working copies.
+  Model::Options o;
+  o.act_dtype = spec.precision() == "fp32" ? DType::kF32 : DType::kF16;
+  o.max_batch = spec.data().batch_size() > 0 ? spec.data().batch_size() : 64;
+  o.in_features = input_features > 0 ? input_features : AssumedInputWidth(spec);
+  o.loss = spec.model().loss() == "mse" ? LossKind::kMse : LossKind::kCrossEntropy;
+  int64_t out = output_features;
+  if (out <= 0) {
+    const auto& layers = spec.model().layers();
+    out = !layers.empty() && layers.rbegin()->has_linear()
+              ? std::max(layers.rbegin()->linear().out_features(), 1)
+              : 1;
   }
-  // Softmax / loss in fp32: logits or probabilities and their gradient.
-  const int64_t out_width = std::max(output_features, width);
-  extra_bytes = Add(extra_bytes, Mul(batch, out_width, 8));
-
+  o.out_features = out;
   MemoryEstimate m;
-  m.parameter_bytes = Add(Mul(params, 4 + copy_bytes + 4), Mul(buffers, 4));
-  int64_t state_per_param = 0;
-  if (spec.optimizer().has_adamw()) {
-    state_per_param = 8;
-  } else if (spec.optimizer().has_sgd() && spec.optimizer().sgd().momentum() > 0) {
-    state_per_param = 4;
+  auto plan = Model::plan(spec.model(), o);
+  if (!plan.ok() && output_features > 0) {
+    // The data's width disagrees with the last layer: the job will be refused when it
+    // starts; estimate it with the model's own outputs.
+    o.out_features = 0;
+    const auto& layers = spec.model().layers();
+    if (!layers.empty() && layers.rbegin()->has_linear()) {
+      o.out_features = std::max(layers.rbegin()->linear().out_features(), 1);
+    }
+    plan = Model::plan(spec.model(), o);
   }
-  m.optimizer_bytes = Mul(params, state_per_param);
-  m.activation_bytes = Add(Mul(act_elements, act_bytes), extra_bytes);
+  if (plan.ok()) {
+    m.parameter_bytes = plan->parameter_bytes;
+    m.activation_bytes = plan->activation_bytes;
+    int64_t state_per_param = 0;
+    if (spec.optimizer().has_adamw()) {
+      state_per_param = 8;
+    } else if (spec.optimizer().has_sgd() && spec.optimizer().sgd().momentum() > 0) {
+      state_per_param = 4;
+    }
+    m.optimizer_bytes = Mul(plan->parameter_count, state_per_param);
+  }
   m.total_bytes = Add(Add(m.parameter_bytes, m.optimizer_bytes), m.activation_bytes);
   return m;
 }

@@ -8,63 +8,67 @@ namespace ampd::engine {
 
 StatusOr<std::unique_ptr<Model>> Model::create(Backend& backend, const ampd::v1::ModelSpec& spec,
                                                const Options& options) {
-  if (spec.layers().empty()) return InvalidArgument("model.layers: must not be empty");
-  if (options.max_batch <= 0 || options.in_features <= 0) {
-    return InvalidArgument("model: batch size and input width must be positive");
-  }
-  std::unique_ptr<Model> m(new Model(backend, options));
-  int64_t width = options.in_features;
-  m->max_width_ = width;
-  for (int i = 0; i < spec.layers_size(); ++i) {
-    AMPD_ASSIGN_OR_RETURN(auto layer, make_layer(spec.layers(i)));
-    BuildContext ctx{&backend, options.act_dtype, options.max_batch, i, options.seed};
-    AMPD_RETURN_IF_ERROR(
-        layer->build(ctx, width)
-            .with_context("model.layers[" + std::to_string(i) + "]." + layer->kind()));
-    width = layer->out_features();
-    m->max_width_ = std::max(m->max_width_, width);
-    m->layers_.push_back(std::move(layer));
-  }
-  if (width != options.out_features) {
-    return InvalidArgument(
-        "model.layers[" + std::to_string(spec.layers_size() - 1) + "]: the model outputs " +
-        std::to_string(width) + " values per example but the data has " +
-        std::to_string(options.out_features) +
-        (options.loss == LossKind::kCrossEntropy ? " classes" : " targets") +
-        "; set the last linear layer's out_features to " + std::to_string(options.out_features));
-  }
-
-  // Activation buffers (see the memory plan in model.h).
-  const int64_t B = options.max_batch;
-  const DType dt = options.act_dtype;
-  m->acts_.resize(m->layers_.size() + 1);
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->acts_[0], dt, B, options.in_features));
-  for (size_t i = 0; i < m->layers_.size(); ++i) {
-    AMPD_RETURN_IF_ERROR(m->alloc_act(m->acts_[i + 1], dt, B, m->layers_[i]->out_features()));
-  }
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->grad_a_, dt, B, m->max_width_));
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->grad_b_, dt, B, m->max_width_));
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->loss_, DType::kF32, 1, B));
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->lse_, DType::kF32, 1, B));
-  AMPD_RETURN_IF_ERROR(m->alloc_act(m->argmax_, DType::kI32, 1, B));
-  if (options.loss == LossKind::kCrossEntropy) {
-    AMPD_RETURN_IF_ERROR(m->alloc_act(m->labels_, DType::kI32, 1, B));
-  } else {
-    AMPD_RETURN_IF_ERROR(m->alloc_act(m->targets_, DType::kF32, B, options.out_features));
-  }
-  for (const auto& l : m->layers_) m->activation_bytes_ += l->aux_bytes();
+  std::unique_ptr<Model> m(new Model(&backend, options));
+  AMPD_RETURN_IF_ERROR(m->build(spec));
   return m;
 }
 
-Status Model::alloc_act(Buffer& buf, DType dtype, int64_t rows, int64_t cols) {
-  const size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
-  AMPD_ASSIGN_OR_RETURN(buf, backend_->allocate(bytes));
-  activation_bytes_ += static_cast<int64_t>(bytes);
+StatusOr<MemoryTally> Model::plan(const ampd::v1::ModelSpec& spec, const Options& options) {
+  Model m(nullptr, options);
+  AMPD_RETURN_IF_ERROR(m.build(spec));
+  return m.tally_;
+}
+
+Status Model::build(const ampd::v1::ModelSpec& spec) {
+  const Options& o = options_;
+  if (spec.layers().empty()) return InvalidArgument("model.layers: must not be empty");
+  if (o.max_batch <= 0 || o.in_features <= 0 || o.time <= 0) {
+    return InvalidArgument("model: batch size, sequence length and input width must be positive");
+  }
+  BuildContext ctx;
+  ctx.backend = backend_;
+  ctx.act_dtype = o.act_dtype;
+  ctx.max_batch = o.max_batch;
+  ctx.seed = o.seed;
+  ctx.time = o.time;
+  ctx.tally = &tally_;
+  ctx.params_by_name = &params_by_name_;
+  int64_t next_index = 0;
+  // The input first: its buffer is part of the activations, as before the layers'.
+  AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
+  AMPD_RETURN_IF_ERROR(layers_.build(ctx, spec.layers(), o.in_features, "model.layers", "", 0,
+                                     &next_index, &scratch_));
+  const int64_t width = layers_.out_features();
+  if (width != o.out_features) {
+    return InvalidArgument(
+        "model.layers[" + std::to_string(spec.layers_size() - 1) + "]: the model outputs " +
+        std::to_string(width) + " values per example but the data has " +
+        std::to_string(o.out_features) +
+        (o.loss == LossKind::kCrossEntropy ? " classes" : " targets") +
+        "; set the last linear layer's out_features to " + std::to_string(o.out_features));
+  }
+  const int64_t rows = ctx.max_rows();
+  AMPD_ASSIGN_OR_RETURN(logits_, ctx.make_activation(o.act_dtype, rows, width));
+  AMPD_RETURN_IF_ERROR(scratch_.allocate(ctx));
+  AMPD_ASSIGN_OR_RETURN(loss_, ctx.make_activation(DType::kF32, 1, rows));
+  AMPD_ASSIGN_OR_RETURN(lse_, ctx.make_activation(DType::kF32, 1, rows));
+  AMPD_ASSIGN_OR_RETURN(argmax_, ctx.make_activation(DType::kI32, 1, rows));
+  if (o.loss == LossKind::kCrossEntropy) {
+    AMPD_ASSIGN_OR_RETURN(labels_, ctx.make_activation(DType::kI32, 1, rows));
+  } else {
+    AMPD_ASSIGN_OR_RETURN(targets_, ctx.make_activation(DType::kF32, rows, o.out_features));
+  }
   return Status::Ok();
 }
 
+Tensor Model::input(int64_t n) const {
+  return Tensor::contiguous(input_.data(), options_.act_dtype,
+                            {n, options_.time, options_.in_features});
+}
+
 Tensor Model::outputs(int64_t n) const {
-  return acts_.back().view(options_.act_dtype, n, layers_.back()->out_features());
+  return Tensor::contiguous(logits_.data(), options_.act_dtype,
+                            {n, options_.time, layers_.out_features()});
 }
 
 Status Model::load_batch(int64_t n, const float* features, const int32_t* labels,
@@ -73,10 +77,11 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
     return InvalidArgument("batch of " + std::to_string(n) + " rows exceeds the model's " +
                            std::to_string(options_.max_batch));
   }
+  const int64_t rows = n * options_.time;
   // The input is rounded to the working dtype on the host (convert.h, the same RNE as
   // Backend::cast) and uploaded at its final size: no FP32 staging buffer on the device,
   // and half the host-to-device bytes in FP16/BF16.
-  const Tensor x0 = acts_[0].view(options_.act_dtype, n, options_.in_features);
+  const Tensor x0 = input(n);
   if (options_.act_dtype == DType::kF32) {
     AMPD_RETURN_IF_ERROR(backend_->upload(x0, features));
   } else {
@@ -86,62 +91,47 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
     AMPD_RETURN_IF_ERROR(backend_->upload(x0, input_host_.data()));
   }
   if (options_.loss == LossKind::kCrossEntropy) {
-    AMPD_RETURN_IF_ERROR(backend_->upload(labels_.view(DType::kI32, 1, n), labels));
+    AMPD_RETURN_IF_ERROR(backend_->upload(labels_.view(DType::kI32, 1, rows), labels));
   } else {
     AMPD_RETURN_IF_ERROR(
-        backend_->upload(targets_.view(DType::kF32, n, options_.out_features), targets));
+        backend_->upload(targets_.view(DType::kF32, rows, options_.out_features), targets));
   }
   return Status::Ok();
 }
 
 Status Model::forward(const PassContext& ctx, int64_t n) {
-  const DType dt = options_.act_dtype;
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    Layer& l = *layers_[i];
-    const Tensor x = acts_[i].view(dt, n, l.in_features());
-    const Tensor y = acts_[i + 1].view(dt, n, l.out_features());
-    AMPD_RETURN_IF_ERROR(l.forward(ctx, x, y).with_context("layer " + std::to_string(i) + " (" +
-                                                           l.kind() + ") forward"));
-  }
   const Tensor out = outputs(n);
+  AMPD_RETURN_IF_ERROR(layers_.forward(ctx, input(n), out));
+  const int64_t rows = n * options_.time;
+  const Tensor logits = out.reshaped(rows, out.size(-1));
   if (options_.loss == LossKind::kCrossEntropy) {
-    return backend_->softmax_xent_forward(out, labels_.view(DType::kI32, 1, n), loss_rows(n),
-                                          lse_.view(DType::kF32, 1, n));
+    return backend_->softmax_xent_forward(logits, labels_.view(DType::kI32, 1, rows),
+                                          loss_rows(n), lse_.view(DType::kF32, 1, rows));
   }
-  return backend_->mse_forward(out, targets_.view(DType::kF32, n, options_.out_features),
+  return backend_->mse_forward(logits, targets_.view(DType::kF32, rows, options_.out_features),
                                loss_rows(n));
 }
 
 Status Model::backward(const PassContext& ctx, int64_t n, float loss_scale) {
   const DType dt = options_.act_dtype;
-  const int64_t out_w = layers_.back()->out_features();
-  // d(mean loss * scale)/d(outputs): the 1/n of the mean and the loss scale are folded
+  const int64_t T = options_.time, rows = n * T;
+  const int64_t out_w = layers_.out_features();
+  for (Param* p : params()) p->grad_writes = 0;
+  // d(mean loss * scale)/d(outputs): the 1/rows of the mean and the loss scale are folded
   // into one FP32 factor applied before the single rounding to the working dtype.
-  const float grad_scale = loss_scale / static_cast<float>(n);
-  Buffer* dy_buf = &grad_a_;
-  Buffer* dx_buf = &grad_b_;
-  const Tensor dlogits = dy_buf->view(dt, n, out_w);
+  const float grad_scale = loss_scale / static_cast<float>(rows);
+  const Tensor dlogits = scratch_.view(0, 0, dt, rows, T, out_w);
+  const Tensor logits = outputs(n).reshaped(rows, out_w);
+  const Tensor d2 = dlogits.reshaped(rows, out_w);
   if (options_.loss == LossKind::kCrossEntropy) {
-    AMPD_RETURN_IF_ERROR(
-        backend_->softmax_xent_backward(outputs(n), labels_.view(DType::kI32, 1, n),
-                                        lse_.view(DType::kF32, 1, n), dlogits, grad_scale));
+    AMPD_RETURN_IF_ERROR(backend_->softmax_xent_backward(
+        logits, labels_.view(DType::kI32, 1, rows), lse_.view(DType::kF32, 1, rows), d2,
+        grad_scale));
   } else {
-    AMPD_RETURN_IF_ERROR(backend_->mse_backward(outputs(n), targets_.view(DType::kF32, n, out_w),
-                                                dlogits, grad_scale));
+    AMPD_RETURN_IF_ERROR(backend_->mse_backward(
+        logits, targets_.view(DType::kF32, rows, out_w), d2, grad_scale));
   }
-  for (size_t k = layers_.size(); k-- > 0;) {
-    Layer& l = *layers_[k];
-    const Tensor x = acts_[k].view(dt, n, l.in_features());
-    const Tensor y = acts_[k + 1].view(dt, n, l.out_features());
-    const Tensor dy = dy_buf->view(dt, n, l.out_features());
-    const bool need_dx = k > 0 || l.requires_dx();
-    const Tensor dx = need_dx ? dx_buf->view(dt, n, l.in_features()) : Tensor{};
-    AMPD_RETURN_IF_ERROR(
-        l.backward(ctx, x, y, dy, dx)
-            .with_context("layer " + std::to_string(k) + " (" + l.kind() + ") backward"));
-    std::swap(dy_buf, dx_buf);
-  }
-  return Status::Ok();
+  return layers_.backward(ctx, input(n), dlogits, /*dy_slot=*/0, Tensor{});
 }
 
 Status Model::read_losses(int64_t n, float* losses) {
@@ -149,49 +139,28 @@ Status Model::read_losses(int64_t n, float* losses) {
 }
 
 Status Model::read_predictions(int64_t n, int32_t* predictions) {
-  const Tensor am = argmax_.view(DType::kI32, 1, n);
-  AMPD_RETURN_IF_ERROR(backend_->argmax_rows(outputs(n), am));
+  const int64_t rows = n * options_.time;
+  const Tensor am = argmax_.view(DType::kI32, 1, rows);
+  AMPD_RETURN_IF_ERROR(backend_->argmax_rows(outputs(n).reshaped(rows, layers_.out_features()), am));
   return backend_->download(predictions, am);
 }
 
 std::vector<Layer*> Model::layers() const {
   std::vector<Layer*> out;
-  for (const auto& l : layers_) out.push_back(l.get());
+  for (const auto& l : layers_.layers()) out.push_back(l.get());
   return out;
 }
 
 std::vector<Param*> Model::params() {
   std::vector<Param*> out;
-  for (auto& l : layers_) {
-    for (auto& p : l->params()) out.push_back(&p);
-  }
+  layers_.collect_params(out);
   return out;
 }
 
 std::vector<StateTensor*> Model::states() {
   std::vector<StateTensor*> out;
-  for (auto& l : layers_) {
-    for (auto& s : l->states()) out.push_back(&s);
-  }
+  layers_.collect_states(out);
   return out;
-}
-
-int64_t Model::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& l : layers_) {
-    for (const auto& p : l->params()) n += p.rows * p.cols;
-  }
-  return n;
-}
-
-int64_t Model::parameter_bytes() const {
-  int64_t bytes = 0;
-  for (const auto& l : layers_) {
-    for (const auto& p : l->params()) {
-      bytes += static_cast<int64_t>(p.master.bytes() + p.low.bytes() + p.grad.bytes());
-    }
-  }
-  return bytes;
 }
 
 Status Model::refresh_low_precision() {

@@ -1,0 +1,60 @@
+// LayerNorm over the last dimension: FP32 statistics (mean, rstd per row) and FP32
+// parameters, as torch.nn.LayerNorm(features).
+#include "engine/layer_registry.h"
+
+namespace ampd::engine {
+namespace {
+
+constexpr float kDefaultEps = 1e-5f;
+
+class LayerNorm final : public Layer {
+ public:
+  explicit LayerNorm(float eps) : eps_(eps) {}
+  std::string kind() const override { return "layer_norm"; }
+  bool requires_dx() const override { return true; }
+  Status build(const BuildContext& ctx, int64_t in) override {
+    in_ = out_ = in;
+    AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", 1, in, false, false,
+                                                  [](int64_t) { return 1.0f; }));
+    AMPD_ASSIGN_OR_RETURN(Param b, ctx.make_param(kind(), "bias", 1, in, false, false,
+                                                  [](int64_t) { return 0.0f; }));
+    params_.push_back(std::move(w));
+    params_.push_back(std::move(b));
+    const int64_t stat_bytes = MemoryTally::sat_mul(ctx.max_rows(), sizeof(float));
+    AMPD_ASSIGN_OR_RETURN(mean_, ctx.make_aux(stat_bytes));
+    AMPD_ASSIGN_OR_RETURN(rstd_, ctx.make_aux(stat_bytes));
+    return Status::Ok();
+  }
+  Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
+    return ctx.backend->layernorm_forward(x, params_[0].master_t(), params_[1].master_t(), y,
+                                          mean_.view(DType::kF32, 1, x.rows()),
+                                          rstd_.view(DType::kF32, 1, x.rows()), eps_);
+  }
+  Status backward(const PassContext& ctx, const Tensor& x, const Tensor& dy,
+                  const Tensor& dx) override {
+    return ctx.backend->layernorm_backward(
+        dy, x, params_[0].master_t(), mean_.view(DType::kF32, 1, x.rows()),
+        rstd_.view(DType::kF32, 1, x.rows()), dx, params_[0].grad_t(), params_[1].grad_t());
+  }
+
+ private:
+  float eps_;
+  Buffer mean_, rstd_;
+};
+
+void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecker& c) {
+  auto* norm = spec.mutable_layer_norm();
+  if (!norm->has_eps()) norm->set_eps(kDefaultEps);
+  c.InRange(path + ".layer_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
+}
+
+std::unique_ptr<Layer> make(const ampd::v1::LayerSpec& spec) {
+  return std::make_unique<LayerNorm>(spec.layer_norm().has_eps() ? spec.layer_norm().eps()
+                                                                 : kDefaultEps);
+}
+
+}  // namespace
+
+const LayerKind kLayerNormLayer = {"layer_norm", ampd::v1::LayerSpec::kLayerNorm, resolve, make};
+
+}  // namespace ampd::engine
