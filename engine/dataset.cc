@@ -570,6 +570,24 @@ StatusOr<DataSplit> split_dataset(Dataset all, float validation_fraction, bool s
   }
   const int64_t n = all.num_examples;
   if (n < 1) return InvalidArgument("data: " + all.name + " has no examples");
+  // The labels' range is the data set's guarantee (dataset.h): the loaders above produce
+  // only labels in [0, num_classes) (CSV rejects others naming the file, line and column,
+  // and num_classes is the largest label + 1), and both splits keep the whole set's
+  // num_classes. Checked once here, for every source, so no later step has to.
+  if (all.task == TaskKind::kClassification) {
+    if (static_cast<int64_t>(all.labels.size()) != n) {
+      return Internal("data: " + all.name + " has " + std::to_string(all.labels.size()) +
+                      " labels for " + plural(n, "example", "examples"));
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t label = all.labels[static_cast<size_t>(i)];
+      if (label < 0 || label >= all.num_classes) {
+        return InvalidArgument("data: " + all.name + ": example " + std::to_string(i) +
+                               " has label " + std::to_string(label) + ", outside [0, " +
+                               std::to_string(all.num_classes) + ")");
+      }
+    }
+  }
 
   int64_t n_val = std::llround(static_cast<double>(n) * validation_fraction);
   if (validation_fraction > 0 && n_val == 0) n_val = 1;

@@ -29,7 +29,11 @@ struct Dataset {
   int64_t num_features = 0;
   std::vector<float> features;  // row-major num_examples x num_features
   TaskKind task = TaskKind::kClassification;
-  std::vector<int32_t> labels;  // classification: one per example, 0..num_classes-1
+  // Classification: one per example, each in [0, num_classes). Every loader guarantees
+  // the range (a CSV label outside it is rejected naming file, line and column) and
+  // split_dataset checks it again for every source; the backends' softmax cross-entropy
+  // relies on it and does not check labels itself (kernels/backend.h).
+  std::vector<int32_t> labels;
   int32_t num_classes = 0;
   std::vector<float> targets;  // regression: num_examples x num_targets
   int32_t num_targets = 0;
@@ -85,7 +89,9 @@ struct DataSplit {
 // each split keeps the examples' original relative order. validation_fraction must be
 // in [0, 0.9]. With `standardize`, features of both splits are standardized with the
 // training split's mean and (population) standard deviation; regression targets are
-// left as they are.
+// left as they are. Both splits keep the whole set's num_classes, so a class that falls
+// entirely into one split is still in range for the other. InvalidArgument, naming the
+// example, when a classification set holds a label outside [0, num_classes).
 StatusOr<DataSplit> split_dataset(Dataset all, float validation_fraction, bool standardize,
                                   uint64_t seed);
 

@@ -1,7 +1,9 @@
 #include "engine/loss_scaler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 namespace ampd::engine {
 
@@ -10,6 +12,23 @@ std::string format_scale(double s) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%g", s);
   return buf;
+}
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// The largest float <= v (v >= 0); +inf when v is beyond FP32's range.
+float float_at_most(double v) {
+  if (v > static_cast<double>(std::numeric_limits<float>::max())) return kInf;
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) > v) f = std::nextafter(f, -kInf);
+  return f;
+}
+
+// The smallest float >= v (v >= 0).
+float float_at_least(double v) {
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) < v) f = std::nextafter(f, kInf);
+  return f;
 }
 }  // namespace
 
@@ -41,11 +60,19 @@ LossScaler::Options LossScaler::options_from_spec(const ampd::v1::LossScalingSpe
   return o;
 }
 
-LossScaler::LossScaler(const Options& options) : options_(options) {
-  state_.set_scale(options.mode == Mode::kOff ? 1.0 : options.init_scale);
+LossScaler::LossScaler(const Options& options)
+    : options_(options),
+      cap_(float_at_most(options.max_scale)),
+      floor_(float_at_least(options.min_scale)) {
+  set_scale(options.mode == Mode::kOff ? 1.0f : static_cast<float>(options.init_scale));
   state_.set_growth_tracker(0);
   state_.set_hysteresis_tracker(options.hysteresis);
   state_.set_consecutive_overflows(0);
+}
+
+void LossScaler::restore(const ampd::v1::LossScalerState& state) {
+  state_ = state;
+  set_scale(static_cast<float>(state.scale()));
 }
 
 LossScaler::Decision LossScaler::update(bool found_nonfinite) {
@@ -71,27 +98,32 @@ LossScaler::Decision LossScaler::update(bool found_nonfinite) {
     return d;
   }
 
+  // PyTorch's _amp_update_scale_ on its float32 scale: the product of the float scale and
+  // the (double) factor is formed in double and rounded to float once.
+  const float scale = this->scale();
   if (found_nonfinite) {
     state_.set_growth_tracker(0);
     if (state_.hysteresis_tracker() > 1) {
       // Tolerated: DeepSpeed's delayed shift. The step is still skipped.
       state_.set_hysteresis_tracker(state_.hysteresis_tracker() - 1);
-    } else if (state_.scale() <= options_.min_scale) {
+    } else if (scale <= floor_) {
       d.failure = "loss scale reached its minimum " + format_scale(options_.min_scale) + " after " +
                   std::to_string(state_.consecutive_overflows()) +
                   " consecutive overflows; consider bf16 or a lower learning rate";
     } else {
-      state_.set_scale(std::max(state_.scale() * options_.backoff_factor, options_.min_scale));
+      const auto backed_off =
+          static_cast<float>(static_cast<double>(scale) * options_.backoff_factor);
+      set_scale(std::max(backed_off, floor_));
       d.backed_off = true;
     }
   } else {
     const int64_t successful = state_.growth_tracker() + 1;
     if (successful >= options_.growth_interval) {
-      const double grown = std::min(state_.scale() * options_.growth_factor, options_.max_scale);
-      // PyTorch refuses growth to a non-finite scale; our scale feeds an FP32 multiply,
-      // so "finite" means finite as a float.
-      if (std::isfinite(static_cast<float>(grown)) && grown > state_.scale()) {
-        state_.set_scale(grown);
+      float grown = static_cast<float>(static_cast<double>(scale) * options_.growth_factor);
+      if (grown > cap_) grown = cap_;  // (an infinite cap_ leaves an infinite product)
+      // PyTorch refuses growth to a non-finite scale.
+      if (std::isfinite(grown) && grown > scale) {
+        set_scale(grown);
         d.grew = true;
       }
       state_.set_growth_tracker(0);

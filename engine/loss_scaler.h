@@ -13,8 +13,15 @@
 //   * a cap: growth never exceeds max_scale.
 //   * a floor: backoff never goes below min_scale, and an overflow that would back off a
 //     scale already at the floor fails the job with a reason instead of looping forever.
-// Static scaling keeps its scale; "off" is scale 1. Both still skip non-finite steps;
-// after kMaxConsecutiveSkipsWithoutDynamicScale of them in a row the run is declared
+// The scale is an FP32 value, held and updated as PyTorch holds its scale tensor (float32):
+// growth is (float)(scale * growth_factor) and backoff (float)(scale * backoff_factor),
+// each product formed in double and rounded to float once, so with any factors (3, 0.3)
+// the trace matches PyTorch's bit for bit. The cap and the floor are the FP32 values
+// nearest inside [min_scale, max_scale]; a max_scale beyond FP32's range caps nothing.
+// LossScalerState.scale (a double) stores the float exactly; restore() rounds a scale
+// from an older checkpoint (held in double) to the nearest float.
+// Static scaling keeps its scale (rounded to FP32); "off" is scale 1. Both still skip non-finite
+// steps; after kMaxConsecutiveSkipsWithoutDynamicScale of them in a row the run is declared
 // diverged (no scale change can help).
 #pragma once
 
@@ -50,8 +57,8 @@ class LossScaler {
 
   // What update() decided for one step.
   struct Decision {
-    bool skip_step = false;  // gradients were non-finite: do not apply them
-    double scale_before = 0.0;
+    bool skip_step = false;     // gradients were non-finite: do not apply them
+    double scale_before = 0.0;  // FP32 values, widened
     double scale_after = 0.0;
     bool grew = false;
     bool backed_off = false;
@@ -62,13 +69,20 @@ class LossScaler {
   // Call once per step with whether any gradient was non-finite.
   Decision update(bool found_nonfinite);
 
-  double scale() const { return state_.scale(); }
+  float scale() const { return static_cast<float>(state_.scale()); }
   const Options& options() const { return options_; }
+  // For checkpoints: state().scale() is the FP32 scale, exactly.
   const ampd::v1::LossScalerState& state() const { return state_; }
-  void restore(const ampd::v1::LossScalerState& state) { state_ = state; }
+  // Takes a checkpointed state; its scale is rounded to the nearest float (a no-op for
+  // states saved since the scale is FP32; older checkpoints held it in double).
+  void restore(const ampd::v1::LossScalerState& state);
 
  private:
+  void set_scale(float s) { state_.set_scale(static_cast<double>(s)); }
+
   Options options_;
+  float cap_;    // the largest float <= max_scale; +inf when max_scale exceeds FP32's range
+  float floor_;  // the smallest float >= min_scale
   ampd::v1::LossScalerState state_;
 };
 

@@ -91,6 +91,8 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
     AMPD_RETURN_IF_ERROR(backend_->upload(x0, input_host_.data()));
   }
   if (options_.loss == LossKind::kCrossEntropy) {
+    // In [0, out_features): guaranteed by the data set (Dataset::labels, checked by
+    // split_dataset); the backends' softmax cross-entropy does not check them.
     AMPD_RETURN_IF_ERROR(backend_->upload(labels_.view(DType::kI32, 1, rows), labels));
   } else {
     AMPD_RETURN_IF_ERROR(

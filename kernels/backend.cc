@@ -407,6 +407,8 @@ Status Backend::dropout_backward(const Tensor& dy, const Tensor& mask, const Ten
 Status Backend::softmax_xent_forward(const Tensor& logits, const Tensor& labels, const Tensor& loss,
                                      const Tensor& lse) {
   constexpr const char* op = "softmax_xent_forward";
+  // Label values are the caller's to keep in [0, C) (backend.h); their dtype and shape
+  // are checked here, their values by no one (a bad one gives a NaN row).
   AMPD_RETURN_IF_ERROR(need_float(op, "logits", logits));
   AMPD_RETURN_IF_ERROR(need_data(op, "labels", labels));
   AMPD_RETURN_IF_ERROR(need(labels.dtype == DType::kI32, op, "labels must be i32"));

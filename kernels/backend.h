@@ -19,8 +19,9 @@
 //     does not spread, as in BLAS); ReLU passes NaN forward and its backward selects
 //     dx = x > 0 ? dy : 0 (derivative 0 at 0, as PyTorch); dropout multiplies literally
 //     (a dropped inf gives NaN, as PyTorch); argmax treats NaN as the largest value
-//     (first wins); labels out of range are InvalidArgument naming labels[i] with the
-//     outputs untouched; fill() of integer tensors rounds to nearest and saturates; the
+//     (first wins); softmax cross-entropy labels are the caller's to keep in [0, C) (see
+//     softmax_xent_forward: an out-of-range label makes its row NaN, never an error or an
+//     out-of-bounds read); fill() of integer tensors rounds to nearest and saturates; the
 //     optimizers' low-precision copy equals cast(master) bit for bit.
 //
 // Three implementations: ReferenceBackend (plain C++, FP64 accumulation, the oracle),
@@ -218,11 +219,18 @@ class Backend {
   // -- losses, in FP32. Per-row losses; the engine averages.
   // Softmax cross-entropy: loss[i] = lse_i - logits[i, label_i]; lse F32 1 x N keeps
   // the log-sum-exp so backward recomputes softmax without storing probabilities.
-  // labels: I32 1 x N, each in [0, C).
+  // labels: I32 1 x N. The caller guarantees each label in [0, C) (the engine's data sets
+  // do, engine/dataset.h); label values are not validated, because on a device that would
+  // cost a host round trip per call. Shapes and dtypes are validated as for every op.
+  // A backend never reads out of bounds for a bad label: a row whose label is outside
+  // [0, C) gets loss = NaN (its lse as computed) here and an all-NaN dlogits row in
+  // backward, every other row its ordinary value, and the call succeeds. The NaN reaches
+  // the trainer's non-finite check, which skips the step rather than train on garbage.
   Status softmax_xent_forward(const Tensor& logits, const Tensor& labels, const Tensor& loss,
                               const Tensor& lse);
   // dlogits = grad_scale * (softmax(logits) - onehot(label)); dlogits may alias logits.
-  // grad_scale carries the loss scale and the 1/N of the mean.
+  // grad_scale carries the loss scale and the 1/N of the mean. A row whose label is
+  // outside [0, C) is NaN throughout (see softmax_xent_forward).
   Status softmax_xent_backward(const Tensor& logits, const Tensor& labels, const Tensor& lse,
                                const Tensor& dlogits, float grad_scale);
   // Mean squared error per row: loss[i] = mean_j (pred[i,j] - target[i,j])^2, target F32.

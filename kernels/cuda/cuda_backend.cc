@@ -157,12 +157,6 @@ Status CudaBackend::init(const CudaBackendOptions& options) {
   size_t free_bytes = 0;
   AMPD_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes_), "cuda: cudaMemGetInfo");
 
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&device_flag_), 256),
-                            "cuda: allocate flag");
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMallocHost(reinterpret_cast<void**>(&host_flag_), 64),
-                            "cuda: allocate pinned flag");
-  ctx_.device_flag = device_flag_;
-  ctx_.host_flag = host_flag_;
   ctx_.scratch = [this](size_t bytes) { return scratch(bytes); };
 
   AMPD_ASSIGN_OR_RETURN(workspace_, allocate(options.workspace_bytes));
@@ -184,8 +178,6 @@ CudaBackend::~CudaBackend() {
   workspace_.reset();
   scratch_.reset();
   if (ctx_.stream != nullptr) (void)cudaStreamSynchronize(ctx_.stream);
-  if (device_flag_ != nullptr) (void)cudaFree(device_flag_);
-  if (host_flag_ != nullptr) (void)cudaFreeHost(host_flag_);
   if (pool_ != nullptr) (void)cudaMemPoolDestroy(pool_);
   if (owns_stream_) (void)cudaStreamDestroy(ctx_.stream);
 }

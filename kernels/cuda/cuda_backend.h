@@ -3,7 +3,7 @@
 //
 // Execution: every op is enqueued on one non-blocking stream owned by the backend and
 // returns at once; download() and synchronize() wait for it. Ops on one backend are
-// serialized by a mutex (they share the plan cache, scratch and flag buffers) and make the
+// serialized by a mutex (they share the plan cache and scratch) and make the
 // backend's device current on the calling thread, so any thread may call them.
 //
 // Memory: one stream-ordered pool (cudaMallocFromPoolAsync on the backend's stream, release
@@ -60,6 +60,7 @@ class CudaBackend final : public Backend {
 
   // For tests and benchmarks.
   int device() const { return ctx_.device; }
+  cudaStream_t stream() const { return ctx_.stream; }  // every op is enqueued on it
   bool allow_tf32() const { return allow_tf32_; }
   cuda::MatmulCacheStats matmul_stats() const;
 
@@ -133,8 +134,6 @@ class CudaBackend final : public Backend {
   std::string description_;
   Buffer workspace_;
   Buffer scratch_;
-  int32_t* device_flag_ = nullptr;
-  int32_t* host_flag_ = nullptr;
   cuda::MatmulCachePtr matmul_;
 };
 

@@ -1,7 +1,7 @@
-// What every CUDA launcher needs from the backend: its stream, a few device facts, scratch
-// memory, and the small flag buffers used to bring a verdict (e.g. "labels[17] is out of
-// range") back to the host. CudaBackend owns one and passes it to the launchers in the .cu
-// files, which therefore need no knowledge of the Backend class.
+// What every CUDA launcher needs from the backend: its stream, a few device facts and
+// scratch memory. CudaBackend owns one and passes it to the launchers in the .cu files,
+// which therefore need no knowledge of the Backend class. (No launcher reads a verdict
+// back to the host: ops only enqueue; download() and synchronize() wait.)
 //
 // Errors: every CUDA call and every kernel launch is followed by a check that RETURNS a
 // Status (never exit/abort: one bad job must not take the server down). Out of memory is
@@ -33,8 +33,6 @@ struct CudaContext {
   // Device memory of at least `bytes`, 256-byte aligned, valid in stream order until the
   // next call (grow-only; an op that needs several regions asks once and partitions).
   std::function<StatusOr<void*>(size_t bytes)> scratch;
-  int32_t* device_flag = nullptr;  // one int32 of device memory
-  int32_t* host_flag = nullptr;    // two int32 of pinned host memory
 };
 
 }  // namespace ampd::cuda

@@ -65,9 +65,9 @@ Status batchnorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, c
 
 // ---- cuda_loss.cu ----------------------------------------------------------------------------
 
-// Both softmax cross-entropy launchers validate the labels on the device first and
-// synchronize to read the verdict (see cuda_loss.cu): a bad label is InvalidArgument naming
-// labels[i], with every output untouched.
+// Both softmax cross-entropy launchers only enqueue (no synchronization): labels are the
+// caller's to keep in [0, C), and a row with a label outside it comes out NaN (see
+// cuda_loss.cu and backend.h).
 Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                             const Tensor& loss, const Tensor& lse);
 Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,

@@ -11,17 +11,11 @@
 // logits: every element is read and then written by the same thread). Non-finite logits
 // follow the reference: NaN anywhere in a row, +inf, or a row of -inf give lse = NaN.
 //
-// Labels: backend.h requires an out-of-range label to be InvalidArgument naming labels[i]
-// with every output untouched. Label values live on the device, so each softmax launcher
-//   1. resets a device flag and runs check_labels_kernel (atomicMin of the first bad row
-//      index: an integer atomic, so the verdict is deterministic),
-//   2. runs the compute kernel, which returns without writing anything when the flag is set,
-//   3. copies the flag to pinned host memory and synchronizes the stream to read it.
-// Cost: one stream synchronization per call (~10-30 us of pipeline drain per training step
-// and loss call; the GPU stays busy until the sync, but the host must then enqueue the next
-// kernels before the GPU can continue). The alternative, validating on the host at upload
-// time, is impossible behind this interface (upload does not know a tensor holds labels);
-// backend.h could grow a `validate_labels()` the engine calls once per batch (see report).
+// Labels: the caller keeps them in [0, C) (backend.h); nothing here checks them on the host
+// or synchronizes: both launchers only enqueue. A kernel never indexes with a label outside
+// [0, C): such a row gets loss = NaN (lse as computed) in forward and NaN in every element
+// of its dlogits row in backward, which the trainer's non-finite check then catches in the
+// flags it reads anyway.
 //
 // MSE: one block per row sums (pred - target)^2 in FP32; backward is element-wise with the
 // factor 2 grad_scale / C computed in FP64 and rounded once.
@@ -38,45 +32,8 @@ namespace ampd::cuda {
 
 namespace {
 
-// The flag's "no bad label" value: what cudaMemsetAsync(flag, 0x7f) leaves in an int32.
-constexpr int32_t kNoBadLabel = 0x7f7f7f7f;
-
-__global__ void check_labels_kernel(const int32_t* labels, int64_t n, int64_t classes,
-                                    int32_t* first_bad) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += stride) {
-    const int32_t l = labels[i];
-    if (l < 0 || l >= classes) atomicMin(first_bad, static_cast<int32_t>(i));
-  }
-}
-
-Status start_label_check(CudaContext& ctx, const Tensor& labels, int64_t classes) {
-  if (labels.numel() >= kNoBadLabel) return InvalidArgument("softmax_xent: too many rows");
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ctx.device_flag, 0x7f, sizeof(int32_t), ctx.stream),
-                            "softmax_xent: reset label flag");
-  check_labels_kernel<<<grid_for(labels.numel(), kThreads, ctx.sm_count), kThreads, 0,
-                        ctx.stream>>>(labels.as<const int32_t>(), labels.numel(), classes,
-                                      ctx.device_flag);
-  AMPD_CUDA_CHECK_LAUNCH("softmax_xent: check labels");
-  return Status::Ok();
-}
-
-// Reads the verdict (synchronizes) and, for a bad label, its value, for the message.
-Status finish_label_check(CudaContext& ctx, const char* op, const Tensor& labels, int64_t classes) {
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ctx.host_flag, ctx.device_flag, sizeof(int32_t),
-                                            cudaMemcpyDeviceToHost, ctx.stream),
-                            std::string(op) + ": read label flag");
-  AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
-  const int32_t bad = ctx.host_flag[0];
-  if (bad == kNoBadLabel) return Status::Ok();
-  AMPD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ctx.host_flag + 1, labels.as<const int32_t>() + bad,
-                                            sizeof(int32_t), cudaMemcpyDeviceToHost, ctx.stream),
-                            std::string(op) + ": read label");
-  AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream), op);
-  return InvalidArgument(std::string(op) + ": labels[" + std::to_string(bad) +
-                         "] = " + std::to_string(ctx.host_flag[1]) + " is outside [0, " +
-                         std::to_string(classes) + ")");
+__device__ __forceinline__ bool label_in_range(int32_t label, int64_t classes) {
+  return label >= 0 && label < classes;
 }
 
 // ---- softmax cross-entropy -------------------------------------------------------------------
@@ -109,9 +66,7 @@ __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
 
 template <typename T>
 __global__ void softmax_xent_forward_kernel(const T* logits, const int32_t* labels, float* loss,
-                                            float* lse, int64_t rows, int64_t cols,
-                                            const int32_t* first_bad) {
-  if (*first_bad != kNoBadLabel) return;  // a bad label: leave every output untouched
+                                            float* lse, int64_t rows, int64_t cols) {
   __shared__ MaxSum red[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -132,7 +87,8 @@ __global__ void softmax_xent_forward_kernel(const T* logits, const int32_t* labe
       // A row of -inf: m stays -inf; the reference's exp(-inf - -inf) makes that NaN.
       const float l = t.m == -INFINITY ? NAN : t.m + logf(t.s);
       lse[r] = l;
-      loss[r] = l - to_f32(x[labels[r]]);
+      const int32_t label = labels[r];
+      loss[r] = label_in_range(label, cols) ? l - to_f32(x[label]) : NAN;
     }
   }
 }
@@ -144,11 +100,15 @@ struct SoftmaxXentBackward {
   const float* lse;
   TD* dlogits;
   float grad_scale;
-  const int32_t* first_bad;
+  int64_t cols;
   __device__ void operator()(int64_t r, int64_t j, int64_t k) const {
-    if (*first_bad != kNoBadLabel) return;
+    const int32_t label = labels[r];
+    if (!label_in_range(label, cols)) {
+      dlogits[k] = from_f32<TD>(NAN);
+      return;
+    }
     const float p = expf(to_f32(logits[k]) - lse[r]);
-    dlogits[k] = from_f32<TD>(grad_scale * (p - (j == labels[r] ? 1.0f : 0.0f)));
+    dlogits[k] = from_f32<TD>(grad_scale * (p - (j == label ? 1.0f : 0.0f)));
   }
 };
 
@@ -247,23 +207,20 @@ unsigned row_blocks(int64_t rows) {
 
 Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                             const Tensor& loss, const Tensor& lse) {
-  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols()));
-  AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto t) {
+  return dispatch_float(logits.dtype, [&](auto t) {
     using T = decltype(t);
     softmax_xent_forward_kernel<T>
         <<<row_blocks(logits.rows()), row_threads(logits.cols()), 0, ctx.stream>>>(
             logits.as<const T>(), labels.as<const int32_t>(), loss.as<float>(), lse.as<float>(),
-            logits.rows(), logits.cols(), ctx.device_flag);
+            logits.rows(), logits.cols());
     AMPD_CUDA_CHECK_LAUNCH("softmax_xent_forward");
     return Status::Ok();
-  }));
-  return finish_label_check(ctx, "softmax_xent_forward", labels, logits.cols());
+  });
 }
 
 Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tensor& labels,
                              const Tensor& lse, const Tensor& dlogits, float grad_scale) {
-  AMPD_RETURN_IF_ERROR(start_label_check(ctx, labels, logits.cols()));
-  AMPD_RETURN_IF_ERROR(dispatch_float(logits.dtype, [&](auto a) {
+  return dispatch_float(logits.dtype, [&](auto a) {
     return dispatch_float(dlogits.dtype, [&](auto d) {
       using TL = decltype(a);
       using TD = decltype(d);
@@ -272,11 +229,10 @@ Status softmax_xent_backward(CudaContext& ctx, const Tensor& logits, const Tenso
                                      lse.as<const float>(),
                                      dlogits.as<TD>(),
                                      grad_scale,
-                                     ctx.device_flag};
+                                     logits.cols()};
       return launch_rowcol("softmax_xent_backward", ctx.stream, op, logits.rows(), logits.cols());
     });
-  }));
-  return finish_label_check(ctx, "softmax_xent_backward", labels, logits.cols());
+  });
 }
 
 Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, const Tensor& loss) {

@@ -568,6 +568,60 @@ TEST(Split, EdgeFractions) {
   EXPECT_FALSE(split_dataset(indexed(0), 0.2f, false, 0).ok());
 }
 
+// The backends do not check labels (kernels/backend.h): the data set guarantees every
+// label of both splits in [0, num_classes), for every source, including a class that
+// lands entirely in the validation split.
+TEST(Split, EveryLabelOfBothSplitsIsInRangeForEverySource) {
+  const auto expect_in_range = [](const DataSplit& split, int32_t classes,
+                                  const std::string& what) {
+    for (const Dataset* d : {&split.train, &split.validation}) {
+      EXPECT_EQ(d->num_classes, classes) << what;
+      ASSERT_EQ(static_cast<int64_t>(d->labels.size()), d->num_examples) << what;
+      for (int32_t label : d->labels) {
+        ASSERT_GE(label, 0) << what;
+        ASSERT_LT(label, classes) << what;
+      }
+    }
+  };
+  auto digits = load_dataset(digits_spec(), TaskKind::kClassification, "", 0);
+  ASSERT_TRUE(digits.ok());
+  auto split = split_dataset(std::move(digits.value()), 0.2f, true, 3);
+  ASSERT_TRUE(split.ok()) << split.status().to_string();
+  expect_in_range(*split, 10, "digits");
+  for (const char* kind : {"spirals", "blobs"}) {
+    auto d = load_dataset(synthetic_spec(kind, 500, 0, 7), TaskKind::kClassification, "", 9);
+    ASSERT_TRUE(d.ok()) << d.status().to_string();
+    auto sp = split_dataset(std::move(d.value()), 0.3f, false, 9);
+    ASSERT_TRUE(sp.ok()) << sp.status().to_string();
+    expect_in_range(*sp, 7, kind);
+  }
+  // Class 2 occurs once: whichever split it falls in, both keep 3 classes.
+  bool seen_only_in_validation = false;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    Dataset d = indexed(10);
+    d.num_classes = 3;
+    d.labels[7] = 2;
+    auto sp = split_dataset(std::move(d), 0.3f, false, seed);
+    ASSERT_TRUE(sp.ok()) << sp.status().to_string();
+    expect_in_range(*sp, 3, "seed " + std::to_string(seed));
+    const auto& v = sp->validation.labels;
+    seen_only_in_validation |= std::find(v.begin(), v.end(), 2) != v.end();
+  }
+  EXPECT_TRUE(seen_only_in_validation);
+}
+
+TEST(Split, RejectsALabelOutsideTheClassCount) {
+  for (int32_t bad : {-1, 2, 1000}) {
+    Dataset d = indexed(10);
+    d.labels[6] = bad;
+    auto s = split_dataset(std::move(d), 0.2f, false, 0);
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.status().message(),
+              "data: indexed: example 6 has label " + std::to_string(bad) + ", outside [0, 2)");
+  }
+}
+
 TEST(Split, StandardizesWithTrainingStatisticsOnly) {
   // Feature 0 varies with the index, feature 1 is constant, feature 2 is pixel-like.
   Dataset wide;

@@ -21,20 +21,22 @@ LossScaler::Options dynamic(double init = 65536, int64_t interval = 2000, int32_
   return o;
 }
 
-// torch/csrc/.../AmpKernels: _amp_update_scale_cpu_ transcribed (float scale, int tracker).
+// aten/src/ATen/native/cpu/AmpGradScalerKernels.cpp, _amp_update_scale_cpu_ (and the CUDA
+// kernel, which is the same), transcribed: the scale is a float32 tensor, the factors are
+// doubles, so `scale * factor` is a double product stored (rounded) to float.
 struct TorchGradScaler {
   float scale = 0;
   int interval = 0;
   int growth_tracker = 0;
-  float growth = 2.0f, backoff = 0.5f;
+  double growth = 2.0, backoff = 0.5;
   void update(bool found_inf) {
     if (found_inf) {
-      scale *= backoff;
+      scale = scale * backoff;
       growth_tracker = 0;
     } else {
       const int successful = growth_tracker + 1;
       if (successful == interval) {
-        const float new_scale = scale * growth;
+        const auto new_scale = static_cast<float>(scale * growth);
         if (std::isfinite(new_scale)) scale = new_scale;
         growth_tracker = 0;
       } else {
@@ -43,6 +45,12 @@ struct TorchGradScaler {
     }
   }
 };
+
+LossScaler::Options with_factors(LossScaler::Options o, double growth, double backoff) {
+  o.growth_factor = growth;
+  o.backoff_factor = backoff;
+  return o;
+}
 
 TEST(LossScaler, HandWrittenTraceOfPyTorchRule) {
   // interval 3: three clean steps grow, an overflow halves and resets the counter.
@@ -81,6 +89,104 @@ TEST(LossScaler, MatchesTorchOnRandomOverflowSequence) {
     ASSERT_EQ(s.scale(), static_cast<double>(t.scale)) << "step " << i;
     ASSERT_EQ(s.state().growth_tracker(), t.growth_tracker) << "step " << i;
   }
+}
+
+// Issue item 6: growth_factor 3 reported 5380840.125 where PyTorch holds 5380840. From 1,
+// sixteen growths by 3 reach 3^16 = 43046721, which FP32 rounds to 43046720 (spacing 4);
+// three halvings then give 5380840, not 3^16 / 8 = 5380840.125.
+TEST(LossScaler, ScaleIsFp32LikePyTorchWithGrowthFactor3) {
+  LossScaler s(with_factors(dynamic(1, 1, 1, 1e-30, 1e300), 3.0, 0.5));
+  for (int i = 0; i < 16; ++i) EXPECT_TRUE(s.update(false).grew) << "step " << i;
+  EXPECT_EQ(s.scale(), 43046720.0f);
+  EXPECT_EQ(s.state().scale(), 43046720.0);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(s.update(true).backed_off);
+  EXPECT_EQ(s.scale(), 5380840.0f);
+  EXPECT_EQ(s.state().scale(), 5380840.0);  // what a checkpoint stores: the float, exactly
+}
+
+// Non-power-of-two factors (growth 3 and 1.5, backoff 0.3 and 0.5) against the replay
+// above, bit for bit at every step. Overflows come when the scale is above a threshold
+// (as in training: too large a scale overflows FP16) and at random, so the scale keeps
+// moving around the threshold, growing and backing off thousands of times.
+TEST(LossScaler, MatchesTorchWithNonPowerOfTwoFactors) {
+  struct Case {
+    double growth, backoff;
+    int interval;
+  };
+  for (const Case c :
+       {Case{3.0, 0.3, 3}, Case{3.0, 0.5, 2}, Case{1.5, 0.3, 4}, Case{2.0, 0.3, 1}}) {
+    SCOPED_TRACE("growth " + std::to_string(c.growth) + " backoff " + std::to_string(c.backoff));
+    LossScaler s(with_factors(dynamic(65536, c.interval, 1, 1e-30, 1e300), c.growth, c.backoff));
+    TorchGradScaler t{
+        .scale = 65536.0f, .interval = c.interval, .growth = c.growth, .backoff = c.backoff};
+    double held_in_double = 65536.0;  // the old rule, to show the test tells them apart
+    int double_differs = 0, grew = 0, backed_off = 0;
+    std::mt19937 rng(11);
+    std::bernoulli_distribution noise(0.05);
+    for (int i = 0; i < 5000; ++i) {
+      const bool o = t.scale > 1e6f || noise(rng);
+      const auto d = s.update(o);
+      t.update(o);
+      grew += d.grew;
+      backed_off += d.backed_off;
+      if (o) {
+        held_in_double *= c.backoff;
+      } else if (d.grew) {
+        held_in_double *= c.growth;
+      }
+      ASSERT_EQ(s.scale(), t.scale) << "step " << i;
+      ASSERT_EQ(d.scale_after, static_cast<double>(t.scale)) << "step " << i;
+      ASSERT_EQ(s.state().scale(), static_cast<double>(t.scale)) << "step " << i;
+      ASSERT_EQ(s.state().growth_tracker(), t.growth_tracker) << "step " << i;
+      double_differs += held_in_double != static_cast<double>(t.scale);
+    }
+    EXPECT_GT(grew, 100);
+    EXPECT_GT(backed_off, 100);
+    EXPECT_GT(double_differs, 100);
+  }
+}
+
+// A scale from a checkpoint written while the scale was a double is rounded to the nearest
+// float on restore, and training goes on exactly as from that float.
+TEST(LossScaler, RestoreRoundsAnOldDoubleScaleToFloat) {
+  const auto options = with_factors(dynamic(1, 2, 1, 1e-30, 1e300), 3.0, 0.3);
+  ampd::v1::LossScalerState old;
+  old.set_scale(5380840.125);  // 3^16 / 8, as the double rule held it
+  old.set_growth_tracker(1);
+  old.set_hysteresis_tracker(1);
+  LossScaler s(options);
+  s.restore(old);
+  EXPECT_EQ(s.scale(), 5380840.0f);
+  EXPECT_EQ(s.state().scale(), 5380840.0);
+  EXPECT_EQ(s.state().growth_tracker(), 1);
+  TorchGradScaler t{
+      .scale = 5380840.0f, .interval = 2, .growth_tracker = 1, .growth = 3.0, .backoff = 0.3};
+  for (bool o : {false, true, false, false, true, true, false, false, false, false}) {
+    s.update(o);
+    t.update(o);
+    EXPECT_EQ(s.scale(), t.scale);
+  }
+}
+
+// Bounds that are not floats, chosen so that rounding to nearest would cross them: the cap
+// is the largest float <= max_scale, the floor the smallest float >= min_scale, and an
+// overflow at that floor still fails the job.
+TEST(LossScaler, CapAndFloorBetweenFloats) {
+  LossScaler up(with_factors(dynamic(500, 1, 1, 1, 1000.2), 3.0, 0.5));
+  EXPECT_TRUE(up.update(false).grew);
+  EXPECT_EQ(up.scale(), 1000.199951171875f);  // 1000.2 rounds to 1000.2000122 > 1000.2
+  EXPECT_FALSE(up.update(false).grew);
+  EXPECT_EQ(up.scale(), 1000.199951171875f);
+
+  LossScaler down(with_factors(dynamic(2, 2000, 1, 0.7, 16), 2.0, 0.5));
+  EXPECT_EQ(down.update(true).scale_after, 1.0);
+  EXPECT_EQ(down.update(true).scale_after, 0.7000000476837158);  // 0.7 rounds to 0.69999999
+  const auto d = down.update(true);
+  ASSERT_TRUE(d.failure.has_value());
+  EXPECT_NE(d.failure->find("loss scale reached its minimum 0.7 after 3 consecutive overflows"),
+            std::string::npos)
+      << *d.failure;
+  EXPECT_EQ(down.scale(), 0.7000000476837158f);
 }
 
 TEST(LossScaler, GrowthRefusedWhenNotFiniteAsFloat) {
