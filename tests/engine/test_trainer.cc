@@ -16,6 +16,7 @@
 #include "engine/job_spec.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/reference/reference_backend.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
@@ -331,6 +332,47 @@ TEST(TrainerResume, ResumedRunIsBitIdenticalToUninterrupted) {
   EXPECT_EQ(full.job.metrics().val_accuracy(), rest.job.metrics().val_accuracy());
   fs::remove_all(a);
   fs::remove_all(b);
+}
+
+// Checkpoints written by the code at commit 42665a1 (tests/engine/data/README.md: an
+// AdamW and an SGD-with-momentum job, 10 steps on the reference backend, checkpoints at
+// steps 5 and 10) resume with today's code, and the resumed run ends bit-identical both
+// to the old code's own step-10 checkpoint and to an uninterrupted run of today's code.
+TEST(TrainerResume, CheckpointsFromCommit42665a1ResumeBitIdentically) {
+  auto be = make_reference_backend();
+  for (const std::string opt : {"adamw", "sgd"}) {
+    SCOPED_TRACE(opt);
+    const std::string data = AMPD_SOURCE_DIR "/tests/engine/data/";
+    const std::string step5 = data + "main-42665a1-" + opt + "-step5.safetensors";
+    const std::string step10 = data + "main-42665a1-" + opt + "-step10.safetensors";
+    const fs::path a = temp_dir("compat-a-" + opt), b = temp_dir("compat-b-" + opt);
+
+    auto old = read_checkpoint(step5);
+    ASSERT_TRUE(old.ok()) << old.status().to_string();
+    TrainerOptions resumed;
+    resumed.checkpoint_dir = a.string();
+    resumed.resume_from = step5;
+    auto rest = run(*be, old->meta.spec, resumed);
+    ASSERT_EQ(rest.job.state(), ampd::v1::SUCCEEDED) << rest.job.failure_reason();
+    EXPECT_EQ(rest.job.step(), 10);
+
+    TrainerOptions straight;
+    straight.checkpoint_dir = b.string();
+    auto full = run(*be, spec_from_file(data + "compat-" + opt + ".yaml"), straight);
+    ASSERT_EQ(full.job.state(), ampd::v1::SUCCEEDED) << full.job.failure_reason();
+
+    const auto want = tensors_of(step10);
+    EXPECT_EQ(want.size(), opt == "adamw" ? 12u : 8u);
+    for (const auto& got : {tensors_of(rest.job.checkpoint()), tensors_of(full.job.checkpoint())}) {
+      ASSERT_EQ(got.size(), want.size());
+      for (const auto& [name, bytes] : want) {
+        ASSERT_TRUE(got.count(name)) << name;
+        EXPECT_TRUE(bytes == got.at(name)) << name << " differs from the 42665a1 run";
+      }
+    }
+    fs::remove_all(a);
+    fs::remove_all(b);
+  }
 }
 
 TEST(TrainerResume, CorruptCheckpointIsRefused) {
