@@ -32,17 +32,13 @@ struct Param {
   Buffer master;      // F32
   Buffer low;         // F16/BF16 working copy, or empty
   DType low_dtype = DType::kF32;
-  Buffer grad;    // F32
-  Buffer state1;  // optimizer: momentum buffer / Adam exp_avg
-  Buffer state2;  // optimizer: Adam exp_avg_sq
+  Buffer grad;  // F32
 
   Tensor master_t() const { return master.view(DType::kF32, rows, cols); }
   Tensor grad_t() const { return grad.view(DType::kF32, rows, cols); }
   Tensor low_t() const { return low ? low.view(low_dtype, rows, cols) : Tensor{}; }
   // What the forward pass reads: the low-precision copy when there is one.
   Tensor compute_t() const { return low ? low_t() : master_t(); }
-  Tensor state1_t() const { return state1 ? state1.view(DType::kF32, rows, cols) : Tensor{}; }
-  Tensor state2_t() const { return state2 ? state2.view(DType::kF32, rows, cols) : Tensor{}; }
 };
 
 // A non-trainable FP32 tensor kept in checkpoints (BatchNorm running statistics).
