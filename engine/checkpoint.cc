@@ -1,8 +1,13 @@
 #include "engine/checkpoint.h"
 
 #include <google/protobuf/util/json_util.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <random>
 #include <string_view>
 
 #include "engine/job_spec.h"
@@ -56,21 +61,17 @@ StatusOr<int64_t> parse_int(const StFile& f, const std::string& key) {
 }  // namespace
 
 StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const Optimizer& optimizer,
-                                  const CheckpointMeta& meta) {
+                                  const CheckpointMeta& meta, WriteFaults* faults) {
   Backend& be = model.backend();
   StFile file;
-  const auto state_names = optimizer.state_names();
   for (Param* p : model.params()) {
     AMPD_RETURN_IF_ERROR(add_tensor(file, be, p->name, p->master_t()));
   }
   for (StateTensor* s : model.states()) {
     AMPD_RETURN_IF_ERROR(add_tensor(file, be, s->name, s->t()));
   }
-  for (Param* p : model.params()) {
-    for (size_t k = 0; k < state_names.size(); ++k) {
-      const Tensor t = k == 0 ? p->state1_t() : p->state2_t();
-      AMPD_RETURN_IF_ERROR(add_tensor(file, be, "optimizer." + p->name + "." + state_names[k], t));
-    }
+  for (const auto& [key, t] : optimizer.state_tensors()) {
+    AMPD_RETURN_IF_ERROR(add_tensor(file, be, key, t));
   }
   std::string scaler_json;
   google::protobuf::util::JsonPrintOptions jopt;
@@ -93,7 +94,7 @@ StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const O
   md["ampd.precision"] = meta.precision;
   md["ampd.backend"] = meta.backend;
   if (!meta.standardization.empty()) md["ampd.standardization"] = meta.standardization;
-  AMPD_RETURN_IF_ERROR(write_safetensors(path, file));
+  AMPD_RETURN_IF_ERROR(write_safetensors(path, file, faults));
   int64_t bytes = 0;
   for (const auto& t : file.tensors) bytes += static_cast<int64_t>(t.data.size());
   return bytes;
@@ -139,14 +140,11 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
 
 Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer& optimizer) {
   Backend& be = model.backend();
-  const auto state_names = optimizer.state_names();
   for (Param* p : model.params()) {
     AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, p->name, p->master_t()));
-    for (size_t k = 0; k < state_names.size(); ++k) {
-      const Tensor t = k == 0 ? p->state1_t() : p->state2_t();
-      AMPD_RETURN_IF_ERROR(
-          take_tensor(ckpt.file, be, "optimizer." + p->name + "." + state_names[k], t));
-    }
+  }
+  for (const auto& [key, t] : optimizer.state_tensors()) {
+    AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, key, t));
   }
   for (StateTensor* s : model.states()) {
     AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, s->name, s->t()));
@@ -154,6 +152,100 @@ Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer&
   optimizer.set_applied_steps(ckpt.meta.applied_steps);
   // The working copies are a pure function of the masters (round to nearest even).
   return model.refresh_low_precision();
+}
+
+// ---- checkpoint files -------------------------------------------------------------------
+
+namespace {
+namespace fs = std::filesystem;
+constexpr std::string_view kStepPrefix = "step-";
+constexpr std::string_view kSuffix = ".safetensors";
+constexpr std::string_view kTempMarker = ".safetensors.tmp-";
+}  // namespace
+
+std::string checkpoint_file_name(int64_t step) {
+  return std::string(kStepPrefix) + std::to_string(step) + std::string(kSuffix);
+}
+
+std::string checkpoint_path(const std::string& dir, int64_t step) {
+  return (fs::path(dir) / checkpoint_file_name(step)).string();
+}
+
+int64_t checkpoint_step(std::string_view path) {
+  const size_t slash = path.rfind('/');
+  const std::string_view name = slash == std::string_view::npos ? path : path.substr(slash + 1);
+  if (name.size() <= kStepPrefix.size() + kSuffix.size() || !name.starts_with(kStepPrefix) ||
+      !name.ends_with(kSuffix)) {
+    return -1;
+  }
+  const std::string_view digits =
+      name.substr(kStepPrefix.size(), name.size() - kStepPrefix.size() - kSuffix.size());
+  if (digits.empty() || digits.size() > 18 ||
+      digits.find_first_not_of("0123456789") != std::string_view::npos) {
+    return -1;
+  }
+  return std::stoll(std::string(digits));
+}
+
+std::string checkpoint_temp_path(const std::string& path) {
+  std::random_device rd;
+  const uint64_t r = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  char buf[64];
+  std::snprintf(buf, sizeof buf, ".tmp-%ld-%016llx", static_cast<long>(::getpid()),
+                static_cast<unsigned long long>(r));
+  return path + buf;
+}
+
+bool is_checkpoint_temp_name(std::string_view filename) {
+  return filename.find(kTempMarker) != std::string_view::npos;
+}
+
+std::string CheckpointSearch::note() const {
+  std::string out;
+  for (const Skipped& s : skipped) {
+    if (!out.empty()) out += "; ";
+    out += "skipped " + s.path + ": " + s.reason;
+  }
+  return out;
+}
+
+CheckpointSearch find_latest_checkpoint(const std::string& dir, bool remove_partial_writes) {
+  CheckpointSearch search;
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const int64_t step = checkpoint_step(name);
+    if (step >= 0) {
+      found.emplace_back(step, entry.path());
+    } else if (remove_partial_writes && is_checkpoint_temp_name(name)) {
+      std::error_code rm;
+      if (fs::remove(entry.path(), rm)) search.removed.push_back(entry.path().string());
+    }
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a > b; });
+  for (const auto& [step, path] : found) {
+    auto ckpt = read_checkpoint(path.string());
+    if (ckpt.ok()) {
+      search.path = path.string();
+      search.step = step;
+      break;
+    }
+    search.skipped.push_back({path.string(), ckpt.status().message()});
+  }
+  return search;
+}
+
+void prune_checkpoints(const std::string& dir, const std::vector<std::string>& keep) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string p = entry.path().string();
+    if (checkpoint_step(entry.path().filename().string()) >= 0 &&
+        std::find(keep.begin(), keep.end(), p) == keep.end()) {
+      std::error_code rm;
+      fs::remove(entry.path(), rm);
+    }
+  }
 }
 
 }  // namespace ampd::engine

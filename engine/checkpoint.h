@@ -13,10 +13,23 @@
 //             read with the buffer checksum alone).
 // Written atomically (temp file, fsync, rename); a resumed job restores everything a
 // step depends on, so resume is bit-exact on the same backend and thread count.
+//
+// Optimizer state is whatever the optimizer declares (engine/optimizer.h): this file saves
+// and restores Optimizer::state_tensors() under the keys the optimizer gives, and knows
+// no optimizer by name, so adding one (Lion, say) does not touch it. The keys have not
+// changed since v1 ("optimizer.0.weight.exp_avg"), so older checkpoints still load
+// (tests/engine/data/, TrainerResume.CheckpointsFromCommit42665a1ResumeBitIdentically).
+//
+// This file also owns the names of checkpoint files: "step-<n>.safetensors" in a job's
+// checkpoint directory, "<name>.tmp-<pid>-<random>" while one is being written, and the
+// functions that find the newest usable one and prune old ones (the trainer, the
+// safetensors writer and the server all go through them).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "ampd/v1/job.pb.h"
 #include "engine/model.h"
@@ -39,9 +52,10 @@ struct CheckpointMeta {
   std::string standardization;
 };
 
-// Writes model + optimizer + meta to `path` atomically; returns the file size.
+// Writes model + optimizer + meta to `path` atomically; returns the bytes of tensor data.
+// `faults` is the test seam of write_safetensors (engine/safetensors.h); null in production.
 StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const Optimizer& optimizer,
-                                  const CheckpointMeta& meta);
+                                  const CheckpointMeta& meta, WriteFaults* faults = nullptr);
 
 // Reads and verifies a checkpoint file (checksum, format) and parses its metadata.
 struct LoadedCheckpoint {
@@ -53,5 +67,43 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path);
 // Copies the checkpoint's tensors into a model and optimizer built from the same spec;
 // every expected tensor must be present with the right shape.
 Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer& optimizer);
+
+// ---- checkpoint files -------------------------------------------------------------------
+
+// "step-40.safetensors".
+std::string checkpoint_file_name(int64_t step);
+// dir/"step-<step>.safetensors".
+std::string checkpoint_path(const std::string& dir, int64_t step);
+// The step in a checkpoint's file name (a bare name or a path: ".../step-40.safetensors"
+// is 40), or -1 when the name is not one of checkpoint_file_name's.
+int64_t checkpoint_step(std::string_view path);
+// Where `path` is written before it is renamed into place: "<path>.tmp-<pid>-<16 hex>"
+// (random, so two writers never share one), in the same directory.
+std::string checkpoint_temp_path(const std::string& path);
+// Whether a file name is one of checkpoint_temp_path's: a write that never finished
+// (the process died before the rename). Never a checkpoint.
+bool is_checkpoint_temp_name(std::string_view filename);
+
+// The newest checkpoint in a directory that reads back and verifies (read_checkpoint:
+// both checksums and the metadata); an older one is better than starting over.
+struct CheckpointSearch {
+  std::string path;  // "" when none verifies (or the directory is missing)
+  int64_t step = -1;
+  struct Skipped {
+    std::string path;
+    std::string reason;  // read_checkpoint's error message
+  };
+  std::vector<Skipped> skipped;      // newer files passed over, newest first
+  std::vector<std::string> removed;  // partial writes removed (see remove_partial_writes)
+  // "skipped <path>: <reason>; skipped ...", or "" when nothing was skipped.
+  std::string note() const;
+};
+// With remove_partial_writes, temporary files (is_checkpoint_temp_name) are deleted
+// first: only a process that owns the directory and is not writing may ask for that.
+CheckpointSearch find_latest_checkpoint(const std::string& dir, bool remove_partial_writes);
+
+// Deletes every checkpoint file (checkpoint_step >= 0) in `dir` whose path is not in
+// `keep` (paths as checkpoint_path builds them). Best effort: errors are ignored.
+void prune_checkpoints(const std::string& dir, const std::vector<std::string>& keep);
 
 }  // namespace ampd::engine

@@ -48,8 +48,6 @@ struct Param {
   Buffer low;         // F16/BF16 working copy, or empty
   DType low_dtype = DType::kF32;
   Buffer grad;  // F32
-  Buffer state1;  // optimizer: momentum buffer / Adam exp_avg
-  Buffer state2;  // optimizer: Adam exp_avg_sq
   // Backward passes that wrote the gradient since Model::backward began: the first
   // writer overwrites it, a later one (a tied weight's second user) accumulates into it.
   int grad_writes = 0;
@@ -59,8 +57,6 @@ struct Param {
   Tensor low_t() const { return low ? low.view(low_dtype, rows, cols) : Tensor{}; }
   // What the forward pass reads: the low-precision copy when there is one.
   Tensor compute_t() const { return low ? low_t() : master_t(); }
-  Tensor state1_t() const { return state1 ? state1.view(DType::kF32, rows, cols) : Tensor{}; }
-  Tensor state2_t() const { return state2 ? state2.view(DType::kF32, rows, cols) : Tensor{}; }
   // beta for a matmul writing this gradient: 0 for the step's first write, then 1.
   float next_grad_beta() { return grad_writes++ > 0 ? 1.0f : 0.0f; }
 };

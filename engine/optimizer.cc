@@ -1,77 +1,98 @@
 #include "engine/optimizer.h"
 
+#include "engine/optimizer_adamw.h"
+#include "engine/optimizer_sgd.h"
+
 namespace ampd::engine {
+
+namespace {
+
+// The registry: one row per OptimizerSpec oneof case.
+const OptimizerInfo kOptimizers[] = {
+    {ampd::v1::OptimizerSpec::kSgd, "sgd", &SgdOptimizer::state_names_for, &SgdOptimizer::create},
+    {ampd::v1::OptimizerSpec::kAdamw, "adamw", &AdamWOptimizer::state_names_for,
+     &AdamWOptimizer::create},
+};
+
+}  // namespace
+
+const OptimizerInfo* find_optimizer(ampd::v1::OptimizerSpec::KindCase kind) {
+  for (const OptimizerInfo& info : kOptimizers) {
+    if (info.kind == kind) return &info;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> optimizer_state_names(const ampd::v1::OptimizerSpec& spec) {
+  const OptimizerInfo* info = find_optimizer(spec.kind_case());
+  return info == nullptr ? std::vector<std::string>{} : info->state_names(spec);
+}
 
 StatusOr<std::unique_ptr<Optimizer>> Optimizer::create(Backend& backend,
                                                        const ampd::v1::OptimizerSpec& spec,
                                                        std::vector<Param*> params) {
-  const bool adamw = spec.kind_case() == ampd::v1::OptimizerSpec::kAdamw;
-  if (!adamw && spec.kind_case() != ampd::v1::OptimizerSpec::kSgd) {
-    return InvalidArgument("optimizer: set sgd or adamw");
+  const OptimizerInfo* info = find_optimizer(spec.kind_case());
+  if (info == nullptr) {
+    std::string names;
+    for (const OptimizerInfo& i : kOptimizers)
+      names += std::string(names.empty() ? "" : " or ") + i.name;
+    return InvalidArgument("optimizer: set " + names);
   }
-  std::unique_ptr<Optimizer> opt(new Optimizer(backend, spec));
-  const bool no_decay = !spec.has_no_decay_on_bias_and_norm() || spec.no_decay_on_bias_and_norm();
-  const bool needs_state1 = adamw || spec.sgd().momentum() != 0.0f;
-  for (Param* p : params) {
+  return info->make(backend, spec, std::move(params));
+}
+
+Optimizer::Optimizer(Backend& backend, std::vector<Param*> params)
+    : backend_(&backend), params_(std::move(params)) {}
+
+Status Optimizer::init_state(std::vector<std::string> names, bool no_decay_on_bias_and_norm) {
+  state_names_ = std::move(names);
+  states_.clear();
+  slots_.clear();
+  state_bytes_ = 0;
+  for (Param* p : params_) {
     const size_t bytes = static_cast<size_t>(p->rows * p->cols) * sizeof(float);
-    if (needs_state1) {
-      AMPD_ASSIGN_OR_RETURN(p->state1, backend.allocate(bytes));
-      AMPD_RETURN_IF_ERROR(backend.fill(p->state1_t(), 0.0f));
-      opt->state_bytes_ += static_cast<int64_t>(bytes);
-    }
-    if (adamw) {
-      AMPD_ASSIGN_OR_RETURN(p->state2, backend.allocate(bytes));
-      AMPD_RETURN_IF_ERROR(backend.fill(p->state2_t(), 0.0f));
-      opt->state_bytes_ += static_cast<int64_t>(bytes);
+    std::vector<Buffer>& states = states_.emplace_back();
+    for (size_t k = 0; k < state_names_.size(); ++k) {
+      AMPD_ASSIGN_OR_RETURN(Buffer b, backend_->allocate(bytes));
+      AMPD_RETURN_IF_ERROR(backend_->fill(b.view(DType::kF32, p->rows, p->cols), 0.0f));
+      states.push_back(std::move(b));
+      state_bytes_ += static_cast<int64_t>(bytes);
     }
     ParamSlot slot;
     slot.master = p->master_t();
     slot.grad = p->grad_t();
-    slot.state1 = p->state1_t();
-    slot.state2 = p->state2_t();
     slot.low_precision = p->low_t();
-    slot.weight_decay_multiplier = (p->decay || !no_decay) ? 1.0f : 0.0f;
-    opt->slots_.push_back(slot);
+    slot.weight_decay_multiplier = (p->decay || !no_decay_on_bias_and_norm) ? 1.0f : 0.0f;
+    slots_.push_back(slot);
   }
-  opt->params_ = std::move(params);
-  return opt;
+  return Status::Ok();
 }
 
-double Optimizer::peak_lr() const {
-  return spec_.kind_case() == ampd::v1::OptimizerSpec::kAdamw ? spec_.adamw().lr()
-                                                              : spec_.sgd().lr();
+Tensor Optimizer::state(size_t param, std::string_view name) const {
+  if (param >= params_.size()) return Tensor{};
+  for (size_t k = 0; k < state_names_.size(); ++k) {
+    if (state_names_[k] == name) {
+      const Param* p = params_[param];
+      return states_[param][k].view(DType::kF32, p->rows, p->cols);
+    }
+  }
+  return Tensor{};
 }
 
-std::vector<std::string> Optimizer::state_names() const {
-  if (spec_.kind_case() == ampd::v1::OptimizerSpec::kAdamw) return {"exp_avg", "exp_avg_sq"};
-  if (spec_.sgd().momentum() != 0.0f) return {"momentum_buffer"};
-  return {};
+std::vector<std::pair<std::string, Tensor>> Optimizer::state_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Param* p = params_[i];
+    for (size_t k = 0; k < state_names_.size(); ++k) {
+      out.emplace_back("optimizer." + p->name + "." + state_names_[k],
+                       states_[i][k].view(DType::kF32, p->rows, p->cols));
+    }
+  }
+  return out;
 }
 
 Status Optimizer::step(double lr, float grad_scale) {
-  if (spec_.kind_case() == ampd::v1::OptimizerSpec::kAdamw) {
-    const auto& a = spec_.adamw();
-    AdamWParams hp;
-    hp.lr = static_cast<float>(lr);
-    hp.beta1 = a.has_beta1() ? a.beta1() : 0.9f;
-    hp.beta2 = a.has_beta2() ? a.beta2() : 0.999f;
-    hp.eps = a.has_eps() ? a.eps() : 1e-8f;
-    hp.weight_decay = a.has_weight_decay() ? a.weight_decay() : 0.01f;
-    hp.step = applied_steps_ + 1;
-    hp.grad_scale = grad_scale;
-    AMPD_RETURN_IF_ERROR(backend_->adamw_step(slots_, hp));
-  } else {
-    const auto& s = spec_.sgd();
-    SgdParams hp;
-    hp.lr = static_cast<float>(lr);
-    hp.momentum = s.momentum();
-    hp.dampening = s.dampening();
-    hp.weight_decay = s.weight_decay();
-    hp.nesterov = s.nesterov();
-    hp.first_step = applied_steps_ == 0;
-    hp.grad_scale = grad_scale;
-    AMPD_RETURN_IF_ERROR(backend_->sgd_step(slots_, hp));
-  }
+  AMPD_RETURN_IF_ERROR(apply(lr, grad_scale));
   ++applied_steps_;
   return Status::Ok();
 }

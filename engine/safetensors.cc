@@ -6,22 +6,20 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <limits>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <set>
 #include <system_error>
 #include <tuple>
 #include <utility>
+
+#include "engine/checkpoint.h"  // the temporary file's name
 
 namespace ampd::engine {
 namespace {
@@ -128,58 +126,6 @@ uint32_t header_crc(const std::map<std::string, std::string>& metadata,
                       reinterpret_cast<const uint8_t*>(canon.data()), canon.size());
 }
 
-// ---- fault injection (tests) -----------------------------------------------------------
-
-std::mutex g_fault_mu;
-StWriteFaultHook g_fault_hook;  // guarded by g_fault_mu
-std::atomic<int64_t> g_write_calls{0};
-
-// Whether call number `call` is in the schedule held by environment variable `var`.
-bool env_schedule_hits(const char* var, int64_t call) {
-  const char* v = std::getenv(var);
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0) return false;
-  const std::string_view s(v);
-  auto number = [](std::string_view t) -> int64_t {
-    int64_t n = 0;
-    if (t.empty() || t.size() > 15) return -1;
-    for (char c : t) {
-      if (c < '0' || c > '9') return -1;
-      n = n * 10 + (c - '0');
-    }
-    return n;
-  };
-  if (s.rfind("from:", 0) == 0) {
-    const int64_t n = number(s.substr(5));
-    return n > 0 && call >= n;
-  }
-  if (s.rfind("nth:", 0) == 0) {
-    std::string_view rest = s.substr(4);
-    while (!rest.empty()) {
-      const size_t comma = rest.find(',');
-      if (number(rest.substr(0, comma)) == call) return true;
-      if (comma == std::string_view::npos) break;
-      rest = rest.substr(comma + 1);
-    }
-    return false;
-  }
-  return true;  // "1", "yes", ...: every call (the hook's original meaning)
-}
-
-StWriteFault fault_for(const std::string& path) {
-  const int64_t call = ++g_write_calls;
-  {
-    std::lock_guard<std::mutex> lock(g_fault_mu);
-    if (g_fault_hook) return g_fault_hook(path, call);
-  }
-  if (env_schedule_hits("AMPD_FAULT_WRITE_EROFS", call)) {
-    return StWriteFault{EROFS, StWriteStage::kCreate};
-  }
-  if (env_schedule_hits("AMPD_FAULT_WRITE_ENOSPC", call)) {
-    return StWriteFault{ENOSPC, StWriteStage::kWrite};
-  }
-  return {};
-}
-
 // ---- I/O helpers -----------------------------------------------------------------------
 
 std::string errno_text(int err) {
@@ -251,15 +197,6 @@ class Fd {
  private:
   int fd_;
 };
-
-std::string temp_name(const std::string& path) {
-  std::random_device rd;
-  const uint64_t r = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  char buf[64];
-  std::snprintf(buf, sizeof buf, ".tmp-%ld-%016llx", static_cast<long>(::getpid()),
-                static_cast<unsigned long long>(r));
-  return path + buf;
-}
 
 // ---- writing ---------------------------------------------------------------------------
 
@@ -446,15 +383,15 @@ const StTensor* StFile::find(std::string_view name) const {
   return nullptr;
 }
 
-Status write_safetensors(const std::string& path, const StFile& file) {
+Status write_safetensors(const std::string& path, const StFile& file, WriteFaults* faults) {
   const std::vector<const StTensor*> order = layout_order(file);
   AMPD_ASSIGN_OR_RETURN(const std::string header, build_header(path, file, order));
   uint8_t prefix[8];
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
 
-  const StWriteFault fault = fault_for(path);
+  const StWriteFault fault = faults != nullptr ? faults->next(path) : StWriteFault{};
   auto injected = [&](StWriteStage stage) { return fault.err != 0 && fault.stage == stage; };
-  const std::string tmp = temp_name(path);
+  const std::string tmp = checkpoint_temp_path(path);
   if (injected(StWriteStage::kCreate)) {
     return write_error(path, "create temporary file", fault.err);
   }
@@ -582,15 +519,6 @@ StatusOr<StFile> read_safetensors(const std::string& path) {
     if (it->second != checksum_string(crc)) return corrupt("checksum mismatch");
   }
   return out;
-}
-
-int64_t st_write_calls() {
-  return g_write_calls.load();
-}
-
-void set_st_write_fault_hook(StWriteFaultHook hook) {
-  std::lock_guard<std::mutex> lock(g_fault_mu);
-  g_fault_hook = std::move(hook);
 }
 
 }  // namespace ampd::engine

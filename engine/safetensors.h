@@ -23,20 +23,15 @@
 // in the file is either a parse error or a checksum mismatch (DataLoss); only a flip
 // between two JSON whitespace characters goes unnoticed, and it changes nothing.
 //
-// Fault injection (tests only; off by default). In-process tests install a hook with
-// set_st_write_fault_hook(). A child process (`ampd serve` under a test) reads these
-// environment variables instead, each holding a schedule of write_safetensors calls,
-// counted from 1 per process:
-//   AMPD_FAULT_WRITE_ENOSPC   the scheduled calls fail in write(2) with ENOSPC (disk full);
-//   AMPD_FAULT_WRITE_EROFS    the scheduled calls fail creating the temporary file with
-//                             EROFS (an unwritable state directory, which chmod cannot
-//                             simulate for root).
-// Schedules: unset, "" or "0": never; "nth:3" or "nth:3,5": the 3rd (and 5th) call;
-// "from:3": the 3rd call and every later one; any other value ("1"): every call.
+// Fault injection (tests only). write_safetensors takes an optional WriteFaults, consulted
+// once per call; production callers pass none, so a release path carries one null-pointer
+// test per file written and nothing else: no global hook, no lock, no environment lookup.
+// The schedules tests use (AMPD_FAULT_WRITE_ENOSPC / _EROFS for a child `ampd serve`)
+// are engine/write_faults.h, a library that only test binaries and, when the CMake option
+// AMPD_FAULT_INJECTION is ON (the default; release images turn it off), `ampd serve` link.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -69,8 +64,23 @@ inline constexpr char kStHeaderChecksumKey[] = "ampd.header_checksum";
 inline constexpr char kStFormatKey[] = "ampd.format";  // kept if the caller set it
 inline constexpr char kStFormatValue[] = "ampd-checkpoint-v1";
 
+// A write fault to inject: the stage whose system call "fails", and its errno.
+enum class StWriteStage { kCreate, kWrite, kFsync, kRename };
+struct StWriteFault {
+  int err = 0;  // 0: no fault; else the errno the stage's system call "returns"
+  StWriteStage stage = StWriteStage::kWrite;
+};
+// The test seam: decides, once at the start of each write_safetensors call it is given
+// to, whether and where that write fails. Implementations: engine/write_faults.h, tests.
+class WriteFaults {
+ public:
+  virtual ~WriteFaults() = default;
+  virtual StWriteFault next(const std::string& path) = 0;
+};
+
 // Writes `file` to `path` atomically (tensor layout as described at the top): to
-// "<path>.tmp-<pid>-<random>" in the same directory, fsync, rename over `path`, fsync the
+// checkpoint_temp_path(path) (engine/checkpoint.h: "<path>.tmp-<pid>-<random>") in the
+// same directory, fsync, rename over `path`, fsync the
 // directory. Sets kStChecksumKey and kStHeaderChecksumKey (overwriting any caller values) and
 // kStFormatKey (unless the caller set it). Errors:
 //   InvalidArgument     a tensor whose data size does not match dtype and shape, a negative
@@ -83,8 +93,9 @@ inline constexpr char kStFormatValue[] = "ampd-checkpoint-v1";
 // The message names the path and the system error. On any failure before the rename the
 // temporary file is removed and an existing file at `path` is left untouched. A failure
 // to fsync the directory after the rename is still reported (the new file is in place but
-// may not survive a power loss).
-Status write_safetensors(const std::string& path, const StFile& file);
+// may not survive a power loss). `faults`, when given, injects a failure (tests only).
+Status write_safetensors(const std::string& path, const StFile& file,
+                         WriteFaults* faults = nullptr);
 
 // Reads and validates the file at `path`. Returns the tensors in file order (ascending
 // offset) and the metadata.
@@ -102,20 +113,5 @@ Status write_safetensors(const std::string& path, const StFile& file);
 //   Unimplemented       a valid safetensors dtype that ampd::DType cannot hold (I64, F64...);
 //   Internal            any other I/O error.
 StatusOr<StFile> read_safetensors(const std::string& path);
-
-// ---- test seam: write faults ----------------------------------------------------------
-enum class StWriteStage { kCreate, kWrite, kFsync, kRename };
-struct StWriteFault {
-  int err = 0;  // 0: no fault; else the errno the stage's system call "returns"
-  StWriteStage stage = StWriteStage::kWrite;
-};
-// Consulted once at the start of every write_safetensors call with the destination path
-// and the call's 1-based number in this process; replaces the environment schedules while
-// set. Pass nullptr to remove it. Not for production use; install it while no checkpoint
-// is being written.
-using StWriteFaultHook = std::function<StWriteFault(const std::string& path, int64_t call)>;
-void set_st_write_fault_hook(StWriteFaultHook hook);
-// How many write_safetensors calls this process has made (the schedules count from it).
-int64_t st_write_calls();
 
 }  // namespace ampd::engine

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "engine/job_spec.h"
+#include "engine/job_summary.h"
 
 namespace ampd::engine {
 
@@ -146,24 +147,26 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
                             ",\"stddev\":" + list(data_.standardization->stddev) + "}";
   }
 
+  job_ = std::move(options_.summary);
   job_.set_id(options_.job_id);
-  *job_.mutable_spec() = spec_;
+  if (!job_.has_spec()) *job_.mutable_spec() = spec_;
   job_.set_precision(precision_);
   job_.set_backend(backend_->name());
   job_.set_total_steps(total_steps_);
-  job_.set_loss_scale(scaler_->scale());
-
+  int64_t skipped = 0;
   if (ckpt) {
     AMPD_RETURN_IF_ERROR(restore_checkpoint(*ckpt, *model_, *optimizer_));
     scaler_->restore(ckpt->meta.scaler);
     step_ = ckpt->meta.step;
-    job_.set_step(step_);
-    job_.set_epoch(static_cast<int32_t>(step_ > 0 ? (step_ - 1) / steps_per_epoch_ : 0));
-    job_.set_overflow_skipped_steps(ckpt->meta.overflow_skipped_steps);
-    job_.set_checkpoint(options_.resume_from);
-    job_.set_loss_scale(scaler_->scale());
+    skipped = ckpt->meta.overflow_skipped_steps;
   }
+  job_.set_step(step_);
+  job_.set_epoch(static_cast<int32_t>(step_ > 0 ? (step_ - 1) / steps_per_epoch_ : 0));
+  job_.set_overflow_skipped_steps(skipped);
+  job_.set_checkpoint(ckpt ? options_.resume_from : std::string());
+  job_.set_loss_scale(scaler_->scale());
   auto* mem = job_.mutable_memory();
+  mem->Clear();
   mem->set_parameter_bytes(model_->parameter_bytes());
   mem->set_optimizer_bytes(optimizer_->state_bytes());
   mem->set_activation_bytes(model_->activation_bytes());
@@ -174,12 +177,11 @@ void Trainer::emit(JobEvent event) {
   event.set_seq(next_seq_++);
   event.set_job_id(job_.id());
   *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  apply_event(event, &job_);
   if (options_.on_event) options_.on_event(event);
 }
 
 void Trainer::emit_state(JobState state, const std::string& reason) {
-  job_.set_state(state);
-  if (state == ampd::v1::FAILED) job_.set_failure_reason(reason);
   JobEvent e;
   e.mutable_state_change()->set_state(state);
   e.mutable_state_change()->set_reason(reason);
@@ -218,15 +220,14 @@ StatusOr<Trainer::Evaluation> Trainer::evaluate() {
   return ev;
 }
 
-std::string Trainer::checkpoint_path() const {
-  return (fs::path(options_.checkpoint_dir) / ("step-" + std::to_string(step_) + ".safetensors"))
-      .string();
+std::string Trainer::step_checkpoint_path() const {
+  return checkpoint_path(options_.checkpoint_dir, step_);
 }
 
 void Trainer::report_checkpoint_failure(const Status& status) {
   JobEvent e;
   e.mutable_checkpoint()->set_step(step_);
-  e.mutable_checkpoint()->set_path(checkpoint_path());
+  e.mutable_checkpoint()->set_path(step_checkpoint_path());
   e.mutable_checkpoint()->set_error(status.message());
   emit(std::move(e));
 }
@@ -249,21 +250,14 @@ StatusOr<std::string> Trainer::checkpoint() {
   meta.precision = precision_;
   meta.backend = backend_->name();
   meta.standardization = standardization_json_;
-  const std::string path = checkpoint_path();
-  AMPD_ASSIGN_OR_RETURN(int64_t bytes, save_checkpoint(path, *model_, *optimizer_, meta));
+  const std::string path = step_checkpoint_path();
+  AMPD_ASSIGN_OR_RETURN(int64_t bytes,
+                        save_checkpoint(path, *model_, *optimizer_, meta, options_.write_faults));
   // Keep the newest two: the previous one stays until the next is safely on disk.
   if (!job_.checkpoint().empty() && job_.checkpoint() != path &&
       job_.checkpoint() != options_.resume_from) {
-    const std::string previous = job_.checkpoint();
-    for (const auto& entry : fs::directory_iterator(options_.checkpoint_dir, ec)) {
-      const std::string p = entry.path().string();
-      if (p != path && p != previous && entry.path().extension() == ".safetensors" &&
-          entry.path().filename().string().rfind("step-", 0) == 0) {
-        fs::remove(entry.path(), ec);
-      }
-    }
+    prune_checkpoints(options_.checkpoint_dir, {path, job_.checkpoint()});
   }
-  job_.set_checkpoint(path);
   JobEvent e;
   e.mutable_checkpoint()->set_step(step_);
   e.mutable_checkpoint()->set_path(path);
@@ -299,8 +293,6 @@ Status Trainer::report_progress(int64_t step) {
   p->set_overflow_skipped_steps(job_.overflow_skipped_steps());
   p->set_samples_per_second(sps);
   p->set_eta_seconds(eta);
-  job_.mutable_metrics()->set_train_loss(mean_loss);
-  job_.mutable_metrics()->set_samples_per_second(sps);
   emit(std::move(e));
   window_samples_ = 0;
   window_start_ = now;
@@ -309,8 +301,6 @@ Status Trainer::report_progress(int64_t step) {
 
 Status Trainer::run_evaluation(int64_t step) {
   AMPD_ASSIGN_OR_RETURN(Evaluation ev, evaluate());
-  job_.mutable_metrics()->set_val_loss(ev.loss);
-  job_.mutable_metrics()->set_val_accuracy(ev.accuracy);
   JobEvent e;
   e.mutable_evaluation()->set_step(step);
   e.mutable_evaluation()->set_val_loss(ev.loss);
@@ -408,7 +398,6 @@ Status Trainer::train_step(int64_t step) {
   }
   const LossScaler::Decision dec = scaler_->update(!bad.empty());
   if (dec.skip_step) {
-    job_.set_overflow_skipped_steps(job_.overflow_skipped_steps() + 1);
     JobEvent e;
     auto* o = e.mutable_overflow();
     o->set_step(step + 1);
@@ -441,7 +430,6 @@ Status Trainer::train_step(int64_t step) {
 }
 
 ampd::v1::Job Trainer::run() {
-  *job_.mutable_started_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   std::string running_reason;
   if (!options_.resume_from.empty()) {
     running_reason = "resumed from " + options_.resume_from;
@@ -520,7 +508,6 @@ ampd::v1::Job Trainer::run() {
   }
   auto* mem = job_.mutable_memory();
   mem->set_peak_bytes(static_cast<int64_t>(backend_->memory_stats().peak_bytes));
-  *job_.mutable_finished_at() = google::protobuf::util::TimeUtil::GetCurrentTime();
   if (!status.ok()) {
     emit_state(ampd::v1::FAILED, failure);
   } else if (cancelled) {

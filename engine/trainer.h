@@ -77,9 +77,16 @@ struct TrainerOptions {
       on_batch;
   std::function<Status(Model&, int64_t step)> after_forward;
   std::function<Status(Model&, int64_t step)> after_backward;
+  // Test seam for checkpoint write faults (engine/safetensors.h WriteFaults; unset in
+  // production): consulted once per checkpoint written. Must outlive the trainer.
+  WriteFaults* write_faults = nullptr;
   // Appended to the reason of the RUNNING event of a resumed job (why a newer checkpoint
   // was passed over, say).
   std::string resume_note;
+  // The summary to continue from (a served job's stored row; empty for a new one). The
+  // trainer keeps what it does not own (created_at, client_request_id, started_at, the
+  // spec when set, earlier metrics) and sets the rest: see Trainer::job().
+  ampd::v1::Job summary;
 };
 
 // "fp32" / "fp16" / "bf16" for a spec's precision on a backend ("auto" resolved).
@@ -96,6 +103,13 @@ class Trainer {
   // Runs to completion, failure or cancellation; returns the final job summary.
   ampd::v1::Job run();
 
+  // The job summary: options.summary, with id, spec, precision, backend, total steps,
+  // memory and the starting point (step, epoch, loss scale, skipped steps, checkpoint: a
+  // resumed job's from its checkpoint, else zero) set by create; then every emitted
+  // event is folded in (engine/job_summary.h apply_event) before on_event sees it. The
+  // only fields set outside events: step, epoch and loss scale after every step (events
+  // carry them only every report_every steps) and the memory peak at the end. So in
+  // on_event, job() is the summary as of that event.
   const ampd::v1::Job& job() const { return job_; }
   Model& model() { return *model_; }
   const Model& model() const { return *model_; }
@@ -123,7 +137,7 @@ class Trainer {
   void emit_state(ampd::v1::JobState state, const std::string& reason);
   Status report_progress(int64_t step);
   Status run_evaluation(int64_t step);
-  std::string checkpoint_path() const;  // of a checkpoint at step_
+  std::string step_checkpoint_path() const;  // of a checkpoint at step_
   void report_checkpoint_failure(const Status& status);
 
   Backend* backend_;

@@ -1,9 +1,9 @@
 #include "server/job_manager.h"
 
 #include <fcntl.h>
-#include <pthread.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +16,7 @@
 #include "engine/checkpoint.h"
 #include "engine/dataset.h"
 #include "engine/job_spec.h"
+#include "engine/job_summary.h"
 #include "engine/trainer.h"
 #include "server/log.h"
 
@@ -35,7 +36,7 @@ constexpr int kMaxPageSize = 1000;
 constexpr size_t kMaxClientRequestId = 128;
 
 bool is_final(JobState s) {
-  return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
+  return engine::is_final_state(s);
 }
 
 std::string state_name(JobState s) {
@@ -50,62 +51,7 @@ bool is_job_id(const std::string& s) {
          s.find_first_not_of("0123456789abcdef", 2) == std::string::npos;
 }
 
-// The step of "step-<n>.safetensors", or -1.
-int64_t checkpoint_step(const std::string& filename) {
-  constexpr std::string_view kPrefix = "step-", kSuffix = ".safetensors";
-  if (filename.size() <= kPrefix.size() + kSuffix.size() || filename.rfind(kPrefix, 0) != 0 ||
-      filename.compare(filename.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) {
-    return -1;
-  }
-  const std::string digits =
-      filename.substr(kPrefix.size(), filename.size() - kPrefix.size() - kSuffix.size());
-  if (digits.empty() || digits.size() > 18 ||
-      digits.find_first_not_of("0123456789") != std::string::npos) {
-    return -1;
-  }
-  return std::stoll(digits);
-}
-
 }  // namespace
-
-void ApplyEvent(const JobEvent& e, Job* job) {
-  switch (e.kind_case()) {
-    case JobEvent::kStateChange: {
-      const JobState s = e.state_change().state();
-      job->set_state(s);
-      if (s == ampd::v1::FAILED) job->set_failure_reason(e.state_change().reason());
-      if (s == ampd::v1::RUNNING && !job->has_started_at()) *job->mutable_started_at() = e.time();
-      if (is_final(s)) *job->mutable_finished_at() = e.time();
-      break;
-    }
-    case JobEvent::kProgress: {
-      const auto& p = e.progress();
-      job->set_step(p.step());
-      job->set_total_steps(p.total_steps());
-      job->set_epoch(p.epoch());
-      job->set_loss_scale(p.loss_scale());
-      job->set_overflow_skipped_steps(p.overflow_skipped_steps());
-      job->mutable_metrics()->set_train_loss(p.loss());
-      job->mutable_metrics()->set_samples_per_second(p.samples_per_second());
-      break;
-    }
-    case JobEvent::kOverflow:
-      job->set_loss_scale(e.overflow().scale_after());
-      job->set_overflow_skipped_steps(job->overflow_skipped_steps() + 1);
-      break;
-    case JobEvent::kEvaluation:
-      job->set_step(e.evaluation().step());
-      job->mutable_metrics()->set_val_loss(e.evaluation().val_loss());
-      job->mutable_metrics()->set_val_accuracy(e.evaluation().val_accuracy());
-      break;
-    case JobEvent::kCheckpoint:
-      // A failed write (error set) leaves the previous checkpoint the job's checkpoint.
-      if (e.checkpoint().error().empty()) job->set_checkpoint(e.checkpoint().path());
-      break;
-    case JobEvent::kTelemetry:  // dashboards and watchers only; the summary is unchanged
-    case JobEvent::KIND_NOT_SET: break;
-  }
-}
 
 JobManager::JobManager(std::unique_ptr<Backend> backend, JobManagerOptions options)
     : backend_(std::move(backend)), options_(std::move(options)) {}
@@ -242,7 +188,7 @@ Status JobManager::RecordEvent(Job* job, JobState state, const std::string& reas
   *e.mutable_time() = TimeUtil::GetCurrentTime();
   e.mutable_state_change()->set_state(state);
   e.mutable_state_change()->set_reason(reason);
-  ApplyEvent(e, job);
+  engine::apply_event(e, job);
   AMPD_RETURN_IF_ERROR(store_->AppendEvent(*job, e, /*durable=*/true));
   hub_->Publish(e);
   if (is_final(state) && options_.observer != nullptr) options_.observer->OnJobFinished(state);
@@ -411,7 +357,7 @@ Status JobManager::ReadCheckpoint(
   struct stat st {};
   if (::fstat(fd, &st) != 0) return Internal("cannot stat " + path);
   const int64_t total = st.st_size;
-  const int64_t step = checkpoint_step(fs::path(path).filename().string());
+  const int64_t step = engine::checkpoint_step(path);
   ampd::v1::CheckpointChunk chunk;
   std::string buffer(static_cast<size_t>(std::max<int64_t>(1, chunk_bytes)), '\0');
   int64_t offset = 0;
@@ -509,39 +455,21 @@ void JobManager::WorkerLoop() {
   done_cv_.notify_all();
 }
 
-JobManager::ResumePoint JobManager::PickCheckpoint(const std::string& id) const {
-  // The newest checkpoint that reads back and verifies (read_checkpoint checks both
-  // checksums and the metadata); an older one is better than starting over, and with
-  // none usable the job starts over from step 0 (it is deterministic: the result is the
-  // same, only later). Every file passed over is named in the note, with the reason.
-  ResumePoint point;
-  std::vector<std::pair<int64_t, fs::path>> found;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(JobDir(id), ec)) {
-    const std::string name = entry.path().filename().string();
-    const int64_t step = checkpoint_step(name);
-    if (step >= 0) {
-      found.emplace_back(step, entry.path());
-    } else if (name.find(".safetensors.tmp-") != std::string::npos) {
-      // A write that the process did not live to rename: never a checkpoint.
-      std::error_code rm;
-      fs::remove(entry.path(), rm);
-      log_line("job " + id + ": removed the partial checkpoint write " + entry.path().string());
-    }
+engine::CheckpointSearch JobManager::PickCheckpoint(const std::string& id) const {
+  // The newest checkpoint that reads back and verifies; with none usable the job starts
+  // over from step 0 (it is deterministic: the result is the same, only later). Every file
+  // passed over is named in the note, with the reason. A partial write (a process killed
+  // before its rename) is never a checkpoint: removed.
+  engine::CheckpointSearch found =
+      engine::find_latest_checkpoint(JobDir(id), /*remove_partial_writes=*/true);
+  for (const std::string& path : found.removed) {
+    log_line("job " + id + ": removed the partial checkpoint write " + path);
   }
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a > b; });
-  for (const auto& [step, path] : found) {
-    auto ckpt = engine::read_checkpoint(path.string());
-    if (ckpt.ok()) {
-      point.path = path.string();
-      break;
-    }
-    log_line("job " + id + ": skipping unusable checkpoint " + path.string() + ": " +
-             ckpt.status().message());
-    if (!point.note.empty()) point.note += "; ";
-    point.note += "skipped " + path.string() + ": " + ckpt.status().message();
+  for (const auto& skipped : found.skipped) {
+    log_line("job " + id + ": skipping unusable checkpoint " + skipped.path + ": " +
+             skipped.reason);
   }
-  return point;
+  return found;
 }
 
 void JobManager::RunJob(const std::string& id) {
@@ -554,7 +482,8 @@ void JobManager::RunJob(const std::string& id) {
   if (is_final(job.state())) return;
   (void)FlushUnstored();  // what an earlier job could not store goes first
   const bool resuming = job.state() == ampd::v1::RUNNING;
-  const ResumePoint resume_point = resuming ? PickCheckpoint(id) : ResumePoint{};
+  const engine::CheckpointSearch resume_point =
+      resuming ? PickCheckpoint(id) : engine::CheckpointSearch{};
   const std::string& resume_from = resume_point.path;
   auto last_seq = store_->LastSeq(id);
   if (!last_seq.ok()) {
@@ -567,7 +496,9 @@ void JobManager::RunJob(const std::string& id) {
   topts.data_dir = options_.data_dir;
   topts.checkpoint_dir = JobDir(id);
   topts.resume_from = resume_from;
-  topts.resume_note = resume_point.note;
+  topts.resume_note = resume_point.note();
+  topts.summary = job;
+  topts.write_faults = options_.write_faults;
   topts.first_seq = *last_seq + 1;
   topts.cancel = &cancel_;
   topts.on_event = [this](const JobEvent& e) { OnTrainerEvent(e); };
@@ -590,35 +521,23 @@ void JobManager::RunJob(const std::string& id) {
   }
   if (shutdown_stop_.load()) return;  // shutting down: leave it for the next start
 
+  // From here on the trainer's summary is the job's: each event is stored with it.
   const Job& t = (*trainer)->job();
-  job.set_precision(t.precision());
-  job.set_backend(t.backend());
-  job.set_total_steps(t.total_steps());
-  *job.mutable_memory() = t.memory();
-  if (!resume_from.empty()) {
-    job.set_checkpoint(resume_from);
-    job.set_step(checkpoint_step(fs::path(resume_from).filename().string()));
-  }
-  running_job_ = job;
-  if (options_.observer != nullptr) options_.observer->OnJobStarted(job);
+  running_trainer_ = trainer->get();
+  running_job_ = t;
+  if (options_.observer != nullptr) options_.observer->OnJobStarted(t);
   ReportMemory();
   log_line("job " + id + " running: " + std::to_string(t.total_steps()) + " steps, " +
            t.precision() + " on " + static_info_.device);
-  const Job final_job = (*trainer)->run();
+  (*trainer)->run();
+  running_trainer_ = nullptr;
   trainer->reset();  // frees the job's device memory before it is reported
   ReportMemory();
   if (options_.observer != nullptr) options_.observer->OnJobStopped(id);
 
-  // The events have set state, step, metrics and checkpoint; take the rest from the
-  // trainer's summary.
-  Job& j = running_job_;
-  j.set_step(final_job.step());
-  j.set_epoch(final_job.epoch());
-  *j.mutable_metrics() = final_job.metrics();
-  j.set_loss_scale(final_job.loss_scale());
-  j.set_overflow_skipped_steps(final_job.overflow_skipped_steps());
-  if (!final_job.checkpoint().empty()) j.set_checkpoint(final_job.checkpoint());
-  *j.mutable_memory() = final_job.memory();
+  // running_job_ is the summary as of the last event recorded (a shutdown stop's CANCELLED
+  // event is not: the row stays RUNNING). Written again, durably.
+  const Job& j = running_job_;
   if (FlushUnstored()) {
     Status s = store_->UpdateJob(j, /*durable=*/true);
     if (!s.ok()) log_line("job " + id + ": " + s.message());
@@ -645,7 +564,7 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
       shutdown_stop_.load() && !user_cancel_.load()) {
     return;
   }
-  ApplyEvent(e, &running_job_);
+  running_job_ = running_trainer_->job();  // the trainer folded e into it
   if (e.has_checkpoint() && !e.checkpoint().error().empty()) {
     log_line("job " + e.job_id() + ": checkpoint at step " + std::to_string(e.checkpoint().step()) +
              " failed: " + e.checkpoint().error());

@@ -14,6 +14,11 @@
 // checkpoint but stays RUNNING in the store (the trainer's CANCELLED event is not
 // recorded), so that the next start resumes it.
 //
+// The job summary is folded from events by engine/job_summary.h alone: the manager folds
+// the events it produces itself (QUEUED, CANCELLED while queued, FAILED before start); while
+// a job runs, each event is stored with the trainer's summary as of that event
+// (engine::Trainer::job()), which the trainer folded with the same function.
+//
 // Every job event is persisted (JobStore) before it is published to watchers (EventHub);
 // event seqs of a job are contiguous from 1 across restarts (first_seq = last stored + 1).
 // When the store refuses a write (disk full), the job keeps training: its events wait in
@@ -43,6 +48,7 @@
 
 #include "ampd/v1/job.pb.h"
 #include "ampd/v1/trainer.pb.h"
+#include "engine/checkpoint.h"
 #include "engine/trainer.h"
 #include "kernels/backend.h"
 #include "kernels/status.h"
@@ -88,6 +94,9 @@ struct JobManagerOptions {
   std::chrono::milliseconds cancel_wait{5000};
   // Optional; must outlive the manager.
   JobObserver* observer = nullptr;
+  // Test seam: checkpoint write faults (engine/write_faults.h), given to every job's
+  // trainer; null in production. Must outlive the manager.
+  engine::WriteFaults* write_faults = nullptr;
 };
 
 // What GetServerInfo reports beyond the version.
@@ -171,13 +180,9 @@ class JobManager {
   // FAILED before start): applies it to *job, persists both, publishes.
   Status RecordEvent(ampd::v1::Job* job, ampd::v1::JobState state, const std::string& reason);
   std::string NewJobId();  // requires mu_
-  // Where a RUNNING job resumes: the newest checkpoint that verifies ("" for step 0), and
-  // which newer ones were passed over and why ("" when none were).
-  struct ResumePoint {
-    std::string path;
-    std::string note;
-  };
-  ResumePoint PickCheckpoint(const std::string& id) const;
+  // Where a RUNNING job resumes (engine::find_latest_checkpoint over its directory, partial
+  // writes removed), with what it did logged.
+  engine::CheckpointSearch PickCheckpoint(const std::string& id) const;
   std::string JobDir(const std::string& id) const;
   void ReportMemory();  // worker thread (or before it starts)
   Status CheckSpec(ampd::v1::JobSpec* resolved) const;
@@ -203,7 +208,9 @@ class JobManager {
   std::atomic<bool> cancel_{false};
   std::atomic<bool> user_cancel_{false};
   std::atomic<bool> shutdown_stop_{false};
-  // The running job as its events describe it; touched only on the worker thread.
+  // The running job's trainer (its summary is stored with each of its events) and that
+  // summary as of the last event recorded; touched only on the worker thread.
+  const engine::Trainer* running_trainer_ = nullptr;
   ampd::v1::Job running_job_;
   // Events the store refused (disk full), each with the job as of that event, oldest
   // first; retried before every later event (worker thread only). Past the cap, events
@@ -214,8 +221,5 @@ class JobManager {
 
   std::thread worker_;
 };
-
-// Applies an event to the job summary it belongs to (state, step, metrics, checkpoint).
-void ApplyEvent(const ampd::v1::JobEvent& event, ampd::v1::Job* job);
 
 }  // namespace ampd::server

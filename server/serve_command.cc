@@ -24,6 +24,9 @@
 #include <vector>
 
 #include "kernels/backend_factory.h"
+#if AMPD_FAULT_INJECTION
+#include "engine/write_faults.h"
+#endif
 #include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/log.h"
@@ -370,6 +373,14 @@ int run_serve_command(const ServeOptions& o) {
   if (!choice->note.empty()) log_line(choice->note);
 
   JobManagerOptions mopts;
+#if AMPD_FAULT_INJECTION
+  // Test builds only (engine/write_faults.h): the checkpoint write-fault schedules a
+  // server fault test sets in this process's environment.
+  const std::unique_ptr<engine::WriteFaults> write_faults =
+      engine::ScheduledWriteFaults::from_environment();
+  if (write_faults != nullptr) log_line("fault injection: checkpoint writes follow a schedule");
+  mopts.write_faults = write_faults.get();
+#endif
   mopts.state_dir = o.state_dir;
   mopts.data_dir = data_dir;
   mopts.max_queued_jobs = o.max_queued_jobs;

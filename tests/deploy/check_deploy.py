@@ -56,6 +56,8 @@ def dockerfile():
     check("ampd_backend_cuda" in text and "-DAMPD_WITH_CUDA=ON" in text,
           "Dockerfile: builds the CUDA plugin")
     check("cuda-nvcc" in text and "libcublas" in text, "Dockerfile: CUDA toolkit from apt")
+    check("-DAMPD_FAULT_INJECTION=OFF" in text,
+          "Dockerfile: release build without fault injection (engine/write_faults.h)")
     check("AMPD_METRICS_ADDR=0.0.0.0:9464" in text and "AMPD_GRPC_ADDR=0.0.0.0:50051" in text,
           "Dockerfile: listens on all interfaces")
     # Every apt package of install-deps.sh's build list is installed in the build stage.

@@ -1,5 +1,5 @@
 // Checkpoint faults in the engine: writes that fail (disk full, an unwritable directory,
-// fsync or rename errors; injected with set_st_write_fault_hook) never touch the previous
+// fsync or rename errors; injected through TrainerOptions::write_faults) never touch the previous
 // checkpoint, never leave a partial file, and never cost the training (a periodic one is
 // reported and retried at the next interval; only a failed final one fails the job); and
 // no corrupt or truncated checkpoint is ever read as good.
@@ -20,6 +20,7 @@
 #include "engine/job_spec.h"
 #include "engine/safetensors.h"
 #include "engine/trainer.h"
+#include "engine/write_faults.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -74,25 +75,29 @@ struct CkRun {
   std::vector<ampd::v1::JobEvent> events;
 };
 
-// Installs the hook for one run; failing_step: the checkpoint (by its step) that fails.
-class FaultScope {
+// The faults for one run; failing_step: the checkpoint (by its step) that fails.
+class FaultScope : public WriteFaults {
  public:
-  FaultScope(int64_t failing_step, StWriteFault fault) {
-    const std::string suffix = "/step-" + std::to_string(failing_step) + ".safetensors";
-    set_st_write_fault_hook([=](const std::string& path, int64_t) {
-      const bool hit = path.size() >= suffix.size() &&
-                       path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
-      return hit ? fault : StWriteFault{};
-    });
+  FaultScope(int64_t failing_step, StWriteFault fault)
+      : suffix_("/step-" + std::to_string(failing_step) + ".safetensors"), fault_(fault) {}
+  StWriteFault next(const std::string& path) override {
+    const bool hit = path.size() >= suffix_.size() &&
+                     path.compare(path.size() - suffix_.size(), suffix_.size(), suffix_) == 0;
+    return hit ? fault_ : StWriteFault{};
   }
-  ~FaultScope() { set_st_write_fault_hook(nullptr); }
+
+ private:
+  const std::string suffix_;
+  const StWriteFault fault_;
 };
 
 CkRun run(Backend& be, const fs::path& dir,
-          const std::function<void(const ampd::v1::JobEvent&)>& on_event = nullptr) {
+          const std::function<void(const ampd::v1::JobEvent&)>& on_event = nullptr,
+          WriteFaults* faults = nullptr) {
   CkRun r;
   TrainerOptions o;
   o.checkpoint_dir = dir.string();
+  o.write_faults = faults;
   o.on_event = [&](const ampd::v1::JobEvent& e) {
     r.events.push_back(e);
     if (on_event) on_event(e);
@@ -125,14 +130,17 @@ TEST(CheckpointFaults, AFailedPeriodicCheckpointIsReportedAndTrainingGoesOnUncha
     const fs::path dir = temp_dir("periodic");
     FaultScope fault(20, c.fault);
     bool checked_previous = false;
-    const CkRun r = run(*be, dir, [&](const ampd::v1::JobEvent& e) {
-      if (!e.has_checkpoint() || e.checkpoint().error().empty()) return;
-      // At the moment of the failure: the previous checkpoint is whole and verifies, and
-      // nothing half-written is left next to it.
-      EXPECT_EQ(files_in(dir), std::set<std::string>{"step-10.safetensors"});
-      EXPECT_TRUE(read_checkpoint((dir / "step-10.safetensors").string()).ok());
-      checked_previous = true;
-    });
+    const CkRun r = run(
+        *be, dir,
+        [&](const ampd::v1::JobEvent& e) {
+          if (!e.has_checkpoint() || e.checkpoint().error().empty()) return;
+          // At the moment of the failure: the previous checkpoint is whole and verifies, and
+          // nothing half-written is left next to it.
+          EXPECT_EQ(files_in(dir), std::set<std::string>{"step-10.safetensors"});
+          EXPECT_TRUE(read_checkpoint((dir / "step-10.safetensors").string()).ok());
+          checked_previous = true;
+        },
+        &fault);
     ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();
     EXPECT_TRUE(checked_previous);
     std::vector<std::string> seen;
@@ -162,7 +170,7 @@ TEST(CheckpointFaults, AFailedFinalCheckpointFailsTheJobAndKeepsThePreviousOne) 
     SCOPED_TRACE(c.name);
     const fs::path dir = temp_dir("final");
     FaultScope fault(40, c.fault);
-    const CkRun r = run(*be, dir);
+    const CkRun r = run(*be, dir, nullptr, &fault);
     ASSERT_EQ(r.job.state(), ampd::v1::FAILED);
     const std::string& why = r.job.failure_reason();
     const std::string path = (dir / "step-40.safetensors").string();
@@ -184,18 +192,22 @@ TEST(CheckpointFaults, AFailedFinalCheckpointFailsTheJobAndKeepsThePreviousOne) 
 }
 
 TEST(CheckpointFaults, TheEnvironmentScheduleFailsExactlyTheNamedWrites) {
-  // `ampd serve` under a test has no hook: it reads AMPD_FAULT_WRITE_ENOSPC / _EROFS. The
-  // calls are counted per process, so the schedule is relative to the calls so far.
+  // `ampd serve` under a test (built with AMPD_FAULT_INJECTION) reads
+  // AMPD_FAULT_WRITE_ENOSPC / _EROFS once, into a ScheduledWriteFaults that counts the
+  // writes it is given from 1.
   const fs::path dir = temp_dir("schedule");
   StFile f;
   f.tensors.push_back(StTensor{"x", DType::kF32, {2}, std::vector<uint8_t>(8, 1)});
   const std::string path = (dir / "a.safetensors").string();
-  auto write = [&] { return write_safetensors(path, f); };
+  std::unique_ptr<ScheduledWriteFaults> faults;
+  auto write = [&] { return write_safetensors(path, f, faults.get()); };
   ASSERT_TRUE(write().ok());
-  const int64_t next = st_write_calls() + 1;
+  const int64_t next = 1;  // the first write the schedule sees
   ::setenv("AMPD_FAULT_WRITE_ENOSPC",
            ("nth:" + std::to_string(next + 1) + "," + std::to_string(next + 3)).c_str(), 1);
   ::setenv("AMPD_FAULT_WRITE_EROFS", ("from:" + std::to_string(next + 5)).c_str(), 1);
+  faults = ScheduledWriteFaults::from_environment();
+  ASSERT_NE(faults, nullptr);
   std::vector<std::string> outcomes;
   for (int i = 0; i < 7; ++i) {
     const Status s = write();

@@ -53,19 +53,20 @@ std::vector<float> host(Backend& be, const Tensor& t) {
 }
 
 // Every FP32 tensor a step must never make non-finite, by name.
-std::vector<std::pair<std::string, std::vector<float>>> fp32_state(Backend& be, Model& m) {
+std::vector<std::pair<std::string, std::vector<float>>> fp32_state(Backend& be, Trainer& t) {
   std::vector<std::pair<std::string, std::vector<float>>> out;
-  for (Param* p : m.params()) {
+  for (Param* p : t.model().params()) {
     out.emplace_back(p->name + " (master)", host(be, p->master_t()));
-    if (!p->state1_t().empty()) out.emplace_back(p->name + " (state 1)", host(be, p->state1_t()));
-    if (!p->state2_t().empty()) out.emplace_back(p->name + " (state 2)", host(be, p->state2_t()));
   }
-  for (StateTensor* s : m.states()) out.emplace_back(s->name, host(be, s->t()));
+  for (const auto& [key, tensor] : t.optimizer().state_tensors()) {
+    out.emplace_back(key, host(be, tensor));
+  }
+  for (StateTensor* s : t.model().states()) out.emplace_back(s->name, host(be, s->t()));
   return out;
 }
 
-void expect_all_finite(Backend& be, Model& m, const std::string& when) {
-  for (const auto& [name, values] : fp32_state(be, m)) {
+void expect_all_finite(Backend& be, Trainer& t, const std::string& when) {
+  for (const auto& [name, values] : fp32_state(be, t)) {
     size_t bad = 0;
     for (float v : values) bad += std::isfinite(v) ? 0 : 1;
     EXPECT_EQ(bad, 0u) << name << " holds non-finite values " << when;
@@ -101,15 +102,15 @@ Param* param_named(Model& m, const std::string& name) {
 // this step's forward pass).
 FaultRun run_with_fault(Backend& be, const ampd::v1::JobSpec& s, Site site, float value,
                         int64_t first, int64_t last,
-                        std::function<void(Model&, int64_t)> before_step = nullptr) {
+                        std::function<void(Trainer&, int64_t)> before_step = nullptr) {
   FaultRun r;
-  Model* model = nullptr;
+  Trainer* trainer = nullptr;
   TrainerOptions o;
   o.on_event = [&](const ampd::v1::JobEvent& e) { r.events.push_back(e); };
   o.on_step = [&](const StepStats& st) { r.skipped_steps_seen += st.skipped ? 1 : 0; };
   auto hit = [=](int64_t step) { return step >= first && step <= last; };
-  o.on_batch = [=, &model](int64_t step, int64_t rows, int64_t cols, float* x, float*) {
-    if (before_step) before_step(*model, step);
+  o.on_batch = [=, &trainer](int64_t step, int64_t rows, int64_t cols, float* x, float*) {
+    if (before_step) before_step(*trainer, step);
     if (site == Site::kData && hit(step)) x[(rows / 2) * cols + cols / 3] = value;
   };
   o.after_forward = [&, hit, site, value](Model& m, int64_t step) -> Status {
@@ -128,9 +129,9 @@ FaultRun run_with_fault(Backend& be, const ampd::v1::JobSpec& s, Site site, floa
   auto t = Trainer::create(be, s, std::move(o));
   EXPECT_TRUE(t.ok()) << t.status().to_string();
   if (!t.ok()) return r;
-  model = &(*t)->model();
+  trainer = t->get();
   r.job = (*t)->run();
-  expect_all_finite(be, (*t)->model(), std::string("after the run (") + site_name(site) + ")");
+  expect_all_finite(be, **t, std::string("after the run (") + site_name(site) + ")");
   return r;
 }
 
@@ -149,9 +150,9 @@ TEST(NumericalFaults, OneBadStepIsSkippedCountedAndLeavesTheFp32StateUntouched) 
         // The FP32 state before the bad step and after it: identical, bit for bit (the
         // running statistics too, since a non-finite batch would have poisoned them).
         std::vector<std::pair<std::string, std::vector<float>>> before, after;
-        auto snap = [&](Model& m, int64_t step) {
-          if (step == kBad) before = fp32_state(*be, m);
-          if (step == kBad + 1) after = fp32_state(*be, m);
+        auto snap = [&](Trainer& t, int64_t step) {
+          if (step == kBad) before = fp32_state(*be, t);
+          if (step == kBad + 1) after = fp32_state(*be, t);
         };
         const FaultRun r = run_with_fault(*be, spec(precision, 12), site, value, kBad, kBad, snap);
         ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/safetensors.h"
+#include "engine/write_faults.h"
 
 namespace ampd::engine {
 namespace {
@@ -291,7 +292,7 @@ TEST_F(SafetensorsTest, DiskFullLeavesTheExistingFileIntact) {
   StFile v2 = v1;
   v2.metadata["step"] = "9999";
   ::setenv("AMPD_FAULT_WRITE_ENOSPC", "1", 1);
-  const Status s = write_safetensors(path(), v2);
+  const Status s = write_safetensors(path(), v2, ScheduledWriteFaults::from_environment().get());
   ::unsetenv("AMPD_FAULT_WRITE_ENOSPC");
   EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
   EXPECT_NE(s.message().find(path()), std::string::npos) << s.to_string();
@@ -305,7 +306,7 @@ TEST_F(SafetensorsTest, DiskFullLeavesTheExistingFileIntact) {
 
   // "0" or empty means off; the next write goes through.
   ::setenv("AMPD_FAULT_WRITE_ENOSPC", "0", 1);
-  ASSERT_TRUE(write_safetensors(path(), v2).ok());
+  ASSERT_TRUE(write_safetensors(path(), v2, ScheduledWriteFaults::from_environment().get()).ok());
   EXPECT_EQ(read_safetensors(path())->metadata["step"], "9999");
 }
 

@@ -1,6 +1,7 @@
 // End-to-end tests of the trainer on the CPU backend: the digits examples in three
 // precisions, overflow handling, FP16 underflow vs loss scaling, bit-exact resume,
 // activation memory.
+#include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,13 +10,16 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 
 #include "engine/checkpoint.h"
 #include "engine/job_spec.h"
+#include "engine/job_summary.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/reference/reference_backend.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace ampd::engine {
@@ -331,6 +335,107 @@ TEST(TrainerResume, ResumedRunIsBitIdenticalToUninterrupted) {
   EXPECT_EQ(full.job.metrics().val_accuracy(), rest.job.metrics().val_accuracy());
   fs::remove_all(a);
   fs::remove_all(b);
+}
+
+// Checkpoints written by the code at commit 42665a1 (tests/engine/data/README.md: an
+// AdamW and an SGD-with-momentum job, 10 steps on the reference backend, checkpoints at
+// steps 5 and 10) resume with today's code, and the resumed run ends bit-identical both
+// to the old code's own step-10 checkpoint and to an uninterrupted run of today's code.
+TEST(TrainerResume, CheckpointsFromCommit42665a1ResumeBitIdentically) {
+  auto be = make_reference_backend();
+  for (const std::string opt : {"adamw", "sgd"}) {
+    SCOPED_TRACE(opt);
+    const std::string data = AMPD_SOURCE_DIR "/tests/engine/data/";
+    const std::string step5 = data + "main-42665a1-" + opt + "-step5.safetensors";
+    const std::string step10 = data + "main-42665a1-" + opt + "-step10.safetensors";
+    const fs::path a = temp_dir("compat-a-" + opt), b = temp_dir("compat-b-" + opt);
+
+    auto old = read_checkpoint(step5);
+    ASSERT_TRUE(old.ok()) << old.status().to_string();
+    TrainerOptions resumed;
+    resumed.checkpoint_dir = a.string();
+    resumed.resume_from = step5;
+    auto rest = run(*be, old->meta.spec, resumed);
+    ASSERT_EQ(rest.job.state(), ampd::v1::SUCCEEDED) << rest.job.failure_reason();
+    EXPECT_EQ(rest.job.step(), 10);
+
+    TrainerOptions straight;
+    straight.checkpoint_dir = b.string();
+    auto full = run(*be, spec_from_file(data + "compat-" + opt + ".yaml"), straight);
+    ASSERT_EQ(full.job.state(), ampd::v1::SUCCEEDED) << full.job.failure_reason();
+
+    const auto want = tensors_of(step10);
+    EXPECT_EQ(want.size(), opt == "adamw" ? 12u : 8u);
+    for (const auto& got : {tensors_of(rest.job.checkpoint()), tensors_of(full.job.checkpoint())}) {
+      ASSERT_EQ(got.size(), want.size());
+      for (const auto& [name, bytes] : want) {
+        ASSERT_TRUE(got.count(name)) << name;
+        EXPECT_TRUE(bytes == got.at(name)) << name << " differs from the 42665a1 run";
+      }
+    }
+    fs::remove_all(a);
+    fs::remove_all(b);
+  }
+}
+
+// The trainer's summary is its starting point with every event folded in by apply_event
+// (engine/job_summary.h), the fold the server uses too; only the memory peak is set
+// outside events. Checked for a run that skips steps (overflow events), evaluates and
+// checkpoints, and for a resumed one that keeps the fields a seed summary carries.
+TEST(TrainerSummary, IsTheFoldOfItsEvents) {
+  auto be = cpu();
+  const fs::path dir = temp_dir("summary");
+  auto spec = spec_from_yaml(kSmallMlp);
+  spec.mutable_training()->set_checkpoint_every(7);
+  for (const bool resumed : {false, true}) {
+    SCOPED_TRACE(resumed ? "resumed" : "from step 0");
+    TrainerOptions o;
+    o.checkpoint_dir = dir.string();
+    if (resumed) {
+      o.resume_from = checkpoint_path(dir.string(), 7);
+      o.summary.set_client_request_id("req-1");
+      o.summary.mutable_created_at()->set_seconds(5);
+      o.summary.mutable_started_at()->set_seconds(6);
+    }
+    o.after_backward = [&](Model& m, int64_t step) -> Status {
+      if (step % 5 != 3) return Status::Ok();
+      Param* p = m.params().front();
+      std::vector<float> g = host_copy(*be, p->grad_t());
+      g[0] = std::numeric_limits<float>::infinity();
+      return be->upload(p->grad_t(), g.data());
+    };
+    ampd::v1::Job folded;
+    std::vector<ampd::v1::JobEvent> events;
+    o.on_event = [&](const ampd::v1::JobEvent& e) { events.push_back(e); };
+    auto t = Trainer::create(*be, spec, std::move(o));
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    folded = (*t)->job();
+    if (resumed) {
+      EXPECT_EQ(folded.step(), 7);
+      EXPECT_EQ(folded.checkpoint(), checkpoint_path(dir.string(), 7));
+      EXPECT_EQ(folded.client_request_id(), "req-1");
+    } else {
+      EXPECT_EQ(folded.step(), 0);
+      EXPECT_EQ(folded.checkpoint(), "");
+    }
+    const ampd::v1::Job job = (*t)->run();
+    ASSERT_EQ(job.state(), ampd::v1::SUCCEEDED) << job.failure_reason();
+    EXPECT_GT(job.overflow_skipped_steps(), 0);
+    for (const auto& e : events) apply_event(e, &folded);
+    folded.mutable_memory()->set_peak_bytes(job.memory().peak_bytes());
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(folded, job))
+        << "trainer:\n"
+        << job.DebugString() << "fold of its events:\n"
+        << folded.DebugString();
+    if (resumed) {
+      EXPECT_EQ(job.created_at().seconds(), 5);
+      EXPECT_EQ(job.started_at().seconds(), 6);  // a resumed job keeps its first start
+    } else {
+      EXPECT_TRUE(job.has_started_at());
+      EXPECT_TRUE(job.has_finished_at());
+    }
+  }
+  fs::remove_all(dir);
 }
 
 TEST(TrainerResume, CorruptCheckpointIsRefused) {

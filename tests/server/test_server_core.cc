@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "engine/job_spec.h"
+#include "engine/job_summary.h"
 #include "kernels/reference/reference_backend.h"
 #include "server/dataset_store.h"
 #include "server/event_hub.h"
@@ -308,29 +309,30 @@ TEST(EventHub, AClientThatLeavesEndsItsWatch) {
   EXPECT_EQ(hub.watcher_count(), 0u);
 }
 
-// ---- ApplyEvent ------------------------------------------------------------------------
+// ---- engine::apply_event (engine/job_summary.h)
+// ------------------------------------------------------------------------
 
 TEST(ApplyEvent, KeepsTheJobSummaryInStepWithEvents) {
   Job job;
   JobEvent e;
   e.mutable_state_change()->set_state(ampd::v1::RUNNING);
   e.mutable_time()->set_seconds(100);
-  ApplyEvent(e, &job);
+  engine::apply_event(e, &job);
   EXPECT_EQ(job.state(), ampd::v1::RUNNING);
   EXPECT_EQ(job.started_at().seconds(), 100);
   e.mutable_progress()->set_step(20);
   e.mutable_progress()->set_loss(0.5);
   e.mutable_progress()->set_loss_scale(1024);
-  ApplyEvent(e, &job);
+  engine::apply_event(e, &job);
   EXPECT_EQ(job.step(), 20);
   EXPECT_EQ(job.metrics().train_loss(), 0.5);
   e.mutable_checkpoint()->set_path("/x/step-20.safetensors");
-  ApplyEvent(e, &job);
+  engine::apply_event(e, &job);
   EXPECT_EQ(job.checkpoint(), "/x/step-20.safetensors");
   e.mutable_state_change()->set_state(ampd::v1::FAILED);
   e.mutable_state_change()->set_reason("boom");
   e.mutable_time()->set_seconds(200);
-  ApplyEvent(e, &job);
+  engine::apply_event(e, &job);
   EXPECT_EQ(job.failure_reason(), "boom");
   EXPECT_EQ(job.started_at().seconds(), 100);
   EXPECT_EQ(job.finished_at().seconds(), 200);
