@@ -1,6 +1,6 @@
 // Dynamic loss scaling for FP16 training.
 //
-// Semantics (DESIGN.md §2), PyTorch GradScaler by default:
+// Semantics (docs/ARCHITECTURE.md, Numerics), PyTorch GradScaler by default:
 //   * A step whose gradients hold inf/NaN is skipped; the scale is multiplied by
 //     backoff_factor (0.5) and the clean-step counter resets.
 //   * After growth_interval (2000) consecutive clean steps the scale is multiplied by

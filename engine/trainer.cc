@@ -91,8 +91,8 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   AMPD_ASSIGN_OR_RETURN(optimizer_,
                         Optimizer::create(*backend_, spec_.optimizer(), model_->params()));
 
-  // Loss scaling applies to fp16 only (DESIGN.md §2): bf16 and fp32 run at scale 1
-  // unless a static scale was asked for; the non-finite check runs in every mode.
+  // Loss scaling applies to fp16 only (docs/ARCHITECTURE.md, Numerics): bf16 and fp32 run
+  // at scale 1 unless a static scale was asked for; the non-finite check runs in every mode.
   LossScaler::Options so = LossScaler::options_from_spec(spec_.loss_scaling());
   if (precision_ != "fp16" && so.mode == LossScaler::Mode::kDynamic) {
     so.mode = LossScaler::Mode::kOff;

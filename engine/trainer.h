@@ -1,6 +1,6 @@
 // The training loop: one job, in-process, on one backend.
 //
-// One step (DESIGN.md §2):
+// One step (docs/ARCHITECTURE.md, One training step):
 //   gather batch -> cast input to the working dtype -> forward -> FP32 loss ->
 //   backward of (mean loss x loss scale) -> one fused pass that unscales every FP32
 //   gradient and flags non-finite tensors -> read the flags (the step's one small

@@ -8,7 +8,7 @@
 //   * Every tensor passed to an op lives in this backend's memory (see allocate()).
 //     Ops may run asynchronously (CUDA streams); results are visible to the host after
 //     download(), which synchronizes.
-//   * Numerics contract (DESIGN.md §2): every reduction and every matrix product
+//   * Numerics contract (docs/ARCHITECTURE.md, Numerics): every reduction and every matrix product
 //     accumulates in FP32 (the reference backend in FP64); low-precision outputs are
 //     rounded once, to nearest even, at the end. Statistics (LayerNorm / BatchNorm mean
 //     and rstd, losses, log-sum-exp) are FP32 tensors. Optimizer state and master

@@ -2,9 +2,10 @@
 // libampd_backend_cuda.so, loaded with dlopen when present and a GPU answers), or
 // "auto" (CUDA when usable, else CPU with a note saying why).
 //
-// The CUDA backend is a plugin rather than a linked library (DESIGN.md §3): cuBLASLt's
-// ~94 KB of static TLS makes pthread_create fail for civetweb's small thread stacks in
-// any binary that links it, and a plugin lets one ampd binary run without CUDA libraries.
+// The CUDA backend is a plugin rather than a linked library (docs/ARCHITECTURE.md, The
+// CUDA plugin): cuBLASLt's ~94 KB of static TLS makes pthread_create fail for civetweb's
+// small thread stacks in any binary that links it, and a plugin lets one ampd binary run
+// without CUDA libraries.
 #pragma once
 
 #include <memory>

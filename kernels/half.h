@@ -1,7 +1,7 @@
 // Scalar IEEE binary16 (FP16) and bfloat16 (BF16) storage types and their exact
 // conversions to and from FP32.
 //
-// Numerics (DESIGN.md §2):
+// Numerics (docs/ARCHITECTURE.md, Numerics):
 //   * FP32 -> FP16 / BF16 rounds to nearest, ties to even, on the full FP32 value
 //     (never double rounding). FP16 keeps subnormals (down to 2^-24); values whose
 //     magnitude rounds past 65504 become +-inf. BF16 keeps FP32's exponent range, so

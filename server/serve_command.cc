@@ -351,7 +351,8 @@ int run_serve_command(const ServeOptions& o) {
   }
 
   // Metrics start before the backend: civetweb's threads are created now, before a CUDA
-  // plugin with its static TLS is loaded (DESIGN.md §3), and a taken port fails fast.
+  // plugin with its static TLS is loaded (docs/ARCHITECTURE.md, The CUDA plugin), and a
+  // taken port fails fast.
   ServerMetrics metrics;
   const bool metrics_on = !o.metrics_addr.empty() && o.metrics_addr != "off";
   if (metrics_on) {

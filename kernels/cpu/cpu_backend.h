@@ -1,10 +1,10 @@
 // CpuBackend: the embedded default backend, on oneDNN (matmul, GELU/tanh) and OpenMP loops.
 //
-// Numerics (DESIGN.md §2): every op loads its operands, widens them exactly to FP32, does
-// the math in FP32 (sums of many terms in FP32 lanes combined in FP64 where cheap) and
-// rounds once, to nearest even, when it stores a low-precision result. FP16 has no CPU
-// support in oneDNN 2.6: FP16 matmul operands are widened to FP32 (exact) and run
-// through the FP32 matmul, which is the same arithmetic a GPU does with FP32
+// Numerics (docs/ARCHITECTURE.md, Numerics): every op loads its operands, widens them
+// exactly to FP32, does the math in FP32 (sums of many terms in FP32 lanes combined in FP64
+// where cheap) and rounds once, to nearest even, when it stores a low-precision result.
+// FP16 has no CPU support in oneDNN 2.6: FP16 matmul operands are widened to FP32 (exact)
+// and run through the FP32 matmul, which is the same arithmetic a GPU does with FP32
 // accumulation (a product of two FP16 values is exact in FP32).
 //
 // Memory: host memory, 64-byte aligned; upload/download/copy are memcpy.

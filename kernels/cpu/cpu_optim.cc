@@ -5,7 +5,7 @@
 // elements (a span never crosses a tensor), and the spans are the parallel tasks, so a
 // list of many small tensors and one huge tensor both spread over the threads.
 //
-// Numerics (FP32 everywhere, DESIGN.md §2):
+// Numerics (FP32 everywhere, docs/ARCHITECTURE.md, Numerics):
 //   unscale_and_check  g *= inv_scale and a flag per tensor if any element is inf or NaN.
 //                      Checking after the multiply is enough: a non-finite input stays
 //                      non-finite (inf * 0 = NaN), and a finite one that overflows is

@@ -1,5 +1,5 @@
 // CudaBackend: the Backend interface on one NVIDIA GPU (sm_80+), built as the dlopen plugin
-// libampd_backend_cuda.so (plugin.cc; DESIGN.md §3 says why a plugin).
+// libampd_backend_cuda.so (plugin.cc; docs/ARCHITECTURE.md, The CUDA plugin, says why).
 //
 // Execution: every op is enqueued on one non-blocking stream owned by the backend and
 // returns at once; download() and synchronize() wait for it. Ops on one backend are

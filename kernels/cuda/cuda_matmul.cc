@@ -11,11 +11,11 @@
 // per column of row-major C = per row of column-major D) is exactly what
 // CUBLASLT_EPILOGUE_BIAS broadcasts ("bias length must match D rows").
 //
-// Numerics (DESIGN.md §2): CUBLAS_COMPUTE_32F with FP32 alpha/beta for every dtype: FP16 /
-// BF16 operands with FP32 accumulation; FP32 operands in full FP32 (no TF32) unless
-// AMPD_CUDA_ALLOW_TF32=1 selected CUBLAS_COMPUTE_32F_FAST_TF32. The epilogue adds
-// alpha AB + beta C + bias in FP32 and rounds once to C's dtype. Split-K reductions are
-// restricted to "none" or "in the compute type" (CUBLASLT_REDUCTION_SCHEME_INPLACE and
+// Numerics (docs/ARCHITECTURE.md, Numerics): CUBLAS_COMPUTE_32F with FP32 alpha/beta for
+// every dtype: FP16 / BF16 operands with FP32 accumulation; FP32 operands in full FP32 (no
+// TF32) unless AMPD_CUDA_ALLOW_TF32=1 selected CUBLAS_COMPUTE_32F_FAST_TF32. The epilogue
+// adds alpha AB + beta C + bias in FP32 and rounds once to C's dtype. Split-K reductions
+// are restricted to "none" or "in the compute type" (CUBLASLT_REDUCTION_SCHEME_INPLACE and
 // _OUTPUT_TYPE would add FP16/BF16 partial sums: extra roundings), which also keeps results
 // deterministic. As in BLAS, beta == 0 means C is not read.
 //

@@ -9,7 +9,7 @@
 // up to kMaxTensors tensors (more tensors: one launch per kMaxTensors), with no descriptor
 // upload and no host/device synchronization.
 //
-// Numerics (DESIGN.md §2):
+// Numerics (docs/ARCHITECTURE.md, Numerics):
 //   unscale_and_check  g *= inv_scale (one FP32 product, correctly rounded, as in the
 //                      reference); a tensor's flag is 1 if any product is inf/NaN (a
 //                      non-finite input stays non-finite after the product, and a finite one

@@ -19,8 +19,9 @@
 // The chunking depends on the shape only, so every run adds the same numbers in the same
 // order: bit-identical results run to run (and independent of the GPU model).
 //
-// Numerics: FP32 statistics (DESIGN.md §2): sums of squares are two-pass (mean first, then
-// sum (x - mean)^2), 1/sqrt is a correctly rounded sqrtf followed by a division (no rsqrtf).
+// Numerics: FP32 statistics (docs/ARCHITECTURE.md, Numerics): sums of squares are
+// two-pass (mean first, then sum (x - mean)^2), 1/sqrt is a correctly rounded sqrtf
+// followed by a division (no rsqrtf).
 #include <cmath>
 
 #include "kernels/cuda/cuda_common.cuh"

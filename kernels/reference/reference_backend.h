@@ -2,7 +2,7 @@
 // the oracle the fast backends (oneDNN CPU, CUDA) are tested against, so it chooses
 // exactness and clarity over speed.
 //
-// Numerics (DESIGN.md §2, stricter than the contract in backend.h):
+// Numerics (docs/ARCHITECTURE.md, Numerics; stricter than the contract in backend.h):
 //   * Every input element is widened exactly to double (FP16 / BF16 / FP32 are subsets
 //     of FP64). All arithmetic -- sums, dot products, statistics, exp/log/erf/tanh, the
 //     optimizer updates -- is done in FP64.
