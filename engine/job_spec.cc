@@ -84,6 +84,7 @@
 
 #include "engine/layer_registry.h"
 #include "engine/model.h"
+#include "engine/optimizer.h"
 #include "engine/spec_checker.h"
 #include "proto/job_spec_io.h"
 
@@ -438,9 +439,6 @@ int64_t Mul(int64_t a, int64_t b) {
   int64_t r;
   return __builtin_mul_overflow(a, b, &r) ? kInt64Max : r;
 }
-int64_t Mul(int64_t a, int64_t b, int64_t c) {
-  return Mul(Mul(a, b), c);
-}
 int64_t Add(int64_t a, int64_t b) {
   int64_t r;
   return __builtin_add_overflow(a, b, &r) ? kInt64Max : r;
@@ -536,13 +534,9 @@ MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
   if (plan.ok()) {
     m.parameter_bytes = plan->parameter_bytes;
     m.activation_bytes = plan->activation_bytes;
-    int64_t state_per_param = 0;
-    if (spec.optimizer().has_adamw()) {
-      state_per_param = 8;
-    } else if (spec.optimizer().has_sgd() && spec.optimizer().sgd().momentum() > 0) {
-      state_per_param = 4;
-    }
-    m.optimizer_bytes = Mul(plan->parameter_count, state_per_param);
+    // One FP32 tensor per parameter for every state the optimizer declares.
+    const auto states = static_cast<int64_t>(optimizer_state_names(spec.optimizer()).size());
+    m.optimizer_bytes = Mul(plan->parameter_count, 4 * states);
   }
   m.total_bytes = Add(Add(m.parameter_bytes, m.optimizer_bytes), m.activation_bytes);
   return m;

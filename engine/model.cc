@@ -38,6 +38,7 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
   AMPD_RETURN_IF_ERROR(layers_.build(ctx, spec.layers(), o.in_features, "model.layers", "", 0,
                                      &next_index, &scratch_));
+  layers_.collect_params(params_);
   const int64_t width = layers_.out_features();
   if (width != o.out_features) {
     return InvalidArgument(
@@ -118,7 +119,7 @@ Status Model::backward(const PassContext& ctx, int64_t n, float loss_scale) {
   const DType dt = options_.act_dtype;
   const int64_t T = options_.time, rows = n * T;
   const int64_t out_w = layers_.out_features();
-  for (Param* p : params()) p->grad_writes = 0;
+  for (Param* p : params_) p->grad_writes = 0;
   // d(mean loss * scale)/d(outputs): the 1/rows of the mean and the loss scale are folded
   // into one FP32 factor applied before the single rounding to the working dtype.
   const float grad_scale = loss_scale / static_cast<float>(rows);
@@ -150,12 +151,6 @@ Status Model::read_predictions(int64_t n, int32_t* predictions) {
 std::vector<Layer*> Model::layers() const {
   std::vector<Layer*> out;
   for (const auto& l : layers_.layers()) out.push_back(l.get());
-  return out;
-}
-
-std::vector<Param*> Model::params() {
-  std::vector<Param*> out;
-  layers_.collect_params(out);
   return out;
 }
 

@@ -66,7 +66,7 @@ class Model {
   std::vector<Layer*> layers() const;
   // Every parameter once (a tied weight under its owner), in model order, and every
   // non-trainable state tensor.
-  std::vector<Param*> params();
+  std::vector<Param*> params() const { return params_; }
   std::vector<StateTensor*> states();
   int64_t parameter_count() const { return tally_.parameter_count; }
 
@@ -91,6 +91,7 @@ class Model {
   GradScratch scratch_;
   Sequential layers_;
   std::unordered_map<std::string, Param*> params_by_name_;
+  std::vector<Param*> params_;  // every parameter once, in model order
   Buffer input_, logits_, loss_, lse_, labels_, targets_, argmax_;
   std::vector<uint8_t> input_host_;  // the batch rounded to the working dtype, on the host
 };

@@ -61,7 +61,12 @@ TEST_P(LayerGradient, BackwardMatchesFiniteDifferences) {
   auto layer = make_layer(layer_spec(kind));
   ASSERT_TRUE(layer.ok());
   Layer& l = **layer;
-  BuildContext bc{be.get(), DType::kF32, kBatch, 2, 99};
+  BuildContext bc;
+  bc.backend = be.get();
+  bc.max_batch = kBatch;
+  bc.index = 2;
+  bc.seed = 99;
+  bc.name = "2";
   ASSERT_TRUE(l.build(bc, kIn).ok());
   // Give normalization parameters non-trivial values so their gradients matter.
   for (Param& p : l.params()) {
@@ -168,7 +173,12 @@ TEST_P(LayerPrecision, LowPrecisionForwardTracksFp32) {
 
   auto forward = [&](DType act) {
     auto layer = std::move(make_layer(layer_spec(kind))).value();
-    BuildContext bc{be.get(), act, B, 0, 42};
+    BuildContext bc;
+    bc.backend = be.get();
+    bc.act_dtype = act;
+    bc.max_batch = B;
+    bc.seed = 42;
+    bc.name = "0";
     EXPECT_TRUE(layer->build(bc, In).ok());
     const int64_t out = layer->out_features();
     Buffer x32 = std::move(be->allocate(B * In * 4)).value();

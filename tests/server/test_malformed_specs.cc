@@ -263,13 +263,13 @@ std::vector<SpecRow> SpecRows() {
        StatusCode::INVALID_ARGUMENT, "name"},
       {"unknown field at the top", [](S s) { Unknown(&s)->AddVarint(99, 1); },
        StatusCode::INVALID_ARGUMENT, "unknown field number 99"},
-      {"unknown layer kind (a 'conv' as field 8 of LayerSpec)",
+      {"unknown layer kind (a 'conv' as field 64 of LayerSpec, from a newer schema)",
        [](S s) {
          auto* layer = s.mutable_model()->mutable_layers(1);
          layer->Clear();
-         Unknown(layer)->AddLengthDelimited(8, "");
+         Unknown(layer)->AddLengthDelimited(64, "");
        },
-       StatusCode::INVALID_ARGUMENT, "model.layers[1]: unknown field number 8"},
+       StatusCode::INVALID_ARGUMENT, "model.layers[1]: unknown field number 64"},
       {"unknown field in optimizer.adamw",
        [](S s) { Unknown(s.mutable_optimizer()->mutable_adamw())->AddFixed32(17, 0); },
        StatusCode::INVALID_ARGUMENT, "optimizer.adamw"},
