@@ -6,6 +6,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/batched_geometry.h"
+
 namespace ampd {
 
 namespace {
@@ -80,6 +82,31 @@ Status need_dtype_supported(const Backend& be, const char* op, const Tensor& t) 
 Status need_param_f32(const char* op, const char* name, const Tensor& t, int64_t n) {
   AMPD_RETURN_IF_ERROR(need_f32(op, name, t));
   return need_vector(op, name, t, n);
+}
+
+// The views of batched_matmul: 3-D or 4-D, no negative sizes, positive strides in the
+// dimensions of size > 1 (an empty view is not read and may have any strides).
+Status need_batched_view(const char* op, const char* name, const Tensor& t) {
+  AMPD_RETURN_IF_ERROR(need(t.ndim == 3 || t.ndim == 4, op,
+                            std::string(name) + " must be 3-D or 4-D (batch dimensions, then the " +
+                                "matrix), got " + std::to_string(t.ndim) + "-D " + dims(t)));
+  for (int i = 0; i < t.ndim; ++i) {
+    AMPD_RETURN_IF_ERROR(
+        need(t.size(i) >= 0, op, std::string(name) + " has a negative dimension " + dims(t)));
+  }
+  if (t.numel() == 0) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(need(t.data != nullptr, op, std::string(name) + " has no data"));
+  for (int i = 0; i < t.ndim; ++i) {
+    AMPD_RETURN_IF_ERROR(need(t.size(i) == 1 || t.stride(i) > 0, op,
+                              std::string(name) + " must have positive strides, got " + dims(t)));
+  }
+  return Status::Ok();
+}
+
+std::string batch_dims(const Tensor& t) {
+  std::string s;
+  for (int i = 0; i + 2 < t.ndim; ++i) s += (i ? "x" : "") + std::to_string(t.size(i));
+  return s;
 }
 
 }  // namespace
@@ -201,6 +228,59 @@ Status Backend::matmul(const MatmulArgs& m) {
       need(std::isfinite(m.alpha) && std::isfinite(m.beta), op, "alpha and beta must be finite"));
   if (M == 0 || N == 0) return Status::Ok();
   return matmul_impl(m);
+}
+
+Status Backend::batched_matmul(const BatchedMatmulArgs& m) {
+  constexpr const char* op = "batched_matmul";
+  AMPD_RETURN_IF_ERROR(need_batched_view(op, "a", m.a));
+  AMPD_RETURN_IF_ERROR(need_batched_view(op, "b", m.b));
+  AMPD_RETURN_IF_ERROR(need_batched_view(op, "c", m.c));
+  for (auto [name, t] : {std::pair{"a", &m.a}, {"b", &m.b}, {"c", &m.c}}) {
+    AMPD_RETURN_IF_ERROR(need(is_floating(t->dtype), op,
+                              std::string(name) + " must be f32, f16 or bf16, got " + dims(*t)));
+  }
+  AMPD_RETURN_IF_ERROR(need_same_dtype(op, "a", m.a, "b", m.b));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, m.a));
+  AMPD_RETURN_IF_ERROR(need(m.c.dtype == DType::kF32 || m.c.dtype == m.a.dtype, op,
+                            "c must be f32 or a's dtype, got c " + dims(m.c) + " a " + dims(m.a)));
+  for (auto [name, t] : {std::pair{"b", &m.b}, {"c", &m.c}}) {
+    AMPD_RETURN_IF_ERROR(need(t->ndim == m.a.ndim, op,
+                              std::string(name) + " " + dims(*t) +
+                                  " must have as many dimensions " + "as a " + dims(m.a)));
+    AMPD_RETURN_IF_ERROR(need(batch_dims(*t) == batch_dims(m.a), op,
+                              std::string(name) + "'s batch dimensions " + batch_dims(*t) +
+                                  " differ from a's " + batch_dims(m.a) + " (" + dims(*t) + ", a " +
+                                  dims(m.a) + ")"));
+  }
+  const int64_t M = m.trans_a ? m.a.size(-1) : m.a.size(-2);
+  const int64_t K = m.trans_a ? m.a.size(-2) : m.a.size(-1);
+  const int64_t Kb = m.trans_b ? m.b.size(-1) : m.b.size(-2);
+  const int64_t N = m.trans_b ? m.b.size(-2) : m.b.size(-1);
+  AMPD_RETURN_IF_ERROR(need(K == Kb, op,
+                            "inner dimensions differ: op(a) is " + std::to_string(M) + "x" +
+                                std::to_string(K) + ", op(b) is " + std::to_string(Kb) + "x" +
+                                std::to_string(N)));
+  AMPD_RETURN_IF_ERROR(need(m.c.size(-2) == M && m.c.size(-1) == N, op,
+                            "c must be " + batch_dims(m.a) + "x" + std::to_string(M) + "x" +
+                                std::to_string(N) + ", got " + dims(m.c)));
+  // Within each matrix: a unit stride (any dimension for a and b, the last one for c).
+  for (auto [name, t] : {std::pair{"a", &m.a}, {"b", &m.b}, {"c", &m.c}}) {
+    if (t->numel() == 0) continue;
+    const auto st = unit_matrix_strides(t->size(-2), t->size(-1), t->stride(-2), t->stride(-1));
+    const bool is_c = t == &m.c;
+    AMPD_RETURN_IF_ERROR(
+        need(st.has_value() && (!is_c || (*st)[1] == 1), op,
+             std::string(name) +
+                 (is_c ? " needs a unit stride in its last dimension and stride(-2) >= its columns"
+                       : " needs a unit stride in one of its last two dimensions and the other "
+                         "stride >= that dimension's size") +
+                 ", got " + dims(*t) + " strides " + std::to_string(t->stride(-2)) + "," +
+                 std::to_string(t->stride(-1))));
+  }
+  AMPD_RETURN_IF_ERROR(
+      need(std::isfinite(m.alpha) && std::isfinite(m.beta), op, "alpha and beta must be finite"));
+  if (m.c.numel() == 0) return Status::Ok();
+  return batched_matmul_impl(m);
 }
 
 Status Backend::cast(const Tensor& src, const Tensor& dst) {

@@ -15,8 +15,8 @@
 //     weights are FP32.
 //
 //   * Edge cases every backend follows (the reference backend defines them):
-//     beta == 0 in matmul and bias_grad means the old output is not read (a NaN there
-//     does not spread, as in BLAS); ReLU passes NaN forward and its backward selects
+//     beta == 0 in matmul, batched_matmul and bias_grad means the old output is not read
+//     (a NaN there does not spread, as in BLAS); ReLU passes NaN forward and its backward selects
 //     dx = x > 0 ? dy : 0 (derivative 0 at 0, as PyTorch); dropout multiplies literally
 //     (a dropped inf gives NaN, as PyTorch); argmax treats NaN as the largest value
 //     (first wins); softmax cross-entropy labels are the caller's to keep in [0, C) (see
@@ -98,6 +98,33 @@ struct MatmulArgs {
   Tensor bias;  // optional
 };
 
+// For every batch index: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i]
+//   A, B, C are 3-D (batch, rows, cols) or 4-D (batch0, batch1, rows, cols) strided views
+//   (tensor.h), all with the same number of dimensions and the same batch dimensions (no
+//   broadcasting); op(A[i]): M x K, op(B[i]): K x N, C[i]: M x N.
+//   A and B share one dtype (F32, F16 or BF16). C is F32 or A's dtype. No bias.
+//   Strides (elements) are free in the batch dimensions, so Q, K and V can be (B, H, T, D)
+//   head views carved out of one fused (B, T, 3C) projection, whose two batch dimensions
+//   do not merge into one uniform stride. Within the matrix (the last two dimensions):
+//     * A and B each need a unit stride in one of the two (a transposed(-2, -1) view is
+//       as good as a trans flag) and rows/columns that do not overlap (the other stride
+//       >= the extent of the unit-stride dimension);
+//     * C needs a unit stride in its last dimension and stride(-2) >= N.
+//   Every stride of a dimension of size > 1 must be positive (a dimension of size 1 may
+//   have any stride). C's matrices must not overlap each other, A or B (not checked).
+// Products accumulate in FP32; with a low-precision C the result is rounded once. As in
+// matmul, beta == 0 means C is not read (a NaN there does not spread). K == 0 gives
+// C = beta * C.
+struct BatchedMatmulArgs {
+  Tensor a;
+  Tensor b;
+  Tensor c;
+  bool trans_a = false;
+  bool trans_b = false;
+  float alpha = 1.0f;
+  float beta = 0.0f;
+};
+
 // One parameter tensor as the optimizer sees it. All F32 except `low_precision`, the
 // working copy the forward pass reads (F16/BF16; empty in FP32 mode), which the
 // optimizer rewrites from the updated master weight in the same pass.
@@ -167,6 +194,9 @@ class Backend {
 
   // -- dense algebra
   Status matmul(const MatmulArgs& args);
+  // Strided-batched matmul (attention's Q K^T and P V per batch and head); see
+  // BatchedMatmulArgs. The only op that takes non-contiguous views.
+  Status batched_matmul(const BatchedMatmulArgs& args);
   // dst = round(src) for any pair of floating dtypes of the same numel.
   Status cast(const Tensor& src, const Tensor& dst);
   // x[i, j] += bias[j]; x float, bias F32 or x's dtype, 1 x x.cols().
@@ -269,6 +299,7 @@ class Backend {
   virtual Status synchronize_impl() { return Status::Ok(); }
 
   virtual Status matmul_impl(const MatmulArgs& args) = 0;
+  virtual Status batched_matmul_impl(const BatchedMatmulArgs& args) = 0;
   virtual Status cast_impl(const Tensor& src, const Tensor& dst) = 0;
   virtual Status add_bias_impl(const Tensor& x, const Tensor& bias) = 0;
   virtual Status bias_grad_impl(const Tensor& dy, const Tensor& dbias, float beta) = 0;

@@ -17,7 +17,8 @@ namespace ampd {
 
 // The plugin's single entry point (extern "C", checked against kBackendPluginApiVersion):
 // returns a new Backend, or nullptr with a reason written to `error` (e.g. no GPU).
-inline constexpr int kBackendPluginApiVersion = 1;
+// 2: Backend gained batched_matmul (a new virtual, so the vtable changed).
+inline constexpr int kBackendPluginApiVersion = 2;
 inline constexpr const char* kCudaPluginEntryPoint = "ampd_create_cuda_backend";
 using BackendPluginEntry = Backend* (*)(int api_version, char* error, size_t error_len);
 

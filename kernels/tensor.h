@@ -39,15 +39,14 @@ struct Tensor {
     shape = {rows, cols, 0, 0};
     strides = {cols, 1, 0, 0};
   }
-  // A contiguous tensor of the given shape (1 to kMaxDims dimensions).
+  // A contiguous tensor of the given shape (1 to kMaxDims dimensions). Fails (returns an
+  // empty tensor) past kMaxDims dimensions, rather than dropping the extra ones.
   static Tensor contiguous(void* d, DType t, std::initializer_list<int64_t> dims) {
+    if (dims.size() > static_cast<size_t>(kMaxDims)) return Tensor{};
     Tensor x;
     x.data = d;
     x.dtype = t;
-    for (int64_t s : dims) {
-      if (x.ndim == kMaxDims) break;
-      x.shape[static_cast<size_t>(x.ndim++)] = s;
-    }
+    for (int64_t s : dims) x.shape[static_cast<size_t>(x.ndim++)] = s;
     x.set_contiguous_strides();
     return x;
   }

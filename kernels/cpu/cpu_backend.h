@@ -63,6 +63,7 @@ class CpuBackend final : public Backend {
   Status fill_impl(const Tensor& dst, float value) override;
 
   Status matmul_impl(const MatmulArgs& args) override;
+  Status batched_matmul_impl(const BatchedMatmulArgs& args) override;
   Status cast_impl(const Tensor& src, const Tensor& dst) override;
   Status add_bias_impl(const Tensor& x, const Tensor& bias) override;
   Status bias_grad_impl(const Tensor& dy, const Tensor& dbias, float beta) override;

@@ -22,6 +22,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <cstdlib>
@@ -204,6 +205,36 @@ struct MatmulPlan {
   dnnl::memory::desc scratchpad;  // user-managed (grow-only buffer in CpuState)
 };
 
+// Everything that changes a batched matmul primitive: the batch (outer x inner; outer == 1
+// for a 3-D primitive), the problem, the dtypes (FP16 arrives widened), every stride of
+// op(A), op(B) and C (row, col, outer, inner), alpha and beta.
+struct BatchedMatmulKey {
+  int64_t outer = 1, inner = 1, m = 0, n = 0, k = 0;
+  DType ab = DType::kF32;
+  DType c = DType::kF32;
+  std::array<int64_t, 12> strides{};
+  uint32_t alpha_bits = 0;
+  uint32_t beta_bits = 0;
+  bool operator==(const BatchedMatmulKey&) const = default;
+};
+struct BatchedMatmulKeyHash {
+  size_t operator()(const BatchedMatmulKey& k) const {
+    uint64_t h = 0;
+    for (uint64_t v :
+         {uint64_t(k.outer), uint64_t(k.inner), uint64_t(k.m), uint64_t(k.n), uint64_t(k.k),
+          uint64_t(k.ab), uint64_t(k.c), uint64_t(k.alpha_bits), uint64_t(k.beta_bits)}) {
+      h = hash_mix(h, v);
+    }
+    for (int64_t v : k.strides) h = hash_mix(h, uint64_t(v));
+    return h;
+  }
+};
+struct BatchedMatmulPlan {
+  dnnl::matmul primitive;
+  dnnl::memory::desc a, b, c;
+  dnnl::memory::desc scratchpad;
+};
+
 enum class EltwiseDir : uint8_t { kForward, kBackward };
 struct EltwiseKey {
   int alg = 0;
@@ -235,6 +266,7 @@ struct CpuState {
 
   LruCache<MatmulKey, MatmulPlan, MatmulKeyHash> matmul_plans{512};
   LruCache<EltwiseKey, EltwisePlan, EltwiseKeyHash> eltwise_plans{256};
+  LruCache<BatchedMatmulKey, BatchedMatmulPlan, BatchedMatmulKeyHash> batched_plans{256};
 
   // Grow-only scratch. FP16 matmul: widened A, B, C and bias. Eltwise: widened x, dy and
   // an FP32 result. partials: per-task partial sums of reductions. rows: per-thread row

@@ -27,11 +27,14 @@
 // oneDNN's scratchpad is user-managed (grow-only buffer) so that no call allocates.
 #include <cstring>
 
+#include "kernels/batched_geometry.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_internal.h"
 
 namespace ampd {
 
+using cpu_detail::BatchedMatmulKey;
+using cpu_detail::BatchedMatmulPlan;
 using cpu_detail::CpuState;
 using cpu_detail::MatmulKey;
 using cpu_detail::MatmulPlan;
@@ -114,7 +117,171 @@ void widen(const void* src, DType t, float* dst, int64_t n) {
   });
 }
 
+// ---- batched_matmul ------------------------------------------------------------------------
+
+// oneDNN's view of one operand: 3-D (inner batch, rows, cols) when the batch is uniform,
+// else 4-D (outer, inner, rows, cols), with the operand's strides.
+memory::desc batched_desc(const BatchedGeometry& g, const BatchedOperand& x, DType t) {
+  if (g.outer == 1) {
+    return memory::desc({g.inner, x.rows, x.cols}, dnnl_type(t),
+                        memory::dims{x.inner_stride, x.row_stride, x.col_stride});
+  }
+  return memory::desc({g.outer, g.inner, x.rows, x.cols}, dnnl_type(t),
+                      memory::dims{x.outer_stride, x.inner_stride, x.row_stride, x.col_stride});
+}
+
+BatchedMatmulPlan make_batched_plan(const CpuState& s, const BatchedGeometry& g,
+                                    const BatchedMatmulKey& k, float alpha, float beta) {
+  BatchedMatmulPlan p;
+  p.a = batched_desc(g, g.a, k.ab);
+  p.b = batched_desc(g, g.b, k.ab);
+  p.c = batched_desc(g, g.c, k.c);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+  dnnl::post_ops ops;
+  if (beta != 0.0f) ops.append_sum(beta);
+  attr.set_post_ops(ops);
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p.a, p.b, p.c), attr, s.engine);
+  p.scratchpad = pd.scratchpad_desc();
+  p.primitive = dnnl::matmul(pd);
+  return p;
+}
+
+// fn(o, i, line, src_offset, count) for every line of x (a row of a row-major operand, a
+// column of a column-major one: `count` contiguous elements at element offset src_offset),
+// in parallel; line indexes the lines of all batches in (o, i, line) order.
+template <typename F>
+void for_each_line(const BatchedGeometry& g, const BatchedOperand& x, F&& fn) {
+  const bool rm = x.row_major();
+  const int64_t lines = rm ? x.rows : x.cols;
+  const int64_t len = rm ? x.cols : x.rows;
+  cpu_detail::parallel_rows(g.batch() * lines, len, [&](int64_t t) {
+    const int64_t b = t / lines, l = t % lines;
+    const int64_t o = b / g.inner, i = b % g.inner;
+    fn(t, x.offset(o, i) + l * x.ld(), len);
+  });
+}
+
+// x widened (exactly) into dense FP32 at dst, keeping its orientation (row- or
+// column-major); returns the packed operand. With copy == false only the layout changes
+// (for an output that is not read).
+BatchedOperand pack_f32(const BatchedGeometry& g, const BatchedOperand& x, float* dst, bool copy) {
+  if (copy) {
+    for_each_line(g, x, [&](int64_t t, int64_t src, int64_t len) {
+      convert(cpu_detail::byte_at(x.data, x.dtype, src), x.dtype, dst + t * len, DType::kF32,
+              static_cast<size_t>(len));
+    });
+  }
+  BatchedOperand p = x;
+  p.data = dst;
+  p.dtype = DType::kF32;
+  p.row_stride = x.row_major() ? x.cols : 1;
+  p.col_stride = x.row_major() ? 1 : x.rows;
+  p.inner_stride = x.rows * x.cols;
+  p.outer_stride = p.inner_stride * g.inner;
+  return p;
+}
+
+// C = beta * C for an empty reduction (K == 0), in FP32, rounded once.
+void batched_empty_product(const BatchedGeometry& g, float beta) {
+  const BatchedOperand& c = g.c;
+  for_each_line(g, c, [&](int64_t, int64_t at, int64_t len) {
+    float buf[cpu_detail::kBlock];
+    for (int64_t j0 = 0; j0 < len; j0 += cpu_detail::kBlock) {
+      const int64_t n = std::min(cpu_detail::kBlock, len - j0);
+      char* p = cpu_detail::byte_at(c.data, c.dtype, at + j0);
+      if (beta != 0.0f) {
+        convert(p, c.dtype, buf, DType::kF32, static_cast<size_t>(n));
+        for (int64_t j = 0; j < n; ++j) buf[j] *= beta;
+      } else {
+        std::fill(buf, buf + n, 0.0f);
+      }
+      convert(buf, DType::kF32, p, c.dtype, static_cast<size_t>(n));
+    }
+  });
+}
+
 }  // namespace
+
+// CpuBackend::batched_matmul_impl: one oneDNN matmul primitive over the whole batch.
+//
+// Layout: the geometry of batched_geometry.h. A batch whose two levels merge into one
+// uniform stride runs as a 3-D primitive (batch, rows, cols); otherwise (Q / K / V head
+// views of a fused projection) as a 4-D one with both batch strides. op(A) and op(B) are
+// described by their strides (a transpose is a stride, as in matmul_impl); oneDNN picks
+// brgemm for dense-looking strides and its jit GEMM for interleaved ones.
+// Numerics as matmul_impl: FP32 accumulation, alpha as the output scale, beta as a sum
+// post-op (beta == 0 never reads C), one rounding of a low-precision C. FP16 (not native in
+// oneDNN 2.6 on CPU): A and B, and an f16 C, are widened exactly into dense FP32 scratch
+// (keeping each operand's orientation), the FP32 primitive runs, and the result is rounded
+// once into the strided f16 C. K == 0: C = beta C by hand. Primitives are cached (LRU) by
+// everything that changes them, including every stride.
+Status CpuBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
+  cpu_detail::OpScope scope(*state_);
+  return cpu_detail::guarded("batched_matmul", [&]() -> Status {
+    CpuState& s = *state_;
+    BatchedGeometry g = batched_geometry(m);
+    if (g.k == 0) {
+      batched_empty_product(g, m.beta);
+      return Status::Ok();
+    }
+    const BatchedGeometry user = g;  // the caller's C, for the final rounding of an f16 C
+    if (m.a.dtype == DType::kF16) {
+      const auto size = [&](const BatchedOperand& x) {
+        return static_cast<size_t>(g.batch() * x.rows * x.cols);
+      };
+      g.a = pack_f32(user, user.a, s.a32.get(size(g.a)), true);
+      g.b = pack_f32(user, user.b, s.b32.get(size(g.b)), true);
+      if (m.c.dtype == DType::kF16) {
+        g.c = pack_f32(user, user.c, s.c32.get(size(g.c)), m.beta != 0.0f);
+      }
+      g.merge_batches();
+    }
+
+    BatchedMatmulKey key;
+    key.outer = g.outer;
+    key.inner = g.inner;
+    key.m = g.m;
+    key.n = g.n;
+    key.k = g.k;
+    key.ab = g.a.dtype;
+    key.c = g.c.dtype;
+    size_t at = 0;
+    for (const BatchedOperand* x : {&g.a, &g.b, &g.c}) {
+      for (int64_t v : {x->row_stride, x->col_stride, x->outer_stride, x->inner_stride}) {
+        key.strides[at++] = v;
+      }
+    }
+    key.alpha_bits = std::bit_cast<uint32_t>(m.alpha);
+    key.beta_bits = std::bit_cast<uint32_t>(m.beta == 0.0f ? 0.0f : m.beta);  // -0 == 0
+
+    BatchedMatmulPlan* plan = s.batched_plans.find(key);
+    if (plan == nullptr) {
+      plan = &s.batched_plans.insert(key, make_batched_plan(s, g, key, m.alpha, m.beta));
+    }
+    std::unordered_map<int, memory> args;
+    args.reserve(4);
+    args.emplace(DNNL_ARG_SRC, memory(plan->a, s.engine, g.a.data));
+    args.emplace(DNNL_ARG_WEIGHTS, memory(plan->b, s.engine, g.b.data));
+    args.emplace(DNNL_ARG_DST, memory(plan->c, s.engine, g.c.data));
+    if (const size_t bytes = plan->scratchpad.get_size(); bytes > 0) {
+      args.emplace(DNNL_ARG_SCRATCHPAD,
+                   memory(plan->scratchpad, s.engine, s.scratchpad.get(bytes)));
+    }
+    plan->primitive.execute(s.stream, args);
+    s.stream.wait();
+
+    if (g.c.data != user.c.data) {  // round the dense FP32 result once into the f16 C
+      const float* c32 = static_cast<const float*>(g.c.data);
+      for_each_line(user, user.c, [&](int64_t t, int64_t dst, int64_t len) {
+        convert(c32 + t * len, DType::kF32, cpu_detail::byte_at(user.c.data, DType::kF16, dst),
+                DType::kF16, static_cast<size_t>(len));
+      });
+    }
+    return Status::Ok();
+  });
+}
 
 Status CpuBackend::matmul_impl(const MatmulArgs& m) {
   cpu_detail::OpScope scope(*state_);

@@ -307,6 +307,11 @@ Status CudaBackend::matmul_impl(const MatmulArgs& m) {
   return cuda::matmul(*matmul_, ctx_, m);
 }
 
+Status CudaBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
+  AMPD_CUDA_OP("batched_matmul", {"a", &m.a}, {"b", &m.b}, {"c", &m.c});
+  return cuda::batched_matmul(*matmul_, ctx_, m);
+}
+
 Status CudaBackend::cast_impl(const Tensor& src, const Tensor& dst) {
   AMPD_CUDA_OP("cast", {"src", &src}, {"dst", &dst});
   return cuda::cast(ctx_, src, dst);

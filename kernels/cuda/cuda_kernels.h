@@ -9,6 +9,7 @@
 #include <span>
 
 #include "kernels/backend.h"
+#include "kernels/batched_geometry.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/tensor.h"
 
@@ -43,6 +44,9 @@ Status dropout_backward(CudaContext& ctx, const Tensor& dy, const Tensor& mask, 
 
 // Backend::matmul's semantics on a plain tiled kernel, for the calls cuBLASLt declines.
 Status gemm_fallback(CudaContext& ctx, const MatmulArgs& args);
+// Backend::batched_matmul's semantics on the same tiled kernel, batched over gridDim.z and
+// reading every operand through its strides: the calls cuBLASLt declines, and K == 0.
+Status batched_gemm_fallback(CudaContext& ctx, const BatchedGeometry& g, float alpha, float beta);
 
 // ---- cuda_reduce.cu --------------------------------------------------------------------------
 

@@ -36,13 +36,29 @@
 // access.
 //
 // K == 0 (an empty sum): C = beta C + bias by one kernel (cuBLASLt does not take k = 0).
+//
+// batched_matmul: the same plans with a strided batch. batched_geometry.h describes every
+// operand as op(X) with a unit stride in one of its two matrix dimensions, which is exactly
+// a column-major cuBLASLt layout (stored transposed or not) with that operand's leading
+// dimension; CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT / _STRIDED_BATCH_OFFSET give the batch.
+// When the two batch dimensions of a 4-D call merge into one uniform stride (contiguous
+// tensors) that is one cublasLtMatmul; when they do not (Q / K / V head views of a fused
+// (B, T, 3C) projection: strides T*3C and D), the inner dimension is the cuBLASLt batch and
+// the outer one a loop of cublasLtMatmul calls on one plan (MatmulCacheStats::
+// batched_outer_loops). Alignment: the plan's alignment of each operand is the smallest of
+// its base pointer's and of its batch strides in bytes (every matrix of the batch starts
+// that aligned). If cuBLASLt has no algorithm for that, or declines the call, the batch
+// (or the outer indices not yet done) runs on the batched tiled GEMM of
+// cuda_gemm_fallback.cu, which also serves K == 0 (C = beta C).
 #include "kernels/cuda/cuda_matmul.h"
 
 #include <cublasLt.h>
 
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -81,11 +97,17 @@ uint16_t alignment_of(const void* p) {
   return align;
 }
 
+// ta / tb: op(A) / op(B) is column-major (stored transposed); lda / ldb / ldc: leading
+// dimensions of op(A), op(B) and C as stored; batch / stride_*: a strided batch
+// (batched_matmul; 1 and 0 for matmul).
 struct PlanKey {
   int64_t m = 0, n = 0, k = 0;
   DType ab = DType::kF32, c = DType::kF32, bias = DType::kF32;
   bool has_bias = false, ta = false, tb = false, beta_zero = false, tf32 = false;
   uint16_t align_a = 0, align_b = 0, align_c = 0, align_bias = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int32_t batch = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
   bool operator==(const PlanKey&) const = default;
 };
 
@@ -101,6 +123,13 @@ struct PlanKeyHash {
         uint64_t{k.tb} << 26 | uint64_t{k.beta_zero} << 27 | uint64_t{k.tf32} << 28);
     mix(static_cast<uint64_t>(k.align_a) | static_cast<uint64_t>(k.align_b) << 16 |
         static_cast<uint64_t>(k.align_c) << 32 | static_cast<uint64_t>(k.align_bias) << 48);
+    mix(static_cast<uint64_t>(k.lda));
+    mix(static_cast<uint64_t>(k.ldb));
+    mix(static_cast<uint64_t>(k.ldc));
+    mix(static_cast<uint64_t>(k.batch));
+    mix(static_cast<uint64_t>(k.stride_a));
+    mix(static_cast<uint64_t>(k.stride_b));
+    mix(static_cast<uint64_t>(k.stride_c));
     return static_cast<size_t>(h);
   }
 };
@@ -189,21 +218,35 @@ StatusOr<Plan*> MatmulCache::plan(const PlanKey& key, const void* bias_ptr) {
                                        sizeof bias_ptr),
         "set BIAS_POINTER");
   }
-  // Row-major storage seen column-major (see the top of this file).
+  // Row-major storage seen column-major (see the top of this file): our B, stored
+  // row-major (tb: N x K, else K x N), is cuBLASLt's column-major A (K x N, or N x K) with
+  // the same leading dimension; likewise our A is cuBLASLt's B, and C is N x M.
   const uint64_t b_rows = static_cast<uint64_t>(key.tb ? key.n : key.k);  // our B, stored
   const uint64_t b_cols = static_cast<uint64_t>(key.tb ? key.k : key.n);
   const uint64_t a_rows = static_cast<uint64_t>(key.ta ? key.k : key.m);  // our A, stored
   const uint64_t a_cols = static_cast<uint64_t>(key.ta ? key.m : key.k);
-  AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p->a, cuda_type(key.ab), b_cols, b_rows,
-                                                         static_cast<int64_t>(b_cols)),
-                              "layout A");
-  AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p->b, cuda_type(key.ab), a_cols, a_rows,
-                                                         static_cast<int64_t>(a_cols)),
-                              "layout B");
+  AMPD_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(&p->a, cuda_type(key.ab), b_cols, b_rows, key.ldb), "layout A");
+  AMPD_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatrixLayoutCreate(&p->b, cuda_type(key.ab), a_cols, a_rows, key.lda), "layout B");
   AMPD_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatrixLayoutCreate(&p->c, cuda_type(key.c), static_cast<uint64_t>(key.n),
-                                 static_cast<uint64_t>(key.m), key.n),
+                                 static_cast<uint64_t>(key.m), key.ldc),
       "layout C");
+  if (key.batch > 1) {  // strided batch: the same count on every layout, one stride each
+    const std::pair<cublasLtMatrixLayout_t, int64_t> layouts[] = {
+        {p->a, key.stride_b}, {p->b, key.stride_a}, {p->c, key.stride_c}};
+    for (const auto& [layout, stride] : layouts) {
+      AMPD_CUBLAS_RETURN_IF_ERROR(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &key.batch,
+                                           sizeof key.batch),
+          "set BATCH_COUNT");
+      AMPD_CUBLAS_RETURN_IF_ERROR(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                           &stride, sizeof stride),
+          "set STRIDED_BATCH_OFFSET");
+    }
+  }
 
   cublasLtMatmulPreference_t pref = nullptr;
   AMPD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref), "preference");
@@ -262,23 +305,22 @@ namespace {
 
 // Runs a usable plan: the remembered algorithm, or the heuristic's list in order until one
 // runs (an algorithm may still refuse the call, e.g. for its workspace).
-Status execute(MatmulCache& cache, CudaContext& ctx, Plan& plan, const MatmulArgs& m,
-               const void* c_in, void* c_out, float beta, const void* bias_ptr) {
+Status execute(MatmulCache& cache, CudaContext& ctx, Plan& plan, float alpha, const void* a_ptr,
+               const void* b_ptr, const void* c_in, void* c_out, float beta, const void* bias_ptr) {
   if (bias_ptr != nullptr) {
     AMPD_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
                                        sizeof bias_ptr),
         "set BIAS_POINTER");
   }
-  const float alpha = m.alpha;
   const size_t first = plan.chosen >= 0 ? static_cast<size_t>(plan.chosen) : 0;
   const size_t last = plan.chosen >= 0 ? first + 1 : plan.algos.size();
   cublasStatus_t s = CUBLAS_STATUS_NOT_SUPPORTED;
   for (size_t i = first; i < last; ++i) {
     const cublasLtMatmulHeuristicResult_t& r = plan.algos[i];
     if (r.workspaceSize > cache.options.workspace_bytes) continue;
-    s = cublasLtMatmul(cache.handle, plan.desc, &alpha, m.b.data, plan.a, m.a.data, plan.b, &beta,
-                       c_in, plan.c, c_out, plan.c, &r.algo, cache.options.workspace,
+    s = cublasLtMatmul(cache.handle, plan.desc, &alpha, b_ptr, plan.a, a_ptr, plan.b, &beta, c_in,
+                       plan.c, c_out, plan.c, &r.algo, cache.options.workspace,
                        cache.options.workspace_bytes, ctx.stream);
     if (s == CUBLAS_STATUS_SUCCESS) {
       plan.chosen = static_cast<int>(i);
@@ -314,6 +356,9 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
   key.align_a = alignment_of(m.a.data);
   key.align_b = alignment_of(m.b.data);
   key.align_c = alignment_of(m.c.data);
+  key.lda = m.trans_a ? key.m : key.k;  // dense row-major storage of A, B and C
+  key.ldb = m.trans_b ? key.k : key.n;
+  key.ldc = key.n;
   const bool has_bias = !m.bias.empty();
   if (has_bias) {
     key.has_bias = true;
@@ -329,8 +374,8 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
   // 1. cuBLASLt with everything in the epilogue.
   AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(key, has_bias ? m.bias.data : nullptr));
   if (plan->unusable.empty()) {
-    AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, m, m.c.data, m.c.data, m.beta,
-                                 has_bias ? m.bias.data : nullptr));
+    AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, m.alpha, m.a.data, m.b.data, m.c.data, m.c.data,
+                                 m.beta, has_bias ? m.bias.data : nullptr));
     if (plan->unusable.empty()) return Status::Ok();
   }
 
@@ -354,7 +399,8 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
       if (c32 != m.c.data && m.beta != 0.0f) {
         AMPD_RETURN_IF_ERROR(cast(ctx, m.c, Tensor{c32, DType::kF32, m.c.rows(), m.c.cols()}));
       }
-      AMPD_RETURN_IF_ERROR(execute(cache, ctx, *p2, m, c32, c32, m.beta, nullptr));
+      AMPD_RETURN_IF_ERROR(
+          execute(cache, ctx, *p2, m.alpha, m.a.data, m.b.data, c32, c32, m.beta, nullptr));
       if (p2->unusable.empty()) {
         ++cache.stats.bias_fallbacks;
         return affine_bias(ctx, Tensor{c32, DType::kF32, m.c.rows(), m.c.cols()}, 1.0f, m.bias,
@@ -366,6 +412,86 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
   // 3. No cuBLASLt algorithm for these pointers / leading dimensions: the plain GEMM.
   ++cache.stats.fallback_gemms;
   return gemm_fallback(ctx, m);
+}
+
+namespace {
+
+// The alignment cuBLASLt may assume for every matrix of a strided batch: that of the base
+// pointer and of each batch stride in bytes (the start of batch (o, i) is
+// base + o * outer_stride + i * inner_stride).
+uint16_t batch_alignment(const BatchedGeometry& g, const BatchedOperand& x) {
+  uint16_t align = alignment_of(x.data);
+  const auto fold = [&](int64_t count, int64_t stride) {
+    if (count <= 1) return;
+    const uint64_t bytes = static_cast<uint64_t>(stride) * dtype_size(x.dtype);
+    while (align > 1 && (bytes & (align - 1u)) != 0) align = static_cast<uint16_t>(align >> 1);
+  };
+  fold(g.outer, x.outer_stride);
+  fold(g.inner, x.inner_stride);
+  return align;
+}
+
+const void* at(const BatchedOperand& x, int64_t outer_index) {
+  return static_cast<const char*>(x.data) +
+         outer_index * x.outer_stride * static_cast<int64_t>(dtype_size(x.dtype));
+}
+
+}  // namespace
+
+Status batched_matmul(MatmulCache& cache, CudaContext& ctx, const BatchedMatmulArgs& args) {
+  const BatchedGeometry g = batched_geometry(args);
+  // K == 0 (C = beta C), a batch count past int32, or the tests' fallback-only mode.
+  if (g.k == 0 || g.inner > INT32_MAX || cache.options.fallback_gemm_only) {
+    if (g.k != 0) ++cache.stats.fallback_gemms;
+    return batched_gemm_fallback(ctx, g, args.alpha, args.beta);
+  }
+  PlanKey key;
+  key.m = g.m;
+  key.n = g.n;
+  key.k = g.k;
+  key.ab = g.a.dtype;
+  key.c = g.c.dtype;
+  key.ta = !g.a.row_major();
+  key.tb = !g.b.row_major();
+  key.beta_zero = args.beta == 0.0f;
+  key.tf32 = cache.options.allow_tf32 && g.a.dtype == DType::kF32;
+  key.align_a = batch_alignment(g, g.a);
+  key.align_b = batch_alignment(g, g.b);
+  key.align_c = batch_alignment(g, g.c);
+  key.lda = g.a.ld();
+  key.ldb = g.b.ld();
+  key.ldc = g.c.ld();
+  key.batch = static_cast<int32_t>(g.inner);
+  if (g.inner > 1) {
+    key.stride_a = g.a.inner_stride;
+    key.stride_b = g.b.inner_stride;
+    key.stride_c = g.c.inner_stride;
+  }
+
+  // One strided-batched cublasLtMatmul per outer index (one in all when the batch
+  // dimensions merged into one stride), all on the same plan.
+  AMPD_ASSIGN_OR_RETURN(Plan * plan, cache.plan(key, nullptr));
+  int64_t done = 0;
+  if (plan->unusable.empty()) {
+    if (g.outer > 1) ++cache.stats.batched_outer_loops;
+    for (; done < g.outer; ++done) {
+      void* c = const_cast<void*>(at(g.c, done));
+      AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, args.alpha, at(g.a, done), at(g.b, done), c,
+                                   c, args.beta, nullptr));
+      if (!plan->unusable.empty()) break;  // declined: the rest on the fallback GEMM
+    }
+  }
+  if (done == g.outer) return Status::Ok();
+
+  // No cuBLASLt algorithm for these pointers / leading dimensions / strides: the outer
+  // indices not yet done on the plain GEMM.
+  ++cache.stats.fallback_gemms;
+  BatchedGeometry rest = g;
+  rest.outer = g.outer - done;
+  for (BatchedOperand* x : {&rest.a, &rest.b, &rest.c}) {
+    x->data = const_cast<void*>(at(*x, done));
+  }
+  return batched_gemm_fallback(ctx, rest, args.alpha, args.beta);
 }
 
 MatmulCacheStats matmul_cache_stats(const MatmulCache& cache) {

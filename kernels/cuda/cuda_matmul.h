@@ -30,11 +30,18 @@ StatusOr<MatmulCachePtr> create_matmul_cache(const MatmulOptions& options);
 // C = alpha op(A) op(B) + beta C + bias, as Backend::matmul documents (arguments validated).
 Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& args);
 
+// For every batch: C[i] = alpha op(A[i]) op(B[i]) + beta C[i], as Backend::batched_matmul
+// documents (arguments validated); see the top of cuda_matmul.cc.
+Status batched_matmul(MatmulCache& cache, CudaContext& ctx, const BatchedMatmulArgs& args);
+
 struct MatmulCacheStats {
   size_t plans = 0;           // distinct plans built (heuristic queries made)
   size_t executions = 0;      // cublasLtMatmul calls
   size_t bias_fallbacks = 0;  // calls whose bias went through the FP32 fallback path
   size_t fallback_gemms = 0;  // calls cuBLASLt had no algorithm for (cuda_gemm_fallback.cu)
+  // batched_matmul calls whose batch dimensions do not merge into one stride (one
+  // strided-batched cublasLtMatmul per index of the outer batch dimension)
+  size_t batched_outer_loops = 0;
 };
 MatmulCacheStats matmul_cache_stats(const MatmulCache& cache);
 

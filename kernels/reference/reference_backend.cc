@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/batched_geometry.h"
 #include "kernels/dropout_hash.h"
 #include "kernels/half.h"
 
@@ -261,6 +262,48 @@ Status ReferenceBackend::matmul_impl(const MatmulArgs& m) {
     }
   }
   narrow(m.c, c);
+  return Status::Ok();
+}
+
+// For every batch: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C_old[i], read and written
+// through the views' strides (batched_geometry.h), summed in double and rounded once like
+// matmul above. beta == 0 does not read C. Every result is computed before C is written.
+Status ReferenceBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
+  const BatchedGeometry g = batched_geometry(m);
+  auto load_at = [](const BatchedOperand& x, int64_t o, int64_t i, int64_t r, int64_t c) {
+    const Tensor t(x.data, x.dtype, 1, 1);
+    return load(t, x.offset(o, i) + r * x.row_stride + c * x.col_stride);
+  };
+  const double alpha = m.alpha;
+  const double beta = m.beta;
+  std::vector<double> out(static_cast<size_t>(g.batch() * g.m * g.n));
+  size_t at = 0;
+  for (int64_t o = 0; o < g.outer; ++o) {
+    for (int64_t i = 0; i < g.inner; ++i) {
+      for (int64_t r = 0; r < g.m; ++r) {
+        for (int64_t c = 0; c < g.n; ++c) {
+          double acc = 0.0;
+          for (int64_t k = 0; k < g.k; ++k) {
+            acc += load_at(g.a, o, i, r, k) * load_at(g.b, o, i, k, c);
+          }
+          double v = alpha * acc;
+          if (m.beta != 0.0f) v += beta * load_at(g.c, o, i, r, c);
+          out[at++] = v;
+        }
+      }
+    }
+  }
+  at = 0;
+  const Tensor c_base(g.c.data, g.c.dtype, 1, 1);
+  for (int64_t o = 0; o < g.outer; ++o) {
+    for (int64_t i = 0; i < g.inner; ++i) {
+      for (int64_t r = 0; r < g.m; ++r) {
+        for (int64_t c = 0; c < g.n; ++c) {
+          store(c_base, g.c.offset(o, i) + r * g.c.row_stride + c, out[at++]);
+        }
+      }
+    }
+  }
   return Status::Ok();
 }
 

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -328,6 +329,304 @@ TEST_P(Conformance, MatmulEmptyReduction) {
     return be.matmul(args);
   });
   expect_same(c, default_tolerance(dt()), "matmul K=0");
+}
+
+// ---- batched matmul -----------------------------------------------------------------------
+
+// A host tensor of `batch` stacked rows x cols matrices (one (batch * rows) x cols matrix).
+HostTensor normal_batch(DType t, int64_t batch, int64_t rows, int64_t cols, Rng& rng) {
+  return normal(t, batch * rows, cols, rng);
+}
+
+// The whole of a device tensor seen with another (contiguous) shape.
+Tensor shaped(const DeviceTensor& d, std::initializer_list<int64_t> dims) {
+  return d.tensor.view(dims);
+}
+
+// Tolerance of a batched product as in Matmul: K products of unit normals per entry.
+Tolerance batched_tolerance(DType c, int64_t k, float alpha, float beta) {
+  return default_tolerance(
+      c, k, std::fabs(alpha) * std::sqrt(double(std::max<int64_t>(k, 1))) + std::fabs(beta));
+}
+
+// C[i] = alpha op(A[i]) op(B[i]) + beta C[i] over batches of 1, 7 and 65 (3-D) and 2 x 3
+// (4-D, contiguous: the batch dimensions merge), M, N, K from {1, 3, 17, 33}, every
+// transpose pair (the trans flags on stored-transposed operands), C in f32 and in A's
+// dtype, and a rotation of alpha / beta. beta == 0 gets a NaN-poisoned C, which must be
+// overwritten. Tolerance as Matmul: default_tolerance(c, K, |alpha| sqrt(K) + |beta|).
+TEST_P(Conformance, BatchedMatmul) {
+  struct Shape {
+    int64_t m, n, k;
+  };
+  const Shape shapes[] = {{1, 1, 1},  {3, 17, 33}, {33, 3, 17}, {17, 33, 1},
+                          {1, 33, 3}, {33, 1, 33}, {17, 17, 17}};
+  struct Batch {
+    int64_t b0, b1;  // b1 == 0: 3-D with b0 matrices
+  };
+  const Batch batches[] = {{1, 0}, {7, 0}, {65, 0}, {2, 3}};
+  const std::pair<float, float> scalars[] = {{1, 0}, {0.5f, 1}, {-2, 0.25f}, {1, -1}, {0.75f, 0}};
+  Rng rng(23);
+  int case_no = 0;
+  for (const Batch& bt : batches) {
+    const int64_t nb = bt.b0 * (bt.b1 ? bt.b1 : 1);
+    auto nd = [&](const DeviceTensor& d, int64_t r, int64_t c) {
+      return bt.b1 ? shaped(d, {bt.b0, bt.b1, r, c}) : shaped(d, {bt.b0, r, c});
+    };
+    for (const Shape& sh : shapes) {
+      if (nb * sh.m * sh.n * sh.k > 65 * 17 * 17 * 17) continue;  // keep the reference quick
+      const int64_t M = sh.m, N = sh.n, K = sh.k;
+      for (int t = 0; t < 4; ++t) {
+        const bool ta = t & 1, tb = t & 2;
+        std::vector<DType> c_types = {DType::kF32};
+        if (dt() != DType::kF32) c_types.push_back(dt());
+        for (DType ct : c_types) {
+          const auto [alpha, beta] = scalars[case_no++ % 5];
+          const std::string what =
+              "batched_matmul batch " + std::to_string(bt.b0) +
+              (bt.b1 ? "x" + std::to_string(bt.b1) : "") + " " + dims(M, N, K) +
+              " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) +
+              " c=" + std::string(dtype_name(ct)) + " alpha=" + std::to_string(alpha) +
+              " beta=" + std::to_string(beta);
+          SCOPED_TRACE(what);
+          const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+          Pair a = both(normal_batch(dt(), nb, ar, ac, rng));
+          Pair b = both(normal_batch(dt(), nb, br, bc, rng));
+          Pair c = beta != 0 ? inout(normal_batch(ct, nb, M, N, rng)) : outputs(ct, nb * M, N);
+          run([&](Backend& be, bool r) {
+            BatchedMatmulArgs args;
+            args.a = nd(r ? a.ref : a.dut, ar, ac);
+            args.b = nd(r ? b.ref : b.dut, br, bc);
+            args.c = nd(r ? c.ref : c.dut, M, N);
+            args.trans_a = ta;
+            args.trans_b = tb;
+            args.alpha = alpha;
+            args.beta = beta;
+            return be.batched_matmul(args);
+          });
+          expect_same(c, batched_tolerance(ct, K, alpha, beta), what);
+        }
+      }
+    }
+  }
+}
+
+// transposed(-2, -1) views instead of trans flags (and both together, which cancel):
+// op(A) = A^T through the view's strides is the same product as the flag on the same memory.
+TEST_P(Conformance, BatchedMatmulTransposedViews) {
+  Rng rng(24);
+  const int64_t nb = 7, M = 17, N = 3, K = 33;
+  for (int t = 0; t < 4; ++t) {
+    for (bool flags : {false, true}) {
+      const bool ta = t & 1, tb = t & 2;
+      const std::string what = "transposed views ta=" + std::to_string(ta) +
+                               " tb=" + std::to_string(tb) + " flags=" + std::to_string(flags);
+      SCOPED_TRACE(what);
+      // Stored as (nb, K, M) when op(A) is a transposed view; likewise B.
+      Pair a = both(normal_batch(dt(), nb, ta ? K : M, ta ? M : K, rng));
+      Pair b = both(normal_batch(dt(), nb, tb ? N : K, tb ? K : N, rng));
+      Pair c = outputs(DType::kF32, nb * M, N);
+      run([&](Backend& be, bool r) {
+        BatchedMatmulArgs args;
+        // The view of op(X); with `flags`, transposed once more and the flag set.
+        Tensor av = shaped(r ? a.ref : a.dut, {nb, ta ? K : M, ta ? M : K});
+        Tensor bv = shaped(r ? b.ref : b.dut, {nb, tb ? N : K, tb ? K : N});
+        if (ta) av = av.transposed(-2, -1);
+        if (tb) bv = bv.transposed(-2, -1);
+        if (flags) {
+          av = av.transposed(-2, -1);
+          bv = bv.transposed(-2, -1);
+          args.trans_a = args.trans_b = true;
+        }
+        args.a = av;
+        args.b = bv;
+        args.c = shaped(r ? c.ref : c.dut, {nb, M, N});
+        args.alpha = -0.5f;
+        return be.batched_matmul(args);
+      });
+      expect_same(c, batched_tolerance(DType::kF32, K, 0.5f, 0), what);
+    }
+  }
+}
+
+// Causal self-attention's products on (B, H, T, D) head views carved out of one fused
+// (B, T, 3C) buffer (narrowed + split + transposed): batch strides (T*3C, D) that do not
+// merge into one uniform stride, matrix rows 3C apart. Forward S = alpha Q K^T, Y = P V
+// into a (B, T, C) output seen per head (strides (T*C, D, C, 1)), also with beta != 0
+// (a low-precision strided C read and rounded once); backward dP = dY V^T,
+// dV = P^T dY, dQ = dS K, dK = dS^T Q into the heads of a NaN-poisoned (B, T, 3C) gradient
+// buffer, whose untouched parts must stay NaN, and dQ accumulated once more with beta = 1.
+// Awkward sizes (odd T, D) and B = 1 (the two batch levels then merge).
+TEST_P(Conformance, BatchedMatmulAttentionHeadViews) {
+  struct Size {
+    int64_t b, t, h, d;
+  };
+  Rng rng(25);
+  for (const Size& z : {Size{2, 17, 3, 5}, Size{3, 33, 4, 8}, Size{1, 7, 2, 3}}) {
+    const int64_t B = z.b, T = z.t, H = z.h, D = z.d, C = H * D;
+    const std::string at = "B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                           " H=" + std::to_string(H) + " D=" + std::to_string(D);
+    SCOPED_TRACE(at);
+    Pair qkv = both(normal(dt(), B * T, 3 * C, rng));
+    Pair p = both(normal(dt(), B * H * T, T, rng));
+    Pair dy = both(normal(dt(), B * T, C, rng));
+    Pair s = outputs(DType::kF32, B * H * T, T);
+    Pair y = outputs(dt(), B * T, C);
+    Pair dp = outputs(dt(), B * H * T, T);
+    Pair dqkv = outputs(DType::kF32, B * T, 3 * C);
+    // Head `part` (0 Q, 1 K, 2 V) of a (B, T, 3C) buffer, as (B, H, T, D).
+    auto head = [&](const Tensor& buf, int64_t part) {
+      return buf.view({B, T, 3 * C}).narrowed(-1, part * C, C).split(-1, H, D).transposed(1, 2);
+    };
+    auto per_head = [&](const Tensor& buf) {  // (B, T, C) as (B, H, T, D)
+      return buf.view({B, T, C}).split(-1, H, D).transposed(1, 2);
+    };
+    auto square = [&](const Tensor& buf) { return buf.view({B, H, T, T}); };
+    const float scale = 1.0f / std::sqrt(float(D));
+    auto product = [&](const std::string& what, const Pair& out, DType ct, int64_t k, float alpha,
+                       float beta, auto&& make) {
+      SCOPED_TRACE(what);
+      run([&](Backend& be, bool r) {
+        BatchedMatmulArgs args = make(r);
+        args.alpha = alpha;
+        args.beta = beta;
+        return be.batched_matmul(args);
+      });
+      expect_same(out, batched_tolerance(ct, k, alpha, beta), what + " " + at);
+    };
+    product("S = Q K^T", s, DType::kF32, D, scale, 0, [&](bool r) {
+      return BatchedMatmulArgs{.a = head(pick(qkv, r), 0),
+                               .b = head(pick(qkv, r), 1),
+                               .c = square(pick(s, r)),
+                               .trans_b = true};
+    });
+    product("Y = P V", y, dt(), T, 1, 0, [&](bool r) {
+      return BatchedMatmulArgs{
+          .a = square(pick(p, r)), .b = head(pick(qkv, r), 2), .c = per_head(pick(y, r))};
+    });
+    Pair y2 = inout(normal(dt(), B * T, C, rng));  // the same start values on both
+    product("Y2 = 0.5 P V - Y2", y2, dt(), T, 0.5f, -1, [&](bool r) {
+      return BatchedMatmulArgs{
+          .a = square(pick(p, r)), .b = head(pick(qkv, r), 2), .c = per_head(pick(y2, r))};
+    });
+    product("dP = dY V^T", dp, dt(), D, 1, 0, [&](bool r) {
+      return BatchedMatmulArgs{.a = per_head(pick(dy, r)),
+                               .b = head(pick(qkv, r), 2).transposed(-2, -1),
+                               .c = square(pick(dp, r))};
+    });
+    product("dV = P^T dY", dqkv, DType::kF32, T, 1, 0, [&](bool r) {
+      return BatchedMatmulArgs{.a = square(pick(p, r)),
+                               .b = per_head(pick(dy, r)),
+                               .c = head(pick(dqkv, r), 2),
+                               .trans_a = true};
+    });
+    // dS: P reused as the (already scaled) score gradient.
+    product("dQ = dS K", dqkv, DType::kF32, T, scale, 0, [&](bool r) {
+      return BatchedMatmulArgs{
+          .a = square(pick(p, r)), .b = head(pick(qkv, r), 1), .c = head(pick(dqkv, r), 0)};
+    });
+    product("dK = dS^T Q", dqkv, DType::kF32, T, scale, 0, [&](bool r) {
+      return BatchedMatmulArgs{.a = square(pick(p, r)).transposed(-2, -1),
+                               .b = head(pick(qkv, r), 0),
+                               .c = head(pick(dqkv, r), 1)};
+    });
+    product("dQ += dS K", dqkv, DType::kF32, T, scale, 1, [&](bool r) {
+      return BatchedMatmulArgs{
+          .a = square(pick(p, r)), .b = head(pick(qkv, r), 1), .c = head(pick(dqkv, r), 0)};
+    });
+    const HostTensor g = dut_host(dqkv);
+    int64_t nan = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) nan += std::isnan(g.get(i)) ? 1 : 0;
+    EXPECT_EQ(nan, 0) << "every element of dqkv is one of dQ, dK, dV";
+  }
+}
+
+// K == 0: an empty sum, C = beta C (beta == 0: zeros over a NaN C). Empty batches or
+// matrices are no-ops.
+TEST_P(Conformance, BatchedMatmulEmptyReduction) {
+  Rng rng(26);
+  for (float beta : {0.5f, 0.0f}) {
+    Pair a = both(HostTensor(dt(), 3 * 5, 0));
+    Pair b = both(HostTensor(dt(), 3 * 0, 9));
+    Pair c = beta != 0 ? inout(normal(dt(), 3 * 5, 9, rng)) : outputs(dt(), 3 * 5, 9);
+    run([&](Backend& be, bool r) {
+      return be.batched_matmul({.a = shaped(r ? a.ref : a.dut, {3, 5, 0}),
+                                .b = shaped(r ? b.ref : b.dut, {3, 0, 9}),
+                                .c = shaped(r ? c.ref : c.dut, {3, 5, 9}),
+                                .beta = beta});
+    });
+    expect_same(c, default_tolerance(dt()), "batched_matmul K=0 beta=" + std::to_string(beta));
+  }
+  Pair a = both(normal(dt(), 4, 3, rng));
+  Pair b = both(normal(dt(), 3, 2, rng));
+  Pair c = inout(normal(dt(), 4, 2, rng));
+  const HostTensor before = dut_host(c);
+  AMPD_EXPECT_OK(dut().batched_matmul({.a = shaped(a.dut, {0, 4, 3}),
+                                       .b = shaped(b.dut, {0, 3, 2}),
+                                       .c = shaped(c.dut, {0, 4, 2})}));
+  AMPD_EXPECT_OK(dut().batched_matmul({.a = shaped(a.dut, {1, 0, 3}),
+                                       .b = shaped(b.dut, {1, 3, 2}),
+                                       .c = shaped(c.dut, {1, 0, 2})}));
+  EXPECT_EQ(dut_host(c).bytes, before.bytes);
+}
+
+// Malformed calls are InvalidArgument naming the argument, on every backend (backend.cc
+// validates before any kernel), and change nothing.
+TEST_P(Conformance, BatchedMatmulValidationNamesTheArgument) {
+  Rng rng(27);
+  DeviceTensor a = to_device(dut(), normal(dt(), 2 * 3 * 4, 5, rng));      // (2, 3, 4, 5)
+  DeviceTensor b = to_device(dut(), normal(dt(), 2 * 3 * 5, 6, rng));      // (2, 3, 5, 6)
+  DeviceTensor c = to_device(dut(), normal(dt(), 2 * 3 * 4, 6, rng));      // (2, 3, 4, 6)
+  DeviceTensor wide = to_device(dut(), normal(dt(), 2 * 3 * 4, 12, rng));  // (2, 3, 4, 12)
+  const HostTensor c_before = to_host(dut(), c);
+  const Tensor A = shaped(a, {2, 3, 4, 5}), B = shaped(b, {2, 3, 5, 6}),
+               C = shaped(c, {2, 3, 4, 6});
+  const DType other = dt() == DType::kF32 ? DType::kBF16 : DType::kF32;
+  auto expect_invalid = [&](BatchedMatmulArgs args, const std::string& needle) {
+    const Status s = dut().batched_matmul(args);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << needle << ": " << s.to_string();
+    EXPECT_NE(s.message().find(needle), std::string::npos) << s.to_string();
+  };
+  AMPD_EXPECT_OK(dut().batched_matmul({.a = A, .b = B, .c = C}));  // the well-formed call
+  const HostTensor c_good = to_host(dut(), c);
+  // ndim
+  expect_invalid({.a = a, .b = B, .c = C}, "a must be 3-D or 4-D");
+  expect_invalid({.a = A, .b = shaped(b, {6, 5, 6}), .c = C}, "must have as many dimensions as a");
+  // batch dims, inner dims, C's shape
+  expect_invalid({.a = A, .b = shaped(b, {3, 2, 5, 6}), .c = C}, "b's batch dimensions 3x2");
+  expect_invalid({.a = A, .b = shaped(b, {2, 3, 6, 5}), .c = C}, "inner dimensions differ");
+  expect_invalid({.a = A, .b = B, .c = shaped(c, {2, 3, 6, 4})}, "c must be 2x3x4x6");
+  expect_invalid({.a = A, .b = B, .c = shaped(c, {2, 3, 4, 6}), .trans_a = true},
+                 "inner dimensions differ");
+  // dtypes
+  Tensor b_other = B;
+  b_other.dtype = other;
+  expect_invalid({.a = A, .b = b_other, .c = C}, "must have the dtype of a");
+  Tensor c_int = C;
+  c_int.dtype = DType::kI32;
+  expect_invalid({.a = A, .b = B, .c = c_int}, "c must be f32, f16 or bf16");
+  if (dt() != DType::kF32) {
+    Tensor c_other = shaped(c, {2, 3, 4, 6});
+    c_other.dtype = dt() == DType::kF16 ? DType::kBF16 : DType::kF16;
+    expect_invalid({.a = A, .b = B, .c = c_other}, "c must be f32 or a's dtype");
+  }
+  // strides: no unit stride in A's matrix, overlapping rows in B, C's last dim not unit
+  Tensor a_strided = shaped(wide, {2, 3, 4, 12}).narrowed(-1, 0, 5);
+  a_strided.strides[3] = 2;  // (4, 5) with strides (12, 2)
+  expect_invalid({.a = a_strided, .b = B, .c = C}, "a needs a unit stride");
+  Tensor b_overlap = B;
+  b_overlap.strides[2] = 3;  // rows 3 apart but 6 long
+  expect_invalid({.a = A, .b = b_overlap, .c = C}, "b needs a unit stride");
+  const Tensor c_t = shaped(c, {2, 3, 6, 4}).transposed(-2, -1);  // (2, 3, 4, 6), unit rows
+  expect_invalid({.a = A, .b = B, .c = c_t}, "c needs a unit stride in its last dimension");
+  Tensor c_neg = C;
+  c_neg.strides[0] = -72;
+  expect_invalid({.a = A, .b = B, .c = c_neg}, "c must have positive strides");
+  Tensor a_null = A;
+  a_null.data = nullptr;
+  expect_invalid({.a = a_null, .b = B, .c = C}, "a has no data");
+  expect_invalid({.a = A, .b = B, .c = C, .alpha = kInf}, "alpha and beta must be finite");
+  EXPECT_EQ(to_host(dut(), c).bytes, c_good.bytes) << "a rejected call wrote to c";
+  EXPECT_NE(c_good.bytes, c_before.bytes);
 }
 
 // Widening is exact and narrowing rounds once: bit-exact, special values included.

@@ -426,6 +426,139 @@ TEST_F(CudaBackendTest, FallbackGemmMatchesReference) {
   EXPECT_EQ(fb.matmul_stats().executions, 0u);
 }
 
+// ---- batched_matmul ---------------------------------------------------------------------------
+
+// Attention's S = alpha Q K^T and Y = P V on (B, H, T, D) head views of one fused (B, T, 3C)
+// buffer, on `be` and on the reference; returns the reference's and be's S and y.
+struct AttentionRun {
+  HostTensor s, y, ref_s, ref_y;
+};
+AttentionRun attention_products(Backend& be, Backend& ref, DType t, int64_t B, int64_t T, int64_t H,
+                                int64_t D, uint64_t seed) {
+  const int64_t C = H * D;
+  Rng rng(seed);
+  const HostTensor qkv = normal(t, B * T, 3 * C, rng), p = normal(t, B * H * T, T, rng);
+  AttentionRun out;
+  for (Backend* x : {&be, &ref}) {
+    DeviceTensor dqkv = to_device(*x, qkv), dp = to_device(*x, p);
+    DeviceTensor ds = poisoned(*x, DType::kF32, B * H * T, T), dy = poisoned(*x, t, B * T, C);
+    const Tensor fused = dqkv.tensor.view({B, T, 3 * C});
+    auto head = [&](int64_t part) {
+      return fused.narrowed(-1, part * C, C).split(-1, H, D).transposed(1, 2);
+    };
+    const Status s1 = x->batched_matmul({.a = head(0),
+                                         .b = head(1),
+                                         .c = ds.tensor.view({B, H, T, T}),
+                                         .trans_b = true,
+                                         .alpha = 0.25f});
+    EXPECT_TRUE(s1.ok()) << s1.to_string();
+    const Status s2 =
+        x->batched_matmul({.a = dp.tensor.view({B, H, T, T}),
+                           .b = head(2),
+                           .c = dy.tensor.view({B, T, C}).split(-1, H, D).transposed(1, 2)});
+    EXPECT_TRUE(s2.ok()) << s2.to_string();
+    (x == &be ? out.s : out.ref_s) = to_host(*x, ds);
+    (x == &be ? out.y : out.ref_y) = to_host(*x, dy);
+  }
+  return out;
+}
+
+void expect_attention_close(const AttentionRun& r, DType t, int64_t T, int64_t D,
+                            const std::string& what) {
+  expect_close(r.s, r.ref_s, default_tolerance(DType::kF32, D, 0.25 * std::sqrt(double(D))),
+               what + " S");
+  expect_close(r.y, r.ref_y, default_tolerance(t, T, std::sqrt(double(T))), what + " y");
+}
+
+// Head views whose batch dimensions do not merge: one strided-batched cublasLtMatmul per
+// index of the outer (B) dimension on one plan; contiguous 4-D tensors: one call.
+TEST_F(CudaBackendTest, BatchedMatmulLoopsOverTheOuterBatchDimensionOnlyWhenNeeded) {
+  constexpr int64_t B = 3, T = 64, H = 4, D = 16;
+  for (DType t : {DType::kBF16, DType::kF16, DType::kF32}) {
+    const cuda::MatmulCacheStats before = be().matmul_stats();
+    const AttentionRun r = attention_products(be(), ref(), t, B, T, H, D, 31);
+    expect_attention_close(r, t, T, D, std::string("head views ") + std::string(dtype_name(t)));
+    const cuda::MatmulCacheStats after = be().matmul_stats();
+    EXPECT_EQ(after.batched_outer_loops - before.batched_outer_loops, 2u);  // S and y
+    EXPECT_EQ(after.executions - before.executions, static_cast<size_t>(2 * B))
+        << "aligned views: all on cuBLASLt";
+    EXPECT_EQ(after.fallback_gemms, before.fallback_gemms);
+  }
+  Rng rng(32);
+  DeviceTensor a = to_device(be(), normal(DType::kBF16, 2 * 3 * 32, 16, rng));
+  DeviceTensor b = to_device(be(), normal(DType::kBF16, 2 * 3 * 16, 24, rng));
+  DeviceTensor c = poisoned(be(), DType::kF32, 2 * 3 * 32, 24);
+  const cuda::MatmulCacheStats before = be().matmul_stats();
+  AMPD_ASSERT_OK(be().batched_matmul({.a = a.tensor.view({2, 3, 32, 16}),
+                                      .b = b.tensor.view({2, 3, 16, 24}),
+                                      .c = c.tensor.view({2, 3, 32, 24})}));
+  const cuda::MatmulCacheStats after = be().matmul_stats();
+  EXPECT_EQ(after.executions - before.executions, 1u);
+  EXPECT_EQ(after.batched_outer_loops, before.batched_outer_loops);
+  DeviceTensor ra = to_device(ref(), to_host(be(), a)), rb = to_device(ref(), to_host(be(), b));
+  DeviceTensor rc = poisoned(ref(), DType::kF32, 2 * 3 * 32, 24);
+  AMPD_ASSERT_OK(ref().batched_matmul({.a = ra.tensor.view({2, 3, 32, 16}),
+                                       .b = rb.tensor.view({2, 3, 16, 24}),
+                                       .c = rc.tensor.view({2, 3, 32, 24})}));
+  expect_close(to_host(be(), c), to_host(ref(), rc), default_tolerance(DType::kF32, 16, 4.0),
+               "contiguous 4-D");
+}
+
+// Odd head sizes: batch strides of 3 or 5 elements (2-byte aligned FP16/BF16 matrices).
+// The right answer from a cuBLASLt algorithm valid for that alignment or from the batched
+// fallback GEMM; the backend keeps working.
+TEST_F(CudaBackendTest, BatchedMatmulMisalignedHeadViews) {
+  for (DType t : {DType::kF16, DType::kBF16, DType::kF32}) {
+    for (int64_t D : {3, 5}) {
+      const AttentionRun r = attention_products(be(), ref(), t, 2, 17, 3, D, 33);
+      expect_attention_close(r, t, 17, D,
+                             "D=" + std::to_string(D) + " " + std::string(dtype_name(t)));
+    }
+  }
+  const cuda::MatmulCacheStats s = be().matmul_stats();
+  std::printf("after misaligned batched matmuls: %zu executions, %zu fallback GEMMs\n",
+              s.executions, s.fallback_gemms);
+}
+
+// The batched fallback GEMM itself (what runs when cuBLASLt declines, and K == 0).
+TEST_F(CudaBackendTest, BatchedFallbackGemmMatchesReference) {
+  CudaBackendOptions opts;
+  opts.fallback_gemm_only = true;
+  auto made = CudaBackend::create(opts);
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  CudaBackend& fb = *made.value();
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const AttentionRun r = attention_products(fb, ref(), t, 2, 33, 3, 8, 34);
+    expect_attention_close(r, t, 33, 8, "fallback " + std::string(dtype_name(t)));
+  }
+  // 3-D, every transpose pair, beta != 0.
+  Rng rng(35);
+  for (int tr = 0; tr < 4; ++tr) {
+    const bool ta = tr & 1, tb = tr & 2;
+    const int64_t nb = 7, M = 17, N = 9, K = 33;
+    const HostTensor a = normal(DType::kBF16, nb * (ta ? K : M), ta ? M : K, rng);
+    const HostTensor b = normal(DType::kBF16, nb * (tb ? N : K), tb ? K : N, rng);
+    const HostTensor c0 = normal(DType::kBF16, nb * M, N, rng);
+    HostTensor out[2];
+    int i = 0;
+    for (Backend* x : {static_cast<Backend*>(&fb), &ref()}) {
+      DeviceTensor A = to_device(*x, a), Bm = to_device(*x, b), Cm = to_device(*x, c0);
+      AMPD_ASSERT_OK(x->batched_matmul({.a = A.tensor.view({nb, ta ? K : M, ta ? M : K}),
+                                        .b = Bm.tensor.view({nb, tb ? N : K, tb ? K : N}),
+                                        .c = Cm.tensor.view({nb, M, N}),
+                                        .trans_a = ta,
+                                        .trans_b = tb,
+                                        .alpha = -0.5f,
+                                        .beta = 0.25f}));
+      out[i++] = to_host(*x, Cm);
+    }
+    expect_close(out[0], out[1], default_tolerance(DType::kBF16, K, 0.5 * std::sqrt(33.0) + 1),
+                 "fallback 3-D ta=" + std::to_string(ta) + " tb=" + std::to_string(tb));
+  }
+  EXPECT_GT(fb.matmul_stats().fallback_gemms, 0u);
+  EXPECT_EQ(fb.matmul_stats().executions, 0u);
+}
+
 // A pointer not aligned to its element size is rejected before any kernel can fault.
 TEST_F(CudaBackendTest, PointerNotAlignedToItsElementsIsInvalidArgument) {
   DeviceTensor buf = device_filled(be(), DType::kF32, 1, 64, 1.0f);

@@ -339,6 +339,63 @@ TEST_F(ReferenceBackendTest, MatmulGradientIdentities) {
 // cast, bias, scale, accumulate
 // =====================================================================================
 
+TEST_F(ReferenceBackendTest, BatchedMatmulMatchesNaiveLoopOnHeadViews) {
+  // Attention's products on (B, H, T, D) head views of a fused (B, T, 3C) buffer, against
+  // loops that index the flat buffers directly (not through tensor.h or the batched
+  // geometry). Small integers: every sum is exact in every dtype involved.
+  constexpr int64_t B = 2, T = 5, H = 3, D = 3, C = H * D;
+  Rng rng(9);
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType cdt : {DType::kF32, dt}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " -> " + std::string(dtype_name(cdt)));
+      HostTensor qkv(dt, B * T, 3 * C), p(dt, B * H * T, T), y0(cdt, B * T, C);
+      fill_integers(qkv, rng, -4, 4);
+      fill_integers(p, rng, -4, 4);
+      fill_integers(y0, rng, -4, 4);
+      auto x = [&](int64_t part, int64_t b, int64_t h, int64_t t, int64_t d) {
+        return qkv.get((b * T + t) * 3 * C + part * C + h * D + d);
+      };
+      std::vector<double> s_expected(B * H * T * T), y_expected(B * T * C);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t h = 0; h < H; ++h) {
+          for (int64_t i = 0; i < T; ++i) {
+            for (int64_t j = 0; j < T; ++j) {  // S = Q K^T
+              double acc = 0.0;
+              for (int64_t d = 0; d < D; ++d) acc += x(0, b, h, i, d) * x(1, b, h, j, d);
+              s_expected[((b * H + h) * T + i) * T + j] = acc;
+            }
+            for (int64_t d = 0; d < D; ++d) {  // y = 2 P V - y
+              double acc = 0.0;
+              for (int64_t j = 0; j < T; ++j) {
+                acc += p.get(((b * H + h) * T + i) * T + j) * x(2, b, h, j, d);
+              }
+              const int64_t at = (b * T + i) * C + h * D + d;
+              y_expected[at] = 2.0 * acc - y0.get(at);
+            }
+          }
+        }
+      }
+      DeviceTensor dqkv = dev(qkv), dp = dev(p), dy = dev(y0);
+      DeviceTensor ds =
+          dev(HostTensor::from(cdt, B * H * T, T, std::vector<double>(B * H * T * T, kNaN)));
+      const Tensor fused = dqkv.tensor.view({B, T, 3 * C});
+      auto head = [&](int64_t part) {
+        return fused.narrowed(-1, part * C, C).split(-1, H, D).transposed(1, 2);
+      };
+      AMPD_ASSERT_OK(be.batched_matmul(
+          {.a = head(0), .b = head(1), .c = ds.tensor.view({B, H, T, T}), .trans_b = true}));
+      expect_close(host(ds), s_expected, kExact, "S = Q K^T");
+      AMPD_ASSERT_OK(
+          be.batched_matmul({.a = dp.tensor.view({B, H, T, T}),
+                             .b = head(2),
+                             .c = dy.tensor.view({B, T, C}).split(-1, H, D).transposed(1, 2),
+                             .alpha = 2.0f,
+                             .beta = -1.0f}));
+      expect_close(host(dy), y_expected, kExact, "y = 2 P V - y");
+    }
+  }
+}
+
 TEST_F(ReferenceBackendTest, CastRoundsOnceBetweenFloatDtypes) {
   Rng rng(5);
   HostTensor src(DType::kF32, 4, 8);
