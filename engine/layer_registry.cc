@@ -13,7 +13,9 @@ constexpr std::array<const LayerKind*, 8> kLayerKinds = {
 
 }  // namespace
 
-std::span<const LayerKind* const> layer_kinds() { return kLayerKinds; }
+std::span<const LayerKind* const> layer_kinds() {
+  return kLayerKinds;
+}
 
 const LayerKind* find_layer_kind(ampd::v1::LayerSpec::KindCase kind_case) {
   for (const LayerKind* k : kLayerKinds) {
@@ -24,7 +26,8 @@ const LayerKind* find_layer_kind(ampd::v1::LayerSpec::KindCase kind_case) {
 
 StatusOr<std::unique_ptr<Layer>> make_layer(const ampd::v1::LayerSpec& spec) {
   const LayerKind* k = find_layer_kind(spec.kind_case());
-  if (k == nullptr) return InvalidArgument("layer has no kind (expected one of " + layer_kind_list() + ")");
+  if (k == nullptr)
+    return InvalidArgument("layer has no kind (expected one of " + layer_kind_list() + ")");
   return k->make(spec);
 }
 

@@ -88,9 +88,9 @@ struct BuildContext {
   int64_t max_batch = 0;          // examples per batch
   int64_t index = 0;              // the layer's number in a pre-order walk of the model
   uint64_t seed = 0;
-  int64_t time = 1;               // positions per example
-  std::string name;               // "3" or "2.1": the parameter prefix
-  MemoryTally* tally = nullptr;   // set by the model
+  int64_t time = 1;              // positions per example
+  std::string name;              // "3" or "2.1": the parameter prefix
+  MemoryTally* tally = nullptr;  // set by the model
   // Parameters of the layers built so far, by name (for weight tying); set by the model.
   std::unordered_map<std::string, Param*>* params_by_name = nullptr;
   // For blocks that hold a sequence of their own (engine/sequential.h): the nesting

@@ -108,8 +108,8 @@ Status Model::forward(const PassContext& ctx, int64_t n) {
   const int64_t rows = n * options_.time;
   const Tensor logits = out.reshaped(rows, out.size(-1));
   if (options_.loss == LossKind::kCrossEntropy) {
-    return backend_->softmax_xent_forward(logits, labels_.view(DType::kI32, 1, rows),
-                                          loss_rows(n), lse_.view(DType::kF32, 1, rows));
+    return backend_->softmax_xent_forward(logits, labels_.view(DType::kI32, 1, rows), loss_rows(n),
+                                          lse_.view(DType::kF32, 1, rows));
   }
   return backend_->mse_forward(logits, targets_.view(DType::kF32, rows, options_.out_features),
                                loss_rows(n));
@@ -127,12 +127,12 @@ Status Model::backward(const PassContext& ctx, int64_t n, float loss_scale) {
   const Tensor logits = outputs(n).reshaped(rows, out_w);
   const Tensor d2 = dlogits.reshaped(rows, out_w);
   if (options_.loss == LossKind::kCrossEntropy) {
-    AMPD_RETURN_IF_ERROR(backend_->softmax_xent_backward(
-        logits, labels_.view(DType::kI32, 1, rows), lse_.view(DType::kF32, 1, rows), d2,
-        grad_scale));
+    AMPD_RETURN_IF_ERROR(backend_->softmax_xent_backward(logits, labels_.view(DType::kI32, 1, rows),
+                                                         lse_.view(DType::kF32, 1, rows), d2,
+                                                         grad_scale));
   } else {
-    AMPD_RETURN_IF_ERROR(backend_->mse_backward(
-        logits, targets_.view(DType::kF32, rows, out_w), d2, grad_scale));
+    AMPD_RETURN_IF_ERROR(
+        backend_->mse_backward(logits, targets_.view(DType::kF32, rows, out_w), d2, grad_scale));
   }
   return layers_.backward(ctx, input(n), dlogits, /*dy_slot=*/0, Tensor{});
 }
@@ -144,7 +144,8 @@ Status Model::read_losses(int64_t n, float* losses) {
 Status Model::read_predictions(int64_t n, int32_t* predictions) {
   const int64_t rows = n * options_.time;
   const Tensor am = argmax_.view(DType::kI32, 1, rows);
-  AMPD_RETURN_IF_ERROR(backend_->argmax_rows(outputs(n).reshaped(rows, layers_.out_features()), am));
+  AMPD_RETURN_IF_ERROR(
+      backend_->argmax_rows(outputs(n).reshaped(rows, layers_.out_features()), am));
   return backend_->download(predictions, am);
 }
 

@@ -30,8 +30,8 @@ Tensor GradScratch::view(int depth, int slot, DType dtype, int64_t rows, int64_t
 
 Status Sequential::build(const BuildContext& ctx,
                          const google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>& specs,
-                         int64_t in, const std::string& path, const std::string& prefix,
-                         int depth, int64_t* next_index, GradScratch* scratch) {
+                         int64_t in, const std::string& path, const std::string& prefix, int depth,
+                         int64_t* next_index, GradScratch* scratch) {
   if (specs.empty()) return InvalidArgument(path + ": must not be empty");
   scratch_ = scratch;
   depth_ = depth;
@@ -50,8 +50,7 @@ Status Sequential::build(const BuildContext& ctx,
     lc.depth = depth;
     lc.next_index = next_index;
     lc.scratch = scratch;
-    AMPD_RETURN_IF_ERROR(
-        layer->build(lc, width).with_context(at + "." + std::string(kind->name)));
+    AMPD_RETURN_IF_ERROR(layer->build(lc, width).with_context(at + "." + std::string(kind->name)));
     width = layer->out_features();
     widest = std::max(widest, width);
     if (ctx.params_by_name != nullptr) {  // for weight tying by a later layer
@@ -64,8 +63,8 @@ Status Sequential::build(const BuildContext& ctx,
   }
   out_ = width;
   for (size_t i = 0; i + 1 < layers_.size(); ++i) {
-    AMPD_ASSIGN_OR_RETURN(Buffer b, ctx.make_activation(ctx.act_dtype, ctx.max_rows(),
-                                                        layers_[i]->out_features()));
+    AMPD_ASSIGN_OR_RETURN(
+        Buffer b, ctx.make_activation(ctx.act_dtype, ctx.max_rows(), layers_[i]->out_features()));
     outputs_.push_back(std::move(b));
   }
   scratch->require(depth, MemoryTally::sat_mul(ctx.max_rows(), widest));
@@ -91,10 +90,10 @@ Status Sequential::forward(const PassContext& ctx, const Tensor& x, const Tensor
   return Status::Ok();
 }
 
-Status Sequential::backward(const PassContext& ctx, const Tensor& x, const Tensor& dy,
-                            int dy_slot, const Tensor& dx) {
+Status Sequential::backward(const PassContext& ctx, const Tensor& x, const Tensor& dy, int dy_slot,
+                            const Tensor& dx) {
   const int64_t B = x.size(0), T = x.size(1), rows = B * T;
-  Tensor g = dy;     // the gradient flowing back: of layer k's output
+  Tensor g = dy;       // the gradient flowing back: of layer k's output
   int slot = dy_slot;  // the scratch slot g lives in, or -1 (the caller's buffer)
   for (size_t k = layers_.size(); k-- > 0;) {
     Layer& l = *layers_[k];

@@ -31,7 +31,7 @@ class GradScratch {
   Tensor view(int depth, int slot, DType dtype, int64_t rows, int64_t time, int64_t cols) const;
 
  private:
-  std::vector<int64_t> need_;  // elements per depth
+  std::vector<int64_t> need_;    // elements per depth
   std::vector<Buffer> buffers_;  // 2 per depth
 };
 
@@ -42,8 +42,8 @@ class Sequential {
   // parameter names ("" at the top, "2." inside block 2).
   Status build(const BuildContext& ctx,
                const google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>& specs, int64_t in,
-               const std::string& path, const std::string& prefix, int depth,
-               int64_t* next_index, GradScratch* scratch);
+               const std::string& path, const std::string& prefix, int depth, int64_t* next_index,
+               GradScratch* scratch);
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

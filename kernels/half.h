@@ -130,10 +130,10 @@ static_assert(f32_to_f16_bits(65520.0f) == 0x7c00);    // the tie rounds to even
 static_assert(f32_to_f16_bits(0x1p-24f) == 0x0001);    // smallest subnormal
 static_assert(f32_to_f16_bits(0x1p-25f) == 0x0000);    // tie between 0 and 2^-24 -> 0
 static_assert(f32_to_f16_bits(0x1.8p-25f) == 0x0001);
-static_assert(f32_to_f16_bits(1.0f + 0x1p-11f) == 0x3c00);          // tie -> even (down)
-static_assert(f32_to_f16_bits(1.0f + 3 * 0x1p-11f) == 0x3c02);      // tie -> even (up)
-static_assert(f32_to_bf16_bits(1.0f + 0x1p-8f) == 0x3f80);          // tie -> even (down)
-static_assert(f32_to_bf16_bits(1.0f + 3 * 0x1p-8f) == 0x3f82);      // tie -> even (up)
+static_assert(f32_to_f16_bits(1.0f + 0x1p-11f) == 0x3c00);      // tie -> even (down)
+static_assert(f32_to_f16_bits(1.0f + 3 * 0x1p-11f) == 0x3c02);  // tie -> even (up)
+static_assert(f32_to_bf16_bits(1.0f + 0x1p-8f) == 0x3f80);      // tie -> even (down)
+static_assert(f32_to_bf16_bits(1.0f + 3 * 0x1p-8f) == 0x3f82);  // tie -> even (up)
 static_assert(f16_bits_to_f32(0x0001) == 0x1p-24f);
 static_assert(bf16_bits_to_f32(0x7f7f) == 0x1.fep127f);
 

@@ -34,11 +34,8 @@ std::unique_ptr<Layer> make(const ampd::v1::LayerSpec&) {
 
 }  // namespace
 
-const LayerKind kReluLayer = {"relu", ampd::v1::LayerSpec::kRelu, resolve,
-                              make<Activation::kReLU>};
-const LayerKind kGeluLayer = {"gelu", ampd::v1::LayerSpec::kGelu, resolve,
-                              make<Activation::kGELU>};
-const LayerKind kTanhLayer = {"tanh", ampd::v1::LayerSpec::kTanh, resolve,
-                              make<Activation::kTanh>};
+const LayerKind kReluLayer = {"relu", ampd::v1::LayerSpec::kRelu, resolve, make<Activation::kReLU>};
+const LayerKind kGeluLayer = {"gelu", ampd::v1::LayerSpec::kGelu, resolve, make<Activation::kGELU>};
+const LayerKind kTanhLayer = {"tanh", ampd::v1::LayerSpec::kTanh, resolve, make<Activation::kTanh>};
 
 }  // namespace ampd::engine

@@ -21,15 +21,14 @@ class Dropout final : public Layer {
     // so that a resumed job draws the same masks as an uninterrupted one.
     const uint64_t seed = splitmix64(ctx.seed ^ (0xd50ull + static_cast<uint64_t>(index_)));
     const uint64_t offset = static_cast<uint64_t>(ctx.step) * static_cast<uint64_t>(x.numel());
-    return ctx.backend->dropout_forward(x, y, mask_.view(DType::kU8, x.rows(), x.cols()), p_,
-                                        seed, offset);
+    return ctx.backend->dropout_forward(x, y, mask_.view(DType::kU8, x.rows(), x.cols()), p_, seed,
+                                        offset);
   }
   Status backward(const PassContext& ctx, const Tensor&, const Tensor& dy,
                   const Tensor& dx) override {
     if (dx.empty()) return Status::Ok();
     if (p_ == 0.0f) return ctx.backend->copy(dx, dy);
-    return ctx.backend->dropout_backward(dy, mask_.view(DType::kU8, dy.rows(), dy.cols()), dx,
-                                         p_);
+    return ctx.backend->dropout_backward(dy, mask_.view(DType::kU8, dy.rows(), dy.cols()), dx, p_);
   }
 
  private:

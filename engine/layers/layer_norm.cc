@@ -16,8 +16,8 @@ class LayerNorm final : public Layer {
     in_ = out_ = in;
     AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", 1, in, false, false,
                                                   [](int64_t) { return 1.0f; }));
-    AMPD_ASSIGN_OR_RETURN(Param b, ctx.make_param(kind(), "bias", 1, in, false, false,
-                                                  [](int64_t) { return 0.0f; }));
+    AMPD_ASSIGN_OR_RETURN(
+        Param b, ctx.make_param(kind(), "bias", 1, in, false, false, [](int64_t) { return 0.0f; }));
     params_.push_back(std::move(w));
     params_.push_back(std::move(b));
     const int64_t stat_bytes = MemoryTally::sat_mul(ctx.max_rows(), sizeof(float));

@@ -63,7 +63,7 @@ class Linear final : public Layer {
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     MatmulArgs m;
     m.a = x.reshaped(x.rows(), x.cols());  // (B*T, in)
-    m.b = weight_->compute_t();              // (out, in)
+    m.b = weight_->compute_t();            // (out, in)
     m.trans_b = true;
     m.c = y.reshaped(y.rows(), y.cols());  // (B*T, out)
     if (bias_param_ != nullptr) m.bias = bias_param_->master_t();

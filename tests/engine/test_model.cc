@@ -84,8 +84,8 @@ TEST(ModelGraph, PlanEqualsAllocationByteForByte) {
       EXPECT_EQ((*m)->parameter_count(), 30 + 10 + 42 + 56 + 40 + 10);
       std::set<std::string> names;
       for (Param* p : (*m)->params()) EXPECT_TRUE(names.insert(p->name).second) << p->name;
-      for (const char* n : {"0.weight", "1.0.weight", "1.1.weight", "1.3.0.weight",
-                            "1.4.bias", "2.weight"}) {
+      for (const char* n :
+           {"0.weight", "1.0.weight", "1.1.weight", "1.3.0.weight", "1.4.bias", "2.weight"}) {
         EXPECT_TRUE(names.count(n)) << n;
       }
       EXPECT_FALSE(names.count("4.weight")) << "a tied weight is stored once, as its owner";
@@ -106,19 +106,20 @@ TEST(ModelGraph, BuildErrorsNameTheLayer) {
   EXPECT_NE(bad_tie.status().message().find("no earlier parameter is named '9.weight'"),
             std::string::npos)
       << bad_tie.status().message();
-  auto bad_shape = Model::create(
-      *be,
-      model_from_yaml("[{linear: {out_features: 6}},"
-                      " {linear: {out_features: 3, tie_weight_to: '0.weight'}}]"),
-      o);
+  auto bad_shape =
+      Model::create(*be,
+                    model_from_yaml("[{linear: {out_features: 6}},"
+                                    " {linear: {out_features: 3, tie_weight_to: '0.weight'}}]"),
+                    o);
   ASSERT_FALSE(bad_shape.ok());
   EXPECT_NE(bad_shape.status().message().find("is 6x4 but this layer's weight is 3x6"),
             std::string::npos)
       << bad_shape.status().message();
-  auto bad_width = Model::create(
-      *be, model_from_yaml("[{residual: {layers: [{linear: {out_features: 2}}]}},"
-                           " {linear: {out_features: 3}}]"),
-      o);
+  auto bad_width =
+      Model::create(*be,
+                    model_from_yaml("[{residual: {layers: [{linear: {out_features: 2}}]}},"
+                                    " {linear: {out_features: 3}}]"),
+                    o);
   ASSERT_FALSE(bad_width.ok());
   EXPECT_NE(bad_width.status().message().find("model.layers[0].residual"), std::string::npos);
   EXPECT_NE(bad_width.status().message().find("must give back the width"), std::string::npos)
@@ -219,14 +220,14 @@ TEST(ModelGraph, ATiedWeightGetsBothContributionsInOneFp32Gradient) {
   o.in_features = 6;
   o.out_features = 6;
   o.seed = 3;
-  auto tied = Model::create(
-      *be,
-      model_from_yaml("[{linear: {out_features: 6}}, {tanh: {}},"
-                      " {linear: {out_features: 6, tie_weight_to: '0.weight'}}]"),
-      o);
+  auto tied =
+      Model::create(*be,
+                    model_from_yaml("[{linear: {out_features: 6}}, {tanh: {}},"
+                                    " {linear: {out_features: 6, tie_weight_to: '0.weight'}}]"),
+                    o);
   auto untied = Model::create(
-      *be, model_from_yaml("[{linear: {out_features: 6}}, {tanh: {}}, {linear: {out_features: 6}}]"),
-      o);
+      *be,
+      model_from_yaml("[{linear: {out_features: 6}}, {tanh: {}}, {linear: {out_features: 6}}]"), o);
   ASSERT_TRUE(tied.ok() && untied.ok());
   // Same values everywhere: the untied model's second weight is the first one's copy.
   auto tp = (*tied)->params(), up = (*untied)->params();
