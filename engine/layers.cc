@@ -57,6 +57,17 @@ StatusOr<Param> BuildContext::make_param(const std::string& kind, const std::str
   return p;
 }
 
+Status BuildContext::make_norm_affine(const std::string& kind, int64_t features,
+                                      std::vector<Param>& params) const {
+  AMPD_ASSIGN_OR_RETURN(
+      Param w, make_param(kind, "weight", 1, features, false, false, [](int64_t) { return 1.0f; }));
+  AMPD_ASSIGN_OR_RETURN(
+      Param b, make_param(kind, "bias", 1, features, false, false, [](int64_t) { return 0.0f; }));
+  params.push_back(std::move(w));
+  params.push_back(std::move(b));
+  return Status::Ok();
+}
+
 StatusOr<StateTensor> BuildContext::make_state(const std::string& suffix, int64_t cols,
                                                float value) const {
   StateTensor s;

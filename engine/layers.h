@@ -107,6 +107,10 @@ struct BuildContext {
                              int64_t cols, bool low_copy, bool decay,
                              const std::function<float(int64_t)>& init) const;
   StatusOr<StateTensor> make_state(const std::string& suffix, int64_t cols, float value) const;
+  // A normalization's FP32 affine parameters: "weight" (ones) and "bias" (zeros), 1 x
+  // features each, no working copy, no weight decay; appended to `params`.
+  Status make_norm_affine(const std::string& kind, int64_t features,
+                          std::vector<Param>& params) const;
   // A per-batch buffer (statistics, masks): part of the activation memory.
   StatusOr<Buffer> make_aux(int64_t bytes) const;
   // An activation-sized buffer of rows x cols in `dtype`: part of the activation memory.

@@ -15,12 +15,7 @@ class BatchNorm final : public Layer {
   bool requires_dx() const override { return true; }
   Status build(const BuildContext& ctx, int64_t in) override {
     in_ = out_ = in;
-    AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", 1, in, false, false,
-                                                  [](int64_t) { return 1.0f; }));
-    AMPD_ASSIGN_OR_RETURN(
-        Param b, ctx.make_param(kind(), "bias", 1, in, false, false, [](int64_t) { return 0.0f; }));
-    params_.push_back(std::move(w));
-    params_.push_back(std::move(b));
+    AMPD_RETURN_IF_ERROR(ctx.make_norm_affine(kind(), in, params_));
     AMPD_ASSIGN_OR_RETURN(StateTensor mean, ctx.make_state("running_mean", in, 0.0f));
     AMPD_ASSIGN_OR_RETURN(StateTensor var, ctx.make_state("running_var", in, 1.0f));
     states_.push_back(std::move(mean));

@@ -14,12 +14,7 @@ class LayerNorm final : public Layer {
   bool requires_dx() const override { return true; }
   Status build(const BuildContext& ctx, int64_t in) override {
     in_ = out_ = in;
-    AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", 1, in, false, false,
-                                                  [](int64_t) { return 1.0f; }));
-    AMPD_ASSIGN_OR_RETURN(
-        Param b, ctx.make_param(kind(), "bias", 1, in, false, false, [](int64_t) { return 0.0f; }));
-    params_.push_back(std::move(w));
-    params_.push_back(std::move(b));
+    AMPD_RETURN_IF_ERROR(ctx.make_norm_affine(kind(), in, params_));
     const int64_t stat_bytes = MemoryTally::sat_mul(ctx.max_rows(), sizeof(float));
     AMPD_ASSIGN_OR_RETURN(mean_, ctx.make_aux(stat_bytes));
     AMPD_ASSIGN_OR_RETURN(rstd_, ctx.make_aux(stat_bytes));
