@@ -11,8 +11,8 @@
 //      LayerKind k<Kind>Layer` (resolve + make),
 //   3. one line in kLayerKinds in engine/layer_registry.cc (and its declaration below),
 //   4. its tests: tests/engine/test_layers.cc (finite differences, low-precision
-//      forward); tests/engine/test_layer_registry.cc checks that every oneof field of
-//      LayerSpec has an entry.
+//      forward); LayerRegistry.EveryLayerSpecKindHasOneEntry (tests/engine/test_model.cc)
+//      fails for a LayerSpec field without an entry.
 #pragma once
 
 #include <memory>

@@ -345,7 +345,7 @@ Status Trainer::train_step(int64_t step) {
 
   // Unscale and look for inf/NaN in one pass over the gradients, and look (scale 1: no
   // writes) at the FP32 loss and the running statistics; reading the flags is the step's
-  // one sync point.
+  // one sync point unless clipping reads the global norm below.
   const auto n_grads = static_cast<int64_t>(grads_.size());
   const auto n_flags = static_cast<int64_t>(host_flags_.size());
   const Tensor flags = flags_.view(DType::kI32, n_flags, 1);

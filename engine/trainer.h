@@ -4,7 +4,8 @@
 //   gather batch -> cast input to the working dtype -> forward -> FP32 loss ->
 //   backward of (mean loss x loss scale) -> one fused pass that unscales every FP32
 //   gradient and flags non-finite tensors -> read the flags (the step's one small
-//   device-to-host read) -> skip (count, back off, overflow event naming the tensors)
+//   device-to-host read without clipping; with grad_clip_norm the global norm is a
+//   second) -> skip (count, back off, overflow event naming the tensors)
 //   or clip + optimizer step on the FP32 masters (which rewrites the low-precision
 //   copies) -> scaler update -> events, evaluation, checkpoint, cancellation check.
 //
