@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 #include "proto/job_spec_io.h"
 
 namespace ampd::engine {

@@ -35,8 +35,8 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/dropout_hash.h"
-#include "kernels/status.h"
 #include "kernels/tensor.h"
 
 namespace ampd {

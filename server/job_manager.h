@@ -48,10 +48,10 @@
 
 #include "ampd/v1/job.pb.h"
 #include "ampd/v1/trainer.pb.h"
+#include "base/status.h"
 #include "engine/checkpoint.h"
 #include "engine/trainer.h"
 #include "kernels/backend.h"
-#include "kernels/status.h"
 #include "server/dataset_store.h"
 #include "server/event_hub.h"
 #include "server/job_store.h"

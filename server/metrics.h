@@ -41,7 +41,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 #include "server/job_manager.h"
 
 namespace prometheus {

@@ -10,7 +10,7 @@
 #include <string>
 
 #include "ampd/v1/trainer.grpc.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 #include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"

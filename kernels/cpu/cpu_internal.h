@@ -35,8 +35,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "base/status.h"
 #include "kernels/convert.h"
-#include "kernels/status.h"
 #include "kernels/tensor.h"
 
 namespace ampd::cpu_detail {

@@ -21,10 +21,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base/status.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/dtype.h"
 #include "kernels/half.h"
-#include "kernels/status.h"
 
 namespace ampd::cuda {
 
