@@ -28,7 +28,7 @@ class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
-  static Status Ok() { return {}; }
+  static Status ok_status() { return {}; }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
@@ -47,28 +47,28 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status InvalidArgument(std::string m) {
+inline Status invalid_argument(std::string m) {
   return {StatusCode::kInvalidArgument, std::move(m)};
 }
-inline Status FailedPrecondition(std::string m) {
+inline Status failed_precondition(std::string m) {
   return {StatusCode::kFailedPrecondition, std::move(m)};
 }
-inline Status ResourceExhausted(std::string m) {
+inline Status resource_exhausted(std::string m) {
   return {StatusCode::kResourceExhausted, std::move(m)};
 }
-inline Status Unavailable(std::string m) {
+inline Status unavailable(std::string m) {
   return {StatusCode::kUnavailable, std::move(m)};
 }
-inline Status Internal(std::string m) {
+inline Status internal(std::string m) {
   return {StatusCode::kInternal, std::move(m)};
 }
-inline Status NotFound(std::string m) {
+inline Status not_found(std::string m) {
   return {StatusCode::kNotFound, std::move(m)};
 }
-inline Status DataLoss(std::string m) {
+inline Status data_loss(std::string m) {
   return {StatusCode::kDataLoss, std::move(m)};
 }
-inline Status Unimplemented(std::string m) {
+inline Status unimplemented(std::string m) {
   return {StatusCode::kUnimplemented, std::move(m)};
 }
 
