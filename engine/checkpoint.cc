@@ -30,31 +30,31 @@ Status add_tensor(StFile& file, Backend& be, const std::string& name, const Tens
   st.data.resize(t.bytes());
   AMPD_RETURN_IF_ERROR(be.download(st.data.data(), t));
   file.tensors.push_back(std::move(st));
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status take_tensor(const StFile& file, Backend& be, const std::string& name, const Tensor& t) {
   const StTensor* st = file.find(name);
-  if (st == nullptr) return DataLoss("checkpoint has no tensor '" + name + "'");
+  if (st == nullptr) return data_loss("checkpoint has no tensor '" + name + "'");
   int64_t numel = 1;
   for (int64_t d : st->shape) numel *= d;
   if (st->dtype != DType::kF32 || numel != t.numel() || st->data.size() != t.bytes()) {
-    return FailedPrecondition("checkpoint tensor '" + name + "' does not match the model (" +
-                              t.describe() + "): was it written for another spec?");
+    return failed_precondition("checkpoint tensor '" + name + "' does not match the model (" +
+                               t.describe() + "): was it written for another spec?");
   }
   return be.upload(t, st->data.data());
 }
 
 StatusOr<int64_t> parse_int(const StFile& f, const std::string& key) {
   auto it = f.metadata.find(key);
-  if (it == f.metadata.end()) return DataLoss("checkpoint metadata lacks '" + key + "'");
+  if (it == f.metadata.end()) return data_loss("checkpoint metadata lacks '" + key + "'");
   try {
     size_t used = 0;
     const long long v = std::stoll(it->second, &used);
     if (used != it->second.size()) throw std::invalid_argument(key);
     return static_cast<int64_t>(v);
   } catch (const std::exception&) {
-    return DataLoss("checkpoint metadata '" + key + "' is not an integer: " + it->second);
+    return data_loss("checkpoint metadata '" + key + "' is not an integer: " + it->second);
   }
 }
 
@@ -78,7 +78,7 @@ StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const O
   jopt.preserve_proto_field_names = true;
   jopt.always_print_primitive_fields = true;
   if (!google::protobuf::util::MessageToJsonString(meta.scaler, &scaler_json, jopt).ok()) {
-    return Internal("cannot serialize the loss-scaler state");
+    return internal("cannot serialize the loss-scaler state");
   }
   auto& md = file.metadata;
   md["ampd.format"] = kFormat;
@@ -106,13 +106,13 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
   const auto& md = ck.file.metadata;
   auto fmt = md.find("ampd.format");
   if (fmt == md.end() || (fmt->second != kFormat && fmt->second != kFormatV1)) {
-    return FailedPrecondition(path + " is not an ampd checkpoint (metadata ampd.format is not " +
-                              kFormat + ")");
+    return failed_precondition(path + " is not an ampd checkpoint (metadata ampd.format is not " +
+                               kFormat + ")");
   }
   for (const char* key : {kStChecksumKey, kStHeaderChecksumKey}) {
     if (key == std::string_view(kStHeaderChecksumKey) && fmt->second == kFormatV1) continue;
     if (md.count(key) == 0) {
-      return DataLoss("checkpoint " + path + " is corrupt: its metadata lacks " + key);
+      return data_loss("checkpoint " + path + " is corrupt: its metadata lacks " + key);
     }
   }
   AMPD_ASSIGN_OR_RETURN(ck.meta.step, parse_int(ck.file, "ampd.step"));
@@ -124,10 +124,10 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
   auto scaler = md.find("ampd.scaler");
   if (scaler == md.end() ||
       !google::protobuf::util::JsonStringToMessage(scaler->second, &ck.meta.scaler).ok()) {
-    return DataLoss(path + ": missing or malformed loss-scaler state");
+    return data_loss(path + ": missing or malformed loss-scaler state");
   }
   auto spec = md.find("ampd.spec");
-  if (spec == md.end()) return DataLoss(path + ": missing job spec");
+  if (spec == md.end()) return data_loss(path + ": missing job spec");
   AMPD_ASSIGN_OR_RETURN(ck.meta.spec, parse_job_spec(spec->second, "json"));
   auto prec = md.find("ampd.precision");
   ck.meta.precision = prec == md.end() ? "" : prec->second;

@@ -69,8 +69,8 @@ Status split_line(std::string_view line, char delimiter, int64_t max_columns,
   const size_t n = line.size();
   while (true) {
     if (static_cast<int64_t>(cells.size()) >= max_columns) {
-      return InvalidArgument(line_prefix(source, line_no) + "more than " +
-                             std::to_string(max_columns) + " columns");
+      return invalid_argument(line_prefix(source, line_no) + "more than " +
+                              std::to_string(max_columns) + " columns");
     }
     while (i < n && is_space(line[i], delimiter)) ++i;
     Cell cell;
@@ -90,16 +90,16 @@ Status split_line(std::string_view line, char delimiter, int64_t max_columns,
         ++i;
       }
       if (!closed) {
-        return InvalidArgument(cell_prefix(source, line_no, static_cast<int64_t>(cells.size())) +
-                               "unterminated quoted cell");
+        return invalid_argument(cell_prefix(source, line_no, static_cast<int64_t>(cells.size())) +
+                                "unterminated quoted cell");
       }
       cell.text = line.substr(start, i - start);
       cell.quoted = true;
       ++i;  // the closing quote
       while (i < n && is_space(line[i], delimiter)) ++i;
       if (i < n && line[i] != delimiter) {
-        return InvalidArgument(cell_prefix(source, line_no, static_cast<int64_t>(cells.size())) +
-                               "unexpected text after a quoted cell");
+        return invalid_argument(cell_prefix(source, line_no, static_cast<int64_t>(cells.size())) +
+                                "unexpected text after a quoted cell");
       }
     } else {
       const size_t start = i;
@@ -116,7 +116,7 @@ Status split_line(std::string_view line, char delimiter, int64_t max_columns,
       break;
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 std::string unescape_quotes(std::string_view s) {
@@ -188,7 +188,7 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
   z_stream zs{};
   // 15 + 32: a 32 KiB window and automatic detection of a gzip (or zlib) header.
   if (inflateInit2(&zs, 15 + 32) != Z_OK) {
-    return Internal(source + ": cannot initialize zlib");
+    return internal(source + ": cannot initialize zlib");
   }
   struct Closer {
     z_stream* zs;
@@ -212,8 +212,8 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
   while (true) {
     if (produced == out.size()) {
       if (static_cast<int64_t>(produced) > max_bytes) {
-        return InvalidArgument(source + ": decompressed data exceeds the " +
-                               format_bytes(max_bytes) + " limit");
+        return invalid_argument(source + ": decompressed data exceeds the " +
+                                format_bytes(max_bytes) + " limit");
       }
       out.resize(std::min<size_t>(out.size() * 2, static_cast<size_t>(max_bytes) + 1));
     }
@@ -223,8 +223,8 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
     const int ret = inflate(&zs, Z_NO_FLUSH);
     produced += room - zs.avail_out;
     if (static_cast<int64_t>(produced) > max_bytes) {
-      return InvalidArgument(source + ": decompressed data exceeds the " + format_bytes(max_bytes) +
-                             " limit");
+      return invalid_argument(source + ": decompressed data exceeds the " +
+                              format_bytes(max_bytes) + " limit");
     }
     if (ret == Z_STREAM_END) {
       // Another gzip member may follow (concatenated .gz files decompress to the
@@ -233,9 +233,9 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
       if (left == 0) break;
       const size_t at = total_in - left;
       if (!is_gzip(bytes.subspan(at))) {
-        return InvalidArgument(source + ": unexpected data after the end of the gzip stream");
+        return invalid_argument(source + ": unexpected data after the end of the gzip stream");
       }
-      if (inflateReset(&zs) != Z_OK) return Internal(source + ": cannot reset zlib");
+      if (inflateReset(&zs) != Z_OK) return internal(source + ": cannot reset zlib");
       continue;
     }
     if (ret == Z_OK) {
@@ -248,9 +248,9 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
         continue;
       }
       if (zs.avail_out == 0) continue;  // the output buffer grows above
-      return InvalidArgument(source + ": truncated gzip data");
+      return invalid_argument(source + ": truncated gzip data");
     }
-    return InvalidArgument(
+    return invalid_argument(
         source + ": corrupt gzip data (" +
         (zs.msg != nullptr ? std::string(zs.msg) : "zlib error " + std::to_string(ret)) + ")");
   }
@@ -261,11 +261,11 @@ StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::st
 StatusOr<CsvTable> parse_csv(std::string_view text, const std::string& source,
                              const CsvOptions& options) {
   if (static_cast<int64_t>(text.size()) > options.max_bytes) {
-    return InvalidArgument(source + ": " + std::to_string(text.size()) + " bytes exceeds the " +
-                           format_bytes(options.max_bytes) + " limit");
+    return invalid_argument(source + ": " + std::to_string(text.size()) + " bytes exceeds the " +
+                            format_bytes(options.max_bytes) + " limit");
   }
   if (options.delimiter == '"' || options.delimiter == '\n' || options.delimiter == '\r') {
-    return InvalidArgument(source + ": invalid delimiter");
+    return invalid_argument(source + ": invalid delimiter");
   }
   constexpr std::string_view kBom = "\xEF\xBB\xBF";
   if (text.starts_with(kBom)) text.remove_prefix(kBom.size());
@@ -300,20 +300,20 @@ StatusOr<CsvTable> parse_csv(std::string_view text, const std::string& source,
     if (table.num_columns == 0) {
       table.num_columns = width;
     } else if (width != table.num_columns) {
-      return InvalidArgument(line_prefix(source, line_no) + "expected " +
-                             std::to_string(table.num_columns) + " columns, got " +
-                             std::to_string(width));
+      return invalid_argument(line_prefix(source, line_no) + "expected " +
+                              std::to_string(table.num_columns) + " columns, got " +
+                              std::to_string(width));
     }
     for (int64_t c = 0; c < width; ++c) {
       float v = 0;
       std::string why = parse_float(cells[c].text, &v);
-      if (!why.empty()) return InvalidArgument(cell_prefix(source, line_no, c) + why);
+      if (!why.empty()) return invalid_argument(cell_prefix(source, line_no, c) + why);
       table.values.push_back(v);
     }
     table.row_lines.push_back(line_no);
     ++table.num_rows;
   }
-  if (table.num_rows == 0) return InvalidArgument(source + ": no data rows");
+  if (table.num_rows == 0) return invalid_argument(source + ": no data rows");
   return table;
 }
 
@@ -332,8 +332,8 @@ StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& sou
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    if (err == ENOENT) return NotFound(source + ": no such file");
-    return FailedPrecondition(source + ": cannot open: " + std::strerror(err));
+    if (err == ENOENT) return not_found(source + ": no such file");
+    return failed_precondition(source + ": cannot open: " + std::strerror(err));
   }
   struct FdCloser {
     int fd;
@@ -341,12 +341,12 @@ StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& sou
   } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    return Internal(source + ": cannot stat: " + std::strerror(errno));
+    return internal(source + ": cannot stat: " + std::strerror(errno));
   }
-  if (!S_ISREG(st.st_mode)) return InvalidArgument(source + ": not a regular file");
+  if (!S_ISREG(st.st_mode)) return invalid_argument(source + ": not a regular file");
   if (st.st_size > options.max_bytes) {
-    return InvalidArgument(source + ": the file is " + std::to_string(st.st_size) +
-                           " bytes, over the " + format_bytes(options.max_bytes) + " limit");
+    return invalid_argument(source + ": the file is " + std::to_string(st.st_size) +
+                            " bytes, over the " + format_bytes(options.max_bytes) + " limit");
   }
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
   size_t got = 0;
@@ -354,7 +354,7 @@ StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& sou
     const ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
     if (r < 0) {
       if (errno == EINTR) continue;
-      return Internal(source + ": read failed: " + std::strerror(errno));
+      return internal(source + ": read failed: " + std::strerror(errno));
     }
     if (r == 0) break;  // the file shrank while we read it
     got += static_cast<size_t>(r);

@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::engine {
 

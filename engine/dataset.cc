@@ -130,30 +130,30 @@ StatusOr<Dataset> from_table(CsvTable table, int32_t label_column, int32_t targe
   const int64_t rows = table.num_rows;
   const int64_t first = label_column < 0 ? cols + label_column : label_column;
   if (first < 0 || first >= cols) {
-    return InvalidArgument(field + ".label_column: " + std::to_string(label_column) +
-                           " is out of range for " + plural(cols, "column", "columns"));
+    return invalid_argument(field + ".label_column: " + std::to_string(label_column) +
+                            " is out of range for " + plural(cols, "column", "columns"));
   }
   int64_t width = 1;  // label or target columns, [first, first + width)
   if (task == TaskKind::kRegression) {
     if (target_columns < 0) {
-      return InvalidArgument(field + ".target_columns: must be >= 1, got " +
-                             std::to_string(target_columns));
+      return invalid_argument(field + ".target_columns: must be >= 1, got " +
+                              std::to_string(target_columns));
     }
     width = target_columns == 0 ? 1 : target_columns;
     if (first + width > cols) {
-      return InvalidArgument(field + ".target_columns: " + std::to_string(width) +
-                             " target columns starting at column " + std::to_string(first) +
-                             " (zero-based) do not fit in " + plural(cols, "column", "columns"));
+      return invalid_argument(field + ".target_columns: " + std::to_string(width) +
+                              " target columns starting at column " + std::to_string(first) +
+                              " (zero-based) do not fit in " + plural(cols, "column", "columns"));
     }
   }
   const int64_t num_features = cols - width;
   if (num_features < 1) {
-    return InvalidArgument(table.source + ": no feature columns left after the " +
-                           (task == TaskKind::kClassification ? "label" : "target") + " columns");
+    return invalid_argument(table.source + ": no feature columns left after the " +
+                            (task == TaskKind::kClassification ? "label" : "target") + " columns");
   }
   if (num_features > kMaxFeatures) {
-    return InvalidArgument(table.source + ": " + std::to_string(num_features) +
-                           " feature columns exceed the limit of " + std::to_string(kMaxFeatures));
+    return invalid_argument(table.source + ": " + std::to_string(num_features) +
+                            " feature columns exceed the limit of " + std::to_string(kMaxFeatures));
   }
 
   Dataset d;
@@ -167,20 +167,20 @@ StatusOr<Dataset> from_table(CsvTable table, int32_t label_column, int32_t targe
     for (int64_t r = 0; r < rows; ++r) {
       const float v = table.at(r, first);
       if (!(v >= 0) || std::floor(v) != v) {
-        return InvalidArgument(table.location(r, first) + ": label " + fmt(v) +
-                               " is not a non-negative integer");
+        return invalid_argument(table.location(r, first) + ": label " + fmt(v) +
+                                " is not a non-negative integer");
       }
       if (v >= static_cast<float>(kMaxClasses)) {
-        return InvalidArgument(table.location(r, first) + ": label " + fmt(v) +
-                               " exceeds the limit of " + std::to_string(kMaxClasses - 1));
+        return invalid_argument(table.location(r, first) + ": label " + fmt(v) +
+                                " exceeds the limit of " + std::to_string(kMaxClasses - 1));
       }
       const auto label = static_cast<int32_t>(v);
       d.labels[r] = label;
       max_label = std::max(max_label, label);
     }
     if (max_label == 0) {
-      return InvalidArgument(table.source +
-                             ": every label is 0; classification needs at least 2 classes");
+      return invalid_argument(table.source +
+                              ": every label is 0; classification needs at least 2 classes");
     }
     d.num_classes = max_label + 1;
   } else {
@@ -209,18 +209,18 @@ StatusOr<Dataset> from_table(CsvTable table, int32_t label_column, int32_t targe
 
 StatusOr<Dataset> load_digits(TaskKind task) {
   if (task != TaskKind::kClassification) {
-    return InvalidArgument(
+    return invalid_argument(
         "data.digits: the digits set has class labels; it needs loss cross_entropy, not mse");
   }
   auto table =
       read_csv_buffer(std::span<const unsigned char>(kDigitsCsvGz, kDigitsCsvGzSize), "digits.csv");
-  if (!table.ok()) return Internal("built-in digits data: " + table.status().message());
+  if (!table.ok()) return internal("built-in digits data: " + table.status().message());
   if (table->num_columns != 65) {
-    return Internal("built-in digits data: expected 65 columns, got " +
+    return internal("built-in digits data: expected 65 columns, got " +
                     std::to_string(table->num_columns));
   }
   auto d = from_table(std::move(table.value()), -1, 0, task, "digits", "data.digits");
-  if (!d.ok()) return Internal("built-in digits data: " + d.status().message());
+  if (!d.ok()) return internal("built-in digits data: " + d.status().message());
   return d;
 }
 
@@ -250,10 +250,10 @@ struct SyntheticParams {
 
 Status check_range(const char* field, int64_t value, int64_t lo, int64_t hi) {
   if (value < lo || value > hi) {
-    return InvalidArgument(std::string(field) + ": must be in [" + std::to_string(lo) + ", " +
-                           std::to_string(hi) + "], got " + std::to_string(value));
+    return invalid_argument(std::string(field) + ": must be in [" + std::to_string(lo) + ", " +
+                            std::to_string(hi) + "], got " + std::to_string(value));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 StatusOr<SyntheticParams> resolve_synthetic(const ampd::v1::SyntheticSource& s, TaskKind task) {
@@ -266,21 +266,21 @@ StatusOr<SyntheticParams> resolve_synthetic(const ampd::v1::SyntheticSource& s, 
   } else if (kind == "linear_regression") {
     p.kind = SyntheticKind::kLinearRegression;
   } else {
-    return InvalidArgument(
+    return invalid_argument(
         "data.synthetic.kind: must be one of spirals, blobs, linear_regression; got '" + kind +
         "'");
   }
   const bool regression = p.kind == SyntheticKind::kLinearRegression;
   if (regression && task != TaskKind::kRegression) {
-    return InvalidArgument(
+    return invalid_argument(
         "data.synthetic.kind: linear_regression generates real-valued targets; it needs loss "
         "mse, not " +
         std::string(loss_name(task)));
   }
   if (!regression && task != TaskKind::kClassification) {
-    return InvalidArgument("data.synthetic.kind: " + kind +
-                           " generates class labels; it needs loss cross_entropy, not " +
-                           loss_name(task));
+    return invalid_argument("data.synthetic.kind: " + kind +
+                            " generates class labels; it needs loss cross_entropy, not " +
+                            loss_name(task));
   }
 
   p.samples = s.samples() == 0 ? 1000 : s.samples();
@@ -288,8 +288,9 @@ StatusOr<SyntheticParams> resolve_synthetic(const ampd::v1::SyntheticSource& s, 
 
   if (p.kind == SyntheticKind::kSpirals) {
     if (s.features() != 0 && s.features() != 2) {
-      return InvalidArgument("data.synthetic.features: spirals are 2-D; leave it unset or 2, got " +
-                             std::to_string(s.features()));
+      return invalid_argument(
+          "data.synthetic.features: spirals are 2-D; leave it unset or 2, got " +
+          std::to_string(s.features()));
     }
     p.features = 2;
   } else {
@@ -302,18 +303,18 @@ StatusOr<SyntheticParams> resolve_synthetic(const ampd::v1::SyntheticSource& s, 
 
   p.noise = s.has_noise() ? s.noise() : 0.1;
   if (!std::isfinite(p.noise) || p.noise < 0) {
-    return InvalidArgument("data.synthetic.noise: must be finite and >= 0, got " +
-                           fmt(static_cast<float>(p.noise)));
+    return invalid_argument("data.synthetic.noise: must be finite and >= 0, got " +
+                            fmt(static_cast<float>(p.noise)));
   }
 
   if (!regression && p.samples < p.classes) {
-    return InvalidArgument("data.synthetic.samples: must be at least classes (" +
-                           std::to_string(p.classes) + "), got " + std::to_string(p.samples));
+    return invalid_argument("data.synthetic.samples: must be at least classes (" +
+                            std::to_string(p.classes) + "), got " + std::to_string(p.samples));
   }
   // Sizes: the data, the parameters it is drawn from (centers, W) and the work.
   const auto too_big = [](const std::string& what, int64_t value, int64_t limit) {
-    return InvalidArgument("data.synthetic: " + what + " = " + std::to_string(value) +
-                           " exceeds the limit of " + std::to_string(limit));
+    return invalid_argument("data.synthetic: " + what + " = " + std::to_string(value) +
+                            " exceeds the limit of " + std::to_string(limit));
   };
   if (p.samples * p.features > kMaxSyntheticValues) {
     return too_big("samples x features", p.samples * p.features, kMaxSyntheticValues);
@@ -516,16 +517,16 @@ std::string Dataset::describe() const {
 
 StatusOr<fs::path> resolve_data_path(const std::string& data_dir, const std::string& path,
                                      const std::string& field) {
-  if (path.empty()) return InvalidArgument(field + ": must be set");
+  if (path.empty()) return invalid_argument(field + ": must be set");
   if (path.find('\0') != std::string::npos) {
-    return InvalidArgument(field + ": contains a NUL character");
+    return invalid_argument(field + ": contains a NUL character");
   }
   if (data_dir.empty()) {
-    return FailedPrecondition(field + ": '" + path +
-                              "' cannot be read: no data directory is configured");
+    return failed_precondition(field + ": '" + path +
+                               "' cannot be read: no data directory is configured");
   }
   const auto outside = [&] {
-    return InvalidArgument(field + ": '" + path + "' is outside the data directory");
+    return invalid_argument(field + ": '" + path + "' is outside the data directory");
   };
   const fs::path rel(path);
   if (rel.is_absolute() || rel.has_root_name() || rel.has_root_directory()) return outside();
@@ -535,16 +536,16 @@ StatusOr<fs::path> resolve_data_path(const std::string& data_dir, const std::str
   std::error_code ec;
   const fs::path root = fs::canonical(data_dir, ec);
   if (ec) {
-    return FailedPrecondition("the data directory '" + data_dir +
-                              "' is not accessible: " + ec.message());
+    return failed_precondition("the data directory '" + data_dir +
+                               "' is not accessible: " + ec.message());
   }
   // Resolve symbolic links: the file must still be inside once they are followed.
   const fs::path full = fs::canonical(root / normal, ec);
   if (ec) {
     if (ec == std::errc::no_such_file_or_directory) {
-      return NotFound(field + ": '" + path + "' does not exist in the data directory");
+      return not_found(field + ": '" + path + "' does not exist in the data directory");
     }
-    return FailedPrecondition(field + ": '" + path + "' cannot be resolved: " + ec.message());
+    return failed_precondition(field + ": '" + path + "' cannot be resolved: " + ec.message());
   }
   const fs::path inside = full.lexically_relative(root);
   if (inside.empty() || *inside.begin() == "..") return outside();
@@ -559,32 +560,32 @@ StatusOr<Dataset> load_dataset(const ampd::v1::DataSpec& spec, TaskKind task,
     case ampd::v1::DataSpec::kSynthetic: return load_synthetic(spec.synthetic(), task, seed);
     case ampd::v1::DataSpec::SOURCE_NOT_SET: break;
   }
-  return InvalidArgument("data: set one of digits, csv or synthetic");
+  return invalid_argument("data: set one of digits, csv or synthetic");
 }
 
 StatusOr<DataSplit> split_dataset(Dataset all, float validation_fraction, bool standardize,
                                   uint64_t seed) {
   if (!(validation_fraction >= 0.0f && validation_fraction <= 0.9f)) {
-    return InvalidArgument("data.validation_fraction: must be in [0, 0.9], got " +
-                           fmt(validation_fraction));
+    return invalid_argument("data.validation_fraction: must be in [0, 0.9], got " +
+                            fmt(validation_fraction));
   }
   const int64_t n = all.num_examples;
-  if (n < 1) return InvalidArgument("data: " + all.name + " has no examples");
+  if (n < 1) return invalid_argument("data: " + all.name + " has no examples");
   // The labels' range is the data set's guarantee (dataset.h): the loaders above produce
   // only labels in [0, num_classes) (CSV rejects others naming the file, line and column,
   // and num_classes is the largest label + 1), and both splits keep the whole set's
   // num_classes. Checked once here, for every source, so no later step has to.
   if (all.task == TaskKind::kClassification) {
     if (static_cast<int64_t>(all.labels.size()) != n) {
-      return Internal("data: " + all.name + " has " + std::to_string(all.labels.size()) +
+      return internal("data: " + all.name + " has " + std::to_string(all.labels.size()) +
                       " labels for " + plural(n, "example", "examples"));
     }
     for (int64_t i = 0; i < n; ++i) {
       const int32_t label = all.labels[static_cast<size_t>(i)];
       if (label < 0 || label >= all.num_classes) {
-        return InvalidArgument("data: " + all.name + ": example " + std::to_string(i) +
-                               " has label " + std::to_string(label) + ", outside [0, " +
-                               std::to_string(all.num_classes) + ")");
+        return invalid_argument("data: " + all.name + ": example " + std::to_string(i) +
+                                " has label " + std::to_string(label) + ", outside [0, " +
+                                std::to_string(all.num_classes) + ")");
       }
     }
   }

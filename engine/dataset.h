@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "ampd/v1/job.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::engine {
 

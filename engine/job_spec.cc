@@ -110,7 +110,7 @@ using ampd::v1::TrainingSpec;
 // ---------------------------------------------------------------------------------------
 
 // Number of UTF-8 code points (bytes that do not continue a sequence).
-size_t Utf8Length(std::string_view s) {
+size_t utf8_length(std::string_view s) {
   return static_cast<size_t>(std::count_if(
       s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
@@ -119,14 +119,14 @@ size_t Utf8Length(std::string_view s) {
 // Parsing: proto/job_spec_io (shared with ampctl) does it; its errors become Status here.
 // ---------------------------------------------------------------------------------------
 
-StatusOr<JobSpec> FromSpecIo(spec_io::ParseResult r) {
+StatusOr<JobSpec> from_spec_io(spec_io::ParseResult r) {
   switch (r.error) {
     case spec_io::ErrorKind::kNone: return std::move(r.spec);
-    case spec_io::ErrorKind::kNotFound: return NotFound(std::move(r.message));
-    case spec_io::ErrorKind::kInvalid: return InvalidArgument(std::move(r.message));
+    case spec_io::ErrorKind::kNotFound: return not_found(std::move(r.message));
+    case spec_io::ErrorKind::kInvalid: return invalid_argument(std::move(r.message));
     case spec_io::ErrorKind::kInternal: break;
   }
-  return Internal(std::move(r.message));
+  return internal(std::move(r.message));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ StatusOr<JobSpec> FromSpecIo(spec_io::ParseResult r) {
 // Fields this build does not know
 // ---------------------------------------------------------------------------------------
 
-const char* WireTypeName(pb::UnknownField::Type type) {
+const char* wire_type_name(pb::UnknownField::Type type) {
   switch (type) {
     case pb::UnknownField::TYPE_VARINT: return "varint";
     case pb::UnknownField::TYPE_FIXED32: return "fixed32";
@@ -154,7 +154,7 @@ const char* WireTypeName(pb::UnknownField::Type type) {
 // Ignoring them would run a job other than the one the client described, so each is an
 // error naming where it was found. (Job files never get here with one: the JSON parser
 // rejects unknown names itself.)
-void CheckUnknownFields(const pb::Message& message, const std::string& path, Checker* c) {
+void check_unknown_fields(const pb::Message& message, const std::string& path, Checker* c) {
   const pb::Reflection* reflection = message.GetReflection();
   const pb::Descriptor* descriptor = message.GetDescriptor();
   const pb::UnknownFieldSet& unknown = reflection->GetUnknownFields(message);
@@ -163,13 +163,13 @@ void CheckUnknownFields(const pb::Message& message, const std::string& path, Che
     const pb::UnknownField& f = unknown.field(i);
     const pb::FieldDescriptor* known = descriptor->FindFieldByNumber(f.number());
     if (known != nullptr) {
-      c->Add(path.empty() ? known->name() : path + "." + known->name(),
+      c->add(path.empty() ? known->name() : path + "." + known->name(),
              std::string("wrong type: field ") + std::to_string(f.number()) + " was sent as " +
-                 WireTypeName(f.type()) + ", but it is a " + known->type_name() +
+                 wire_type_name(f.type()) + ", but it is a " + known->type_name() +
                  "; regenerate the client from ampd/v1/job.proto");
     } else {
-      c->Add(where, "unknown field number " + std::to_string(f.number()) + " (" +
-                        WireTypeName(f.type()) + "); " + descriptor->full_name() +
+      c->add(where, "unknown field number " + std::to_string(f.number()) + " (" +
+                        wire_type_name(f.type()) + "); " + descriptor->full_name() +
                         " has no such field: remove it, or update the server");
     }
     if (i >= 20) break;  // the rest of a garbage message adds nothing
@@ -182,11 +182,11 @@ void CheckUnknownFields(const pb::Message& message, const std::string& path, Che
     if (field->is_repeated()) {
       const int n = reflection->FieldSize(message, field);
       for (int i = 0; i < n; ++i) {
-        CheckUnknownFields(reflection->GetRepeatedMessage(message, field, i),
-                           child + "[" + std::to_string(i) + "]", c);
+        check_unknown_fields(reflection->GetRepeatedMessage(message, field, i),
+                             child + "[" + std::to_string(i) + "]", c);
       }
     } else {
-      CheckUnknownFields(reflection->GetMessage(message, field), child, c);
+      check_unknown_fields(reflection->GetMessage(message, field), child, c);
     }
   }
 }
@@ -195,15 +195,15 @@ constexpr int64_t kMaxSyntheticValues = int64_t{1} << 28;
 constexpr size_t kMaxPathBytes = 1024;
 constexpr int64_t kMaxTotalSteps = 1000000000;
 
-void ResolveModel(ModelSpec* model, Checker* c) {
+void resolve_model(ModelSpec* model, Checker* c) {
   if (model->loss().empty()) model->set_loss("cross_entropy");
-  c->OneOf("model.loss", model->loss(), {"cross_entropy", "mse"});
+  c->one_of("model.loss", model->loss(), {"cross_entropy", "mse"});
 
   const int n = model->layers_size();
-  if (n == 0) c->Add("model.layers", "must have at least one layer (the last one linear)");
+  if (n == 0) c->add("model.layers", "must have at least one layer (the last one linear)");
   const int total = count_layers(model->layers());
   if (total > kMaxLayers) {
-    c->Add("model.layers", "must have at most " + std::to_string(kMaxLayers) +
+    c->add("model.layers", "must have at most " + std::to_string(kMaxLayers) +
                                " layers (residual blocks' layers included), got " +
                                std::to_string(total));
   }
@@ -211,7 +211,7 @@ void ResolveModel(ModelSpec* model, Checker* c) {
   if (n > 0) {
     const LayerSpec& last = model->layers(n - 1);
     if (last.kind_case() != LayerSpec::kLinear && last.kind_case() != LayerSpec::KIND_NOT_SET) {
-      c->Add("model.layers[" + std::to_string(n - 1) + "]",
+      c->add("model.layers[" + std::to_string(n - 1) + "]",
              std::string("the last layer must be linear (it produces the outputs), got ") +
                  std::string(layer_kind_name(last)));
     }
@@ -219,7 +219,7 @@ void ResolveModel(ModelSpec* model, Checker* c) {
 }
 
 // '/'-separated components; "a//b" has an empty one, which is harmless.
-bool HasDotDotComponent(std::string_view path) {
+bool has_dot_dot_component(std::string_view path) {
   size_t start = 0;
   while (start <= path.size()) {
     size_t end = path.find('/', start);
@@ -230,62 +230,62 @@ bool HasDotDotComponent(std::string_view path) {
   return false;
 }
 
-void ResolveData(DataSpec* data, Checker* c) {
+void resolve_data(DataSpec* data, Checker* c) {
   switch (data->source_case()) {
     case DataSpec::kDigits: break;
     case DataSpec::kCsv: {
       auto* csv = data->mutable_csv();
       const std::string& path = csv->path();
       if (path.empty()) {
-        c->Add("data.csv.path", "must not be empty");
+        c->add("data.csv.path", "must not be empty");
       } else if (path.find('\0') != std::string::npos) {
-        c->Add("data.csv.path", "must not contain a NUL character, got " + Quote(path));
+        c->add("data.csv.path", "must not contain a NUL character, got " + quote(path));
       } else if (path[0] == '/') {
-        c->Add("data.csv.path", "must be relative to the data directory, got " + Quote(path));
-      } else if (HasDotDotComponent(path)) {
-        c->Add("data.csv.path", "must not contain '..' components, got " + Quote(path));
+        c->add("data.csv.path", "must be relative to the data directory, got " + quote(path));
+      } else if (has_dot_dot_component(path)) {
+        c->add("data.csv.path", "must not contain '..' components, got " + quote(path));
       } else if (path.size() > kMaxPathBytes) {
-        c->Add("data.csv.path", "must be at most " + std::to_string(kMaxPathBytes) +
+        c->add("data.csv.path", "must be at most " + std::to_string(kMaxPathBytes) +
                                     " bytes, got " + std::to_string(path.size()));
       } else if (std::any_of(path.begin(), path.end(), [](char ch) {
                    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
                  })) {
-        c->Add("data.csv.path", "must not contain control characters, got " + Quote(path));
+        c->add("data.csv.path", "must not contain control characters, got " + quote(path));
       }
       if (csv->target_columns() == 0) csv->set_target_columns(1);
-      c->Closed("data.csv.target_columns", csv->target_columns(), 1, kMaxWidth);
+      c->closed("data.csv.target_columns", csv->target_columns(), 1, kMaxWidth);
       break;
     }
     case DataSpec::kSynthetic: {
       auto* syn = data->mutable_synthetic();
       bool kind_ok =
-          c->OneOf("data.synthetic.kind", syn->kind(), {"spirals", "blobs", "linear_regression"});
-      if (c->NonNegative("data.synthetic.samples", syn->samples()) && syn->samples() == 0) {
+          c->one_of("data.synthetic.kind", syn->kind(), {"spirals", "blobs", "linear_regression"});
+      if (c->non_negative("data.synthetic.samples", syn->samples()) && syn->samples() == 0) {
         syn->set_samples(1000);
       }
-      if (c->NonNegative("data.synthetic.features", syn->features()) && syn->features() == 0 &&
+      if (c->non_negative("data.synthetic.features", syn->features()) && syn->features() == 0 &&
           kind_ok) {
         syn->set_features(syn->kind() == "spirals" ? 2 : 16);
       }
-      if (c->NonNegative("data.synthetic.classes", syn->classes()) && syn->classes() == 0 &&
+      if (c->non_negative("data.synthetic.classes", syn->classes()) && syn->classes() == 0 &&
           kind_ok) {
         syn->set_classes(syn->kind() == "linear_regression" ? 1 : 3);
       }
       if (!syn->has_noise()) syn->set_noise(0.1f);
-      c->NonNegative("data.synthetic.noise", syn->noise());
+      c->non_negative("data.synthetic.noise", syn->noise());
       // The set is generated in host memory before training starts: bound it here, where
       // the error can still name the field.
       bool widths_ok = syn->features() >= 0 && syn->classes() >= 0;
       for (auto [field, v] : {std::pair{"data.synthetic.features", syn->features()},
                               std::pair{"data.synthetic.classes", syn->classes()}}) {
         if (v > kMaxWidth) {
-          c->Add(field, "must be <= " + Num(kMaxWidth) + ", got " + Num(v));
+          c->add(field, "must be <= " + num(kMaxWidth) + ", got " + num(v));
           widths_ok = false;
         }
       }
       const int64_t values = int64_t{syn->samples()} * (int64_t{syn->features()} + syn->classes());
       if (widths_ok && values > kMaxSyntheticValues) {
-        c->Add("data.synthetic.samples",
+        c->add("data.synthetic.samples",
                "samples x (features + classes) = " + std::to_string(values) +
                    " values is over the limit of " + std::to_string(kMaxSyntheticValues) +
                    " (1 GiB of float32); lower samples or features");
@@ -293,30 +293,30 @@ void ResolveData(DataSpec* data, Checker* c) {
       break;
     }
     case DataSpec::SOURCE_NOT_SET:
-      c->Add("data", "set one source: digits, csv or synthetic");
+      c->add("data", "set one source: digits, csv or synthetic");
       break;
   }
   if (data->batch_size() == 0) data->set_batch_size(64);
-  c->Closed("data.batch_size", data->batch_size(), 1, 1 << 20);
+  c->closed("data.batch_size", data->batch_size(), 1, 1 << 20);
   if (!data->has_validation_fraction()) data->set_validation_fraction(0.2f);
-  c->Closed("data.validation_fraction", data->validation_fraction(), 0.0f, 0.9f);
+  c->closed("data.validation_fraction", data->validation_fraction(), 0.0f, 0.9f);
   if (!data->has_shuffle()) data->set_shuffle(true);
 }
 
-void ResolveOptimizer(OptimizerSpec* opt, Checker* c) {
+void resolve_optimizer(OptimizerSpec* opt, Checker* c) {
   switch (opt->kind_case()) {
     case OptimizerSpec::kSgd: {
       const auto& sgd = opt->sgd();
-      c->Positive("optimizer.sgd.lr", sgd.lr());
+      c->positive("optimizer.sgd.lr", sgd.lr());
       bool momentum_ok =
-          c->InRange("optimizer.sgd.momentum", sgd.momentum(), 0.0f, true, 1.0f, false);
-      bool dampening_ok = c->Closed("optimizer.sgd.dampening", sgd.dampening(), 0.0f, 1.0f);
-      c->NonNegative("optimizer.sgd.weight_decay", sgd.weight_decay());
+          c->in_range("optimizer.sgd.momentum", sgd.momentum(), 0.0f, true, 1.0f, false);
+      bool dampening_ok = c->closed("optimizer.sgd.dampening", sgd.dampening(), 0.0f, 1.0f);
+      c->non_negative("optimizer.sgd.weight_decay", sgd.weight_decay());
       if (sgd.nesterov() && momentum_ok && dampening_ok &&
           (sgd.momentum() <= 0 || sgd.dampening() != 0)) {
-        c->Add("optimizer.sgd.nesterov", "requires momentum > 0 and dampening == 0, got momentum " +
-                                             Num(sgd.momentum()) + ", dampening " +
-                                             Num(sgd.dampening()));
+        c->add("optimizer.sgd.nesterov", "requires momentum > 0 and dampening == 0, got momentum " +
+                                             num(sgd.momentum()) + ", dampening " +
+                                             num(sgd.dampening()));
       }
       break;
     }
@@ -326,31 +326,31 @@ void ResolveOptimizer(OptimizerSpec* opt, Checker* c) {
       if (!adamw->has_beta2()) adamw->set_beta2(0.999f);
       if (!adamw->has_eps()) adamw->set_eps(1e-8f);
       if (!adamw->has_weight_decay()) adamw->set_weight_decay(0.01f);
-      c->Positive("optimizer.adamw.lr", adamw->lr());
-      c->InRange("optimizer.adamw.beta1", adamw->beta1(), 0.0f, true, 1.0f, false);
-      c->InRange("optimizer.adamw.beta2", adamw->beta2(), 0.0f, true, 1.0f, false);
-      c->Positive("optimizer.adamw.eps", adamw->eps());
-      c->NonNegative("optimizer.adamw.weight_decay", adamw->weight_decay());
+      c->positive("optimizer.adamw.lr", adamw->lr());
+      c->in_range("optimizer.adamw.beta1", adamw->beta1(), 0.0f, true, 1.0f, false);
+      c->in_range("optimizer.adamw.beta2", adamw->beta2(), 0.0f, true, 1.0f, false);
+      c->positive("optimizer.adamw.eps", adamw->eps());
+      c->non_negative("optimizer.adamw.weight_decay", adamw->weight_decay());
       break;
     }
-    case OptimizerSpec::KIND_NOT_SET: c->Add("optimizer", "set sgd or adamw"); break;
+    case OptimizerSpec::KIND_NOT_SET: c->add("optimizer", "set sgd or adamw"); break;
   }
-  c->NonNegative("optimizer.grad_clip_norm", opt->grad_clip_norm());
+  c->non_negative("optimizer.grad_clip_norm", opt->grad_clip_norm());
   if (!opt->has_no_decay_on_bias_and_norm()) opt->set_no_decay_on_bias_and_norm(true);
 }
 
-void ResolveLrSchedule(LrScheduleSpec* schedule, Checker* c) {
-  c->NonNegative("lr_schedule.warmup_steps", schedule->warmup_steps());
+void resolve_lr_schedule(LrScheduleSpec* schedule, Checker* c) {
+  c->non_negative("lr_schedule.warmup_steps", schedule->warmup_steps());
   switch (schedule->decay_case()) {
     case LrScheduleSpec::kConstant: break;
     case LrScheduleSpec::kCosine:
-      c->Closed("lr_schedule.cosine.min_lr_ratio", schedule->cosine().min_lr_ratio(), 0.0f, 1.0f);
+      c->closed("lr_schedule.cosine.min_lr_ratio", schedule->cosine().min_lr_ratio(), 0.0f, 1.0f);
       break;
     case LrScheduleSpec::DECAY_NOT_SET: schedule->mutable_constant(); break;
   }
 }
 
-void ResolveLossScaling(LossScalingSpec* scaling, const std::string& precision, Checker* c) {
+void resolve_loss_scaling(LossScalingSpec* scaling, const std::string& precision, Checker* c) {
   if (scaling->mode_case() == LossScalingSpec::MODE_NOT_SET) {
     if (precision == "fp16" || precision == "auto") {
       scaling->mutable_dynamic();
@@ -371,47 +371,47 @@ void ResolveLossScaling(LossScalingSpec* scaling, const std::string& precision, 
       if (!d->has_min_scale()) d->set_min_scale(1.0);
       if (!d->has_max_scale()) d->set_max_scale(16777216.0);
       const std::string p = "loss_scaling.dynamic.";
-      bool init_ok = c->Positive(p + "init_scale", d->init_scale());
-      c->Above(p + "growth_factor", d->growth_factor(), 1.0, true);
-      c->InRange(p + "backoff_factor", d->backoff_factor(), 0.0, false, 1.0, false);
-      c->Above<int64_t>(p + "growth_interval", d->growth_interval(), 1, false);
-      c->Above<int32_t>(p + "hysteresis", d->hysteresis(), 1, false);
-      bool min_ok = c->Positive(p + "min_scale", d->min_scale());
-      bool max_ok = c->Finite(p + "max_scale", d->max_scale());
+      bool init_ok = c->positive(p + "init_scale", d->init_scale());
+      c->above(p + "growth_factor", d->growth_factor(), 1.0, true);
+      c->in_range(p + "backoff_factor", d->backoff_factor(), 0.0, false, 1.0, false);
+      c->above<int64_t>(p + "growth_interval", d->growth_interval(), 1, false);
+      c->above<int32_t>(p + "hysteresis", d->hysteresis(), 1, false);
+      bool min_ok = c->positive(p + "min_scale", d->min_scale());
+      bool max_ok = c->finite(p + "max_scale", d->max_scale());
       if (init_ok && max_ok && d->max_scale() < d->init_scale()) {
-        c->Add(p + "max_scale",
-               "must be >= init_scale (" + Num(d->init_scale()) + "), got " + Num(d->max_scale()));
+        c->add(p + "max_scale",
+               "must be >= init_scale (" + num(d->init_scale()) + "), got " + num(d->max_scale()));
       }
       if (init_ok && min_ok && d->init_scale() < d->min_scale()) {
-        c->Add(p + "init_scale",
-               "must be >= min_scale (" + Num(d->min_scale()) + "), got " + Num(d->init_scale()));
+        c->add(p + "init_scale",
+               "must be >= min_scale (" + num(d->min_scale()) + "), got " + num(d->init_scale()));
       }
       break;
     }
     case LossScalingSpec::kStatic:
-      c->Positive("loss_scaling.static.scale", scaling->static_().scale());
+      c->positive("loss_scaling.static.scale", scaling->static_().scale());
       break;
     case LossScalingSpec::kOff:
     case LossScalingSpec::MODE_NOT_SET: break;
   }
 }
 
-void ResolveTraining(TrainingSpec* t, Checker* c) {
-  bool epochs_ok = c->Closed("training.epochs", t->epochs(), 0, 100000);
-  bool steps_ok = c->Closed<int64_t>("training.max_steps", t->max_steps(), 0, kMaxTotalSteps);
+void resolve_training(TrainingSpec* t, Checker* c) {
+  bool epochs_ok = c->closed("training.epochs", t->epochs(), 0, 100000);
+  bool steps_ok = c->closed<int64_t>("training.max_steps", t->max_steps(), 0, kMaxTotalSteps);
   if (epochs_ok && steps_ok && t->epochs() == 0 && t->max_steps() == 0) {
-    c->Add("training", "set epochs or max_steps (at least one must be > 0)");
+    c->add("training", "set epochs or max_steps (at least one must be > 0)");
   }
-  c->NonNegative("training.eval_every", t->eval_every());
+  c->non_negative("training.eval_every", t->eval_every());
   if (t->report_every() == 0) t->set_report_every(10);
-  c->NonNegative("training.report_every", t->report_every());
-  c->NonNegative("training.checkpoint_every", t->checkpoint_every());
-  c->NonNegative("training.telemetry_every", t->telemetry_every());
+  c->non_negative("training.report_every", t->report_every());
+  c->non_negative("training.checkpoint_every", t->checkpoint_every());
+  c->non_negative("training.telemetry_every", t->telemetry_every());
 }
 
 // epochs x steps per epoch, where the data set's size is known from the spec (synthetic
 // data), is bounded like max_steps: a job that could never finish is refused up front.
-void CheckTotalSteps(const JobSpec& spec, Checker* c) {
+void check_total_steps(const JobSpec& spec, Checker* c) {
   const TrainingSpec& t = spec.training();
   if (t.epochs() == 0 || !spec.data().has_synthetic()) return;
   const double train = std::floor(spec.data().synthetic().samples() *
@@ -420,9 +420,9 @@ void CheckTotalSteps(const JobSpec& spec, Checker* c) {
   const double total = per_epoch * t.epochs();
   if (total > static_cast<double>(kMaxTotalSteps) &&
       (t.max_steps() == 0 || t.max_steps() > kMaxTotalSteps)) {
-    c->Add("training.epochs", std::to_string(t.epochs()) + " epochs of about " +
-                                  Num(static_cast<int64_t>(per_epoch)) + " steps is over " +
-                                  Num(kMaxTotalSteps) +
+    c->add("training.epochs", std::to_string(t.epochs()) + " epochs of about " +
+                                  num(static_cast<int64_t>(per_epoch)) + " steps is over " +
+                                  num(kMaxTotalSteps) +
                                   " steps; lower epochs, raise data.batch_size or set max_steps");
   }
 }
@@ -433,19 +433,19 @@ void CheckTotalSteps(const JobSpec& spec, Checker* c) {
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
-int64_t Mul(int64_t a, int64_t b) {
+int64_t mul(int64_t a, int64_t b) {
   if (a <= 0 || b <= 0) return 0;
   int64_t r;
   return __builtin_mul_overflow(a, b, &r) ? kInt64Max : r;
 }
-int64_t Add(int64_t a, int64_t b) {
+int64_t add(int64_t a, int64_t b) {
   int64_t r;
   return __builtin_add_overflow(a, b, &r) ? kInt64Max : r;
 }
 
 // The input width when the caller does not know it: the data spec's own, else (CSV) the
 // widest linear layer, which overstates a narrow input rather than understating it.
-int64_t AssumedInputWidth(const JobSpec& spec) {
+int64_t assumed_input_width(const JobSpec& spec) {
   switch (spec.data().source_case()) {
     case DataSpec::kDigits: return 64;
     case DataSpec::kSynthetic:
@@ -467,36 +467,37 @@ int64_t AssumedInputWidth(const JobSpec& spec) {
 // ---------------------------------------------------------------------------------------
 
 StatusOr<JobSpec> parse_job_spec(std::string_view text, std::string_view format) {
-  return FromSpecIo(spec_io::parse_job_spec_text(text, format));
+  return from_spec_io(spec_io::parse_job_spec_text(text, format));
 }
 
 StatusOr<JobSpec> load_job_spec_file(const std::string& path) {
-  return FromSpecIo(spec_io::read_job_spec_file(path));
+  return from_spec_io(spec_io::read_job_spec_file(path));
 }
 
 StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
   JobSpec spec = input;
   Checker c;
-  CheckUnknownFields(spec, "", &c);
-  if (!c.ok()) return c.ToStatus();  // the rest would be judged on a misread spec
-  if (Utf8Length(spec.name()) > 128) {
-    c.Add("name", "must be at most 128 characters, got " + std::to_string(Utf8Length(spec.name())));
+  check_unknown_fields(spec, "", &c);
+  if (!c.ok()) return c.to_status();  // the rest would be judged on a misread spec
+  if (utf8_length(spec.name()) > 128) {
+    c.add("name",
+          "must be at most 128 characters, got " + std::to_string(utf8_length(spec.name())));
   } else if (std::any_of(spec.name().begin(), spec.name().end(), [](char ch) {
                return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
              })) {
     // Names end up in logs and terminal tables: no line breaks, escapes or NULs.
-    c.Add("name", "must not contain control characters, got " + Quote(spec.name()));
+    c.add("name", "must not contain control characters, got " + quote(spec.name()));
   }
   if (spec.precision().empty()) spec.set_precision("auto");
-  c.OneOf("precision", spec.precision(), {"fp32", "fp16", "bf16", "auto"});
-  ResolveModel(spec.mutable_model(), &c);
-  ResolveData(spec.mutable_data(), &c);
-  ResolveOptimizer(spec.mutable_optimizer(), &c);
-  ResolveLrSchedule(spec.mutable_lr_schedule(), &c);
-  ResolveLossScaling(spec.mutable_loss_scaling(), spec.precision(), &c);
-  ResolveTraining(spec.mutable_training(), &c);
-  if (c.ok()) CheckTotalSteps(spec, &c);
-  if (!c.ok()) return c.ToStatus();
+  c.one_of("precision", spec.precision(), {"fp32", "fp16", "bf16", "auto"});
+  resolve_model(spec.mutable_model(), &c);
+  resolve_data(spec.mutable_data(), &c);
+  resolve_optimizer(spec.mutable_optimizer(), &c);
+  resolve_lr_schedule(spec.mutable_lr_schedule(), &c);
+  resolve_loss_scaling(spec.mutable_loss_scaling(), spec.precision(), &c);
+  resolve_training(spec.mutable_training(), &c);
+  if (c.ok()) check_total_steps(spec, &c);
+  if (!c.ok()) return c.to_status();
   return spec;
 }
 
@@ -508,7 +509,7 @@ MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
   Model::Options o;
   o.act_dtype = spec.precision() == "fp32" ? DType::kF32 : DType::kF16;
   o.max_batch = spec.data().batch_size() > 0 ? spec.data().batch_size() : 64;
-  o.in_features = input_features > 0 ? input_features : AssumedInputWidth(spec);
+  o.in_features = input_features > 0 ? input_features : assumed_input_width(spec);
   o.loss = spec.model().loss() == "mse" ? LossKind::kMse : LossKind::kCrossEntropy;
   int64_t out = output_features;
   if (out <= 0) {
@@ -535,9 +536,9 @@ MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
     m.activation_bytes = plan->activation_bytes;
     // One FP32 tensor per parameter for every state the optimizer declares.
     const auto states = static_cast<int64_t>(optimizer_state_names(spec.optimizer()).size());
-    m.optimizer_bytes = Mul(plan->parameter_count, 4 * states);
+    m.optimizer_bytes = mul(plan->parameter_count, 4 * states);
   }
-  m.total_bytes = Add(Add(m.parameter_bytes, m.optimizer_bytes), m.activation_bytes);
+  m.total_bytes = add(add(m.parameter_bytes, m.optimizer_bytes), m.activation_bytes);
   return m;
 }
 

@@ -20,7 +20,7 @@
 #include <string_view>
 
 #include "ampd/v1/job.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::engine {
 

@@ -27,7 +27,7 @@ const LayerKind* find_layer_kind(ampd::v1::LayerSpec::KindCase kind_case) {
 StatusOr<std::unique_ptr<Layer>> make_layer(const ampd::v1::LayerSpec& spec) {
   const LayerKind* k = find_layer_kind(spec.kind_case());
   if (k == nullptr)
-    return InvalidArgument("layer has no kind (expected one of " + layer_kind_list() + ")");
+    return invalid_argument("layer has no kind (expected one of " + layer_kind_list() + ")");
   return k->make(spec);
 }
 
@@ -48,7 +48,7 @@ std::string layer_kind_list() {
 void resolve_layers(google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>* layers,
                     const std::string& path, int depth, SpecChecker& checker) {
   if (depth > kMaxNesting) {
-    checker.Add(path, "residual blocks nest at most " + std::to_string(kMaxNesting) + " deep");
+    checker.add(path, "residual blocks nest at most " + std::to_string(kMaxNesting) + " deep");
     return;
   }
   for (int i = 0; i < layers->size(); ++i) {
@@ -56,7 +56,7 @@ void resolve_layers(google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>* lay
     const std::string at = path + "[" + std::to_string(i) + "]";
     const LayerKind* kind = find_layer_kind(layer->kind_case());
     if (kind == nullptr) {
-      checker.Add(at, "no layer kind; set one of " + layer_kind_list() + " (e.g. `relu: {}`)");
+      checker.add(at, "no layer kind; set one of " + layer_kind_list() + " (e.g. `relu: {}`)");
       continue;
     }
     kind->resolve(*layer, at, depth, checker);

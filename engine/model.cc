@@ -21,9 +21,9 @@ StatusOr<MemoryTally> Model::plan(const ampd::v1::ModelSpec& spec, const Options
 
 Status Model::build(const ampd::v1::ModelSpec& spec) {
   const Options& o = options_;
-  if (spec.layers().empty()) return InvalidArgument("model.layers: must not be empty");
+  if (spec.layers().empty()) return invalid_argument("model.layers: must not be empty");
   if (o.max_batch <= 0 || o.in_features <= 0 || o.time <= 0) {
-    return InvalidArgument("model: batch size, sequence length and input width must be positive");
+    return invalid_argument("model: batch size, sequence length and input width must be positive");
   }
   BuildContext ctx;
   ctx.backend = backend_;
@@ -41,7 +41,7 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   layers_.collect_params(params_);
   const int64_t width = layers_.out_features();
   if (width != o.out_features) {
-    return InvalidArgument(
+    return invalid_argument(
         "model.layers[" + std::to_string(spec.layers_size() - 1) + "]: the model outputs " +
         std::to_string(width) + " values per example but the data has " +
         std::to_string(o.out_features) +
@@ -59,7 +59,7 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   } else {
     AMPD_ASSIGN_OR_RETURN(targets_, ctx.make_activation(DType::kF32, rows, o.out_features));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Tensor Model::input(int64_t n) const {
@@ -75,8 +75,8 @@ Tensor Model::outputs(int64_t n) const {
 Status Model::load_batch(int64_t n, const float* features, const int32_t* labels,
                          const float* targets) {
   if (n <= 0 || n > options_.max_batch) {
-    return InvalidArgument("batch of " + std::to_string(n) + " rows exceeds the model's " +
-                           std::to_string(options_.max_batch));
+    return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
+                            std::to_string(options_.max_batch));
   }
   const int64_t rows = n * options_.time;
   // The input is rounded to the working dtype on the host (convert.h, the same RNE as
@@ -99,7 +99,7 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
     AMPD_RETURN_IF_ERROR(
         backend_->upload(targets_.view(DType::kF32, rows, options_.out_features), targets));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status Model::forward(const PassContext& ctx, int64_t n) {
@@ -165,7 +165,7 @@ Status Model::refresh_low_precision() {
   for (auto* p : params()) {
     if (p->low) AMPD_RETURN_IF_ERROR(backend_->cast(p->master_t(), p->low_t()));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd::engine

@@ -36,7 +36,7 @@ StatusOr<std::unique_ptr<Optimizer>> Optimizer::create(Backend& backend,
     std::string names;
     for (const OptimizerInfo& i : kOptimizers)
       names += std::string(names.empty() ? "" : " or ") + i.name;
-    return InvalidArgument("optimizer: set " + names);
+    return invalid_argument("optimizer: set " + names);
   }
   return info->make(backend, spec, std::move(params));
 }
@@ -65,7 +65,7 @@ Status Optimizer::init_state(std::vector<std::string> names, bool no_decay_on_bi
     slot.weight_decay_multiplier = (p->decay || !no_decay_on_bias_and_norm) ? 1.0f : 0.0f;
     slots_.push_back(slot);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Tensor Optimizer::state(size_t param, std::string_view name) const {
@@ -94,7 +94,7 @@ std::vector<std::pair<std::string, Tensor>> Optimizer::state_tensors() const {
 Status Optimizer::step(double lr, float grad_scale) {
   AMPD_RETURN_IF_ERROR(apply(lr, grad_scale));
   ++applied_steps_;
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd::engine

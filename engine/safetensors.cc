@@ -137,14 +137,14 @@ Status write_error(const std::string& path, const char* what, int err) {
   std::string msg = "write checkpoint " + path + ": " + what + ": " + errno_text(err);
   switch (err) {
     case ENOSPC:
-    case EDQUOT: return ResourceExhausted(std::move(msg));
+    case EDQUOT: return resource_exhausted(std::move(msg));
     case ENOENT:
     case EACCES:
     case EPERM:
     case EROFS:
     case ENOTDIR:
-    case EISDIR: return FailedPrecondition(std::move(msg));
-    default: return Internal(std::move(msg));
+    case EISDIR: return failed_precondition(std::move(msg));
+    default: return internal(std::move(msg));
   }
 }
 
@@ -220,14 +220,14 @@ StatusOr<std::string> build_header(const std::string& path, const StFile& file,
   uint32_t crc = ::crc32(0L, Z_NULL, 0);
   for (const StTensor* t : order) {
     if (t->name.empty() || t->name == kMetadataKey || !names.insert(t->name).second) {
-      return InvalidArgument("write checkpoint " + path + ": invalid or duplicate tensor name '" +
-                             t->name + "'");
+      return invalid_argument("write checkpoint " + path + ": invalid or duplicate tensor name '" +
+                              t->name + "'");
     }
     const std::optional<uint64_t> bytes = tensor_bytes(t->dtype, t->shape);
     if (!bytes || *bytes != t->data.size()) {
-      return InvalidArgument("write checkpoint " + path + ": tensor '" + t->name + "' (" +
-                             std::string(st_dtype_name(t->dtype)) + " " + shape_string(t->shape) +
-                             ") has " + std::to_string(t->data.size()) + " bytes of data");
+      return invalid_argument("write checkpoint " + path + ": tensor '" + t->name + "' (" +
+                              std::string(st_dtype_name(t->dtype)) + " " + shape_string(t->shape) +
+                              ") has " + std::to_string(t->data.size()) + " bytes of data");
     }
     crc = crc32_update(crc, t->data.data(), t->data.size());
   }
@@ -257,7 +257,7 @@ StatusOr<std::string> build_header(const std::string& path, const StFile& file,
   try {
     text = header.dump();  // strict: throws on invalid UTF-8
   } catch (const std::exception& e) {
-    return InvalidArgument("write checkpoint " + path + ": header: " + e.what());
+    return invalid_argument("write checkpoint " + path + ": header: " + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');
   return text;
@@ -274,7 +274,7 @@ struct Entry {
 
 // Checks one tensor entry of the header; fills `e` or returns the problem (DataLoss text).
 Status parse_entry(const std::string& name, const Json& v, Entry* e) {
-  auto bad = [&](const std::string& what) { return DataLoss("tensor '" + name + "': " + what); };
+  auto bad = [&](const std::string& what) { return data_loss("tensor '" + name + "': " + what); };
   if (!v.is_object()) return bad("entry is not an object");
   const auto dt = v.find("dtype");
   const auto sh = v.find("shape");
@@ -288,7 +288,7 @@ Status parse_entry(const std::string& name, const Json& v, Entry* e) {
   const std::optional<DType> dtype = parse_st_dtype(dtype_str);
   if (!dtype) {
     if (is_other_st_dtype(dtype_str)) {
-      return Unimplemented("tensor '" + name + "': dtype " + dtype_str + " is not supported");
+      return unimplemented("tensor '" + name + "': dtype " + dtype_str + " is not supported");
     }
     return bad("unknown dtype \"" + dtype_str + "\"");
   }
@@ -312,7 +312,7 @@ Status parse_entry(const std::string& name, const Json& v, Entry* e) {
     return bad("data_offsets " + off->dump() + " do not match " + dtype_str + " " + sh->dump() +
                " (" + std::to_string(*bytes) + " bytes)");
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // Parses and validates the header against a buffer of `buffer_size` bytes. Returns the
@@ -331,17 +331,17 @@ StatusOr<std::vector<Entry>> parse_header(std::string_view text, uint64_t buffer
     return true;
   };
   const Json header = Json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
-  if (header.is_discarded()) return DataLoss("header is not valid JSON");
-  if (!header.is_object()) return DataLoss("header is not a JSON object");
-  if (!duplicate.empty()) return DataLoss("header has a duplicate key '" + duplicate + "'");
+  if (header.is_discarded()) return data_loss("header is not valid JSON");
+  if (!header.is_object()) return data_loss("header is not a JSON object");
+  if (!duplicate.empty()) return data_loss("header has a duplicate key '" + duplicate + "'");
 
   std::vector<Entry> entries;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == kMetadataKey) {
-      if (!it->is_object()) return DataLoss("__metadata__ is not an object");
+      if (!it->is_object()) return data_loss("__metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
         if (!m->is_string())
-          return DataLoss("__metadata__ value '" + m.key() + "' is not a string");
+          return data_loss("__metadata__ value '" + m.key() + "' is not a string");
         (*metadata)[m.key()] = m->get<std::string>();
       }
       continue;
@@ -360,16 +360,17 @@ StatusOr<std::vector<Entry>> parse_header(std::string_view text, uint64_t buffer
     const std::string where = "tensor '" + e.tensor.name + "' at [" + std::to_string(e.begin) +
                               ", " + std::to_string(e.end) + ")";
     if (e.end > buffer_size) {
-      return DataLoss(where + " runs past the end of the file (buffer is " +
-                      std::to_string(buffer_size) + " bytes): truncated?");
+      return data_loss(where + " runs past the end of the file (buffer is " +
+                       std::to_string(buffer_size) + " bytes): truncated?");
     }
-    if (e.begin < pos) return DataLoss(where + " overlaps the tensor before it");
-    if (e.begin > pos) return DataLoss(where + " leaves a gap after offset " + std::to_string(pos));
+    if (e.begin < pos) return data_loss(where + " overlaps the tensor before it");
+    if (e.begin > pos)
+      return data_loss(where + " leaves a gap after offset " + std::to_string(pos));
     pos = e.end;
   }
   if (pos != buffer_size) {
-    return DataLoss("tensors cover " + std::to_string(pos) + " of the " +
-                    std::to_string(buffer_size) + " bytes of the buffer");
+    return data_loss("tensors cover " + std::to_string(pos) + " of the " +
+                     std::to_string(buffer_size) + " bytes of the buffer");
   }
   return entries;
 }
@@ -427,27 +428,27 @@ Status write_safetensors(const std::string& path, const StFile& file, WriteFault
   if (::fsync(dfd.get()) != 0 && errno != EINVAL) {
     return write_error(path, "fsync directory", errno);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 StatusOr<StFile> read_safetensors(const std::string& path) {
   auto corrupt = [&](const std::string& what) {
-    return DataLoss("checkpoint " + path + " is corrupt: " + what);
+    return data_loss("checkpoint " + path + " is corrupt: " + what);
   };
   auto io_error = [&](const char* what, int err) {
     std::string msg = "read checkpoint " + path + ": " + what + ": " + errno_text(err);
-    if (err == ENOENT) return NotFound(std::move(msg));
+    if (err == ENOENT) return not_found(std::move(msg));
     if (err == EACCES || err == EPERM || err == EISDIR || err == ENOTDIR) {
-      return FailedPrecondition(std::move(msg));
+      return failed_precondition(std::move(msg));
     }
-    return Internal(std::move(msg));
+    return internal(std::move(msg));
   };
 
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return io_error("open", errno);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return io_error("stat", errno);
-  if (!S_ISREG(st.st_mode)) return FailedPrecondition("read checkpoint " + path + ": not a file");
+  if (!S_ISREG(st.st_mode)) return failed_precondition("read checkpoint " + path + ": not a file");
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     return corrupt("truncated: " + std::to_string(file_size) +

@@ -37,8 +37,8 @@
 #include <string_view>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/dtype.h"
-#include "kernels/status.h"
 
 namespace ampd::engine {
 

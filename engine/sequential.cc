@@ -19,7 +19,7 @@ Status GradScratch::allocate(const BuildContext& ctx) {
       buffers_.push_back(std::move(b));
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Tensor GradScratch::view(int depth, int slot, DType dtype, int64_t rows, int64_t time,
@@ -32,7 +32,7 @@ Status Sequential::build(const BuildContext& ctx,
                          const google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>& specs,
                          int64_t in, const std::string& path, const std::string& prefix, int depth,
                          int64_t* next_index, GradScratch* scratch) {
-  if (specs.empty()) return InvalidArgument(path + ": must not be empty");
+  if (specs.empty()) return invalid_argument(path + ": must not be empty");
   scratch_ = scratch;
   depth_ = depth;
   dtype_ = ctx.act_dtype;
@@ -42,7 +42,7 @@ Status Sequential::build(const BuildContext& ctx,
     const ampd::v1::LayerSpec& spec = specs.Get(i);
     const LayerKind* kind = find_layer_kind(spec.kind_case());
     const std::string at = path + "[" + std::to_string(i) + "]";
-    if (kind == nullptr) return InvalidArgument(at + ": no layer kind");
+    if (kind == nullptr) return invalid_argument(at + ": no layer kind");
     std::unique_ptr<Layer> layer = kind->make(spec);
     BuildContext lc = ctx;
     lc.index = (*next_index)++;
@@ -68,7 +68,7 @@ Status Sequential::build(const BuildContext& ctx,
     outputs_.push_back(std::move(b));
   }
   scratch->require(depth, MemoryTally::sat_mul(ctx.max_rows(), widest));
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Tensor Sequential::output(size_t i, const Tensor& like) const {
@@ -87,7 +87,7 @@ Status Sequential::forward(const PassContext& ctx, const Tensor& x, const Tensor
     AMPD_RETURN_IF_ERROR(layers_[i]->forward(ctx, in, out).with_context(describe(i) + " forward"));
     in = out;
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status Sequential::backward(const PassContext& ctx, const Tensor& x, const Tensor& dy, int dy_slot,
@@ -111,7 +111,7 @@ Status Sequential::backward(const PassContext& ctx, const Tensor& x, const Tenso
     g = d;
     slot = free_slot;
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 void Sequential::collect_params(std::vector<Param*>& out) {

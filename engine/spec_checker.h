@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 #include "proto/job_spec_io.h"
 
 namespace ampd::engine {
@@ -23,7 +23,7 @@ inline constexpr size_t kMaxListedErrors = 50;
 
 // Shortest text that reads back as the same value: 0.1f prints "0.1", not "0.100000001".
 template <typename T>
-std::string Num(T v) {
+std::string num(T v) {
   if constexpr (std::is_floating_point_v<T>) {
     if (std::isnan(v)) return "nan";
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
@@ -34,20 +34,20 @@ std::string Num(T v) {
   return std::string(buf, end);
 }
 
-inline std::string Quote(std::string_view s) {
+inline std::string quote(std::string_view s) {
   return spec_io::quote_for_message(s);
 }
 
 class SpecChecker {
  public:
-  void Add(const std::string& path, const std::string& message) {
+  void add(const std::string& path, const std::string& message) {
     errors_.push_back(path + ": " + message);
   }
   bool ok() const { return errors_.empty(); }
 
   // One error alone; several under a count line, one per line.
-  Status ToStatus() const {
-    if (errors_.size() == 1) return InvalidArgument(errors_[0]);
+  Status to_status() const {
+    if (errors_.size() == 1) return invalid_argument(errors_[0]);
     std::string message = "job spec has " + std::to_string(errors_.size()) + " errors:";
     for (size_t i = 0; i < errors_.size() && i < kMaxListedErrors; ++i) {
       message += "\n  " + errors_[i];
@@ -55,63 +55,63 @@ class SpecChecker {
     if (errors_.size() > kMaxListedErrors) {
       message += "\n  ... and " + std::to_string(errors_.size() - kMaxListedErrors) + " more";
     }
-    return InvalidArgument(message);
+    return invalid_argument(message);
   }
 
   template <typename T>
-  bool Finite(const std::string& path, T v) {
+  bool finite(const std::string& path, T v) {
     if (std::isfinite(v)) return true;
-    Add(path, "must be finite, got " + Num(v));
+    add(path, "must be finite, got " + num(v));
     return false;
   }
 
   // v in the interval from lo to hi, each end closed or open; reported in interval notation.
   template <typename T>
-  bool InRange(const std::string& path, T v, T lo, bool lo_closed, T hi, bool hi_closed) {
+  bool in_range(const std::string& path, T v, T lo, bool lo_closed, T hi, bool hi_closed) {
     if constexpr (std::is_floating_point_v<T>) {
-      if (!Finite(path, v)) return false;
+      if (!finite(path, v)) return false;
     }
     bool ok = (lo_closed ? v >= lo : v > lo) && (hi_closed ? v <= hi : v < hi);
     if (!ok) {
-      Add(path, "must be in " + std::string(lo_closed ? "[" : "(") + Num(lo) + ", " + Num(hi) +
-                    (hi_closed ? "]" : ")") + ", got " + Num(v));
+      add(path, "must be in " + std::string(lo_closed ? "[" : "(") + num(lo) + ", " + num(hi) +
+                    (hi_closed ? "]" : ")") + ", got " + num(v));
     }
     return ok;
   }
   template <typename T>
-  bool Closed(const std::string& path, T v, T lo, T hi) {
-    return InRange(path, v, lo, true, hi, true);
+  bool closed(const std::string& path, T v, T lo, T hi) {
+    return in_range(path, v, lo, true, hi, true);
   }
 
   // v > lo (strict) or v >= lo.
   template <typename T>
-  bool Above(const std::string& path, T v, T lo, bool strict) {
+  bool above(const std::string& path, T v, T lo, bool strict) {
     if constexpr (std::is_floating_point_v<T>) {
-      if (!Finite(path, v)) return false;
+      if (!finite(path, v)) return false;
     }
     bool ok = strict ? v > lo : v >= lo;
     if (!ok)
-      Add(path, std::string("must be ") + (strict ? "> " : ">= ") + Num(lo) + ", got " + Num(v));
+      add(path, std::string("must be ") + (strict ? "> " : ">= ") + num(lo) + ", got " + num(v));
     return ok;
   }
   template <typename T>
-  bool Positive(const std::string& path, T v) {
-    return Above(path, v, T(0), true);
+  bool positive(const std::string& path, T v) {
+    return above(path, v, T(0), true);
   }
   template <typename T>
-  bool NonNegative(const std::string& path, T v) {
-    return Above(path, v, T(0), false);
+  bool non_negative(const std::string& path, T v) {
+    return above(path, v, T(0), false);
   }
 
-  bool OneOf(const std::string& path, const std::string& v,
-             std::initializer_list<std::string_view> allowed) {
+  bool one_of(const std::string& path, const std::string& v,
+              std::initializer_list<std::string_view> allowed) {
     std::string list;
     for (std::string_view a : allowed) {
       if (v == a) return true;
       if (!list.empty()) list += ", ";
       list += a;
     }
-    Add(path, "must be one of " + list + "; got " + Quote(v));
+    add(path, "must be one of " + list + "; got " + quote(v));
     return false;
   }
 

@@ -82,7 +82,7 @@ StatusOr<ampd::v1::TelemetryEvent> NumericsTelemetry::collect(Model& model, cons
     AMPD_ASSIGN_OR_RETURN(shadow_, Model::create(*backend_, spec_, o));
   }
   const std::vector<Param*> src = model.params(), dst = shadow_->params();
-  if (src.size() != dst.size()) return Internal("telemetry: shadow model has other parameters");
+  if (src.size() != dst.size()) return internal("telemetry: shadow model has other parameters");
   for (size_t i = 0; i < src.size(); ++i) {
     AMPD_RETURN_IF_ERROR(backend_->copy(dst[i]->master_t(), src[i]->master_t()));
   }

@@ -51,13 +51,13 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
 
   precision_ = resolve_precision(spec_.precision(), *backend_);
   if (ckpt && !ckpt->meta.precision.empty() && ckpt->meta.precision != precision_) {
-    return FailedPrecondition("checkpoint was written in " + ckpt->meta.precision +
-                              " but this backend resolves the spec to " + precision_);
+    return failed_precondition("checkpoint was written in " + ckpt->meta.precision +
+                               " but this backend resolves the spec to " + precision_);
   }
   const DType dt = precision_dtype(precision_);
   if (!backend_->supports(dt)) {
-    return InvalidArgument("precision: backend '" + backend_->name() + "' does not support " +
-                           precision_);
+    return invalid_argument("precision: backend '" + backend_->name() + "' does not support " +
+                            precision_);
   }
 
   // Data.
@@ -70,7 +70,7 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   AMPD_ASSIGN_OR_RETURN(data_, split_dataset(std::move(all), vf, spec_.data().standardize(),
                                              spec_.training().seed()));
   const int64_t n_train = data_.train.num_examples;
-  if (n_train <= 0) return InvalidArgument("data: the training split is empty");
+  if (n_train <= 0) return invalid_argument("data: the training split is empty");
   batch_size_ = std::min<int64_t>(spec_.data().batch_size(), n_train);
   steps_per_epoch_ = (n_train + batch_size_ - 1) / batch_size_;
   int64_t total = std::numeric_limits<int64_t>::max();
@@ -170,7 +170,7 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   mem->set_parameter_bytes(model_->parameter_bytes());
   mem->set_optimizer_bytes(optimizer_->state_bytes());
   mem->set_activation_bytes(model_->activation_bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 void Trainer::emit(JobEvent event) {
@@ -237,8 +237,8 @@ StatusOr<std::string> Trainer::checkpoint() {
   std::error_code ec;
   fs::create_directories(options_.checkpoint_dir, ec);
   if (ec) {
-    return FailedPrecondition("cannot create checkpoint directory " + options_.checkpoint_dir +
-                              ": " + ec.message());
+    return failed_precondition("cannot create checkpoint directory " + options_.checkpoint_dir +
+                               ": " + ec.message());
   }
   CheckpointMeta meta;
   meta.step = step_;
@@ -296,7 +296,7 @@ Status Trainer::report_progress(int64_t step) {
   emit(std::move(e));
   window_samples_ = 0;
   window_start_ = now;
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status Trainer::run_evaluation(int64_t step) {
@@ -307,7 +307,7 @@ Status Trainer::run_evaluation(int64_t step) {
   e.mutable_evaluation()->set_val_accuracy(ev.accuracy);
   e.mutable_evaluation()->set_train_loss(job_.metrics().train_loss());
   emit(std::move(e));
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status Trainer::train_step(int64_t step) {
@@ -416,8 +416,8 @@ Status Trainer::train_step(int64_t step) {
     if (dec.failure) {
       std::string names;
       for (size_t i = 0; i < bad.size(); ++i) names += (i ? ", " : "") + bad[i];
-      return FailedPrecondition(*dec.failure + " (" + precision_ +
-                                "; non-finite at this step: " + names + ")");
+      return failed_precondition(*dec.failure + " (" + precision_ +
+                                 "; non-finite at this step: " + names + ")");
     }
   } else {
     last_lr_ = schedule_->lr(optimizer_->applied_steps());
@@ -426,7 +426,7 @@ Status Trainer::train_step(int64_t step) {
   job_.set_loss_scale(scaler_->scale());
   last_step_samples_ = n;
   last_step_skipped_ = dec.skip_step;
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 ampd::v1::Job Trainer::run() {

@@ -17,25 +17,25 @@ std::string dims(const Tensor& t) {
 }
 
 Status need(bool ok, const char* op, const std::string& what) {
-  if (ok) return Status::Ok();
-  return InvalidArgument(std::string(op) + ": " + what);
+  if (ok) return Status::ok_status();
+  return invalid_argument(std::string(op) + ": " + what);
 }
 
 Status need_data(const char* op, const char* name, const Tensor& t) {
   if (t.data == nullptr && t.numel() > 0) {
-    return InvalidArgument(std::string(op) + ": " + name + " has no data");
+    return invalid_argument(std::string(op) + ": " + name + " has no data");
   }
   for (int i = 0; i < t.ndim; ++i) {
     if (t.size(i) < 0) {
-      return InvalidArgument(std::string(op) + ": " + name + " has a negative dimension " +
-                             dims(t));
+      return invalid_argument(std::string(op) + ": " + name + " has a negative dimension " +
+                              dims(t));
     }
   }
   // Every op but batched_matmul sees its tensors as contiguous row-major matrices.
   if (!t.is_contiguous()) {
-    return InvalidArgument(std::string(op) + ": " + name + " must be contiguous, got " + dims(t));
+    return invalid_argument(std::string(op) + ": " + name + " must be contiguous, got " + dims(t));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status need_float(const char* op, const char* name, const Tensor& t) {
@@ -94,13 +94,13 @@ Status need_batched_view(const char* op, const char* name, const Tensor& t) {
     AMPD_RETURN_IF_ERROR(
         need(t.size(i) >= 0, op, std::string(name) + " has a negative dimension " + dims(t)));
   }
-  if (t.numel() == 0) return Status::Ok();
+  if (t.numel() == 0) return Status::ok_status();
   AMPD_RETURN_IF_ERROR(need(t.data != nullptr, op, std::string(name) + " has no data"));
   for (int i = 0; i < t.ndim; ++i) {
     AMPD_RETURN_IF_ERROR(need(t.size(i) == 1 || t.stride(i) > 0, op,
                               std::string(name) + " must have positive strides, got " + dims(t)));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 std::string batch_dims(const Tensor& t) {
@@ -165,15 +165,15 @@ void Backend::reset_peak_memory() {
 
 Status Backend::upload(const Tensor& dst, const void* host_src) {
   AMPD_RETURN_IF_ERROR(need_data("upload", "dst", dst));
-  if (dst.numel() > 0 && host_src == nullptr) return InvalidArgument("upload: null host source");
-  if (dst.numel() == 0) return Status::Ok();
+  if (dst.numel() > 0 && host_src == nullptr) return invalid_argument("upload: null host source");
+  if (dst.numel() == 0) return Status::ok_status();
   return upload_impl(dst, host_src);
 }
 
 Status Backend::download(void* host_dst, const Tensor& src) {
   AMPD_RETURN_IF_ERROR(need_data("download", "src", src));
   if (src.numel() > 0 && host_dst == nullptr)
-    return InvalidArgument("download: null host destination");
+    return invalid_argument("download: null host destination");
   if (src.numel() == 0) return synchronize_impl();
   return download_impl(host_dst, src);
 }
@@ -184,13 +184,13 @@ Status Backend::copy(const Tensor& dst, const Tensor& src) {
   AMPD_RETURN_IF_ERROR(need_same_dtype("copy", "src", src, "dst", dst));
   AMPD_RETURN_IF_ERROR(need(src.numel() == dst.numel(), "copy",
                             "dst " + dims(dst) + " and src " + dims(src) + " differ in size"));
-  if (src.numel() == 0) return Status::Ok();
+  if (src.numel() == 0) return Status::ok_status();
   return copy_impl(dst, src);
 }
 
 Status Backend::fill(const Tensor& dst, float value) {
   AMPD_RETURN_IF_ERROR(need_data("fill", "dst", dst));
-  if (dst.numel() == 0) return Status::Ok();
+  if (dst.numel() == 0) return Status::ok_status();
   return fill_impl(dst, value);
 }
 
@@ -226,7 +226,7 @@ Status Backend::matmul(const MatmulArgs& m) {
   }
   AMPD_RETURN_IF_ERROR(
       need(std::isfinite(m.alpha) && std::isfinite(m.beta), op, "alpha and beta must be finite"));
-  if (M == 0 || N == 0) return Status::Ok();
+  if (M == 0 || N == 0) return Status::ok_status();
   return matmul_impl(m);
 }
 
@@ -279,7 +279,7 @@ Status Backend::batched_matmul(const BatchedMatmulArgs& m) {
   }
   AMPD_RETURN_IF_ERROR(
       need(std::isfinite(m.alpha) && std::isfinite(m.beta), op, "alpha and beta must be finite"));
-  if (m.c.numel() == 0) return Status::Ok();
+  if (m.c.numel() == 0) return Status::ok_status();
   return batched_matmul_impl(m);
 }
 
@@ -288,7 +288,7 @@ Status Backend::cast(const Tensor& src, const Tensor& dst) {
   AMPD_RETURN_IF_ERROR(need_float("cast", "dst", dst));
   AMPD_RETURN_IF_ERROR(need(src.numel() == dst.numel(), "cast",
                             "dst " + dims(dst) + " and src " + dims(src) + " differ in size"));
-  if (src.numel() == 0) return Status::Ok();
+  if (src.numel() == 0) return Status::ok_status();
   return cast_impl(src, dst);
 }
 
@@ -298,20 +298,20 @@ Status Backend::add_bias(const Tensor& x, const Tensor& bias) {
   AMPD_RETURN_IF_ERROR(need(bias.dtype == DType::kF32 || bias.dtype == x.dtype, "add_bias",
                             "bias must be f32 or x's dtype, got " + dims(bias)));
   AMPD_RETURN_IF_ERROR(need_vector("add_bias", "bias", bias, x.cols()));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return add_bias_impl(x, bias);
 }
 
 Status Backend::bias_grad(const Tensor& dy, const Tensor& dbias, float beta) {
   AMPD_RETURN_IF_ERROR(need_float("bias_grad", "dy", dy));
   AMPD_RETURN_IF_ERROR(need_param_f32("bias_grad", "dbias", dbias, dy.cols()));
-  if (dy.cols() == 0) return Status::Ok();
+  if (dy.cols() == 0) return Status::ok_status();
   return bias_grad_impl(dy, dbias, beta);
 }
 
 Status Backend::scale(const Tensor& x, float alpha) {
   AMPD_RETURN_IF_ERROR(need_float("scale", "x", x));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return scale_impl(x, alpha);
 }
 
@@ -319,7 +319,7 @@ Status Backend::accumulate(const Tensor& x, const Tensor& y) {
   AMPD_RETURN_IF_ERROR(need_float("accumulate", "x", x));
   AMPD_RETURN_IF_ERROR(need_float("accumulate", "y", y));
   AMPD_RETURN_IF_ERROR(need_same_shape("accumulate", "x", x, "y", y));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return accumulate_impl(x, y);
 }
 
@@ -331,7 +331,7 @@ Status Backend::activation_forward(Activation act, const Tensor& x, const Tensor
   AMPD_RETURN_IF_ERROR(need_float(op, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "y", y));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "x", x, "y", y));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return activation_forward_impl(act, x, y);
 }
 
@@ -344,7 +344,7 @@ Status Backend::activation_backward(Activation act, const Tensor& x, const Tenso
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dy", dy));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "dx", dx));
   AMPD_RETURN_IF_ERROR(need_same_dtype(op, "dy", dy, "dx", dx));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return activation_backward_impl(act, x, dy, dx);
 }
 
@@ -363,7 +363,7 @@ Status Backend::layernorm_forward(const Tensor& x, const Tensor& gamma, const Te
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "mean", mean, x.rows()));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows()));
   AMPD_RETURN_IF_ERROR(need(eps > 0 && std::isfinite(eps), op, "eps must be > 0"));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return layernorm_forward_impl(x, gamma, beta, y, mean, rstd, eps);
 }
 
@@ -382,7 +382,7 @@ Status Backend::layernorm_backward(const Tensor& dy, const Tensor& x, const Tens
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "rstd", rstd, x.rows()));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "dgamma", dgamma, x.cols()));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "dbeta", dbeta, x.cols()));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return layernorm_backward_impl(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
 }
 
@@ -426,7 +426,7 @@ Status Backend::batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, con
     AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols()));
   }
   AMPD_RETURN_IF_ERROR(need(eps > 0, op, "eps must be > 0"));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return batchnorm_forward_eval_impl(x, gamma, beta, running_mean, running_var, y, eps);
 }
 
@@ -447,7 +447,7 @@ Status Backend::batchnorm_backward(const Tensor& dy, const Tensor& x, const Tens
                          {"dbeta", &dbeta}}) {
     AMPD_RETURN_IF_ERROR(need_param_f32(op, name, *t, x.cols()));
   }
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return batchnorm_backward_impl(dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
 }
 
@@ -464,7 +464,7 @@ Status Backend::dropout_forward(const Tensor& x, const Tensor& y, const Tensor& 
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "x", x, "mask", mask));
   AMPD_RETURN_IF_ERROR(need(mask.dtype == DType::kU8, op, "mask must be u8, got " + dims(mask)));
   AMPD_RETURN_IF_ERROR(need(p >= 0.0f && p < 1.0f, op, "p must be in [0, 1)"));
-  if (x.numel() == 0) return Status::Ok();
+  if (x.numel() == 0) return Status::ok_status();
   return dropout_forward_impl(x, y, mask, p, seed, offset);
 }
 
@@ -478,7 +478,7 @@ Status Backend::dropout_backward(const Tensor& dy, const Tensor& mask, const Ten
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "dy", dy, "mask", mask));
   AMPD_RETURN_IF_ERROR(need(mask.dtype == DType::kU8, op, "mask must be u8, got " + dims(mask)));
   AMPD_RETURN_IF_ERROR(need(p >= 0.0f && p < 1.0f, op, "p must be in [0, 1)"));
-  if (dy.numel() == 0) return Status::Ok();
+  if (dy.numel() == 0) return Status::ok_status();
   return dropout_backward_impl(dy, mask, dx, p);
 }
 
@@ -496,7 +496,7 @@ Status Backend::softmax_xent_forward(const Tensor& logits, const Tensor& labels,
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, logits.rows()));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows()));
   AMPD_RETURN_IF_ERROR(need(logits.cols() > 0 || logits.rows() == 0, op, "logits has no classes"));
-  if (logits.rows() == 0) return Status::Ok();
+  if (logits.rows() == 0) return Status::ok_status();
   return softmax_xent_forward_impl(logits, labels, loss, lse);
 }
 
@@ -510,7 +510,7 @@ Status Backend::softmax_xent_backward(const Tensor& logits, const Tensor& labels
   AMPD_RETURN_IF_ERROR(need(labels.dtype == DType::kI32, op, "labels must be i32"));
   AMPD_RETURN_IF_ERROR(need_vector(op, "labels", labels, logits.rows()));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "lse", lse, logits.rows()));
-  if (logits.rows() == 0) return Status::Ok();
+  if (logits.rows() == 0) return Status::ok_status();
   return softmax_xent_backward_impl(logits, labels, lse, dlogits, grad_scale);
 }
 
@@ -520,7 +520,7 @@ Status Backend::mse_forward(const Tensor& pred, const Tensor& target, const Tens
   AMPD_RETURN_IF_ERROR(need_f32(op, "target", target));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "pred", pred, "target", target));
   AMPD_RETURN_IF_ERROR(need_param_f32(op, "loss", loss, pred.rows()));
-  if (pred.rows() == 0) return Status::Ok();
+  if (pred.rows() == 0) return Status::ok_status();
   AMPD_RETURN_IF_ERROR(need(pred.cols() > 0, op, "pred has no columns"));
   return mse_forward_impl(pred, target, loss);
 }
@@ -533,7 +533,7 @@ Status Backend::mse_backward(const Tensor& pred, const Tensor& target, const Ten
   AMPD_RETURN_IF_ERROR(need_float(op, "dpred", dpred));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "pred", pred, "target", target));
   AMPD_RETURN_IF_ERROR(need_same_shape(op, "pred", pred, "dpred", dpred));
-  if (pred.numel() == 0) return Status::Ok();
+  if (pred.numel() == 0) return Status::ok_status();
   return mse_backward_impl(pred, target, dpred, grad_scale);
 }
 
@@ -543,7 +543,7 @@ Status Backend::argmax_rows(const Tensor& x, const Tensor& out) {
   AMPD_RETURN_IF_ERROR(need(out.dtype == DType::kI32, "argmax_rows", "out must be i32"));
   AMPD_RETURN_IF_ERROR(need_vector("argmax_rows", "out", out, x.rows()));
   AMPD_RETURN_IF_ERROR(need(x.cols() > 0 || x.rows() == 0, "argmax_rows", "x has no columns"));
-  if (x.rows() == 0) return Status::Ok();
+  if (x.rows() == 0) return Status::ok_status();
   return argmax_rows_impl(x, out);
 }
 
@@ -562,7 +562,7 @@ Status Backend::unscale_and_check(std::span<const Tensor> grads, float inv_scale
   AMPD_RETURN_IF_ERROR(
       need_vector(op, "found_nonfinite", found_nonfinite, static_cast<int64_t>(grads.size())));
   AMPD_RETURN_IF_ERROR(need(std::isfinite(inv_scale), op, "inv_scale must be finite"));
-  if (grads.empty()) return Status::Ok();
+  if (grads.empty()) return Status::ok_status();
   return unscale_and_check_impl(grads, inv_scale, found_nonfinite);
 }
 
@@ -606,7 +606,7 @@ Status check_slots(const char* op, std::span<const ParamSlot> params, bool needs
                                 at + "low_precision must have master's size"));
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 bool finite_nonneg(float v) {
@@ -623,7 +623,7 @@ Status Backend::sgd_step(std::span<const ParamSlot> params, const SgdParams& hp)
                             "sgd_step", "hyper-parameters must be finite and non-negative"));
   AMPD_RETURN_IF_ERROR(need(!hp.nesterov || (hp.momentum > 0 && hp.dampening == 0), "sgd_step",
                             "nesterov needs momentum > 0 and dampening 0"));
-  if (params.empty()) return Status::Ok();
+  if (params.empty()) return Status::ok_status();
   return sgd_step_impl(params, hp);
 }
 
@@ -634,7 +634,7 @@ Status Backend::adamw_step(std::span<const ParamSlot> params, const AdamWParams&
           hp.beta2 >= 0 && hp.beta2 < 1 && hp.eps > 0 && std::isfinite(hp.grad_scale),
       "adamw_step", "lr, weight_decay >= 0, betas in [0, 1), eps > 0 required"));
   AMPD_RETURN_IF_ERROR(need(hp.step >= 1, "adamw_step", "step must be >= 1"));
-  if (params.empty()) return Status::Ok();
+  if (params.empty()) return Status::ok_status();
   return adamw_step_impl(params, hp);
 }
 

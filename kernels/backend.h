@@ -35,8 +35,8 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/dropout_hash.h"
-#include "kernels/status.h"
 #include "kernels/tensor.h"
 
 namespace ampd {
@@ -296,7 +296,7 @@ class Backend {
   virtual Status download_impl(void* host_dst, const Tensor& src) = 0;
   virtual Status copy_impl(const Tensor& dst, const Tensor& src) = 0;
   virtual Status fill_impl(const Tensor& dst, float value) = 0;
-  virtual Status synchronize_impl() { return Status::Ok(); }
+  virtual Status synchronize_impl() { return Status::ok_status(); }
 
   virtual Status matmul_impl(const MatmulArgs& args) = 0;
   virtual Status batched_matmul_impl(const BatchedMatmulArgs& args) = 0;

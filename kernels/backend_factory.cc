@@ -22,8 +22,8 @@ StatusOr<BackendChoice> create_backend(const BackendRequest& request) {
     choice.backend = make_reference_backend();
     return choice;
   } else if (request.kind != "cpu") {
-    return InvalidArgument("--backend: must be one of auto, cpu, cuda, reference; got '" +
-                           request.kind + "'");
+    return invalid_argument("--backend: must be one of auto, cpu, cuda, reference; got '" +
+                            request.kind + "'");
   }
   CpuBackendOptions opts;
   opts.threads = request.threads;

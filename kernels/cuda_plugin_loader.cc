@@ -35,24 +35,24 @@ StatusOr<std::unique_ptr<Backend>> load_cuda_backend(const std::string& plugin_d
     handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
       const char* err = dlerror();
-      return Unavailable("cannot load the CUDA backend plugin " + path + ": " +
+      return unavailable("cannot load the CUDA backend plugin " + path + ": " +
                          (err != nullptr ? err : "unknown error") +
                          " (are the CUDA 13 runtime and cuBLAS libraries installed?)");
     }
     break;
   }
   if (handle == nullptr) {
-    return Unavailable("the CUDA backend plugin was not built (looked for " + tried +
+    return unavailable("the CUDA backend plugin was not built (looked for " + tried +
                        "; build on a machine with nvcc to get it)");
   }
   auto entry = reinterpret_cast<BackendPluginEntry>(dlsym(handle, kCudaPluginEntryPoint));
   if (entry == nullptr) {
-    return Unavailable(std::string("the CUDA plugin has no entry point ") + kCudaPluginEntryPoint);
+    return unavailable(std::string("the CUDA plugin has no entry point ") + kCudaPluginEntryPoint);
   }
   char error[512] = {0};
   Backend* backend = entry(kBackendPluginApiVersion, error, sizeof error);
   if (backend == nullptr) {
-    return Unavailable(error[0] != 0 ? std::string(error) : "the CUDA backend could not start");
+    return unavailable(error[0] != 0 ? std::string(error) : "the CUDA backend could not start");
   }
   // The handle stays open for the life of the process: the backend's code lives there.
   return std::unique_ptr<Backend>(backend);

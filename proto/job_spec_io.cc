@@ -60,7 +60,7 @@ ParseResult Failure(ErrorKind kind, std::string message) {
 // Formatting helpers
 // ---------------------------------------------------------------------------------------
 
-void AppendJsonString(std::string_view s, std::string* out) {
+void append_json_string(std::string_view s, std::string* out) {
   out->push_back('"');
   for (char ch : s) {
     unsigned char c = static_cast<unsigned char>(ch);
@@ -83,12 +83,12 @@ void AppendJsonString(std::string_view s, std::string* out) {
   out->push_back('"');
 }
 
-std::string_view StripBom(std::string_view text) {
+std::string_view strip_bom(std::string_view text) {
   if (text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
   return text;
 }
 
-std::string_view LeadingSpaceStripped(std::string_view text) {
+std::string_view leading_space_stripped(std::string_view text) {
   size_t i = text.find_first_not_of(" \t\r\n");
   return i == std::string_view::npos ? std::string_view() : text.substr(i);
 }
@@ -97,7 +97,7 @@ std::string_view LeadingSpaceStripped(std::string_view text) {
 // YAML -> JSON
 // ---------------------------------------------------------------------------------------
 
-bool AllDigits(std::string_view s, int base) {
+bool all_digits(std::string_view s, int base) {
   if (s.empty()) return false;
   for (char c : s) {
     bool ok = base == 16 ? std::isxdigit(static_cast<unsigned char>(c)) != 0
@@ -107,7 +107,7 @@ bool AllDigits(std::string_view s, int base) {
   return true;
 }
 
-std::string StripLeadingZeros(std::string_view digits) {
+std::string strip_leading_zeros(std::string_view digits) {
   size_t i = digits.find_first_not_of('0');
   return i == std::string_view::npos ? "0" : std::string(digits.substr(i));
 }
@@ -116,7 +116,7 @@ std::string StripLeadingZeros(std::string_view digits) {
 // are rewritten textually (no rounding): "+1." -> "1", ".5" -> "0.5", "007" -> "7".
 // 0x / 0o integers become decimal (or a string that protobuf will reject, past 2^64);
 // .inf / .nan become the strings protobuf's JSON mapping accepts for float fields.
-std::optional<std::string> YamlNumberToJson(std::string_view s) {
+std::optional<std::string> yaml_number_to_json(std::string_view s) {
   if (s == ".nan" || s == ".NaN" || s == ".NAN") return std::string("\"NaN\"");
   std::string_view body = s;
   bool negative = false;
@@ -130,12 +130,12 @@ std::optional<std::string> YamlNumberToJson(std::string_view s) {
   if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'o')) {
     int base = s[1] == 'x' ? 16 : 8;
     std::string_view digits = s.substr(2);
-    if (!AllDigits(digits, base)) return std::nullopt;
+    if (!all_digits(digits, base)) return std::nullopt;
     uint64_t v = 0;
     auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
     if (ec != std::errc() || ptr != digits.data() + digits.size()) {
       std::string quoted;
-      AppendJsonString(s, &quoted);
+      append_json_string(s, &quoted);
       return quoted;
     }
     return std::to_string(v);
@@ -163,7 +163,7 @@ std::optional<std::string> YamlNumberToJson(std::string_view s) {
   }
   if (i != body.size()) return std::nullopt;
   std::string out = negative ? "-" : "";
-  out += StripLeadingZeros(int_part);
+  out += strip_leading_zeros(int_part);
   if (!frac_part.empty()) {
     out += '.';
     out += frac_part;
@@ -172,20 +172,20 @@ std::optional<std::string> YamlNumberToJson(std::string_view s) {
 }
 
 // YAML 1.2 core schema booleans (not 1.1's yes/no/on/off).
-std::optional<bool> YamlBool(std::string_view s) {
+std::optional<bool> yaml_bool(std::string_view s) {
   if (s == "true" || s == "True" || s == "TRUE") return true;
   if (s == "false" || s == "False" || s == "FALSE") return false;
   return std::nullopt;
 }
 
-std::string AtMark(const YAML::Mark& mark) {
+std::string at_mark(const YAML::Mark& mark) {
   if (mark.is_null()) return "";
   return "line " + std::to_string(mark.line + 1) + ", column " + std::to_string(mark.column + 1) +
          ": ";
 }
 
 // The field a JSON key names: protobuf accepts the proto name and the lowerCamel JSON name.
-const pb::FieldDescriptor* FindField(const pb::Descriptor* message, const std::string& key) {
+const pb::FieldDescriptor* find_field(const pb::Descriptor* message, const std::string& key) {
   for (int i = 0; i < message->field_count(); ++i) {
     const pb::FieldDescriptor* f = message->field(i);
     if (f->name() == key || f->json_name() == key) return f;
@@ -208,24 +208,24 @@ class YamlToJson {
   };
 
   // Appends the node's JSON to json(); returns an error message, or "" when it worked.
-  Error Convert(const YAML::Node& node, const Context& ctx, int depth) {
+  Error convert(const YAML::Node& node, const Context& ctx, int depth) {
     if (depth > kMaxYamlDepth) {
-      return Fail(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
+      return fail(node, "nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
     }
     // Aliases (*a) repeat what their anchor (&a) names: ten lists of ten aliases each to
     // the previous one are 10^10 nodes in a few hundred bytes ("billion laughs").
     if (out_.size() > kMaxJsonBytes) {
-      return Fail(node, "the document expands to more than " + std::to_string(kMaxJsonBytes) +
+      return fail(node, "the document expands to more than " + std::to_string(kMaxJsonBytes) +
                             " bytes (YAML aliases repeating large anchors?)");
     }
     switch (node.Type()) {
-      case YAML::NodeType::Undefined: return Fail(node, "undefined YAML node");
+      case YAML::NodeType::Undefined: return fail(node, "undefined YAML node");
       case YAML::NodeType::Null: {
         bool whole_list = ctx.field != nullptr && ctx.field->is_repeated() && !ctx.element;
         out_ += ctx.message != nullptr && !whole_list ? "{}" : "null";
         return {};
       }
-      case YAML::NodeType::Scalar: return ConvertScalar(node, ctx);
+      case YAML::NodeType::Scalar: return convert_scalar(node, ctx);
       case YAML::NodeType::Sequence: {
         Context element = ctx;
         element.element = true;
@@ -234,7 +234,7 @@ class YamlToJson {
         for (const YAML::Node& item : node) {
           if (!first) out_ += ',';
           first = false;
-          if (Error e = Convert(item, element, depth + 1); !e.empty()) return e;
+          if (Error e = convert(item, element, depth + 1); !e.empty()) return e;
         }
         out_ += ']';
         return {};
@@ -245,72 +245,72 @@ class YamlToJson {
         bool first = true;
         for (const auto& kv : node) {
           const YAML::Node& key = kv.first;
-          if (!key.IsScalar()) return Fail(key, "mapping keys must be field names");
+          if (!key.IsScalar()) return fail(key, "mapping keys must be field names");
           const std::string& name = key.Scalar();
           if (!seen.insert(name).second)
-            return Fail(key, "duplicate key " + quote_for_message(name));
+            return fail(key, "duplicate key " + quote_for_message(name));
           Context child;
           if (ctx.message != nullptr) {
-            child.field = FindField(ctx.message, name);
+            child.field = find_field(ctx.message, name);
             if (child.field != nullptr) child.message = child.field->message_type();
           }
           if (!first) out_ += ',';
           first = false;
-          AppendJsonString(name, &out_);
+          append_json_string(name, &out_);
           out_ += ':';
-          if (Error e = Convert(kv.second, child, depth + 1); !e.empty()) return e;
+          if (Error e = convert(kv.second, child, depth + 1); !e.empty()) return e;
         }
         out_ += '}';
         return {};
       }
     }
-    return Fail(node, "unexpected YAML node");
+    return fail(node, "unexpected YAML node");
   }
 
   const std::string& json() const { return out_; }
 
  private:
-  static Error Fail(const YAML::Node& node, const std::string& what) {
-    return "job spec: " + AtMark(node.Mark()) + what;
+  static Error fail(const YAML::Node& node, const std::string& what) {
+    return "job spec: " + at_mark(node.Mark()) + what;
   }
 
-  Error ConvertScalar(const YAML::Node& node, const Context& ctx) {
+  Error convert_scalar(const YAML::Node& node, const Context& ctx) {
     static const std::string kCore = "tag:yaml.org,2002:";
     const std::string& tag = node.Tag();
     const std::string& text = node.Scalar();
     // "!" marks a quoted or block scalar: always a string.
     if (tag == "!" || tag == kCore + "str") {
-      AppendJsonString(text, &out_);
+      append_json_string(text, &out_);
       return {};
     }
     bool plain = tag == "?" || tag.empty();
     if (plain && ctx.field != nullptr && ctx.field->type() == pb::FieldDescriptor::TYPE_STRING) {
-      AppendJsonString(text, &out_);
+      append_json_string(text, &out_);
       return {};
     }
     if (plain || tag == kCore + "bool") {
-      if (std::optional<bool> b = YamlBool(text)) {
+      if (std::optional<bool> b = yaml_bool(text)) {
         out_ += *b ? "true" : "false";
         return {};
       }
-      if (!plain) return Fail(node, quote_for_message(text) + " is not a boolean (true or false)");
+      if (!plain) return fail(node, quote_for_message(text) + " is not a boolean (true or false)");
     }
     if (plain || tag == kCore + "int" || tag == kCore + "float") {
-      if (std::optional<std::string> number = YamlNumberToJson(text)) {
+      if (std::optional<std::string> number = yaml_number_to_json(text)) {
         out_ += *number;
         return {};
       }
-      if (!plain) return Fail(node, quote_for_message(text) + " is not a number");
+      if (!plain) return fail(node, quote_for_message(text) + " is not a number");
     }
     if (plain) {
-      AppendJsonString(text, &out_);
+      append_json_string(text, &out_);
       return {};
     }
     if (tag == kCore + "null") {
       out_ += "null";
       return {};
     }
-    return Fail(node, "unsupported YAML tag " + quote_for_message(tag));
+    return fail(node, "unsupported YAML tag " + quote_for_message(tag));
   }
 
   std::string out_;
@@ -345,7 +345,7 @@ class IgnoreEvents : public YAML::EventHandler {
 //
 // `syntax` tells a YAML syntax error (where a JSON reading's error may say more) from a
 // well-formed stream of more than one document.
-Error LoadYaml(std::string_view text, YAML::Node* doc, bool* syntax) {
+Error load_yaml(std::string_view text, YAML::Node* doc, bool* syntax) {
   *syntax = false;
   try {
     const std::string copy(text);
@@ -363,25 +363,25 @@ Error LoadYaml(std::string_view text, YAML::Node* doc, bool* syntax) {
     return {};
   } catch (const YAML::Exception& e) {
     *syntax = true;
-    return "job spec: YAML syntax error at " + AtMark(e.mark) + e.msg;
+    return "job spec: YAML syntax error at " + at_mark(e.mark) + e.msg;
   }
 }
 
-Error YamlDocumentToJson(const YAML::Node& doc, std::string* json) {
+Error yaml_document_to_json(const YAML::Node& doc, std::string* json) {
   if (!doc.IsDefined() || doc.IsNull()) return "job spec: empty document";
   if (!doc.IsMap()) {
-    return "job spec: " + AtMark(doc.Mark()) +
+    return "job spec: " + at_mark(doc.Mark()) +
            "expected a mapping of JobSpec fields at the top level";
   }
   YamlToJson converter;
   YamlToJson::Context top;
   top.message = JobSpec::descriptor();
-  if (Error e = converter.Convert(doc, top, 0); !e.empty()) return e;
+  if (Error e = converter.convert(doc, top, 0); !e.empty()) return e;
   *json = converter.json();
   return {};
 }
 
-ParseResult ParseJson(std::string_view json) {
+ParseResult parse_json(std::string_view json) {
   ParseResult r;
   pb::util::JsonParseOptions options;
   options.ignore_unknown_fields = false;
@@ -394,7 +394,7 @@ ParseResult ParseJson(std::string_view json) {
   return r;
 }
 
-ParseResult Invalid(std::string message) {
+ParseResult invalid(std::string message) {
   return Failure(ErrorKind::kInvalid, std::move(message));
 }
 
@@ -403,7 +403,7 @@ ParseResult Invalid(std::string message) {
 // U+10000..U+10FFFF), which JSON text satisfies too. yaml-cpp 0.7 does not enforce this:
 // it misreads a NUL byte and what follows ("x\0b" came back as "x\x08 ") and passes
 // invalid UTF-8 through. So anything else is refused here, with its position.
-Error NonPrintableError(std::string_view text) {
+Error non_printable_error(std::string_view text) {
   size_t line = 1, column = 1;
   const auto at = [&](const std::string& what) {
     return "job spec: line " + std::to_string(line) + ", column " + std::to_string(column) + ": " +
@@ -487,38 +487,38 @@ std::string quote_for_message(std::string_view s) {
 
 ParseResult parse_job_spec_text(std::string_view text, std::string_view format) {
   if (text.size() > kMaxSpecBytes) {
-    return Invalid("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
+    return invalid("job spec: larger than " + std::to_string(kMaxSpecBytes) + " bytes (" +
                    std::to_string(text.size()) + ")");
   }
   if (format != "" && format != "yaml" && format != "json") {
-    return Invalid("job spec: format must be yaml, json or empty (guess), got " +
+    return invalid("job spec: format must be yaml, json or empty (guess), got " +
                    quote_for_message(format));
   }
-  text = StripBom(text);
-  if (Error e = NonPrintableError(text); !e.empty()) return Invalid(e);
-  std::string_view body = LeadingSpaceStripped(text);
-  if (body.empty()) return Invalid("job spec: empty document");
+  text = strip_bom(text);
+  if (Error e = non_printable_error(text); !e.empty()) return invalid(e);
+  std::string_view body = leading_space_stripped(text);
+  if (body.empty()) return invalid("job spec: empty document");
   try {
-    if (format == "json") return ParseJson(text);
+    if (format == "json") return parse_json(text);
     std::optional<ParseResult> json_error;
     if (format.empty() && body[0] == '{') {
       // Most likely JSON; but a YAML flow mapping starts with '{' too. When protobuf rejects
       // the text and it is YAML, the YAML reading's result (or error) is the one that
       // speaks to what was written; when it is not YAML either, protobuf's error is.
-      ParseResult json = ParseJson(text);
+      ParseResult json = parse_json(text);
       if (json.ok()) return json;
       json_error = std::move(json);
     }
     YAML::Node doc;
     bool syntax = false;
-    if (Error e = LoadYaml(text, &doc, &syntax); !e.empty()) {
-      return json_error && syntax ? std::move(*json_error) : Invalid(e);
+    if (Error e = load_yaml(text, &doc, &syntax); !e.empty()) {
+      return json_error && syntax ? std::move(*json_error) : invalid(e);
     }
     std::string converted;
-    if (Error e = YamlDocumentToJson(doc, &converted); !e.empty()) return Invalid(e);
-    return ParseJson(converted);
+    if (Error e = yaml_document_to_json(doc, &converted); !e.empty()) return invalid(e);
+    return parse_json(converted);
   } catch (const std::exception& e) {
-    return Invalid(std::string("job spec: ") + e.what());
+    return invalid(std::string("job spec: ") + e.what());
   } catch (...) {
     return Failure(ErrorKind::kInternal, "job spec: unknown exception while parsing");
   }
@@ -531,19 +531,19 @@ ParseResult read_job_spec_file(const std::string& path) {
   if (st.type() == fs::file_type::not_found) {
     return Failure(ErrorKind::kNotFound, path + ": no such file");
   }
-  if (ec) return Invalid(path + ": cannot read: " + ec.message());
-  if (st.type() == fs::file_type::directory) return Invalid(path + ": is a directory");
+  if (ec) return invalid(path + ": cannot read: " + ec.message());
+  if (st.type() == fs::file_type::directory) return invalid(path + ": is a directory");
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Invalid(path + ": cannot open: " + std::strerror(errno));
+  if (!in) return invalid(path + ": cannot open: " + std::strerror(errno));
   std::string text;
   char buf[65536];
   while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
     text.append(buf, static_cast<size_t>(in.gcount()));
     if (text.size() > kMaxSpecBytes) {
-      return Invalid(path + ": job spec larger than " + std::to_string(kMaxSpecBytes) + " bytes");
+      return invalid(path + ": job spec larger than " + std::to_string(kMaxSpecBytes) + " bytes");
     }
   }
-  if (in.bad()) return Invalid(path + ": read error");
+  if (in.bad()) return invalid(path + ": read error");
 
   std::string ext = fs::path(path).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(),

@@ -38,21 +38,21 @@ std::array<unsigned char, 32> sha256(std::string_view s) {
 // `what` is "--token-file /x" or "AMPD_TOKEN".
 StatusOr<LoadedToken> check_token(const std::string& what, std::string raw) {
   if (raw.size() > kMaxTokenBytes) {
-    return InvalidArgument(what + ": " + std::to_string(raw.size()) +
-                           " bytes is too large for a token (at most " +
-                           std::to_string(kMaxTokenBytes) + "); is this the right file?");
+    return invalid_argument(what + ": " + std::to_string(raw.size()) +
+                            " bytes is too large for a token (at most " +
+                            std::to_string(kMaxTokenBytes) + "); is this the right file?");
   }
   const std::string_view t = trim(raw);
   if (t.empty()) {
-    return InvalidArgument(what +
-                           ": the token is empty; put a random secret there, e.g. "
-                           "`openssl rand -hex 32`");
+    return invalid_argument(what +
+                            ": the token is empty; put a random secret there, e.g. "
+                            "`openssl rand -hex 32`");
   }
   for (char c : t) {
     if (c < 0x21 || c > 0x7e) {
-      return InvalidArgument(what +
-                             ": the token may only hold printable ASCII characters without "
-                             "spaces (it travels as `authorization: Bearer <token>`)");
+      return invalid_argument(what +
+                              ": the token may only hold printable ASCII characters without "
+                              "spaces (it travels as `authorization: Bearer <token>`)");
     }
   }
   LoadedToken out;
@@ -77,26 +77,26 @@ bool iequals(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-StatusOr<std::string> ReadFileForFlag(std::string_view flag, const std::string& path) {
+StatusOr<std::string> read_file_for_flag(std::string_view flag, const std::string& path) {
   const std::string what = std::string(flag) + " " + path;
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
-    return InvalidArgument(what + ": cannot read: " + std::strerror(errno));
+    return invalid_argument(what + ": cannot read: " + std::strerror(errno));
   }
-  if (S_ISDIR(st.st_mode)) return InvalidArgument(what + ": cannot read: it is a directory");
+  if (S_ISDIR(st.st_mode)) return invalid_argument(what + ": cannot read: it is a directory");
   errno = 0;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return InvalidArgument(what +
-                           ": cannot read: " + (errno != 0 ? std::strerror(errno) : "cannot open"));
+    return invalid_argument(
+        what + ": cannot read: " + (errno != 0 ? std::strerror(errno) : "cannot open"));
   }
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (in.bad()) return InvalidArgument(what + ": cannot read: I/O error");
+  if (in.bad()) return invalid_argument(what + ": cannot read: I/O error");
   return ss.str();
 }
 
-std::string PermissionWarning(std::string_view flag, const std::string& path) {
+std::string permission_warning(std::string_view flag, const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || (st.st_mode & 077) == 0) return "";
   char mode[8];
@@ -105,19 +105,19 @@ std::string PermissionWarning(std::string_view flag, const std::string& path) {
          "); chmod 600 it";
 }
 
-StatusOr<LoadedToken> LoadTokenFile(std::string_view flag, const std::string& path) {
-  AMPD_ASSIGN_OR_RETURN(std::string raw, ReadFileForFlag(flag, path));
+StatusOr<LoadedToken> load_token_file(std::string_view flag, const std::string& path) {
+  AMPD_ASSIGN_OR_RETURN(std::string raw, read_file_for_flag(flag, path));
   AMPD_ASSIGN_OR_RETURN(LoadedToken token,
                         check_token(std::string(flag) + " " + path, std::move(raw)));
-  if (std::string w = PermissionWarning(flag, path); !w.empty()) token.warnings.push_back(w);
+  if (std::string w = permission_warning(flag, path); !w.empty()) token.warnings.push_back(w);
   return token;
 }
 
-StatusOr<LoadedToken> CheckTokenValue(std::string_view name, std::string token) {
+StatusOr<LoadedToken> check_token_value(std::string_view name, std::string token) {
   return check_token(std::string(name), std::move(token));
 }
 
-const char* AuthResultLabel(AuthResult result) {
+const char* auth_result_label(AuthResult result) {
   switch (result) {
     case AuthResult::kOk: return "ok";
     case AuthResult::kMissing: return "missing";
@@ -127,7 +127,7 @@ const char* AuthResultLabel(AuthResult result) {
   return "unknown";
 }
 
-std::string AuthFailureMessage(AuthResult result) {
+std::string auth_failure_message(AuthResult result) {
   const char* const how =
       "send the metadata `authorization: Bearer <token>` with the server's token (ampctl: "
       "--token-file FILE, or AMPD_TOKEN_FILE / AMPD_TOKEN)";
@@ -144,7 +144,7 @@ std::string AuthFailureMessage(AuthResult result) {
 
 BearerAuth::BearerAuth(std::string_view token) : digest_(sha256(token)) {}
 
-AuthResult BearerAuth::Check(const std::vector<std::string_view>& authorization) const {
+AuthResult BearerAuth::check(const std::vector<std::string_view>& authorization) const {
   if (authorization.empty()) return AuthResult::kMissing;
   if (authorization.size() > 1) return AuthResult::kMalformed;
   // RFC 6750: "Bearer" (case-insensitive, RFC 7235) SP token.
@@ -161,7 +161,7 @@ AuthResult BearerAuth::Check(const std::vector<std::string_view>& authorization)
              : AuthResult::kWrongToken;
 }
 
-bool IsLoopbackAddress(std::string_view addr) {
+bool is_loopback_address(std::string_view addr) {
   if (addr.starts_with("unix:") || addr.starts_with("unix-abstract:")) return true;
   for (std::string_view scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"}) {
     if (addr.starts_with(scheme)) {

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::server {
 
@@ -31,11 +31,11 @@ struct LoadedToken {
 // the flag and the file but never the content, when the file cannot be read, is empty,
 // is larger than 4 KiB, or holds anything but printable ASCII without spaces (the token
 // travels in an HTTP/2 header).
-StatusOr<LoadedToken> LoadTokenFile(std::string_view flag, const std::string& path);
+StatusOr<LoadedToken> load_token_file(std::string_view flag, const std::string& path);
 
 // Checks a token given directly (from the environment variable `name`), with the same
-// rules as LoadTokenFile.
-StatusOr<LoadedToken> CheckTokenValue(std::string_view name, std::string token);
+// rules as load_token_file.
+StatusOr<LoadedToken> check_token_value(std::string_view name, std::string token);
 
 // The result of checking one call's credentials.
 enum class AuthResult {
@@ -46,19 +46,19 @@ enum class AuthResult {
 };
 
 // The label of ampd_auth_failures_total{reason}: "missing", "malformed", "wrong_token".
-const char* AuthResultLabel(AuthResult result);
+const char* auth_result_label(AuthResult result);
 
 // The message of the UNAUTHENTICATED status for a failed check: it says what to send and
 // how ampctl sends it, and never holds what the client sent.
-std::string AuthFailureMessage(AuthResult result);
+std::string auth_failure_message(AuthResult result);
 
 class BearerAuth {
  public:
-  // `token` must have passed LoadTokenFile/CheckTokenValue. Only its digest is kept.
+  // `token` must have passed load_token_file/check_token_value. Only its digest is kept.
   explicit BearerAuth(std::string_view token);
 
   // `authorization`: the values of the call's "authorization" metadata (normally one).
-  AuthResult Check(const std::vector<std::string_view>& authorization) const;
+  AuthResult check(const std::vector<std::string_view>& authorization) const;
 
  private:
   std::array<unsigned char, 32> digest_{};
@@ -66,13 +66,13 @@ class BearerAuth {
 
 // True when `grpc_addr` can only be reached from this machine: 127.0.0.0/8, ::1,
 // localhost, or a unix socket. 0.0.0.0, [::] and other hosts are not.
-bool IsLoopbackAddress(std::string_view grpc_addr);
+bool is_loopback_address(std::string_view grpc_addr);
 
 // Reads a whole file for a flag; InvalidArgument "FLAG PATH: cannot read: REASON".
-StatusOr<std::string> ReadFileForFlag(std::string_view flag, const std::string& path);
+StatusOr<std::string> read_file_for_flag(std::string_view flag, const std::string& path);
 
 // A warning when `path` may be read by users other than its owner (mode & 077), e.g.
 // "--token-file /x is readable by other users (mode 0644); chmod 600 it"; "" otherwise.
-std::string PermissionWarning(std::string_view flag, const std::string& path);
+std::string permission_warning(std::string_view flag, const std::string& path);
 
 }  // namespace ampd::server

@@ -76,11 +76,11 @@ Sha256::~Sha256() {
   EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
 }
 
-void Sha256::Update(std::string_view data) {
+void Sha256::update(std::string_view data) {
   EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data.data(), data.size());
 }
 
-std::string Sha256::HexDigest() {
+std::string Sha256::hex_digest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), digest, &len);
@@ -95,7 +95,7 @@ std::string Sha256::HexDigest() {
 
 // ---- DatasetStore ----------------------------------------------------------------------
 
-std::string DatasetStore::NameError(const std::string& name) {
+std::string DatasetStore::name_error(const std::string& name) {
   if (name.empty()) return "must not be empty; name the data set, e.g. iris.csv";
   if (name.size() > kMaxNameBytes) {
     return "must be at most " + std::to_string(kMaxNameBytes) + " characters, got " +
@@ -119,15 +119,15 @@ std::string DatasetStore::NameError(const std::string& name) {
   return {};
 }
 
-bool DatasetStore::ValidName(const std::string& name) {
-  return NameError(name).empty();
+bool DatasetStore::valid_name(const std::string& name) {
+  return name_error(name).empty();
 }
 
-StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(Options options) {
+StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::create(Options options) {
   std::error_code ec;
   fs::create_directories(options.data_dir, ec);
   if (ec || !fs::is_directory(options.data_dir)) {
-    return Unavailable("data dir " + options.data_dir + ": " +
+    return unavailable("data dir " + options.data_dir + ": " +
                        (ec ? ec.message() : "not a directory"));
   }
   // Temporary files of uploads that a crash interrupted are useless: clear them.
@@ -137,20 +137,20 @@ StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(Options options) {
   return std::unique_ptr<DatasetStore>(new DatasetStore(std::move(options)));
 }
 
-StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::BeginUpload(
+StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::begin_upload(
     const std::string& name, int64_t size_bytes, const std::string& sha256) {
-  if (const std::string why = NameError(name); !why.empty()) {
-    return InvalidArgument("header.name: " + why);
+  if (const std::string why = name_error(name); !why.empty()) {
+    return invalid_argument("header.name: " + why);
   }
-  if (size_bytes <= 0) return InvalidArgument("header.size_bytes: must be > 0");
+  if (size_bytes <= 0) return invalid_argument("header.size_bytes: must be > 0");
   if (size_bytes > options_.max_upload_bytes) {
-    return ResourceExhausted("header.size_bytes: " + std::to_string(size_bytes) +
-                             " bytes is over this server's upload limit of " +
-                             std::to_string(options_.max_upload_bytes) + " bytes");
+    return resource_exhausted("header.size_bytes: " + std::to_string(size_bytes) +
+                              " bytes is over this server's upload limit of " +
+                              std::to_string(options_.max_upload_bytes) + " bytes");
   }
   const std::string hash = to_lower(sha256);
   if (hash.size() != 64 || hash.find_first_not_of("0123456789abcdef") != std::string::npos) {
-    return InvalidArgument("header.sha256: must be 64 hexadecimal digits");
+    return invalid_argument("header.sha256: must be 64 hexadecimal digits");
   }
   const fs::path final_path = fs::path(options_.data_dir) / name;
   std::error_code ec;
@@ -164,7 +164,7 @@ StatusOr<std::unique_ptr<DatasetStore::Upload>> DatasetStore::BeginUpload(
        (".upload-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1))))
           .string();
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return Unavailable("cannot create " + temp + ": " + errno_text());
+  if (fd < 0) return unavailable("cannot create " + temp + ": " + errno_text());
   return std::unique_ptr<Upload>(new Upload(this, DatasetInfo{name, size_bytes, hash}, temp, fd));
 }
 
@@ -177,38 +177,38 @@ DatasetStore::Upload::~Upload() {
   if (!finished_) ::unlink(temp_path_.c_str());
 }
 
-Status DatasetStore::Upload::Append(std::string_view chunk) {
+Status DatasetStore::Upload::append(std::string_view chunk) {
   const int64_t next = received_ + static_cast<int64_t>(chunk.size());
   if (next > store_->options_.max_upload_bytes) {
-    return ResourceExhausted("upload is over this server's limit of " +
-                             std::to_string(store_->options_.max_upload_bytes) +
-                             " bytes (--max-upload-bytes); nothing was stored");
+    return resource_exhausted("upload is over this server's limit of " +
+                              std::to_string(store_->options_.max_upload_bytes) +
+                              " bytes (--max-upload-bytes); nothing was stored");
   }
   if (next > declared_.size_bytes) {
-    return InvalidArgument("upload is longer than header.size_bytes (" +
-                           std::to_string(declared_.size_bytes) + ")");
+    return invalid_argument("upload is longer than header.size_bytes (" +
+                            std::to_string(declared_.size_bytes) + ")");
   }
   if (!write_all(fd_, chunk.data(), chunk.size())) {
-    if (errno == ENOSPC) return ResourceExhausted("data dir is full");
-    return Internal("writing " + temp_path_ + ": " + errno_text());
+    if (errno == ENOSPC) return resource_exhausted("data dir is full");
+    return internal("writing " + temp_path_ + ": " + errno_text());
   }
-  hash_.Update(chunk);
+  hash_.update(chunk);
   received_ = next;
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-StatusOr<DatasetInfo> DatasetStore::Upload::Finish() {
+StatusOr<DatasetInfo> DatasetStore::Upload::finish() {
   if (received_ != declared_.size_bytes) {
-    return InvalidArgument("upload ended after " + std::to_string(received_) +
-                           " bytes but header.size_bytes is " +
-                           std::to_string(declared_.size_bytes));
+    return invalid_argument("upload ended after " + std::to_string(received_) +
+                            " bytes but header.size_bytes is " +
+                            std::to_string(declared_.size_bytes));
   }
-  const std::string actual = hash_.HexDigest();
+  const std::string actual = hash_.hex_digest();
   if (actual != declared_.sha256) {
-    return InvalidArgument("header.sha256: the content's SHA-256 is " + actual + ", not " +
-                           declared_.sha256 + " (nothing was stored)");
+    return invalid_argument("header.sha256: the content's SHA-256 is " + actual + ", not " +
+                            declared_.sha256 + " (nothing was stored)");
   }
-  if (::fsync(fd_) != 0) return Internal("fsync " + temp_path_ + ": " + errno_text());
+  if (::fsync(fd_) != 0) return internal("fsync " + temp_path_ + ": " + errno_text());
   struct stat st {};
   ::fstat(fd_, &st);
   ::close(fd_);
@@ -218,7 +218,7 @@ StatusOr<DatasetInfo> DatasetStore::Upload::Finish() {
     if (errno == EEXIST) {
       return Status(StatusCode::kAlreadyExists, "data set '" + declared_.name + "' already exists");
     }
-    return Internal("link " + final_path + ": " + errno_text());
+    return internal("link " + final_path + ": " + errno_text());
   }
   ::unlink(temp_path_.c_str());
   finished_ = true;
@@ -228,21 +228,21 @@ StatusOr<DatasetInfo> DatasetStore::Upload::Finish() {
     ::fsync(dfd);
     ::close(dfd);
   }
-  store_->Remember(declared_, mtime_ns(st));
+  store_->remember(declared_, mtime_ns(st));
   return declared_;
 }
 
-void DatasetStore::Remember(const DatasetInfo& info, int64_t mtime) {
+void DatasetStore::remember(const DatasetInfo& info, int64_t mtime) {
   std::lock_guard<std::mutex> lock(mu_);
   hashes_[info.name] = CachedHash{info.size_bytes, mtime, info.sha256};
 }
 
-StatusOr<std::vector<DatasetInfo>> DatasetStore::List() {
+StatusOr<std::vector<DatasetInfo>> DatasetStore::list() {
   std::error_code ec;
   std::vector<DatasetInfo> out;
   for (const auto& entry : fs::directory_iterator(options_.data_dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (!ValidName(name)) continue;
+    if (!valid_name(name)) continue;
     // Regular files only, never followed links: a symbolic link put into the data dir by
     // other means could point anywhere, and jobs cannot use one that leaves it either.
     struct stat st {};
@@ -271,16 +271,16 @@ StatusOr<std::vector<DatasetInfo>> DatasetStore::List() {
       std::string buf(1 << 20, '\0');
       ssize_t n;
       while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
-        h.Update(std::string_view(buf.data(), static_cast<size_t>(n)));
+        h.update(std::string_view(buf.data(), static_cast<size_t>(n)));
       }
       ::close(fd);
       if (n < 0) continue;
-      info.sha256 = h.HexDigest();
-      Remember(info, mtime_ns(st));
+      info.sha256 = h.hex_digest();
+      remember(info, mtime_ns(st));
     }
     out.push_back(std::move(info));
   }
-  if (ec) return Unavailable("listing " + options_.data_dir + ": " + ec.message());
+  if (ec) return unavailable("listing " + options_.data_dir + ": " + ec.message());
   std::sort(out.begin(), out.end(),
             [](const DatasetInfo& a, const DatasetInfo& b) { return a.name < b.name; });
   return out;

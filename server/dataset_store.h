@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::server {
 
@@ -33,8 +33,8 @@ class Sha256 {
   ~Sha256();
   Sha256(const Sha256&) = delete;
   Sha256& operator=(const Sha256&) = delete;
-  void Update(std::string_view data);
-  std::string HexDigest();  // finishes; call once
+  void update(std::string_view data);
+  std::string hex_digest();  // finishes; call once
 
  private:
   void* ctx_;  // EVP_MD_CTX*, kept opaque so that callers need no OpenSSL headers
@@ -55,11 +55,11 @@ class DatasetStore {
     Upload(const Upload&) = delete;
     Upload& operator=(const Upload&) = delete;
     // ResourceExhausted past the server's limit; InvalidArgument past the declared size.
-    Status Append(std::string_view chunk);
+    Status append(std::string_view chunk);
     // InvalidArgument when the size or the SHA-256 differs from the header (the client
     // sent something other than what it described; nothing is stored), AlreadyExists
     // when the name was taken meanwhile.
-    StatusOr<DatasetInfo> Finish();
+    StatusOr<DatasetInfo> finish();
 
    private:
     friend class DatasetStore;
@@ -73,31 +73,31 @@ class DatasetStore {
     bool finished_ = false;
   };
 
-  static StatusOr<std::unique_ptr<DatasetStore>> Create(Options options);
+  static StatusOr<std::unique_ptr<DatasetStore>> create(Options options);
 
   // Validates the header: name ([A-Za-z0-9._-], 1..100, no leading '.'), size
   // (ResourceExhausted above the limit), sha256 (64 hex digits); AlreadyExists for a name
   // in use.
-  StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& name, int64_t size_bytes,
-                                                const std::string& sha256);
+  StatusOr<std::unique_ptr<Upload>> begin_upload(const std::string& name, int64_t size_bytes,
+                                                 const std::string& sha256);
 
   // Regular files directly in the data directory whose names are valid data set names,
   // sorted by name; symbolic links (which could point outside it) are not listed. Hashes are
   // computed once per (size, mtime) and remembered.
-  StatusOr<std::vector<DatasetInfo>> List();
+  StatusOr<std::vector<DatasetInfo>> list();
 
   const Options& options() const { return options_; }
   // Data set names are plain file names directly in the data dir: 1..100 characters of
   // [A-Za-z0-9._-], not starting with '.'. Anything else (a '/', "..", a NUL, a control
   // character, an absolute path, a longer name) is refused, never rewritten.
   static constexpr size_t kMaxNameBytes = 100;
-  static bool ValidName(const std::string& name);
+  static bool valid_name(const std::string& name);
   // Why `name` is not a valid data set name (without the field prefix), or "" when it is.
-  static std::string NameError(const std::string& name);
+  static std::string name_error(const std::string& name);
 
  private:
   explicit DatasetStore(Options options) : options_(std::move(options)) {}
-  void Remember(const DatasetInfo& info, int64_t mtime_ns);
+  void remember(const DatasetInfo& info, int64_t mtime_ns);
 
   const Options options_;
   std::mutex mu_;

@@ -4,13 +4,13 @@ namespace ampd::server {
 
 using ampd::v1::JobEvent;
 
-bool EventHub::IsFinal(const JobEvent& event) {
+bool EventHub::is_final(const JobEvent& event) {
   if (!event.has_state_change()) return false;
   const auto s = event.state_change().state();
   return s == ampd::v1::SUCCEEDED || s == ampd::v1::FAILED || s == ampd::v1::CANCELLED;
 }
 
-void EventHub::Publish(const JobEvent& event) {
+void EventHub::publish(const JobEvent& event) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = watchers_.find(event.job_id());
   if (it == watchers_.end()) return;
@@ -26,7 +26,7 @@ void EventHub::Publish(const JobEvent& event) {
   }
 }
 
-void EventHub::Shutdown() {
+void EventHub::shutdown() {
   std::lock_guard<std::mutex> lock(mu_);
   shutdown_ = true;
   for (auto& [id, set] : watchers_) {
@@ -41,29 +41,29 @@ size_t EventHub::watcher_count() const {
   return n;
 }
 
-Status EventHub::Replay(const std::string& job_id, int64_t* last_seq, bool* done,
+Status EventHub::replay(const std::string& job_id, int64_t* last_seq, bool* done,
                         const std::function<bool(const JobEvent&)>& write) {
   for (;;) {
     AMPD_ASSIGN_OR_RETURN(auto page, history_(job_id, *last_seq, options_.replay_page));
     for (const JobEvent& e : page) {
       if (!write(e)) return Status(StatusCode::kCancelled, "watcher went away");
       *last_seq = e.seq();
-      if (IsFinal(e)) {
+      if (is_final(e)) {
         *done = true;
-        return Status::Ok();
+        return Status::ok_status();
       }
     }
-    if (static_cast<int>(page.size()) < options_.replay_page) return Status::Ok();
+    if (static_cast<int>(page.size()) < options_.replay_page) return Status::ok_status();
   }
 }
 
-Status EventHub::Watch(const std::string& job_id, int64_t since_seq, bool job_ended,
+Status EventHub::watch(const std::string& job_id, int64_t since_seq, bool job_ended,
                        const std::function<bool(const JobEvent&)>& write,
                        const std::function<bool()>& cancelled) {
   Watcher self;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (shutdown_) return Unavailable("server is shutting down");
+    if (shutdown_) return unavailable("server is shutting down");
     watchers_[job_id].insert(&self);
   }
   // Detaches on every return path; after this no Publish touches `self`.
@@ -82,8 +82,8 @@ Status EventHub::Watch(const std::string& job_id, int64_t since_seq, bool job_en
 
   int64_t last_seq = since_seq;
   bool done = false;
-  AMPD_RETURN_IF_ERROR(Replay(job_id, &last_seq, &done, write));
-  if (job_ended) return Status::Ok();
+  AMPD_RETURN_IF_ERROR(replay(job_id, &last_seq, &done, write));
+  if (job_ended) return Status::ok_status();
   std::vector<JobEvent> batch;
   while (!done) {
     bool overflowed = false;
@@ -103,27 +103,27 @@ Status EventHub::Watch(const std::string& job_id, int64_t since_seq, bool job_en
     }
     if (cancelled && cancelled()) return Status(StatusCode::kCancelled, "watcher went away");
     // Whatever was dropped is in the store: read it first, then the buffer continues it.
-    if (overflowed) AMPD_RETURN_IF_ERROR(Replay(job_id, &last_seq, &done, write));
+    if (overflowed) AMPD_RETURN_IF_ERROR(replay(job_id, &last_seq, &done, write));
     for (const JobEvent& e : batch) {
       if (done) break;
       if (e.seq() <= last_seq) continue;  // already sent from the store
       if (e.seq() > last_seq + 1) {
         // A gap can only mean events this buffer never got (it overflowed between our
         // reads): the store has them, since events are persisted before publication.
-        AMPD_RETURN_IF_ERROR(Replay(job_id, &last_seq, &done, write));
+        AMPD_RETURN_IF_ERROR(replay(job_id, &last_seq, &done, write));
         if (done || e.seq() <= last_seq) continue;
         // Still missing (an event the store failed to write): deliver rather than stall.
       }
       if (!write(e)) return Status(StatusCode::kCancelled, "watcher went away");
       last_seq = e.seq();
-      done = IsFinal(e);
+      done = is_final(e);
     }
     if (closing && !done) {
-      return Unavailable("server is shutting down; watch again from seq " +
+      return unavailable("server is shutting down; watch again from seq " +
                          std::to_string(last_seq));
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd::server

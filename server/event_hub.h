@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "ampd/v1/job.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::server {
 
@@ -53,7 +53,7 @@ class EventHub {
   EventHub& operator=(const EventHub&) = delete;
 
   // Hands an event (already persisted) to the job's watchers. Never blocks on them.
-  void Publish(const ampd::v1::JobEvent& event);
+  void publish(const ampd::v1::JobEvent& event);
 
   // Streams a job's events with seq > since_seq through `write` until the job's final
   // state event has been written. `job_ended` says the job was already final before the
@@ -62,17 +62,17 @@ class EventHub {
   // `cancelled` is polled while waiting. Returns OK after the final event, Cancelled when
   // the client left, Unavailable when the hub shuts down (the server is draining: the
   // client reconnects with its last seq), or the store's error.
-  Status Watch(const std::string& job_id, int64_t since_seq, bool job_ended,
+  Status watch(const std::string& job_id, int64_t since_seq, bool job_ended,
                const std::function<bool(const ampd::v1::JobEvent&)>& write,
                const std::function<bool()>& cancelled);
 
   // Ends every watch (they return Unavailable) and refuses new ones.
-  void Shutdown();
+  void shutdown();
 
   // Watchers currently attached (for tests and server info).
   size_t watcher_count() const;
 
-  static bool IsFinal(const ampd::v1::JobEvent& event);
+  static bool is_final(const ampd::v1::JobEvent& event);
 
  private:
   struct Watcher {
@@ -83,7 +83,7 @@ class EventHub {
 
   // Sends stored events after *last_seq; sets *done at a final event. False when the
   // client is gone.
-  Status Replay(const std::string& job_id, int64_t* last_seq, bool* done,
+  Status replay(const std::string& job_id, int64_t* last_seq, bool* done,
                 const std::function<bool(const ampd::v1::JobEvent&)>& write);
 
   const Options options_;

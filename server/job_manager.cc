@@ -56,35 +56,35 @@ bool is_job_id(const std::string& s) {
 JobManager::JobManager(std::unique_ptr<Backend> backend, JobManagerOptions options)
     : backend_(std::move(backend)), options_(std::move(options)) {}
 
-StatusOr<std::unique_ptr<JobManager>> JobManager::Create(std::unique_ptr<Backend> backend,
+StatusOr<std::unique_ptr<JobManager>> JobManager::create(std::unique_ptr<Backend> backend,
                                                          JobManagerOptions options) {
-  if (backend == nullptr) return InvalidArgument("job manager: no backend");
+  if (backend == nullptr) return invalid_argument("job manager: no backend");
   std::unique_ptr<JobManager> m(new JobManager(std::move(backend), std::move(options)));
-  AMPD_RETURN_IF_ERROR(m->Init());
+  AMPD_RETURN_IF_ERROR(m->init());
   return m;
 }
 
-void JobManager::Start() {
+void JobManager::start() {
   std::lock_guard<std::mutex> lock(mu_);
   if (worker_.joinable() || stopping_) return;
-  worker_ = std::thread([this] { WorkerLoop(); });
+  worker_ = std::thread([this] { worker_loop(); });
 }
 
-Status JobManager::Init() {
+Status JobManager::init() {
   std::error_code ec;
   fs::create_directories(fs::path(options_.state_dir) / "jobs", ec);
-  if (ec) return Unavailable("state dir " + options_.state_dir + ": " + ec.message());
+  if (ec) return unavailable("state dir " + options_.state_dir + ": " + ec.message());
   AMPD_ASSIGN_OR_RETURN(store_,
-                        JobStore::Open((fs::path(options_.state_dir) / "ampd.db").string()));
+                        JobStore::open((fs::path(options_.state_dir) / "ampd.db").string()));
   JobStore* store = store_.get();
   hub_ = std::make_unique<EventHub>(options_.hub,
                                     [store](const std::string& id, int64_t after, int limit) {
-                                      return store->ListEvents(id, after, limit);
+                                      return store->list_events(id, after, limit);
                                     });
   DatasetStore::Options dopts;
   dopts.data_dir = options_.data_dir;
   dopts.max_upload_bytes = options_.max_upload_bytes;
-  AMPD_ASSIGN_OR_RETURN(datasets_, DatasetStore::Create(dopts));
+  AMPD_ASSIGN_OR_RETURN(datasets_, DatasetStore::create(dopts));
 
   // The backend is used by the worker thread alone; everything RPCs need from it is read
   // once here.
@@ -97,33 +97,33 @@ Status JobManager::Init() {
       static_cast<int64_t>(backend_->memory_stats().device_total_bytes);
   static_info_.max_queued_jobs = options_.max_queued_jobs;
   auto_precision_ = engine::resolve_precision("auto", *backend_);
-  ReportMemory();
+  report_memory();
 
-  AMPD_ASSIGN_OR_RETURN(std::string max_id, store_->MaxJobId());
+  AMPD_ASSIGN_OR_RETURN(std::string max_id, store_->max_job_id());
   if (is_job_id(max_id)) last_id_ms_ = std::stoull(max_id.substr(2, 12), nullptr, 16);
 
   // Unfinished jobs continue in submission order; a RUNNING one was first in line.
   AMPD_ASSIGN_OR_RETURN(auto unfinished,
-                        store_->ListJobs({ampd::v1::QUEUED, ampd::v1::RUNNING}, "", INT32_MAX));
+                        store_->list_jobs({ampd::v1::QUEUED, ampd::v1::RUNNING}, "", INT32_MAX));
   for (const Job& job : unfinished) {
     queue_.push_back(job.id());
     log_line("recovered job " + job.id() + " (" + state_name(job.state()) +
              (job.state() == ampd::v1::RUNNING ? ", step " + std::to_string(job.step()) : "") +
              ")");
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 JobManager::~JobManager() {
-  Shutdown(std::chrono::steady_clock::time_point::max());
+  shutdown(std::chrono::steady_clock::time_point::max());
   if (worker_.joinable()) worker_.join();
 }
 
-std::string JobManager::JobDir(const std::string& id) const {
+std::string JobManager::job_dir(const std::string& id) const {
   return (fs::path(options_.state_dir) / "jobs" / id).string();
 }
 
-std::string JobManager::NewJobId() {
+std::string JobManager::new_job_id() {
   const uint64_t now =
       static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
@@ -139,7 +139,7 @@ std::string JobManager::NewJobId() {
   return buf;
 }
 
-Status JobManager::CheckSpec(JobSpec* resolved) const {
+Status JobManager::check_spec(JobSpec* resolved) const {
   // Data: a CSV path must stay inside the data dir (resolve_data_path rejects absolute
   // paths, "..", and symbolic links that leave it) and exist now, not at run time.
   if (resolved->data().has_csv()) {
@@ -148,16 +148,16 @@ Status JobManager::CheckSpec(JobSpec* resolved) const {
     if (!path.ok()) return path.status();
     std::error_code ec;
     if (!fs::is_regular_file(*path, ec)) {
-      return InvalidArgument("data.csv.path: '" + resolved->data().csv().path() +
-                             "' is not a regular file");
+      return invalid_argument("data.csv.path: '" + resolved->data().csv().path() +
+                              "' is not a regular file");
     }
   }
   const std::string precision =
       resolved->precision() == "auto" ? auto_precision_ : resolved->precision();
   if (std::find(static_info_.precisions.begin(), static_info_.precisions.end(), precision) ==
       static_info_.precisions.end()) {
-    return InvalidArgument("precision: backend '" + static_info_.backend + "' does not support " +
-                           precision);
+    return invalid_argument("precision: backend '" + static_info_.backend + "' does not support " +
+                            precision);
   }
   const engine::MemoryEstimate need = engine::estimate_memory(*resolved, 0, 0);
   if (static_info_.device_memory_bytes > 0 && need.total_bytes > static_info_.device_memory_bytes) {
@@ -165,7 +165,7 @@ Status JobManager::CheckSpec(JobSpec* resolved) const {
     auto mib = [](int64_t b) {
       return std::to_string(b / 1048576 + (b % 1048576 != 0 ? 1 : 0)) + " MiB";
     };
-    return ResourceExhausted(
+    return resource_exhausted(
         "model.layers / data.batch_size: the job needs about " + std::to_string(need.total_bytes) +
         " bytes (" + mib(need.total_bytes) + ": parameters " + mib(need.parameter_bytes) +
         ", optimizer state " + mib(need.optimizer_bytes) + ", activations at batch " +
@@ -177,11 +177,11 @@ Status JobManager::CheckSpec(JobSpec* resolved) const {
   if (resolved->training().checkpoint_every() == 0) {
     resolved->mutable_training()->set_checkpoint_every(options_.default_checkpoint_every);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-Status JobManager::RecordEvent(Job* job, JobState state, const std::string& reason) {
-  AMPD_ASSIGN_OR_RETURN(int64_t last, store_->LastSeq(job->id()));
+Status JobManager::record_event(Job* job, JobState state, const std::string& reason) {
+  AMPD_ASSIGN_OR_RETURN(int64_t last, store_->last_seq(job->id()));
   JobEvent e;
   e.set_seq(last + 1);
   e.set_job_id(job->id());
@@ -189,32 +189,32 @@ Status JobManager::RecordEvent(Job* job, JobState state, const std::string& reas
   e.mutable_state_change()->set_state(state);
   e.mutable_state_change()->set_reason(reason);
   engine::apply_event(e, job);
-  AMPD_RETURN_IF_ERROR(store_->AppendEvent(*job, e, /*durable=*/true));
-  hub_->Publish(e);
-  if (is_final(state) && options_.observer != nullptr) options_.observer->OnJobFinished(state);
-  return Status::Ok();
+  AMPD_RETURN_IF_ERROR(store_->append_event(*job, e, /*durable=*/true));
+  hub_->publish(e);
+  if (is_final(state) && options_.observer != nullptr) options_.observer->on_job_finished(state);
+  return Status::ok_status();
 }
 
-void JobManager::ReportMemory() {
-  if (options_.observer != nullptr) options_.observer->OnDeviceMemory(backend_->memory_stats());
+void JobManager::report_memory() {
+  if (options_.observer != nullptr) options_.observer->on_device_memory(backend_->memory_stats());
 }
 
-StatusOr<std::vector<std::pair<JobState, int64_t>>> JobManager::CountJobsByState() {
-  return store_->CountByState();
+StatusOr<std::vector<std::pair<JobState, int64_t>>> JobManager::count_jobs_by_state() {
+  return store_->count_by_state();
 }
 
-StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_request_id) {
+StatusOr<Job> JobManager::submit(const JobSpec& spec, const std::string& client_request_id) {
   if (client_request_id.size() > kMaxClientRequestId) {
-    return InvalidArgument("client_request_id: at most 128 characters, got " +
-                           std::to_string(client_request_id.size()));
+    return invalid_argument("client_request_id: at most 128 characters, got " +
+                            std::to_string(client_request_id.size()));
   }
   AMPD_ASSIGN_OR_RETURN(JobSpec resolved, engine::validate_and_resolve(spec));
-  AMPD_RETURN_IF_ERROR(CheckSpec(&resolved));
+  AMPD_RETURN_IF_ERROR(check_spec(&resolved));
 
   std::lock_guard<std::mutex> lock(mu_);
-  if (stopping_) return Unavailable("server is shutting down");
+  if (stopping_) return unavailable("server is shutting down");
   if (!client_request_id.empty()) {
-    AMPD_ASSIGN_OR_RETURN(auto existing, store_->FindByClientRequestId(client_request_id));
+    AMPD_ASSIGN_OR_RETURN(auto existing, store_->find_by_client_request_id(client_request_id));
     if (existing) {
       // A retry of a call whose answer was lost: the same job, not a second one.
       if (google::protobuf::util::MessageDifferencer::Equals(existing->spec(), resolved)) {
@@ -228,12 +228,12 @@ StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_
   // An idle server always takes a job (it starts at once), even with --max-queued-jobs 0.
   const bool idle = running_id_.empty() && queue_.empty();
   if (!idle && static_cast<int>(queue_.size()) >= options_.max_queued_jobs) {
-    return ResourceExhausted("the queue is full (" + std::to_string(queue_.size()) +
-                             " jobs waiting, --max-queued-jobs " +
-                             std::to_string(options_.max_queued_jobs) + "); retry later");
+    return resource_exhausted("the queue is full (" + std::to_string(queue_.size()) +
+                              " jobs waiting, --max-queued-jobs " +
+                              std::to_string(options_.max_queued_jobs) + "); retry later");
   }
   Job job;
-  job.set_id(NewJobId());
+  job.set_id(new_job_id());
   job.set_state(ampd::v1::QUEUED);
   *job.mutable_spec() = resolved;
   job.set_client_request_id(client_request_id);
@@ -246,37 +246,37 @@ StatusOr<Job> JobManager::Submit(const JobSpec& spec, const std::string& client_
   e.set_job_id(job.id());
   *e.mutable_time() = job.created_at();
   e.mutable_state_change()->set_state(ampd::v1::QUEUED);
-  AMPD_RETURN_IF_ERROR(store_->InsertJob(job, e));
+  AMPD_RETURN_IF_ERROR(store_->insert_job(job, e));
   queue_.push_back(job.id());
   work_cv_.notify_all();
-  hub_->Publish(e);
-  if (options_.observer != nullptr) options_.observer->OnJobSubmitted();
+  hub_->publish(e);
+  if (options_.observer != nullptr) options_.observer->on_job_submitted();
   log_line("job " + job.id() + " queued" +
            (resolved.name().empty() ? "" : " (" + resolved.name() + ")"));
   return job;
 }
 
-StatusOr<Job> JobManager::Get(const std::string& job_id) {
-  if (job_id.empty()) return InvalidArgument("job_id: required");
-  return store_->GetJob(job_id);
+StatusOr<Job> JobManager::get(const std::string& job_id) {
+  if (job_id.empty()) return invalid_argument("job_id: required");
+  return store_->get_job(job_id);
 }
 
-StatusOr<JobManager::Page> JobManager::List(const std::vector<JobState>& states, int page_size,
+StatusOr<JobManager::Page> JobManager::list(const std::vector<JobState>& states, int page_size,
                                             const std::string& page_token) {
   for (JobState s : states) {
     if (s == ampd::v1::JOB_STATE_UNSPECIFIED || !ampd::v1::JobState_IsValid(s)) {
-      return InvalidArgument("states: invalid job state " + std::to_string(static_cast<int>(s)));
+      return invalid_argument("states: invalid job state " + std::to_string(static_cast<int>(s)));
     }
   }
-  if (page_size < 0) return InvalidArgument("page_size: must be >= 0");
+  if (page_size < 0) return invalid_argument("page_size: must be >= 0");
   if (page_size == 0) page_size = kDefaultPageSize;
   page_size = std::min(page_size, kMaxPageSize);
   // The token is the last id of the previous page: stable under inserts (new ids sort
   // last) and meaningful after a restart.
   if (!page_token.empty() && !is_job_id(page_token)) {
-    return InvalidArgument("page_token: not a token returned by ListJobs");
+    return invalid_argument("page_token: not a token returned by ListJobs");
   }
-  AMPD_ASSIGN_OR_RETURN(auto jobs, store_->ListJobs(states, page_token, page_size + 1));
+  AMPD_ASSIGN_OR_RETURN(auto jobs, store_->list_jobs(states, page_token, page_size + 1));
   Page page;
   if (static_cast<int>(jobs.size()) > page_size) {
     jobs.resize(static_cast<size_t>(page_size));
@@ -286,13 +286,13 @@ StatusOr<JobManager::Page> JobManager::List(const std::vector<JobState>& states,
   return page;
 }
 
-StatusOr<Job> JobManager::Cancel(const std::string& job_id) {
-  if (job_id.empty()) return InvalidArgument("job_id: required");
+StatusOr<Job> JobManager::cancel(const std::string& job_id) {
+  if (job_id.empty()) return invalid_argument("job_id: required");
   std::unique_lock<std::mutex> lock(mu_);
-  if (stopping_) return Unavailable("server is shutting down");
-  AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  if (stopping_) return unavailable("server is shutting down");
+  AMPD_ASSIGN_OR_RETURN(Job job, store_->get_job(job_id));
   if (is_final(job.state())) {
-    return FailedPrecondition("job " + job_id + " already ended: " + state_name(job.state()));
+    return failed_precondition("job " + job_id + " already ended: " + state_name(job.state()));
   }
   if (running_id_ == job_id) {
     // user_cancel_ first: the trainer's CANCELLED event is then recorded, not taken for a
@@ -301,53 +301,53 @@ StatusOr<Job> JobManager::Cancel(const std::string& job_id) {
     cancel_.store(true);
     log_line("job " + job_id + ": cancel requested");
     done_cv_.wait_for(lock, options_.cancel_wait, [&] { return running_id_ != job_id; });
-    return store_->GetJob(job_id);
+    return store_->get_job(job_id);
   }
   // Queued (or RUNNING but waiting to be resumed after a restart): ends now; a resumable
   // job's checkpoint stays where it is.
   queue_.erase(std::remove(queue_.begin(), queue_.end(), job_id), queue_.end());
   AMPD_RETURN_IF_ERROR(
-      RecordEvent(&job, ampd::v1::CANCELLED,
-                  job.state() == ampd::v1::QUEUED
-                      ? "cancelled while queued"
-                      : "cancelled before it resumed at step " + std::to_string(job.step())));
+      record_event(&job, ampd::v1::CANCELLED,
+                   job.state() == ampd::v1::QUEUED
+                       ? "cancelled while queued"
+                       : "cancelled before it resumed at step " + std::to_string(job.step())));
   log_line("job " + job_id + " cancelled");
   return job;
 }
 
-Status JobManager::Watch(const std::string& job_id, int64_t since_seq,
+Status JobManager::watch(const std::string& job_id, int64_t since_seq,
                          const std::function<bool(const JobEvent&)>& write,
                          const std::function<bool()>& cancelled) {
-  if (job_id.empty()) return InvalidArgument("job_id: required");
-  if (since_seq < 0) return InvalidArgument("since_seq: must be >= 0");
-  AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+  if (job_id.empty()) return invalid_argument("job_id: required");
+  if (since_seq < 0) return invalid_argument("since_seq: must be >= 0");
+  AMPD_ASSIGN_OR_RETURN(Job job, store_->get_job(job_id));
   // The row and its final event are written in one transaction, so a final state here
   // means the final event is in the store.
-  return hub_->Watch(job_id, since_seq, is_final(job.state()), write, cancelled);
+  return hub_->watch(job_id, since_seq, is_final(job.state()), write, cancelled);
 }
 
-Status JobManager::ReadCheckpoint(
+Status JobManager::read_checkpoint(
     const std::string& job_id, int64_t chunk_bytes,
     const std::function<bool(const ampd::v1::CheckpointChunk&)>& write) {
-  if (job_id.empty()) return InvalidArgument("job_id: required");
+  if (job_id.empty()) return invalid_argument("job_id: required");
   int fd = -1;
   std::string path;
   // The trainer keeps its two newest checkpoints: the one the store names can be deleted
   // between the read and the open; the next read names its successor.
   for (int attempt = 0; attempt < 3 && fd < 0; ++attempt) {
-    AMPD_ASSIGN_OR_RETURN(Job job, store_->GetJob(job_id));
+    AMPD_ASSIGN_OR_RETURN(Job job, store_->get_job(job_id));
     path = job.checkpoint();
     if (path.empty()) {
-      return FailedPrecondition("job " + job_id + " has no checkpoint yet (state " +
-                                state_name(job.state()) + ", step " + std::to_string(job.step()) +
-                                ")");
+      return failed_precondition("job " + job_id + " has no checkpoint yet (state " +
+                                 state_name(job.state()) + ", step " + std::to_string(job.step()) +
+                                 ")");
     }
     fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno != ENOENT) {
-      return Internal("cannot open checkpoint " + path + ": " + std::strerror(errno));
+      return internal("cannot open checkpoint " + path + ": " + std::strerror(errno));
     }
   }
-  if (fd < 0) return Unavailable("the checkpoint of job " + job_id + " is being replaced; retry");
+  if (fd < 0) return unavailable("the checkpoint of job " + job_id + " is being replaced; retry");
   // The file is written to a temporary name and renamed into place, so the open file
   // never changes under us, even if the trainer deletes its name.
   struct Closer {
@@ -355,7 +355,7 @@ Status JobManager::ReadCheckpoint(
     ~Closer() { ::close(fd); }
   } closer{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return Internal("cannot stat " + path);
+  if (::fstat(fd, &st) != 0) return internal("cannot stat " + path);
   const int64_t total = st.st_size;
   const int64_t step = engine::checkpoint_step(path);
   ampd::v1::CheckpointChunk chunk;
@@ -364,7 +364,7 @@ Status JobManager::ReadCheckpoint(
   while (offset < total) {
     const ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Internal("reading " + path + " failed at offset " + std::to_string(offset));
+    if (n <= 0) return internal("reading " + path + " failed at offset " + std::to_string(offset));
     chunk.set_data(buffer.data(), static_cast<size_t>(n));
     chunk.set_offset(offset);
     chunk.set_total_bytes(total);
@@ -372,10 +372,10 @@ Status JobManager::ReadCheckpoint(
     if (!write(chunk)) return Status(StatusCode::kCancelled, "client went away");
     offset += n;
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-ManagerInfo JobManager::Info() const {
+ManagerInfo JobManager::info() const {
   ManagerInfo info = static_info_;
   std::lock_guard<std::mutex> lock(mu_);
   info.queued_jobs = static_cast<int>(queue_.size());
@@ -383,7 +383,7 @@ ManagerInfo JobManager::Info() const {
   return info;
 }
 
-bool JobManager::Shutdown(std::chrono::steady_clock::time_point deadline) {
+bool JobManager::shutdown(std::chrono::steady_clock::time_point deadline) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopping_) {
@@ -409,12 +409,12 @@ bool JobManager::Shutdown(std::chrono::steady_clock::time_point deadline) {
     }
   }
   // Watchers see the job's last checkpoint event before their streams end.
-  hub_->Shutdown();
+  hub_->shutdown();
   if (exited && worker_.joinable()) worker_.join();
   return exited;
 }
 
-void JobManager::WorkerLoop() {
+void JobManager::worker_loop() {
   // Named so that `top -H`, perf and bench/cpu/service.sh can tell training (this thread
   // and the OpenMP workers it starts, which inherit the name) from the RPC threads.
   pthread_setname_np(pthread_self(), "ampd-train");
@@ -431,16 +431,16 @@ void JobManager::WorkerLoop() {
       user_cancel_.store(false);
     }
     try {
-      RunJob(id);
+      run_job(id);
     } catch (const std::exception& ex) {
       // The engine reports errors as Status; this is a last line (std::bad_alloc) so that
       // one job cannot take the server down.
       log_line("job " + id + ": unexpected exception: " + ex.what());
-      auto job = store_->GetJob(id);
+      auto job = store_->get_job(id);
       if (job.ok() && !is_final(job->state())) {
-        (void)RecordEvent(&*job, ampd::v1::FAILED, std::string("internal error: ") + ex.what());
+        (void)record_event(&*job, ampd::v1::FAILED, std::string("internal error: ") + ex.what());
       }
-      if (options_.observer != nullptr) options_.observer->OnJobStopped(id);
+      if (options_.observer != nullptr) options_.observer->on_job_stopped(id);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -455,13 +455,13 @@ void JobManager::WorkerLoop() {
   done_cv_.notify_all();
 }
 
-engine::CheckpointSearch JobManager::PickCheckpoint(const std::string& id) const {
+engine::CheckpointSearch JobManager::pick_checkpoint(const std::string& id) const {
   // The newest checkpoint that reads back and verifies; with none usable the job starts
   // over from step 0 (it is deterministic: the result is the same, only later). Every file
   // passed over is named in the note, with the reason. A partial write (a process killed
   // before its rename) is never a checkpoint: removed.
   engine::CheckpointSearch found =
-      engine::find_latest_checkpoint(JobDir(id), /*remove_partial_writes=*/true);
+      engine::find_latest_checkpoint(job_dir(id), /*remove_partial_writes=*/true);
   for (const std::string& path : found.removed) {
     log_line("job " + id + ": removed the partial checkpoint write " + path);
   }
@@ -472,20 +472,20 @@ engine::CheckpointSearch JobManager::PickCheckpoint(const std::string& id) const
   return found;
 }
 
-void JobManager::RunJob(const std::string& id) {
-  auto loaded = store_->GetJob(id);
+void JobManager::run_job(const std::string& id) {
+  auto loaded = store_->get_job(id);
   if (!loaded.ok()) {
     log_line("job " + id + ": cannot load: " + loaded.status().message());
     return;
   }
   Job job = std::move(loaded).value();
   if (is_final(job.state())) return;
-  (void)FlushUnstored();  // what an earlier job could not store goes first
+  (void)flush_unstored();  // what an earlier job could not store goes first
   const bool resuming = job.state() == ampd::v1::RUNNING;
   const engine::CheckpointSearch resume_point =
-      resuming ? PickCheckpoint(id) : engine::CheckpointSearch{};
+      resuming ? pick_checkpoint(id) : engine::CheckpointSearch{};
   const std::string& resume_from = resume_point.path;
-  auto last_seq = store_->LastSeq(id);
+  auto last_seq = store_->last_seq(id);
   if (!last_seq.ok()) {
     log_line("job " + id + ": " + last_seq.status().message());
     return;
@@ -494,17 +494,17 @@ void JobManager::RunJob(const std::string& id) {
   engine::TrainerOptions topts;
   topts.job_id = id;
   topts.data_dir = options_.data_dir;
-  topts.checkpoint_dir = JobDir(id);
+  topts.checkpoint_dir = job_dir(id);
   topts.resume_from = resume_from;
   topts.resume_note = resume_point.note();
   topts.summary = job;
   topts.write_faults = options_.write_faults;
   topts.first_seq = *last_seq + 1;
   topts.cancel = &cancel_;
-  topts.on_event = [this](const JobEvent& e) { OnTrainerEvent(e); };
+  topts.on_event = [this](const JobEvent& e) { on_trainer_event(e); };
   if (options_.observer != nullptr) {
     topts.on_step = [obs = options_.observer, id](const engine::StepStats& st) {
-      obs->OnJobStep(id, st);
+      obs->on_job_step(id, st);
     };
   }
   if (resuming) {
@@ -515,7 +515,7 @@ void JobManager::RunJob(const std::string& id) {
   if (!trainer.ok()) {
     const std::string reason = "cannot start: " + trainer.status().message();
     log_line("job " + id + " failed: " + reason);
-    Status s = RecordEvent(&job, ampd::v1::FAILED, reason);
+    Status s = record_event(&job, ampd::v1::FAILED, reason);
     if (!s.ok()) log_line("job " + id + ": " + s.message());
     return;
   }
@@ -525,21 +525,21 @@ void JobManager::RunJob(const std::string& id) {
   const Job& t = (*trainer)->job();
   running_trainer_ = trainer->get();
   running_job_ = t;
-  if (options_.observer != nullptr) options_.observer->OnJobStarted(t);
-  ReportMemory();
+  if (options_.observer != nullptr) options_.observer->on_job_started(t);
+  report_memory();
   log_line("job " + id + " running: " + std::to_string(t.total_steps()) + " steps, " +
            t.precision() + " on " + static_info_.device);
   (*trainer)->run();
   running_trainer_ = nullptr;
   trainer->reset();  // frees the job's device memory before it is reported
-  ReportMemory();
-  if (options_.observer != nullptr) options_.observer->OnJobStopped(id);
+  report_memory();
+  if (options_.observer != nullptr) options_.observer->on_job_stopped(id);
 
   // running_job_ is the summary as of the last event recorded (a shutdown stop's CANCELLED
   // event is not: the row stays RUNNING). Written again, durably.
   const Job& j = running_job_;
-  if (FlushUnstored()) {
-    Status s = store_->UpdateJob(j, /*durable=*/true);
+  if (flush_unstored()) {
+    Status s = store_->update_job(j, /*durable=*/true);
     if (!s.ok()) log_line("job " + id + ": " + s.message());
   } else {
     // The row must not claim a state whose event is not stored yet; the pending events
@@ -557,7 +557,7 @@ void JobManager::RunJob(const std::string& id) {
   }
 }
 
-void JobManager::OnTrainerEvent(const JobEvent& e) {
+void JobManager::on_trainer_event(const JobEvent& e) {
   // A stop for shutdown ends the trainer with CANCELLED; the job is not cancelled, so
   // that event is not recorded (its seq is reused after the restart).
   if (e.has_state_change() && e.state_change().state() == ampd::v1::CANCELLED &&
@@ -571,10 +571,10 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
   }
   // Metrics follow training as it happens, whether or not the store keeps up.
   if (options_.observer != nullptr) {
-    options_.observer->OnJobEvent(e);
-    if (e.has_progress()) ReportMemory();
+    options_.observer->on_job_event(e);
+    if (e.has_progress()) report_memory();
     if (e.has_state_change() && is_final(e.state_change().state())) {
-      options_.observer->OnJobFinished(e.state_change().state());
+      options_.observer->on_job_finished(e.state_change().state());
     }
   }
   if (unstored_.size() >= kMaxUnstoredEvents) {
@@ -584,14 +584,14 @@ void JobManager::OnTrainerEvent(const JobEvent& e) {
     return;
   }
   unstored_.emplace_back(running_job_, e);
-  FlushUnstored();
+  flush_unstored();
 }
 
-bool JobManager::FlushUnstored() {
+bool JobManager::flush_unstored() {
   while (!unstored_.empty()) {
     const auto& [job, e] = unstored_.front();
     // A state change is worth an fsync; a progress event is not (see job_store.h).
-    Status s = store_->AppendEvent(job, e, /*durable=*/e.has_state_change());
+    Status s = store_->append_event(job, e, /*durable=*/e.has_state_change());
     if (!s.ok()) {
       // Kept, in order, and retried before the next event: the stored log stays a
       // gap-free prefix of the job's events, and watchers only see what it holds.
@@ -607,7 +607,7 @@ bool JobManager::FlushUnstored() {
                " pending event(s)");
       store_failing_ = false;
     }
-    hub_->Publish(e);
+    hub_->publish(e);
     unstored_.pop_front();
   }
   return true;

@@ -48,10 +48,10 @@
 
 #include "ampd/v1/job.pb.h"
 #include "ampd/v1/trainer.pb.h"
+#include "base/status.h"
 #include "engine/checkpoint.h"
 #include "engine/trainer.h"
 #include "kernels/backend.h"
-#include "kernels/status.h"
 #include "server/dataset_store.h"
 #include "server/event_hub.h"
 #include "server/job_store.h"
@@ -59,24 +59,24 @@
 namespace ampd::server {
 
 // Sees what the manager does, for metrics (server/metrics.h), without the manager
-// knowing about Prometheus. The job methods run on the worker thread (OnJobStep after
-// every step: keep it cheap); OnJobSubmitted and OnJobFinished may run on RPC threads.
+// knowing about Prometheus. The job methods run on the worker thread (on_job_step after
+// every step: keep it cheap); on_job_submitted and on_job_finished may run on RPC threads.
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
-  virtual void OnJobSubmitted() {}
+  virtual void on_job_submitted() {}
   // A job reached SUCCEEDED, FAILED or CANCELLED (once per job).
-  virtual void OnJobFinished(ampd::v1::JobState /*state*/) {}
+  virtual void on_job_finished(ampd::v1::JobState /*state*/) {}
   // The worker starts (or resumes) a job; precision is resolved ("fp16").
-  virtual void OnJobStarted(const ampd::v1::Job& /*job*/) {}
-  virtual void OnJobStep(const std::string& /*job_id*/, const engine::StepStats& /*step*/) {}
+  virtual void on_job_started(const ampd::v1::Job& /*job*/) {}
+  virtual void on_job_step(const std::string& /*job_id*/, const engine::StepStats& /*step*/) {}
   // Every event the trainer emits (recorded, or the store refused it: then kept and
   // retried; metrics follow training either way).
-  virtual void OnJobEvent(const ampd::v1::JobEvent& /*event*/) {}
+  virtual void on_job_event(const ampd::v1::JobEvent& /*event*/) {}
   // The worker is done with the job: it ended, or stopped for a shutdown.
-  virtual void OnJobStopped(const std::string& /*job_id*/) {}
+  virtual void on_job_stopped(const std::string& /*job_id*/) {}
   // The backend's memory, read on the worker thread (at start, on progress, at job end).
-  virtual void OnDeviceMemory(const MemoryStats& /*stats*/) {}
+  virtual void on_device_memory(const MemoryStats& /*stats*/) {}
 };
 
 struct JobManagerOptions {
@@ -113,12 +113,12 @@ struct ManagerInfo {
 class JobManager {
  public:
   // Opens the store and queues the unfinished jobs (QUEUED and RUNNING, in submission
-  // order). Nothing runs before Start().
-  static StatusOr<std::unique_ptr<JobManager>> Create(std::unique_ptr<Backend> backend,
+  // order). Nothing runs before start().
+  static StatusOr<std::unique_ptr<JobManager>> create(std::unique_ptr<Backend> backend,
                                                       JobManagerOptions options);
   // Starts the worker: the serve command calls it once the server listens, so that a
   // server that cannot bind its port has not started a job. Once only.
-  void Start();
+  void start();
   ~JobManager();
   JobManager(const JobManager&) = delete;
   JobManager& operator=(const JobManager&) = delete;
@@ -128,64 +128,64 @@ class JobManager {
   // defaults and queues it. With a client_request_id already used: the same job when the
   // spec is the same, AlreadyExists when it differs. ResourceExhausted when the queue is
   // full; Unavailable while shutting down.
-  StatusOr<ampd::v1::Job> Submit(const ampd::v1::JobSpec& spec,
+  StatusOr<ampd::v1::Job> submit(const ampd::v1::JobSpec& spec,
                                  const std::string& client_request_id);
 
-  StatusOr<ampd::v1::Job> Get(const std::string& job_id);
+  StatusOr<ampd::v1::Job> get(const std::string& job_id);
 
   struct Page {
     std::vector<ampd::v1::Job> jobs;
     std::string next_page_token;  // "" on the last page
   };
   // Oldest first. page_size 0 means 50; above 1000 is read as 1000.
-  StatusOr<Page> List(const std::vector<ampd::v1::JobState>& states, int page_size,
+  StatusOr<Page> list(const std::vector<ampd::v1::JobState>& states, int page_size,
                       const std::string& page_token);
 
   // FailedPrecondition for a job that already ended. A queued job is CANCELLED at once;
   // a running one at its next step boundary (waits up to options.cancel_wait for that,
   // then returns the job as it is).
-  StatusOr<ampd::v1::Job> Cancel(const std::string& job_id);
+  StatusOr<ampd::v1::Job> cancel(const std::string& job_id);
 
-  // Streams events with seq > since_seq until the job's final one (see EventHub::Watch).
-  Status Watch(const std::string& job_id, int64_t since_seq,
+  // Streams events with seq > since_seq until the job's final one (see EventHub::watch).
+  Status watch(const std::string& job_id, int64_t since_seq,
                const std::function<bool(const ampd::v1::JobEvent&)>& write,
                const std::function<bool()>& cancelled);
 
   // Streams the job's newest checkpoint file in chunks of chunk_bytes. FailedPrecondition
   // when it has none yet.
-  Status ReadCheckpoint(const std::string& job_id, int64_t chunk_bytes,
-                        const std::function<bool(const ampd::v1::CheckpointChunk&)>& write);
+  Status read_checkpoint(const std::string& job_id, int64_t chunk_bytes,
+                         const std::function<bool(const ampd::v1::CheckpointChunk&)>& write);
 
   DatasetStore& datasets() { return *datasets_; }
-  ManagerInfo Info() const;
+  ManagerInfo info() const;
   // How many jobs the store holds in each state (states without jobs are absent).
-  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> CountJobsByState();
+  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> count_jobs_by_state();
 
   // Stops taking work: no new job starts, the running one stops at its next step boundary
   // after a checkpoint and stays RUNNING in the store, then every watch ends
   // (Unavailable). Returns false when the worker did not stop by `deadline` (a step
   // longer than the shutdown budget); the caller should then exit without destroying
   // this object. Idempotent.
-  bool Shutdown(std::chrono::steady_clock::time_point deadline);
+  bool shutdown(std::chrono::steady_clock::time_point deadline);
 
  private:
   JobManager(std::unique_ptr<Backend> backend, JobManagerOptions options);
-  Status Init();
-  void WorkerLoop();
-  void RunJob(const std::string& id);
-  void OnTrainerEvent(const ampd::v1::JobEvent& event);
+  Status init();
+  void worker_loop();
+  void run_job(const std::string& id);
+  void on_trainer_event(const ampd::v1::JobEvent& event);
   // Stores and publishes unstored_ in order; false when the store still refuses.
-  bool FlushUnstored();
+  bool flush_unstored();
   // Records an event the manager itself produces (QUEUED, CANCELLED while queued,
   // FAILED before start): applies it to *job, persists both, publishes.
-  Status RecordEvent(ampd::v1::Job* job, ampd::v1::JobState state, const std::string& reason);
-  std::string NewJobId();  // requires mu_
+  Status record_event(ampd::v1::Job* job, ampd::v1::JobState state, const std::string& reason);
+  std::string new_job_id();  // requires mu_
   // Where a RUNNING job resumes (engine::find_latest_checkpoint over its directory, partial
   // writes removed), with what it did logged.
-  engine::CheckpointSearch PickCheckpoint(const std::string& id) const;
-  std::string JobDir(const std::string& id) const;
-  void ReportMemory();  // worker thread (or before it starts)
-  Status CheckSpec(ampd::v1::JobSpec* resolved) const;
+  engine::CheckpointSearch pick_checkpoint(const std::string& id) const;
+  std::string job_dir(const std::string& id) const;
+  void report_memory();  // worker thread (or before it starts)
+  Status check_spec(ampd::v1::JobSpec* resolved) const;
 
   std::unique_ptr<Backend> backend_;
   const JobManagerOptions options_;

@@ -81,7 +81,7 @@ class Stmt {
 
 StatusOr<Job> parse_job(const std::string& bytes) {
   Job job;
-  if (!job.ParseFromString(bytes)) return DataLoss("job store: unreadable job record");
+  if (!job.ParseFromString(bytes)) return data_loss("job store: unreadable job record");
   return job;
 }
 
@@ -91,42 +91,42 @@ int64_t timestamp_ms(const google::protobuf::Timestamp& t) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+StatusOr<std::unique_ptr<JobStore>> JobStore::open(const std::string& path) {
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(
       path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close(db);
-    return Unavailable("job store: cannot open " + path + ": " + msg);
+    return unavailable("job store: cannot open " + path + ": " + msg);
   }
   std::unique_ptr<JobStore> store(new JobStore(db));
   // busy_timeout: only this process writes, but an operator's sqlite3 shell may hold a read
   // lock for a moment.
-  AMPD_RETURN_IF_ERROR(store->Exec("PRAGMA busy_timeout=5000"));
+  AMPD_RETURN_IF_ERROR(store->exec("PRAGMA busy_timeout=5000"));
   {
     Stmt s(db, "PRAGMA journal_mode=WAL");
     if (!s.ok() || s.step() != SQLITE_ROW || s.column_text(0) != "wal") {
-      return DataLoss("job store: " + path + " cannot use WAL mode (" + sqlite3_errmsg(db) + ")");
+      return data_loss("job store: " + path + " cannot use WAL mode (" + sqlite3_errmsg(db) + ")");
     }
   }
-  AMPD_RETURN_IF_ERROR(store->SetSynchronous(false));
-  AMPD_RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
+  AMPD_RETURN_IF_ERROR(store->set_synchronous(false));
+  AMPD_RETURN_IF_ERROR(store->exec("PRAGMA foreign_keys=ON"));
   int64_t version = 0;
   {
     Stmt s(db, "PRAGMA user_version");
     if (!s.ok() || s.step() != SQLITE_ROW) {
-      return DataLoss("job store: " + path + " is not a database: " + sqlite3_errmsg(db));
+      return data_loss("job store: " + path + " is not a database: " + sqlite3_errmsg(db));
     }
     version = s.column_int(0);
   }
   if (version > kSchemaVersion) {
-    return DataLoss("job store: " + path + " has schema version " + std::to_string(version) +
-                    ", newer than this ampd (" + std::to_string(kSchemaVersion) + ")");
+    return data_loss("job store: " + path + " has schema version " + std::to_string(version) +
+                     ", newer than this ampd (" + std::to_string(kSchemaVersion) + ")");
   }
-  AMPD_RETURN_IF_ERROR(store->Exec(kSchema));
+  AMPD_RETURN_IF_ERROR(store->exec(kSchema));
   AMPD_RETURN_IF_ERROR(
-      store->Exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str()));
+      store->exec(("PRAGMA user_version=" + std::to_string(kSchemaVersion)).c_str()));
   return store;
 }
 
@@ -137,26 +137,26 @@ JobStore::~JobStore() {
 Status JobStore::Error(const std::string& what) const {
   const int code = sqlite3_errcode(db_);
   std::string msg = "job store: " + what + ": " + sqlite3_errmsg(db_);
-  if (code == SQLITE_FULL) return ResourceExhausted(msg);
-  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return DataLoss(msg);
+  if (code == SQLITE_FULL) return resource_exhausted(msg);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return data_loss(msg);
   if ((sqlite3_extended_errcode(db_) & 0xff) == SQLITE_CONSTRAINT) {
     return Status(StatusCode::kAlreadyExists, msg);
   }
-  return Internal(msg);
+  return internal(msg);
 }
 
-Status JobStore::Exec(const char* sql) {
+Status JobStore::exec(const char* sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err != nullptr ? err : "unknown error";
     sqlite3_free(err);
     return Error(std::string("exec: ") + msg);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-Status JobStore::SetSynchronous(bool full) {
-  return Exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+Status JobStore::set_synchronous(bool full) {
+  return exec(full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
 }
 
 namespace {
@@ -164,49 +164,49 @@ std::atomic<bool> g_disk_full{false};
 std::atomic<int> g_disk_full_generation{0};
 }  // namespace
 
-void JobStore::SetDiskFullForTesting(bool full) {
+void JobStore::set_disk_full_for_testing(bool full) {
   g_disk_full = full;
   ++g_disk_full_generation;
 }
 
-Status JobStore::ApplyDiskFullFault() {
+Status JobStore::apply_disk_full_fault() {
   const int generation = g_disk_full_generation.load();
-  if (generation == fault_generation_) return Status::Ok();
+  if (generation == fault_generation_) return Status::ok_status();
   fault_generation_ = generation;
   // SQLite raises a limit below the current size to the current size.
-  return Exec(g_disk_full.load() ? "PRAGMA max_page_count=1" : "PRAGMA max_page_count=4294967294");
+  return exec(g_disk_full.load() ? "PRAGMA max_page_count=1" : "PRAGMA max_page_count=4294967294");
 }
 
 template <typename Body>
-Status JobStore::Transaction(bool durable, Body&& body) {
-  AMPD_RETURN_IF_ERROR(ApplyDiskFullFault());
+Status JobStore::transaction(bool durable, Body&& body) {
+  AMPD_RETURN_IF_ERROR(apply_disk_full_fault());
   // synchronous cannot change inside a transaction, so it is switched around it.
-  if (durable) AMPD_RETURN_IF_ERROR(SetSynchronous(true));
-  Status status = Exec("BEGIN IMMEDIATE");
+  if (durable) AMPD_RETURN_IF_ERROR(set_synchronous(true));
+  Status status = exec("BEGIN IMMEDIATE");
   if (status.ok()) {
     status = body();
     if (status.ok()) {
-      status = Exec("COMMIT");
-      if (!status.ok()) (void)Exec("ROLLBACK");
+      status = exec("COMMIT");
+      if (!status.ok()) (void)exec("ROLLBACK");
     } else {
-      (void)Exec("ROLLBACK");
+      (void)exec("ROLLBACK");
     }
   }
   if (durable) {
-    Status s = SetSynchronous(false);
+    Status s = set_synchronous(false);
     if (status.ok()) status = s;
   }
   return status;
 }
 
-Status JobStore::PutJob(const Job& job, bool insert) {
+Status JobStore::put_job(const Job& job, bool insert) {
   const char* sql = insert ? "INSERT INTO jobs (id, state, client_request_id, spec_json, job, "
                              "created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                            : "UPDATE jobs SET state = ?2, job = ?5, updated_at = ?7 WHERE id = ?1";
   Stmt s(db_, sql);
   if (!s.ok()) return Error("prepare");
   std::string bytes;
-  if (!job.SerializeToString(&bytes)) return Internal("job store: cannot serialize job");
+  if (!job.SerializeToString(&bytes)) return internal("job store: cannot serialize job");
   s.bind_text(1, job.id());
   s.bind_int(2, job.state());
   if (insert) {
@@ -223,57 +223,57 @@ Status JobStore::PutJob(const Job& job, bool insert) {
   s.bind_blob(5, bytes);
   s.bind_int(7, now_ms());
   if (s.step() != SQLITE_DONE) return Error(insert ? "insert job " + job.id() : "update job");
-  if (!insert && sqlite3_changes(db_) != 1) return NotFound("job " + job.id() + " not found");
-  return Status::Ok();
+  if (!insert && sqlite3_changes(db_) != 1) return not_found("job " + job.id() + " not found");
+  return Status::ok_status();
 }
 
-Status JobStore::PutEvent(const JobEvent& event) {
+Status JobStore::put_event(const JobEvent& event) {
   Stmt s(db_, "INSERT INTO events (job_id, seq, event) VALUES (?1, ?2, ?3)");
   if (!s.ok()) return Error("prepare");
   std::string bytes;
-  if (!event.SerializeToString(&bytes)) return Internal("job store: cannot serialize event");
+  if (!event.SerializeToString(&bytes)) return internal("job store: cannot serialize event");
   s.bind_text(1, event.job_id());
   s.bind_int(2, event.seq());
   s.bind_blob(3, bytes);
   if (s.step() != SQLITE_DONE) {
     return Error("insert event " + event.job_id() + "#" + std::to_string(event.seq()));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-Status JobStore::InsertJob(const Job& job, const JobEvent& first_event) {
+Status JobStore::insert_job(const Job& job, const JobEvent& first_event) {
   std::lock_guard<std::mutex> lock(mu_);
-  return Transaction(/*durable=*/true, [&] {
-    AMPD_RETURN_IF_ERROR(PutJob(job, /*insert=*/true));
-    return PutEvent(first_event);
+  return transaction(/*durable=*/true, [&] {
+    AMPD_RETURN_IF_ERROR(put_job(job, /*insert=*/true));
+    return put_event(first_event);
   });
 }
 
-Status JobStore::AppendEvent(const Job& job, const JobEvent& event, bool durable) {
+Status JobStore::append_event(const Job& job, const JobEvent& event, bool durable) {
   std::lock_guard<std::mutex> lock(mu_);
-  return Transaction(durable, [&] {
-    AMPD_RETURN_IF_ERROR(PutEvent(event));
-    return PutJob(job, /*insert=*/false);
+  return transaction(durable, [&] {
+    AMPD_RETURN_IF_ERROR(put_event(event));
+    return put_job(job, /*insert=*/false);
   });
 }
 
-Status JobStore::UpdateJob(const Job& job, bool durable) {
+Status JobStore::update_job(const Job& job, bool durable) {
   std::lock_guard<std::mutex> lock(mu_);
-  return Transaction(durable, [&] { return PutJob(job, /*insert=*/false); });
+  return transaction(durable, [&] { return put_job(job, /*insert=*/false); });
 }
 
-StatusOr<Job> JobStore::GetJob(const std::string& id) {
+StatusOr<Job> JobStore::get_job(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT job FROM jobs WHERE id = ?1");
   if (!s.ok()) return Error("prepare");
   s.bind_text(1, id);
   const int rc = s.step();
-  if (rc == SQLITE_DONE) return NotFound("job " + id + " not found");
+  if (rc == SQLITE_DONE) return not_found("job " + id + " not found");
   if (rc != SQLITE_ROW) return Error("get job");
   return parse_job(s.column_blob(0));
 }
 
-StatusOr<std::optional<Job>> JobStore::FindByClientRequestId(const std::string& request_id) {
+StatusOr<std::optional<Job>> JobStore::find_by_client_request_id(const std::string& request_id) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT job FROM jobs WHERE client_request_id = ?1");
   if (!s.ok()) return Error("prepare");
@@ -285,8 +285,8 @@ StatusOr<std::optional<Job>> JobStore::FindByClientRequestId(const std::string& 
   return std::optional<Job>(std::move(job));
 }
 
-StatusOr<std::vector<JobEvent>> JobStore::ListEvents(const std::string& job_id, int64_t after_seq,
-                                                     int limit) {
+StatusOr<std::vector<JobEvent>> JobStore::list_events(const std::string& job_id, int64_t after_seq,
+                                                      int limit) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT event FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
   if (!s.ok()) return Error("prepare");
@@ -297,14 +297,14 @@ StatusOr<std::vector<JobEvent>> JobStore::ListEvents(const std::string& job_id, 
   int rc;
   while ((rc = s.step()) == SQLITE_ROW) {
     JobEvent e;
-    if (!e.ParseFromString(s.column_blob(0))) return DataLoss("job store: unreadable event");
+    if (!e.ParseFromString(s.column_blob(0))) return data_loss("job store: unreadable event");
     out.push_back(std::move(e));
   }
   if (rc != SQLITE_DONE) return Error("list events");
   return out;
 }
 
-StatusOr<int64_t> JobStore::LastSeq(const std::string& job_id) {
+StatusOr<int64_t> JobStore::last_seq(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1");
   if (!s.ok()) return Error("prepare");
@@ -313,8 +313,8 @@ StatusOr<int64_t> JobStore::LastSeq(const std::string& job_id) {
   return s.column_int(0);
 }
 
-StatusOr<std::vector<Job>> JobStore::ListJobs(const std::vector<ampd::v1::JobState>& states,
-                                              const std::string& after_id, int limit) {
+StatusOr<std::vector<Job>> JobStore::list_jobs(const std::vector<ampd::v1::JobState>& states,
+                                               const std::string& after_id, int limit) {
   std::lock_guard<std::mutex> lock(mu_);
   // The state filter is a bit mask so that one statement serves every combination.
   int64_t mask = 0;
@@ -336,7 +336,7 @@ StatusOr<std::vector<Job>> JobStore::ListJobs(const std::vector<ampd::v1::JobSta
   return out;
 }
 
-StatusOr<std::string> JobStore::MaxJobId() {
+StatusOr<std::string> JobStore::max_job_id() {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT COALESCE(MAX(id), '') FROM jobs");
   if (!s.ok()) return Error("prepare");
@@ -344,7 +344,7 @@ StatusOr<std::string> JobStore::MaxJobId() {
   return s.column_text(0);
 }
 
-StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> JobStore::CountByState() {
+StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> JobStore::count_by_state() {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt s(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state");
   if (!s.ok()) return Error("prepare");

@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "ampd/v1/job.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::server {
 
@@ -43,65 +43,65 @@ class JobStore {
  public:
   // Opens (creating if needed) the database file and its schema. Unavailable when the
   // file cannot be opened; DataLoss when it is not an ampd database or is corrupt.
-  static StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  static StatusOr<std::unique_ptr<JobStore>> open(const std::string& path);
   ~JobStore();
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
 
   // Inserts a new job and its first event in one transaction (durable). AlreadyExists
   // when the id or the client_request_id is taken.
-  Status InsertJob(const ampd::v1::Job& job, const ampd::v1::JobEvent& first_event);
+  Status insert_job(const ampd::v1::Job& job, const ampd::v1::JobEvent& first_event);
 
   // Appends an event and stores the job as it is after that event, atomically.
-  Status AppendEvent(const ampd::v1::Job& job, const ampd::v1::JobEvent& event, bool durable);
+  Status append_event(const ampd::v1::Job& job, const ampd::v1::JobEvent& event, bool durable);
 
   // Stores the job row alone (no event).
-  Status UpdateJob(const ampd::v1::Job& job, bool durable);
+  Status update_job(const ampd::v1::Job& job, bool durable);
 
   // NotFound when there is no such job.
-  StatusOr<ampd::v1::Job> GetJob(const std::string& id);
+  StatusOr<ampd::v1::Job> get_job(const std::string& id);
   // nullopt when no job carries this client_request_id.
-  StatusOr<std::optional<ampd::v1::Job>> FindByClientRequestId(const std::string& request_id);
+  StatusOr<std::optional<ampd::v1::Job>> find_by_client_request_id(const std::string& request_id);
 
   // Up to `limit` events with seq > after_seq, in seq order.
-  StatusOr<std::vector<ampd::v1::JobEvent>> ListEvents(const std::string& job_id, int64_t after_seq,
-                                                       int limit);
+  StatusOr<std::vector<ampd::v1::JobEvent>> list_events(const std::string& job_id,
+                                                        int64_t after_seq, int limit);
   // The highest stored seq of the job (0 when it has none).
-  StatusOr<int64_t> LastSeq(const std::string& job_id);
+  StatusOr<int64_t> last_seq(const std::string& job_id);
 
   // Jobs with id > after_id, in id order, restricted to `states` unless it is empty; at
   // most `limit` of them.
-  StatusOr<std::vector<ampd::v1::Job>> ListJobs(const std::vector<ampd::v1::JobState>& states,
-                                                const std::string& after_id, int limit);
+  StatusOr<std::vector<ampd::v1::Job>> list_jobs(const std::vector<ampd::v1::JobState>& states,
+                                                 const std::string& after_id, int limit);
 
   // Number of jobs per state, for metrics; states without jobs are absent.
-  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> CountByState();
+  StatusOr<std::vector<std::pair<ampd::v1::JobState, int64_t>>> count_by_state();
 
   // The largest job id ("" when there are no jobs): new ids must sort after it.
-  StatusOr<std::string> MaxJobId();
+  StatusOr<std::string> max_job_id();
 
   // Test seam (process-wide; not for production): while on, every store's database may
   // not grow (PRAGMA max_page_count at its current size, applied before each write), so
   // writes that need a new page fail in SQLite itself with SQLITE_FULL, "database or
   // disk is full" (ResourceExhausted), as on a full disk. Off restores the limit.
-  static void SetDiskFullForTesting(bool full);
+  static void set_disk_full_for_testing(bool full);
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
-  Status Exec(const char* sql);
-  Status SetSynchronous(bool full);
-  Status PutJob(const ampd::v1::Job& job, bool insert);
-  Status PutEvent(const ampd::v1::JobEvent& event);
+  Status exec(const char* sql);
+  Status set_synchronous(bool full);
+  Status put_job(const ampd::v1::Job& job, bool insert);
+  Status put_event(const ampd::v1::JobEvent& event);
   // Runs `body` inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); `durable` switches
   // the connection to synchronous=FULL for this commit only.
   template <typename Body>
-  Status Transaction(bool durable, Body&& body);
+  Status transaction(bool durable, Body&& body);
   Status Error(const std::string& what) const;
 
-  Status ApplyDiskFullFault();  // requires mu_
+  Status apply_disk_full_fault();  // requires mu_
   std::mutex mu_;
   sqlite3* db_;
-  int fault_generation_ = 0;  // the SetDiskFullForTesting call last applied
+  int fault_generation_ = 0;  // the set_disk_full_for_testing call last applied
 };
 
 }  // namespace ampd::server

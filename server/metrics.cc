@@ -32,7 +32,7 @@ constexpr ampd::v1::JobState kStates[] = {ampd::v1::QUEUED, ampd::v1::RUNNING, a
 
 }  // namespace
 
-std::string StateLabel(ampd::v1::JobState state) {
+std::string state_label(ampd::v1::JobState state) {
   std::string s = ampd::v1::JobState_Name(state);
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -41,7 +41,7 @@ std::string StateLabel(ampd::v1::JobState state) {
 // ampd_jobs{state} and ampd_queue_depth, computed at scrape time.
 class ServerMetrics::SnapshotCollector final : public prometheus::Collectable {
  public:
-  void SetSource(std::function<Snapshot()> source) {
+  void set_source(std::function<Snapshot()> source) {
     std::lock_guard<std::mutex> lock(mu_);
     source_ = std::move(source);
   }
@@ -59,7 +59,7 @@ class ServerMetrics::SnapshotCollector final : public prometheus::Collectable {
     jobs.type = prometheus::MetricType::Gauge;
     for (ampd::v1::JobState state : kStates) {
       prometheus::ClientMetric m;
-      m.label.push_back({"state", StateLabel(state)});
+      m.label.push_back({"state", state_label(state)});
       for (const auto& [s, n] : snap.jobs_by_state) {
         if (s == state) m.gauge.value = static_cast<double>(n);
       }
@@ -216,55 +216,56 @@ ServerMetrics::ServerMetrics()
 
 ServerMetrics::~ServerMetrics() = default;
 
-Status ServerMetrics::Serve(const std::string& address) {
+Status ServerMetrics::serve(const std::string& address) {
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
   } catch (const std::exception& e) {
-    return Unavailable("cannot serve metrics on " + address + ": " + e.what());
+    return unavailable("cannot serve metrics on " + address + ": " + e.what());
   }
   exposer_->RegisterCollectable(registry_);
   exposer_->RegisterCollectable(snapshot_);
   const std::vector<int> ports = exposer_->GetListeningPorts();
   port_ = ports.empty() ? 0 : ports.front();
-  return Status::Ok();
+  return Status::ok_status();
 }
 
-void ServerMetrics::SetBuildInfo(const std::string& version, const std::string& backend,
-                                 const std::string& device) {
+void ServerMetrics::set_build_info(const std::string& version, const std::string& backend,
+                                   const std::string& device) {
   build_info_.Add({{"version", version}, {"backend", backend}, {"device", device}}).Set(1);
 }
 
-void ServerMetrics::SetSnapshotSource(std::function<Snapshot()> source) {
-  snapshot_->SetSource(std::move(source));
+void ServerMetrics::set_snapshot_source(std::function<Snapshot()> source) {
+  snapshot_->set_source(std::move(source));
 }
 
-std::vector<prometheus::MetricFamily> ServerMetrics::CollectAll() const {
+std::vector<prometheus::MetricFamily> ServerMetrics::collect_all() const {
   std::vector<prometheus::MetricFamily> out = registry_->Collect();
   for (auto& f : snapshot_->Collect()) out.push_back(std::move(f));
   return out;
 }
 
-void ServerMetrics::ObserveRpc(const std::string& method, const std::string& code, double seconds) {
+void ServerMetrics::observe_rpc(const std::string& method, const std::string& code,
+                                double seconds) {
   rpc_requests_.Add({{"method", method}, {"code", code}}).Increment();
   rpc_seconds_.Add({{"method", method}}, kRpcBuckets).Observe(seconds);
 }
 
-void ServerMetrics::ObserveAuthFailure(const std::string& reason) {
+void ServerMetrics::observe_auth_failure(const std::string& reason) {
   auth_failures_.Add({{"reason", reason}}).Increment();
 }
 
-void ServerMetrics::OnJobSubmitted() {
+void ServerMetrics::on_job_submitted() {
   submitted_.Increment();
 }
 
-void ServerMetrics::OnJobFinished(ampd::v1::JobState state) {
-  finished_.Add({{"state", StateLabel(state)}}).Increment();
+void ServerMetrics::on_job_finished(ampd::v1::JobState state) {
+  finished_.Add({{"state", state_label(state)}}).Increment();
 }
 
-void ServerMetrics::OnJobStarted(const ampd::v1::Job& job) {
+void ServerMetrics::on_job_started(const ampd::v1::Job& job) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job.id());
-  if (it != jobs_.end()) RemoveJobSeries(*it->second);
+  if (it != jobs_.end()) remove_job_series(*it->second);
   auto s = std::make_unique<JobSeries>();
   s->id = job.id();
   const prometheus::Labels l = {{"job_id", job.id()}};
@@ -292,7 +293,7 @@ void ServerMetrics::OnJobStarted(const ampd::v1::Job& job) {
   jobs_[job.id()] = std::move(s);
 }
 
-void ServerMetrics::OnJobStep(const std::string& job_id, const engine::StepStats& st) {
+void ServerMetrics::on_job_step(const std::string& job_id, const engine::StepStats& st) {
   std::lock_guard<std::mutex> lock(mu_);
   if (current_ == nullptr || current_->id != job_id) {
     auto it = jobs_.find(job_id);
@@ -308,7 +309,7 @@ void ServerMetrics::OnJobStep(const std::string& job_id, const engine::StepStats
   s.step->Set(static_cast<double>(st.step));
 }
 
-void ServerMetrics::OnJobEvent(const ampd::v1::JobEvent& e) {
+void ServerMetrics::on_job_event(const ampd::v1::JobEvent& e) {
   std::lock_guard<std::mutex> lock(mu_);
   if (e.has_checkpoint() && !e.checkpoint().error().empty()) checkpoint_failures_.Increment();
   auto it = jobs_.find(e.job_id());
@@ -364,16 +365,16 @@ void ServerMetrics::OnJobEvent(const ampd::v1::JobEvent& e) {
   }
 }
 
-void ServerMetrics::OnJobStopped(const std::string& job_id) {
+void ServerMetrics::on_job_stopped(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return;
-  RemoveJobSeries(*it->second);
+  remove_job_series(*it->second);
   if (current_ == it->second.get()) current_ = nullptr;
   jobs_.erase(it);
 }
 
-void ServerMetrics::RemoveJobSeries(JobSeries& s) {
+void ServerMetrics::remove_job_series(JobSeries& s) {
   job_info_.Remove(s.info);
   job_step_.Remove(s.step);
   job_total_steps_.Remove(s.total_steps);
@@ -395,7 +396,7 @@ void ServerMetrics::RemoveJobSeries(JobSeries& s) {
   s.grad_zero.clear();
 }
 
-void ServerMetrics::OnDeviceMemory(const MemoryStats& m) {
+void ServerMetrics::on_device_memory(const MemoryStats& m) {
   memory_used_.Set(static_cast<double>(m.in_use_bytes));
   memory_peak_.Set(static_cast<double>(m.peak_bytes));
   memory_capacity_.Set(static_cast<double>(m.device_total_bytes));

@@ -41,7 +41,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 #include "server/job_manager.h"
 
 namespace prometheus {
@@ -65,34 +65,34 @@ class ServerMetrics final : public JobObserver {
 
   // Serves /metrics on host:port (port 0: any free port; see port()). Unavailable when
   // the address cannot be bound.
-  Status Serve(const std::string& address);
+  Status serve(const std::string& address);
   int port() const { return port_; }
 
-  void SetBuildInfo(const std::string& version, const std::string& backend,
-                    const std::string& device);
+  void set_build_info(const std::string& version, const std::string& backend,
+                      const std::string& device);
   // Called at every scrape (from the HTTP server's thread); must be thread-safe.
-  void SetSnapshotSource(std::function<Snapshot()> source);
+  void set_snapshot_source(std::function<Snapshot()> source);
 
   // One finished RPC: its method ("SubmitJob"), gRPC code name ("OK", "NOT_FOUND") and
   // duration (streams: the whole stream).
-  void ObserveRpc(const std::string& method, const std::string& code, double seconds);
-  // One call refused for its credentials; `reason` is an AuthResultLabel ("wrong_token").
-  // The call is also counted by ObserveRpc, with code UNAUTHENTICATED.
-  void ObserveAuthFailure(const std::string& reason);
+  void observe_rpc(const std::string& method, const std::string& code, double seconds);
+  // One call refused for its credentials; `reason` is an auth_result_label ("wrong_token").
+  // The call is also counted by observe_rpc, with code UNAUTHENTICATED.
+  void observe_auth_failure(const std::string& reason);
 
   // JobObserver.
-  void OnJobSubmitted() override;
-  void OnJobFinished(ampd::v1::JobState state) override;
-  void OnJobStarted(const ampd::v1::Job& job) override;
-  void OnJobStep(const std::string& job_id, const engine::StepStats& step) override;
-  void OnJobEvent(const ampd::v1::JobEvent& event) override;
-  void OnJobStopped(const std::string& job_id) override;
-  void OnDeviceMemory(const MemoryStats& stats) override;
+  void on_job_submitted() override;
+  void on_job_finished(ampd::v1::JobState state) override;
+  void on_job_started(const ampd::v1::Job& job) override;
+  void on_job_step(const std::string& job_id, const engine::StepStats& step) override;
+  void on_job_event(const ampd::v1::JobEvent& event) override;
+  void on_job_stopped(const std::string& job_id) override;
+  void on_device_memory(const MemoryStats& stats) override;
 
   // The registry (tests serialize it without HTTP).
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
   // Every family, including the scrape-time ones.
-  std::vector<prometheus::MetricFamily> CollectAll() const;
+  std::vector<prometheus::MetricFamily> collect_all() const;
 
  private:
   class SnapshotCollector;
@@ -120,7 +120,7 @@ class ServerMetrics final : public JobObserver {
     prometheus::Counter* agg_skipped = nullptr;
     prometheus::Histogram* agg_step_seconds = nullptr;
   };
-  void RemoveJobSeries(JobSeries& s);  // requires mu_
+  void remove_job_series(JobSeries& s);  // requires mu_
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<SnapshotCollector> snapshot_;
@@ -160,11 +160,11 @@ class ServerMetrics final : public JobObserver {
 
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<JobSeries>> jobs_;  // live jobs by id
-  // The last job's (id, series) looked up by OnJobStep, to skip the map per step.
+  // The last job's (id, series) looked up by on_job_step, to skip the map per step.
   JobSeries* current_ = nullptr;
 };
 
 // "SUCCEEDED" -> "succeeded": label values of ampd_jobs and ampd_jobs_finished_total.
-std::string StateLabel(ampd::v1::JobState state);
+std::string state_label(ampd::v1::JobState state);
 
 }  // namespace ampd::server

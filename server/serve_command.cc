@@ -60,12 +60,12 @@ class SignalWatcher {
     sigaddset(&set_, SIGTERM);
     sigaddset(&set_, SIGINT);
   }
-  ~SignalWatcher() { Stop(); }
+  ~SignalWatcher() { stop(); }
 
   // Must run before any other thread is created.
-  void BlockSignals() { pthread_sigmask(SIG_BLOCK, &set_, nullptr); }
+  void block_signals() { pthread_sigmask(SIG_BLOCK, &set_, nullptr); }
 
-  void Start() {
+  void start() {
     thread_ = std::thread([this] {
       const timespec tick{0, 200 * 1000 * 1000};
       while (!stop_.load()) {
@@ -82,13 +82,13 @@ class SignalWatcher {
     });
   }
 
-  int Wait() {
+  int wait() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return signal_ != 0; });
     return signal_;
   }
 
-  void Stop() {
+  void stop() {
     stop_.store(true);
     if (thread_.joinable()) thread_.join();
   }
@@ -146,20 +146,21 @@ StatusOr<Security> load_security(const ServeOptions& o) {
   Security sec;
   std::vector<std::string> warnings;
   if (!o.token_file.empty() && !o.token.empty()) {
-    return InvalidArgument(
+    return invalid_argument(
         "both --token-file (or AMPD_TOKEN_FILE) and AMPD_TOKEN are set; give the token one "
         "way");
   }
   if (!o.token_file.empty() || !o.token.empty()) {
     const bool from_file = !o.token_file.empty();
-    AMPD_ASSIGN_OR_RETURN(LoadedToken token, from_file ? LoadTokenFile("--token-file", o.token_file)
-                                                       : CheckTokenValue("AMPD_TOKEN", o.token));
+    AMPD_ASSIGN_OR_RETURN(LoadedToken token, from_file
+                                                 ? load_token_file("--token-file", o.token_file)
+                                                 : check_token_value("AMPD_TOKEN", o.token));
     sec.auth = std::make_unique<BearerAuth>(token.token);
     sec.token_source = from_file ? "--token-file " + o.token_file : "AMPD_TOKEN";
     warnings.insert(warnings.end(), token.warnings.begin(), token.warnings.end());
   }
   if (!o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_client_ca.empty()) {
-    AMPD_ASSIGN_OR_RETURN(ServerTls tls, LoadServerTls({o.tls_cert, o.tls_key, o.tls_client_ca}));
+    AMPD_ASSIGN_OR_RETURN(ServerTls tls, load_server_tls({o.tls_cert, o.tls_key, o.tls_client_ca}));
     sec.credentials = std::move(tls.credentials);
     sec.transport = tls.description;
     warnings.insert(warnings.end(), tls.warnings.begin(), tls.warnings.end());
@@ -167,7 +168,7 @@ StatusOr<Security> load_security(const ServeOptions& o) {
     sec.credentials = grpc::InsecureServerCredentials();
     sec.transport = "plaintext";
   }
-  if (!IsLoopbackAddress(o.grpc_addr) && sec.transport == "plaintext") {
+  if (!is_loopback_address(o.grpc_addr) && sec.transport == "plaintext") {
     if (sec.auth) {
       warnings.push_back("--grpc-addr " + o.grpc_addr +
                          " is reachable from other machines and TLS is off: the bearer token "
@@ -317,10 +318,10 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
 
 int run_serve_command(const ServeOptions& o) {
   SignalWatcher signals;
-  signals.BlockSignals();
+  signals.block_signals();
   // A client that disconnects mid-write must not kill the server.
   ::signal(SIGPIPE, SIG_IGN);
-  signals.Start();
+  signals.start();
 
   // Security first: a wrong token or certificate file stops the start before anything
   // (the state dir lock, the metrics port, the backend) is touched.
@@ -356,7 +357,7 @@ int run_serve_command(const ServeOptions& o) {
   ServerMetrics metrics;
   const bool metrics_on = !o.metrics_addr.empty() && o.metrics_addr != "off";
   if (metrics_on) {
-    Status s = metrics.Serve(o.metrics_addr);
+    Status s = metrics.serve(o.metrics_addr);
     if (!s.ok()) {
       log_line(s.message());
       return 3;
@@ -390,25 +391,25 @@ int run_serve_command(const ServeOptions& o) {
       std::min<uint64_t>(o.max_upload_bytes, static_cast<uint64_t>(INT64_MAX)));
   mopts.hub.watcher_buffer = static_cast<size_t>(o.watch_buffer_events);
   mopts.observer = &metrics;
-  auto manager = JobManager::Create(std::move(choice->backend), mopts);
+  auto manager = JobManager::create(std::move(choice->backend), mopts);
   if (!manager.ok()) {
     log_line(manager.status().message());
     return 2;
   }
 
   JobManager* const m = manager->get();
-  metrics.SetBuildInfo(AMPD_VERSION, m->Info().backend, m->Info().device);
-  metrics.SetSnapshotSource([m] {
+  metrics.set_build_info(AMPD_VERSION, m->info().backend, m->info().device);
+  metrics.set_snapshot_source([m] {
     ServerMetrics::Snapshot snap;
-    auto counts = m->CountJobsByState();
+    auto counts = m->count_jobs_by_state();
     if (counts.ok()) snap.jobs_by_state = std::move(counts).value();
-    snap.queue_depth = m->Info().queued_jobs;
+    snap.queue_depth = m->info().queued_jobs;
     return snap;
   });
   // Destroyed before the manager on every return path: a scrape must not reach it then.
   struct DetachSnapshot {
     ServerMetrics& metrics;
-    ~DetachSnapshot() { metrics.SetSnapshotSource(nullptr); }
+    ~DetachSnapshot() { metrics.set_snapshot_source(nullptr); }
   } detach_snapshot{metrics};
 
   TrainerServiceOptions sopts;
@@ -434,11 +435,11 @@ int run_serve_command(const ServeOptions& o) {
     log_line("cannot listen on " + o.grpc_addr);
     return 3;
   }
-  (*manager)->Start();
+  (*manager)->start();
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
   health->SetServingStatus(true);
-  const ManagerInfo info = (*manager)->Info();
+  const ManagerInfo info = (*manager)->info();
   log_line(std::string("ampd ") + AMPD_VERSION + " serving " + kServiceName + " on " +
            o.grpc_addr.substr(0, o.grpc_addr.rfind(':')) + ":" + std::to_string(port) + " (" +
            info.backend + ": " + info.device + "; state " + o.state_dir + ", data " + data_dir +
@@ -451,7 +452,7 @@ int run_serve_command(const ServeOptions& o) {
              std::to_string(metrics.port()) + "/metrics");
   }
 
-  const int sig = signals.Wait();
+  const int sig = signals.wait();
   const Clock::time_point start = Clock::now();
   const Clock::time_point deadline = start + seconds(o.shutdown_timeout_s);
   Watchdog watchdog(deadline);
@@ -460,14 +461,14 @@ int run_serve_command(const ServeOptions& o) {
   log_line(std::string("received ") + strsignal(sig) + ": draining (bound " + bound + " s)");
   // 1. Refuse new work, then tell probes (in this order, so that a client that has seen
   //    NOT_SERVING never gets a new call accepted); calls in flight continue.
-  service.BeginDrain();
+  service.begin_drain();
   health->SetServingStatus(false);
   if (o.drain_grace_s > 0) {
     std::this_thread::sleep_until(std::min(deadline, start + seconds(o.drain_grace_s)));
   }
   // 2. Stop the running job at a step boundary after a checkpoint (it stays RUNNING),
   //    then end the WatchJob streams. A quarter of the budget stays for step 3.
-  const bool stopped = (*manager)->Shutdown(deadline - (deadline - Clock::now()) / 4);
+  const bool stopped = (*manager)->shutdown(deadline - (deadline - Clock::now()) / 4);
   // 3. Give unary calls in flight a moment to finish, then cancel what remains. The
   //    moment is short on purpose: gRPC's Shutdown also waits for idle client connections
   //    to go away, which clients do lazily (measured: 5-15 s after the GOAWAY), and only
@@ -483,9 +484,9 @@ int run_serve_command(const ServeOptions& o) {
     std::_Exit(1);
   }
   server.reset();
-  metrics.SetSnapshotSource(nullptr);  // a scrape must not reach a destroyed manager
+  metrics.set_snapshot_source(nullptr);  // a scrape must not reach a destroyed manager
   manager->reset();
-  signals.Stop();
+  signals.stop();
   const double took = std::chrono::duration<double>(Clock::now() - start).count();
   log_line("stopped after " + std::to_string(took).substr(0, 5) + " s");
   return 0;

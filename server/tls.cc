@@ -57,38 +57,38 @@ std::string asn1_time_text(const ASN1_TIME* t) {
 
 }  // namespace
 
-StatusOr<ServerTls> LoadServerTls(const TlsFiles& f) {
+StatusOr<ServerTls> load_server_tls(const TlsFiles& f) {
   if (f.cert.empty() != f.key.empty()) {
-    return InvalidArgument(f.cert.empty() ? "--tls-key needs --tls-cert (the certificate it signs)"
-                                          : "--tls-cert needs --tls-key (its private key)");
+    return invalid_argument(f.cert.empty() ? "--tls-key needs --tls-cert (the certificate it signs)"
+                                           : "--tls-cert needs --tls-key (its private key)");
   }
   if (f.cert.empty()) {
     if (!f.client_ca.empty()) {
-      return InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)");
+      return invalid_argument("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)");
     }
-    return InvalidArgument("no TLS files given");
+    return invalid_argument("no TLS files given");
   }
   ServerTls out;
 
-  AMPD_ASSIGN_OR_RETURN(std::string cert_pem, ReadFileForFlag("--tls-cert", f.cert));
+  AMPD_ASSIGN_OR_RETURN(std::string cert_pem, read_file_for_flag("--tls-cert", f.cert));
   const std::vector<X509Ptr> chain = read_certificates(cert_pem);
   if (chain.empty()) {
-    return InvalidArgument("--tls-cert " + f.cert +
-                           ": no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)");
+    return invalid_argument("--tls-cert " + f.cert +
+                            ": no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)");
   }
-  AMPD_ASSIGN_OR_RETURN(std::string key_pem, ReadFileForFlag("--tls-key", f.key));
+  AMPD_ASSIGN_OR_RETURN(std::string key_pem, read_file_for_flag("--tls-key", f.key));
   BioPtr key_bio = memory_bio(key_pem);
   PkeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, no_passphrase, nullptr));
   ERR_clear_error();
   if (!key) {
-    return InvalidArgument("--tls-key " + f.key +
-                           ": not an unencrypted PEM private key (expected -----BEGIN PRIVATE "
-                           "KEY----- or -----BEGIN RSA/EC PRIVATE KEY-----)");
+    return invalid_argument("--tls-key " + f.key +
+                            ": not an unencrypted PEM private key (expected -----BEGIN PRIVATE "
+                            "KEY----- or -----BEGIN RSA/EC PRIVATE KEY-----)");
   }
   if (X509_check_private_key(chain.front().get(), key.get()) != 1) {
     ERR_clear_error();
-    return InvalidArgument("--tls-key " + f.key + " does not belong to the certificate in " +
-                           "--tls-cert " + f.cert);
+    return invalid_argument("--tls-key " + f.key + " does not belong to the certificate in " +
+                            "--tls-cert " + f.cert);
   }
   const X509* leaf = chain.front().get();
   if (X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0) {
@@ -99,7 +99,7 @@ StatusOr<ServerTls> LoadServerTls(const TlsFiles& f) {
                            asn1_time_text(X509_get0_notBefore(leaf)) +
                            "; clients will refuse it until then");
   }
-  if (std::string w = PermissionWarning("--tls-key", f.key); !w.empty()) {
+  if (std::string w = permission_warning("--tls-key", f.key); !w.empty()) {
     out.warnings.push_back(w);
   }
 
@@ -107,10 +107,10 @@ StatusOr<ServerTls> LoadServerTls(const TlsFiles& f) {
   options.pem_key_cert_pairs.push_back({key_pem, cert_pem});
   out.description = "TLS";
   if (!f.client_ca.empty()) {
-    AMPD_ASSIGN_OR_RETURN(std::string ca_pem, ReadFileForFlag("--tls-client-ca", f.client_ca));
+    AMPD_ASSIGN_OR_RETURN(std::string ca_pem, read_file_for_flag("--tls-client-ca", f.client_ca));
     if (read_certificates(ca_pem).empty()) {
-      return InvalidArgument("--tls-client-ca " + f.client_ca +
-                             ": no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)");
+      return invalid_argument("--tls-client-ca " + f.client_ca +
+                              ": no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)");
     }
     options.pem_root_certs = std::move(ca_pem);
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
@@ -119,7 +119,7 @@ StatusOr<ServerTls> LoadServerTls(const TlsFiles& f) {
     options.client_certificate_request = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
   }
   out.credentials = grpc::SslServerCredentials(options);
-  if (!out.credentials) return InvalidArgument("gRPC refused the TLS certificate and key");
+  if (!out.credentials) return invalid_argument("gRPC refused the TLS certificate and key");
   return out;
 }
 

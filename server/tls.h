@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::server {
 
@@ -31,6 +31,6 @@ struct ServerTls {
 // InvalidArgument naming the flag and the file for a file that cannot be read, is not
 // PEM, or a key that does not belong to the certificate; also when only one of cert and
 // key is given, or a client CA without them.
-StatusOr<ServerTls> LoadServerTls(const TlsFiles& files);
+StatusOr<ServerTls> load_server_tls(const TlsFiles& files);
 
 }  // namespace ampd::server

@@ -11,7 +11,7 @@
 
 namespace ampd::server {
 
-grpc::Status ToGrpcStatus(const Status& status) {
+grpc::Status to_grpc_status(const Status& status) {
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
   switch (status.code()) {
     case StatusCode::kOk: return grpc::Status::OK;
@@ -46,7 +46,7 @@ grpc::Status ToGrpcStatus(const Status& status) {
 namespace {
 
 // "NOT_FOUND": the code names of the gRPC specification, as label values.
-const char* CodeName(grpc::StatusCode code) {
+const char* code_name(grpc::StatusCode code) {
   switch (code) {
     case grpc::StatusCode::OK: return "OK";
     case grpc::StatusCode::CANCELLED: return "CANCELLED";
@@ -71,15 +71,16 @@ const char* CodeName(grpc::StatusCode code) {
 
 }  // namespace
 
-grpc::Status TrainerService::Authenticate(grpc::ServerContext* context, const char* method) {
+grpc::Status TrainerService::authenticate(grpc::ServerContext* context, const char* method) {
   std::vector<std::string_view> values;
   const auto& metadata = context->client_metadata();
   for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
     values.emplace_back(it->second.data(), it->second.size());
   }
-  const AuthResult result = options_.auth->Check(values);
+  const AuthResult result = options_.auth->check(values);
   if (result == AuthResult::kOk) return grpc::Status::OK;
-  if (options_.metrics != nullptr) options_.metrics->ObserveAuthFailure(AuthResultLabel(result));
+  if (options_.metrics != nullptr)
+    options_.metrics->observe_auth_failure(auth_result_label(result));
   // One line a second at most, so that a client hammering with a wrong token cannot flood
   // the log. The line names the peer and the reason, never what was sent.
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -90,33 +91,33 @@ grpc::Status TrainerService::Authenticate(grpc::ServerContext* context, const ch
     const int64_t more = auth_failures_unlogged_.exchange(0);
     log_line(
         std::string(method) + " from " + context->peer() + ": UNAUTHENTICATED (" +
-        AuthResultLabel(result) + ")" +
+        auth_result_label(result) + ")" +
         (more > 0 ? " (and " + std::to_string(more) + " more refused since the last line)" : ""));
   } else {
     auth_failures_unlogged_.fetch_add(1);
   }
-  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, AuthFailureMessage(result));
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, auth_failure_message(result));
 }
 
 template <typename Body>
-grpc::Status TrainerService::Handle(grpc::ServerContext* context, const char* method, Body&& body) {
+grpc::Status TrainerService::handle(grpc::ServerContext* context, const char* method, Body&& body) {
   if (options_.metrics == nullptr) {
-    return HandleUnmeasured(context, method, std::forward<Body>(body));
+    return handle_unmeasured(context, method, std::forward<Body>(body));
   }
   const auto start = std::chrono::steady_clock::now();
-  grpc::Status status = HandleUnmeasured(context, method, std::forward<Body>(body));
-  options_.metrics->ObserveRpc(
-      method, CodeName(status.error_code()),
+  grpc::Status status = handle_unmeasured(context, method, std::forward<Body>(body));
+  options_.metrics->observe_rpc(
+      method, code_name(status.error_code()),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return status;
 }
 
 template <typename Body>
-grpc::Status TrainerService::HandleUnmeasured(grpc::ServerContext* context, const char* method,
-                                              Body&& body) {
+grpc::Status TrainerService::handle_unmeasured(grpc::ServerContext* context, const char* method,
+                                               Body&& body) {
   // First: a caller without the token learns nothing, not even that the server drains.
   if (options_.auth != nullptr) {
-    if (grpc::Status s = Authenticate(context, method); !s.ok()) return s;
+    if (grpc::Status s = authenticate(context, method); !s.ok()) return s;
   }
   if (draining_.load()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
@@ -135,9 +136,9 @@ grpc::Status TrainerService::HandleUnmeasured(grpc::ServerContext* context, cons
 grpc::Status TrainerService::SubmitJob(grpc::ServerContext* context,
                                        const ampd::v1::SubmitJobRequest* request,
                                        ampd::v1::Job* response) {
-  return Handle(context, "SubmitJob", [&] {
-    auto job = manager_->Submit(request->spec(), request->client_request_id());
-    if (!job.ok()) return ToGrpcStatus(job.status());
+  return handle(context, "SubmitJob", [&] {
+    auto job = manager_->submit(request->spec(), request->client_request_id());
+    if (!job.ok()) return to_grpc_status(job.status());
     *response = std::move(job).value();
     return grpc::Status::OK;
   });
@@ -146,9 +147,9 @@ grpc::Status TrainerService::SubmitJob(grpc::ServerContext* context,
 grpc::Status TrainerService::GetJob(grpc::ServerContext* context,
                                     const ampd::v1::GetJobRequest* request,
                                     ampd::v1::Job* response) {
-  return Handle(context, "GetJob", [&] {
-    auto job = manager_->Get(request->job_id());
-    if (!job.ok()) return ToGrpcStatus(job.status());
+  return handle(context, "GetJob", [&] {
+    auto job = manager_->get(request->job_id());
+    if (!job.ok()) return to_grpc_status(job.status());
     *response = std::move(job).value();
     return grpc::Status::OK;
   });
@@ -157,11 +158,11 @@ grpc::Status TrainerService::GetJob(grpc::ServerContext* context,
 grpc::Status TrainerService::ListJobs(grpc::ServerContext* context,
                                       const ampd::v1::ListJobsRequest* request,
                                       ampd::v1::ListJobsResponse* response) {
-  return Handle(context, "ListJobs", [&] {
+  return handle(context, "ListJobs", [&] {
     std::vector<ampd::v1::JobState> states;
     for (int s : request->states()) states.push_back(static_cast<ampd::v1::JobState>(s));
-    auto page = manager_->List(states, request->page_size(), request->page_token());
-    if (!page.ok()) return ToGrpcStatus(page.status());
+    auto page = manager_->list(states, request->page_size(), request->page_token());
+    if (!page.ok()) return to_grpc_status(page.status());
     for (auto& job : page->jobs) *response->add_jobs() = std::move(job);
     response->set_next_page_token(page->next_page_token);
     return grpc::Status::OK;
@@ -171,9 +172,9 @@ grpc::Status TrainerService::ListJobs(grpc::ServerContext* context,
 grpc::Status TrainerService::CancelJob(grpc::ServerContext* context,
                                        const ampd::v1::CancelJobRequest* request,
                                        ampd::v1::Job* response) {
-  return Handle(context, "CancelJob", [&] {
-    auto job = manager_->Cancel(request->job_id());
-    if (!job.ok()) return ToGrpcStatus(job.status());
+  return handle(context, "CancelJob", [&] {
+    auto job = manager_->cancel(request->job_id());
+    if (!job.ok()) return to_grpc_status(job.status());
     *response = std::move(job).value();
     return grpc::Status::OK;
   });
@@ -212,10 +213,10 @@ grpc::Status TrainerService::WatchJob(grpc::ServerContext* context,
                                       const ampd::v1::WatchJobRequest* request,
                                       grpc::ServerWriter<ampd::v1::JobEvent>* writer) {
   const BatchScheduling batch;
-  return Handle(context, "WatchJob", [&] {
+  return handle(context, "WatchJob", [&] {
     // A blocking Write only holds up this stream's thread: the hub drops this watcher's
     // buffered events meanwhile and it catches up from the store.
-    return ToGrpcStatus(manager_->Watch(
+    return to_grpc_status(manager_->watch(
         request->job_id(), request->since_seq(),
         [&](const ampd::v1::JobEvent& e) { return writer->Write(e); },
         [&] { return context->IsCancelled(); }));
@@ -225,7 +226,7 @@ grpc::Status TrainerService::WatchJob(grpc::ServerContext* context,
 grpc::Status TrainerService::UploadDataset(
     grpc::ServerContext* context, grpc::ServerReader<ampd::v1::UploadDatasetRequest>* reader,
     ampd::v1::Dataset* response) {
-  return Handle(context, "UploadDataset", [&] {
+  return handle(context, "UploadDataset", [&] {
     ampd::v1::UploadDatasetRequest message;
     if (!reader->Read(&message)) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty upload: send a header");
@@ -235,8 +236,8 @@ grpc::Status TrainerService::UploadDataset(
                           "header: the first message of an upload must be its header");
     }
     const auto& h = message.header();
-    auto upload = manager_->datasets().BeginUpload(h.name(), h.size_bytes(), h.sha256());
-    if (!upload.ok()) return ToGrpcStatus(upload.status());
+    auto upload = manager_->datasets().begin_upload(h.name(), h.size_bytes(), h.sha256());
+    if (!upload.ok()) return to_grpc_status(upload.status());
     while (reader->Read(&message)) {
       if (message.has_header()) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -244,11 +245,11 @@ grpc::Status TrainerService::UploadDataset(
       }
       // Returning early ends the call; the client's remaining messages are discarded and
       // the Upload's destructor removes the partial file.
-      Status s = (*upload)->Append(message.chunk());
-      if (!s.ok()) return ToGrpcStatus(s);
+      Status s = (*upload)->append(message.chunk());
+      if (!s.ok()) return to_grpc_status(s);
     }
-    auto info = (*upload)->Finish();
-    if (!info.ok()) return ToGrpcStatus(info.status());
+    auto info = (*upload)->finish();
+    if (!info.ok()) return to_grpc_status(info.status());
     response->set_name(info->name);
     response->set_size_bytes(info->size_bytes);
     response->set_sha256(info->sha256);
@@ -261,9 +262,9 @@ grpc::Status TrainerService::UploadDataset(
 grpc::Status TrainerService::ListDatasets(grpc::ServerContext* context,
                                           const ampd::v1::ListDatasetsRequest*,
                                           ampd::v1::ListDatasetsResponse* response) {
-  return Handle(context, "ListDatasets", [&] {
-    auto list = manager_->datasets().List();
-    if (!list.ok()) return ToGrpcStatus(list.status());
+  return handle(context, "ListDatasets", [&] {
+    auto list = manager_->datasets().list();
+    if (!list.ok()) return to_grpc_status(list.status());
     for (const auto& d : *list) {
       auto* out = response->add_datasets();
       out->set_name(d.name);
@@ -277,8 +278,8 @@ grpc::Status TrainerService::ListDatasets(grpc::ServerContext* context,
 grpc::Status TrainerService::DownloadCheckpoint(
     grpc::ServerContext* context, const ampd::v1::DownloadCheckpointRequest* request,
     grpc::ServerWriter<ampd::v1::CheckpointChunk>* writer) {
-  return Handle(context, "DownloadCheckpoint", [&] {
-    return ToGrpcStatus(manager_->ReadCheckpoint(
+  return handle(context, "DownloadCheckpoint", [&] {
+    return to_grpc_status(manager_->read_checkpoint(
         request->job_id(), options_.checkpoint_chunk_bytes,
         [&](const ampd::v1::CheckpointChunk& chunk) { return writer->Write(chunk); }));
   });
@@ -287,8 +288,8 @@ grpc::Status TrainerService::DownloadCheckpoint(
 grpc::Status TrainerService::GetServerInfo(grpc::ServerContext* context,
                                            const ampd::v1::GetServerInfoRequest*,
                                            ampd::v1::ServerInfo* response) {
-  return Handle(context, "GetServerInfo", [&] {
-    const ManagerInfo info = manager_->Info();
+  return handle(context, "GetServerInfo", [&] {
+    const ManagerInfo info = manager_->info();
     response->set_version(options_.version);
     response->set_backend(info.backend);
     response->set_device(info.device);

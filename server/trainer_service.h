@@ -1,5 +1,5 @@
 // ampd.v1.Trainer over gRPC: the thin layer. Each method converts the request, calls the
-// JobManager, and maps the Status with ToGrpcStatus. No method lets an exception out
+// JobManager, and maps the Status with to_grpc_status. No method lets an exception out
 // (gRPC's synchronous server would terminate the process on one).
 #pragma once
 
@@ -10,7 +10,7 @@
 #include <string>
 
 #include "ampd/v1/trainer.grpc.pb.h"
-#include "kernels/status.h"
+#include "base/status.h"
 #include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
@@ -18,7 +18,7 @@
 namespace ampd::server {
 
 // The one place where ampd status codes become gRPC ones.
-grpc::Status ToGrpcStatus(const Status& status);
+grpc::Status to_grpc_status(const Status& status);
 
 struct TrainerServiceOptions {
   int64_t checkpoint_chunk_bytes = int64_t{1} << 20;
@@ -36,7 +36,7 @@ class TrainerService final : public ampd::v1::Trainer::Service {
       : manager_(manager), options_(std::move(options)) {}
 
   // From now on every new call is answered UNAVAILABLE (the server is draining).
-  void BeginDrain() { draining_.store(true); }
+  void begin_drain() { draining_.store(true); }
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const ampd::v1::SubmitJobRequest* request,
                          ampd::v1::Job* response) override;
@@ -71,11 +71,11 @@ class TrainerService final : public ampd::v1::Trainer::Service {
   // loopback; here it covers exactly ampd.v1.Trainer (health and reflection are other
   // services and stay open), and a refusal is counted with its method like any call.
   template <typename Body>
-  grpc::Status Handle(grpc::ServerContext* context, const char* method, Body&& body);
+  grpc::Status handle(grpc::ServerContext* context, const char* method, Body&& body);
   template <typename Body>
-  grpc::Status HandleUnmeasured(grpc::ServerContext* context, const char* method, Body&& body);
+  grpc::Status handle_unmeasured(grpc::ServerContext* context, const char* method, Body&& body);
   // OK, or UNAUTHENTICATED (counted, and logged at most once a second).
-  grpc::Status Authenticate(grpc::ServerContext* context, const char* method);
+  grpc::Status authenticate(grpc::ServerContext* context, const char* method);
 
   JobManager* manager_;
   const TrainerServiceOptions options_;

@@ -10,14 +10,14 @@ class ActivationLayer final : public Layer {
   std::string kind() const override { return activation_name(act_); }
   Status build(const BuildContext&, int64_t in) override {
     in_ = out_ = in;
-    return Status::Ok();
+    return Status::ok_status();
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     return ctx.backend->activation_forward(act_, x, y);
   }
   Status backward(const PassContext& ctx, const Tensor& x, const Tensor& dy,
                   const Tensor& dx) override {
-    if (dx.empty()) return Status::Ok();
+    if (dx.empty()) return Status::ok_status();
     return ctx.backend->activation_backward(act_, x, dy, dx);
   }
 

@@ -23,7 +23,7 @@ class BatchNorm final : public Layer {
     const int64_t stat_bytes = MemoryTally::sat_mul(in, sizeof(float));
     AMPD_ASSIGN_OR_RETURN(mean_, ctx.make_aux(stat_bytes));
     AMPD_ASSIGN_OR_RETURN(rstd_, ctx.make_aux(stat_bytes));
-    return Status::Ok();
+    return Status::ok_status();
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     if (!ctx.training || x.rows() < 2) {
@@ -38,7 +38,7 @@ class BatchNorm final : public Layer {
   Status backward(const PassContext& ctx, const Tensor& x, const Tensor& dy,
                   const Tensor& dx) override {
     if (x.rows() < 2)
-      return FailedPrecondition("batch_norm needs at least 2 rows in a training batch");
+      return failed_precondition("batch_norm needs at least 2 rows in a training batch");
     return ctx.backend->batchnorm_backward(
         dy, x, params_[0].master_t(), mean_.view(DType::kF32, 1, in_),
         rstd_.view(DType::kF32, 1, in_), dx, params_[0].grad_t(), params_[1].grad_t());
@@ -53,8 +53,8 @@ void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecke
   auto* norm = spec.mutable_batch_norm();
   if (!norm->has_eps()) norm->set_eps(kDefaultEps);
   if (!norm->has_momentum()) norm->set_momentum(kDefaultMomentum);
-  c.InRange(path + ".batch_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
-  c.Closed(path + ".batch_norm.momentum", norm->momentum(), 0.0f, 1.0f);
+  c.in_range(path + ".batch_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
+  c.closed(path + ".batch_norm.momentum", norm->momentum(), 0.0f, 1.0f);
 }
 
 std::unique_ptr<Layer> make(const ampd::v1::LayerSpec& spec) {

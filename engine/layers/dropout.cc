@@ -13,7 +13,7 @@ class Dropout final : public Layer {
     in_ = out_ = in;
     index_ = ctx.index;
     AMPD_ASSIGN_OR_RETURN(mask_, ctx.make_activation(DType::kU8, ctx.max_rows(), in));
-    return Status::Ok();
+    return Status::ok_status();
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     if (!ctx.training || p_ == 0.0f) return ctx.backend->copy(y, x);
@@ -26,7 +26,7 @@ class Dropout final : public Layer {
   }
   Status backward(const PassContext& ctx, const Tensor&, const Tensor& dy,
                   const Tensor& dx) override {
-    if (dx.empty()) return Status::Ok();
+    if (dx.empty()) return Status::ok_status();
     if (p_ == 0.0f) return ctx.backend->copy(dx, dy);
     return ctx.backend->dropout_backward(dy, mask_.view(DType::kU8, dy.rows(), dy.cols()), dx, p_);
   }
@@ -38,7 +38,7 @@ class Dropout final : public Layer {
 };
 
 void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecker& c) {
-  c.InRange(path + ".dropout.p", spec.dropout().p(), 0.0f, true, 1.0f, false);
+  c.in_range(path + ".dropout.p", spec.dropout().p(), 0.0f, true, 1.0f, false);
 }
 
 std::unique_ptr<Layer> make(const ampd::v1::LayerSpec& spec) {

@@ -18,7 +18,7 @@ class LayerNorm final : public Layer {
     const int64_t stat_bytes = MemoryTally::sat_mul(ctx.max_rows(), sizeof(float));
     AMPD_ASSIGN_OR_RETURN(mean_, ctx.make_aux(stat_bytes));
     AMPD_ASSIGN_OR_RETURN(rstd_, ctx.make_aux(stat_bytes));
-    return Status::Ok();
+    return Status::ok_status();
   }
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
     return ctx.backend->layernorm_forward(x, params_[0].master_t(), params_[1].master_t(), y,
@@ -40,7 +40,7 @@ class LayerNorm final : public Layer {
 void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecker& c) {
   auto* norm = spec.mutable_layer_norm();
   if (!norm->has_eps()) norm->set_eps(kDefaultEps);
-  c.InRange(path + ".layer_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
+  c.in_range(path + ".layer_norm.eps", norm->eps(), 0.0f, false, 1.0f, true);
 }
 
 std::unique_ptr<Layer> make(const ampd::v1::LayerSpec& spec) {

@@ -30,14 +30,14 @@ class Linear final : public Layer {
         if (it != ctx.params_by_name->end()) w = it->second;
       }
       if (w == nullptr) {
-        return InvalidArgument("tie_weight_to: no earlier parameter is named " + Quote(tie_) +
-                               " (names are as in checkpoints: \"0.weight\", \"2.1.weight\")");
+        return invalid_argument("tie_weight_to: no earlier parameter is named " + quote(tie_) +
+                                " (names are as in checkpoints: \"0.weight\", \"2.1.weight\")");
       }
       if (w->rows != out_ || w->cols != in) {
-        return InvalidArgument("tie_weight_to: " + Quote(tie_) + " is " + std::to_string(w->rows) +
-                               "x" + std::to_string(w->cols) + " but this layer's weight is " +
-                               std::to_string(out_) + "x" + std::to_string(in) +
-                               " (out_features x in_features)");
+        return invalid_argument("tie_weight_to: " + quote(tie_) + " is " + std::to_string(w->rows) +
+                                "x" + std::to_string(w->cols) + " but this layer's weight is " +
+                                std::to_string(out_) + "x" + std::to_string(in) +
+                                " (out_features x in_features)");
       }
       weight_ = w;
     } else {
@@ -57,7 +57,7 @@ class Linear final : public Layer {
     }
     if (weight_ == nullptr) weight_ = &params_[0];
     bias_param_ = bias_ ? &params_.back() : nullptr;
-    return Status::Ok();
+    return Status::ok_status();
   }
 
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
@@ -84,7 +84,7 @@ class Linear final : public Layer {
     dw.beta = weight_->next_grad_beta();
     AMPD_RETURN_IF_ERROR(be.matmul(dw));
     if (bias_param_ != nullptr) AMPD_RETURN_IF_ERROR(be.bias_grad(g, bias_param_->grad_t()));
-    if (dx.empty()) return Status::Ok();
+    if (dx.empty()) return Status::ok_status();
     // dx (B*T, in) = dy (B*T, out) @ W (out, in), in the working dtype.
     MatmulArgs mx;
     mx.a = g;
@@ -102,10 +102,10 @@ class Linear final : public Layer {
 
 void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecker& c) {
   auto* linear = spec.mutable_linear();
-  c.Closed(path + ".linear.out_features", linear->out_features(), 1, kMaxWidth);
+  c.closed(path + ".linear.out_features", linear->out_features(), 1, kMaxWidth);
   if (!linear->has_bias()) linear->set_bias(true);
   if (linear->tie_weight_to().size() > 256) {
-    c.Add(path + ".linear.tie_weight_to", "must be at most 256 characters");
+    c.add(path + ".linear.tie_weight_to", "must be at most 256 characters");
   }
 }
 

@@ -16,16 +16,16 @@ class Residual final : public Layer {
   Status build(const BuildContext& ctx, int64_t in) override {
     in_ = out_ = in;
     if (ctx.next_index == nullptr || ctx.scratch == nullptr) {
-      return Internal("residual: built outside a model");
+      return internal("residual: built outside a model");
     }
     AMPD_RETURN_IF_ERROR(inner_.build(ctx, spec_.layers(), in, "layers", ctx.name + ".",
                                       ctx.depth + 1, ctx.next_index, ctx.scratch));
     if (inner_.out_features() != in) {
-      return InvalidArgument("its layers turn " + std::to_string(in) + " features into " +
-                             std::to_string(inner_.out_features()) +
-                             "; a residual block must give back the width it was given");
+      return invalid_argument("its layers turn " + std::to_string(in) + " features into " +
+                              std::to_string(inner_.out_features()) +
+                              "; a residual block must give back the width it was given");
     }
-    return Status::Ok();
+    return Status::ok_status();
   }
 
   Status forward(const PassContext& ctx, const Tensor& x, const Tensor& y) override {
@@ -36,7 +36,7 @@ class Residual final : public Layer {
   Status backward(const PassContext& ctx, const Tensor& x, const Tensor& dy,
                   const Tensor& dx) override {
     AMPD_RETURN_IF_ERROR(inner_.backward(ctx, x, dy, /*dy_slot=*/-1, dx));
-    if (dx.empty()) return Status::Ok();
+    if (dx.empty()) return Status::ok_status();
     return ctx.backend->accumulate(dy, dx);  // dx = df/dx(dy) + dy
   }
 
@@ -64,7 +64,7 @@ void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int depth, Spec
   auto* block = spec.mutable_residual();
   const std::string at = path + ".residual.layers";
   if (block->layers().empty()) {
-    c.Add(at, "a residual block needs at least one layer");
+    c.add(at, "a residual block needs at least one layer");
     return;
   }
   resolve_layers(block->mutable_layers(), at, depth + 1, c);

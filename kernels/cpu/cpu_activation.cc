@@ -101,7 +101,7 @@ Status eltwise(CpuState& s, Activation act, EltwiseDir dir, const Tensor& x, con
                       (dy == nullptr || dy->dtype == x.dtype);
   if (native) {
     run_eltwise(s, alg, dir, x.dtype, n, x.data, dy ? dy->data : nullptr, out.data);
-    return Status::Ok();
+    return Status::ok_status();
   }
   // Widen to FP32 a piece at a time (bounded scratch), round the result once.
   for (int64_t off = 0; off < n; off += kEltPiece) {
@@ -118,7 +118,7 @@ Status eltwise(CpuState& s, Activation act, EltwiseDir dir, const Tensor& x, con
       });
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ReLU on storage bits: negative, -0 -> +0; NaN and positive values pass through.
@@ -175,7 +175,7 @@ Status CpuBackend::activation_forward_impl(Activation act, const Tensor& x, cons
                           [](uint16_t v) { return relu_zeroes_bits<0x7f80>(v); });
         break;
     }
-    return Status::Ok();
+    return Status::ok_status();
   }
   return cpu_detail::guarded("activation_forward", [&] {
     return eltwise(*state_, act, EltwiseDir::kForward, x, nullptr, y);
@@ -191,7 +191,7 @@ Status CpuBackend::activation_backward_impl(Activation act, const Tensor& x, con
     } else {
       relu_backward_loop(x, dy.as<const uint16_t>(), dx.as<uint16_t>(), x.numel());
     }
-    return Status::Ok();
+    return Status::ok_status();
   }
   return cpu_detail::guarded("activation_backward", [&] {
     return eltwise(*state_, act, EltwiseDir::kBackward, x, &dy, dx);

@@ -116,15 +116,15 @@ size_t CpuBackend::cached_matmul_primitives() const {
 
 StatusOr<std::unique_ptr<Backend>> make_cpu_backend(const CpuBackendOptions& options) {
   if (options.threads < 0) {
-    return InvalidArgument("cpu backend: threads must be >= 0, got " +
-                           std::to_string(options.threads));
+    return invalid_argument("cpu backend: threads must be >= 0, got " +
+                            std::to_string(options.threads));
   }
   try {
     return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options));
   } catch (const dnnl::error& e) {
-    return Internal(std::string("cpu backend: oneDNN cannot create a CPU engine: ") + e.what());
+    return internal(std::string("cpu backend: oneDNN cannot create a CPU engine: ") + e.what());
   } catch (const std::bad_alloc&) {
-    return ResourceExhausted("cpu backend: out of memory");
+    return resource_exhausted("cpu backend: out of memory");
   }
 }
 
@@ -134,8 +134,8 @@ StatusOr<void*> CpuBackend::allocate_impl(size_t bytes) {
   const size_t rounded = (bytes + 63) / 64 * 64;  // aligned_alloc wants a multiple
   void* p = std::aligned_alloc(64, rounded);
   if (p == nullptr) {
-    return ResourceExhausted("cpu backend: cannot allocate " + std::to_string(bytes) +
-                             " bytes of host memory");
+    return resource_exhausted("cpu backend: cannot allocate " + std::to_string(bytes) +
+                              " bytes of host memory");
   }
   return p;
 }
@@ -153,17 +153,17 @@ size_t CpuBackend::device_total_bytes() const {
 
 Status CpuBackend::upload_impl(const Tensor& dst, const void* host_src) {
   std::memcpy(dst.data, host_src, dst.bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::download_impl(void* host_dst, const Tensor& src) {
   std::memcpy(host_dst, src.data, src.bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::copy_impl(const Tensor& dst, const Tensor& src) {
   if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::fill_impl(const Tensor& dst, float value) {
@@ -173,7 +173,7 @@ Status CpuBackend::fill_impl(const Tensor& dst, float value) {
     case DType::kF32: {
       float* p = dst.as<float>();
       parallel_blocks(n, [&](int64_t b, int64_t e) { std::fill(p + b, p + e, value); });
-      return Status::Ok();
+      return Status::ok_status();
     }
     case DType::kF16:
     case DType::kBF16: {
@@ -181,7 +181,7 @@ Status CpuBackend::fill_impl(const Tensor& dst, float value) {
           dst.dtype == DType::kF16 ? f32_to_f16_bits(value) : f32_to_bf16_bits(value);
       uint16_t* p = dst.as<uint16_t>();
       parallel_blocks(n, [&](int64_t b, int64_t e) { std::fill(p + b, p + e, bits); });
-      return Status::Ok();
+      return Status::ok_status();
     }
     case DType::kI32: {
       // Integers: the value rounded to nearest, saturated to the type's range.
@@ -189,16 +189,16 @@ Status CpuBackend::fill_impl(const Tensor& dst, float value) {
       const int32_t v =
           std::isnan(r) ? 0 : static_cast<int32_t>(std::clamp(r, -2147483648.0, 2147483647.0));
       std::fill(dst.as<int32_t>(), dst.as<int32_t>() + n, v);
-      return Status::Ok();
+      return Status::ok_status();
     }
     case DType::kU8: {
       const double r = std::nearbyint(static_cast<double>(value));
       const uint8_t v = std::isnan(r) ? 0 : static_cast<uint8_t>(std::clamp(r, 0.0, 255.0));
       std::memset(dst.data, v, static_cast<size_t>(n));
-      return Status::Ok();
+      return Status::ok_status();
     }
   }
-  return InvalidArgument("fill: unknown dtype");
+  return invalid_argument("fill: unknown dtype");
 }
 
 // ---- dense element-wise algebra --------------------------------------------------------------
@@ -207,14 +207,14 @@ Status CpuBackend::cast_impl(const Tensor& src, const Tensor& dst) {
   OpScope scope(*state_);
   if (src.dtype == dst.dtype) {
     if (src.data != dst.data) std::memmove(dst.data, src.data, src.bytes());
-    return Status::Ok();
+    return Status::ok_status();
   }
   // Widening is exact and narrowing rounds once (F16 <-> BF16 goes through FP32 exactly).
   parallel_blocks(src.numel(), [&](int64_t b, int64_t e) {
     convert(cpu_detail::byte_at(src.data, src.dtype, b), src.dtype,
             cpu_detail::byte_at(dst.data, dst.dtype, b), dst.dtype, static_cast<size_t>(e - b));
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
@@ -233,7 +233,7 @@ Status CpuBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
       store_f32(out, x, i, n);
     }
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::bias_grad_impl(const Tensor& dy, const Tensor& dbias, float beta) {
@@ -254,7 +254,7 @@ Status CpuBackend::bias_grad_impl(const Tensor& dy, const Tensor& dbias, float b
       const double prior = beta == 0.0f ? 0.0 : static_cast<double>(beta) * out[j];
       out[j] = static_cast<float>(prior + sums[j]);
     }
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -269,7 +269,7 @@ Status CpuBackend::scale_impl(const Tensor& x, float alpha) {
     for (int64_t j = 0; j < n; ++j) out[j] = v[j] * alpha;
     store_f32(out, x, b, n);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::accumulate_impl(const Tensor& x, const Tensor& y) {
@@ -284,7 +284,7 @@ Status CpuBackend::accumulate_impl(const Tensor& x, const Tensor& y) {
     for (int64_t j = 0; j < n; ++j) out[j] = xv[j] + yv[j];
     store_f32(out, y, b, n);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- dropout
@@ -323,7 +323,7 @@ Status CpuBackend::dropout_forward_impl(const Tensor& x, const Tensor& y, const 
     dropout_block(xv, out, m + b, n, seed, offset + static_cast<uint64_t>(b), p, keep_scale);
     store_f32(out, y, b, n);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::dropout_backward_impl(const Tensor& dy, const Tensor& mask, const Tensor& dx,
@@ -340,7 +340,7 @@ Status CpuBackend::dropout_backward_impl(const Tensor& dy, const Tensor& mask, c
     for (int64_t j = 0; j < n; ++j) out[j] = v[j] * static_cast<float>(m[b + j] != 0) * keep_scale;
     store_f32(out, dx, b, n);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd

@@ -35,8 +35,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "base/status.h"
 #include "kernels/convert.h"
-#include "kernels/status.h"
 #include "kernels/tensor.h"
 
 namespace ampd::cpu_detail {
@@ -299,12 +299,12 @@ Status guarded(const char* op, F&& f) {
   try {
     return f();
   } catch (const dnnl::error& e) {
-    return Internal(std::string("cpu ") + op + ": oneDNN error " + std::to_string(e.status) + ": " +
+    return internal(std::string("cpu ") + op + ": oneDNN error " + std::to_string(e.status) + ": " +
                     e.what());
   } catch (const std::bad_alloc&) {
-    return ResourceExhausted(std::string("cpu ") + op + ": out of host memory for scratch");
+    return resource_exhausted(std::string("cpu ") + op + ": out of host memory for scratch");
   } catch (const std::exception& e) {
-    return Internal(std::string("cpu ") + op + ": " + e.what());
+    return internal(std::string("cpu ") + op + ": " + e.what());
   }
 }
 

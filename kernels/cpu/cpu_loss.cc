@@ -85,7 +85,7 @@ Status CpuBackend::softmax_xent_forward_impl(const Tensor& logits, const Tensor&
       lse.as<float>()[r] = l;
       loss.as<float>()[r] = label_in_range(label[r], cols) ? l - x[label[r]] : kNaN;
     });
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -118,7 +118,7 @@ Status CpuBackend::softmax_xent_backward_impl(const Tensor& logits, const Tensor
       store_f32(out, dlogits, i, n);
     }
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, const Tensor& loss) {
@@ -139,7 +139,7 @@ Status CpuBackend::mse_forward_impl(const Tensor& pred, const Tensor& target, co
     }
     loss.as<float>()[r] = static_cast<float>(total / cols);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
@@ -156,7 +156,7 @@ Status CpuBackend::mse_backward_impl(const Tensor& pred, const Tensor& target, c
     for (int64_t j = 0; j < n; ++j) out[j] = k * (p[j] - t[b + j]);
     store_f32(out, dpred, b, n);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CpuBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
@@ -181,7 +181,7 @@ Status CpuBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
     }
     idx[r] = static_cast<int32_t>(best_j);
   });
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd

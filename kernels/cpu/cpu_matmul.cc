@@ -224,7 +224,7 @@ Status CpuBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
     BatchedGeometry g = batched_geometry(m);
     if (g.k == 0) {
       batched_empty_product(g, m.beta);
-      return Status::Ok();
+      return Status::ok_status();
     }
     const BatchedGeometry user = g;  // the caller's C, for the final rounding of an f16 C
     if (m.a.dtype == DType::kF16) {
@@ -279,7 +279,7 @@ Status CpuBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
                 DType::kF16, static_cast<size_t>(len));
       });
     }
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -293,7 +293,7 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
     key.n = m.trans_b ? m.b.rows() : m.b.cols();
     if (key.k == 0) {
       empty_product(m);
-      return Status::Ok();
+      return Status::ok_status();
     }
     key.ab = m.a.dtype;
     key.c = m.c.dtype;
@@ -360,7 +360,7 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
                 static_cast<size_t>(e0 - b0));
       });
     }
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 

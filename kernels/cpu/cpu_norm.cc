@@ -131,7 +131,7 @@ Status CpuBackend::layernorm_forward_impl(const Tensor& x, const Tensor& gamma, 
                     mean.as<float>() + r, rstd.as<float>() + r);
       store_f32(out, y, r * cols, cols);
     });
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -172,7 +172,7 @@ Status CpuBackend::layernorm_backward_impl(const Tensor& dy, const Tensor& x, co
       dgamma.as<float>()[j] = static_cast<float>(sums[j]);
       dbeta.as<float>()[j] = static_cast<float>(sums[cols + j]);
     }
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -218,7 +218,7 @@ Status CpuBackend::batchnorm_forward_train_impl(const Tensor& x, const Tensor& g
       rv[j] = static_cast<float>((1.0 - mom) * rv[j] + mom * unbiased);
     }
     normalize_columns(x, mu, rs, gamma.as<const float>(), beta.as<const float>(), y);
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -234,7 +234,7 @@ Status CpuBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tensor& ga
     for (int64_t j = 0; j < cols; ++j) rs[j] = rstd_of(rv[j], eps);
     normalize_columns(x, running_mean.as<const float>(), rs, gamma.as<const float>(),
                       beta.as<const float>(), y);
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -286,7 +286,7 @@ Status CpuBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor& x, co
         store_f32(out, dx, i, n);
       }
     });
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 

@@ -95,7 +95,7 @@ Status CpuBackend::unscale_and_check_impl(std::span<const Tensor> grads, float i
     int32_t* flags = found_nonfinite.as<int32_t>();
     for (size_t t = 0; t < grads.size(); ++t) flags[t] = 0;
     for (size_t s = 0; s < spans.size(); ++s) flags[spans[s].tensor] |= span_bad[s];
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -119,7 +119,7 @@ Status CpuBackend::global_norm_impl(std::span<const Tensor> grads, const Tensor&
     double total = 0.0;
     for (size_t s = 0; s < spans.size(); ++s) total += partial[s];
     out.as<float>()[0] = static_cast<float>(std::sqrt(total));
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -165,7 +165,7 @@ Status CpuBackend::sgd_step_impl(std::span<const ParamSlot> params, const SgdPar
         write_low_precision(p, b, e);
       }
     });
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -203,7 +203,7 @@ Status CpuBackend::adamw_step_impl(std::span<const ParamSlot> params, const Adam
         write_low_precision(p, b, e);
       }
     });
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 

@@ -40,11 +40,11 @@ bool is_sticky_error(cudaError_t err) {
 
 Status cuda_status(cudaError_t err, const std::string& what) {
   std::string msg = what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
-  if (err == cudaErrorMemoryAllocation) return ResourceExhausted(msg);
+  if (err == cudaErrorMemoryAllocation) return resource_exhausted(msg);
   if (is_sticky_error(err)) {
-    return Internal(msg + "; the CUDA context is now unusable: restart ampd");
+    return internal(msg + "; the CUDA context is now unusable: restart ampd");
   }
-  return Internal(msg);
+  return internal(msg);
 }
 
 }  // namespace cuda
@@ -75,11 +75,11 @@ Status check_aligned(const char* op, std::initializer_list<Named> tensors) {
     if (reinterpret_cast<uintptr_t>(t.data) % size != 0) {
       char addr[32];
       std::snprintf(addr, sizeof addr, "%p", t.data);
-      return InvalidArgument(std::string(op) + ": " + n.name + " " + t.describe() + " at " + addr +
-                             " is not aligned to its " + std::to_string(size) + "-byte elements");
+      return invalid_argument(std::string(op) + ": " + n.name + " " + t.describe() + " at " + addr +
+                              " is not aligned to its " + std::to_string(size) + "-byte elements");
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status check_aligned_list(const char* op, const char* name, std::span<const Tensor> list) {
@@ -87,7 +87,7 @@ Status check_aligned_list(const char* op, const char* name, std::span<const Tens
     const std::string n = std::string(name) + "[" + std::to_string(i) + "]";
     AMPD_RETURN_IF_ERROR(check_aligned(op, {{n.c_str(), &list[i]}}));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 constexpr size_t kAllocGranularity = 256;
@@ -119,7 +119,7 @@ Status CudaBackend::init(const CudaBackendOptions& options) {
   AMPD_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device), "cuda: device properties");
   sm_major_ = prop.major;
   if (prop.major < 8) {
-    return Unavailable(std::string("the CUDA backend needs compute capability 8.0 or newer "
+    return unavailable(std::string("the CUDA backend needs compute capability 8.0 or newer "
                                    "(it is built for sm_80 and sm_90); device ") +
                        std::to_string(device) + " (" + prop.name + ") is sm_" +
                        std::to_string(prop.major) + std::to_string(prop.minor));
@@ -167,7 +167,7 @@ Status CudaBackend::init(const CudaBackendOptions& options) {
   mo.workspace_bytes = workspace_.bytes();
   AMPD_ASSIGN_OR_RETURN(matmul_, cuda::create_matmul_cache(mo));
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream), "cuda: initial synchronize");
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 CudaBackend::~CudaBackend() {
@@ -187,7 +187,7 @@ Status CudaBackend::enter() {
   if (cudaGetDevice(&current) != cudaSuccess || current != ctx_.device) {
     AMPD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ctx_.device), "cuda: cudaSetDevice");
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 cuda::MatmulCacheStats CudaBackend::matmul_stats() const {
@@ -199,7 +199,7 @@ cuda::MatmulCacheStats CudaBackend::matmul_stats() const {
 
 StatusOr<void*> CudaBackend::allocate_impl(size_t bytes) {
   if (bytes > std::numeric_limits<size_t>::max() - kAllocGranularity) {
-    return ResourceExhausted("cuda: allocation of " + std::to_string(bytes) + " bytes");
+    return resource_exhausted("cuda: allocation of " + std::to_string(bytes) + " bytes");
   }
   const size_t size = (bytes + kAllocGranularity - 1) / kAllocGranularity * kAllocGranularity;
   AMPD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ctx_.device), "cuda: cudaSetDevice");
@@ -255,7 +255,7 @@ Status CudaBackend::upload_impl(const Tensor& dst, const void* host_src) {
   AMPD_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst.data, host_src, dst.bytes(), cudaMemcpyHostToDevice, ctx_.stream),
       "upload " + dst.describe());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CudaBackend::download_impl(void* host_dst, const Tensor& src) {
@@ -265,14 +265,14 @@ Status CudaBackend::download_impl(void* host_dst, const Tensor& src) {
       cudaMemcpyAsync(host_dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, ctx_.stream),
       "download " + src.describe());
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream), "download " + src.describe());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CudaBackend::copy_impl(const Tensor& dst, const Tensor& src) {
   std::lock_guard<std::mutex> lock(mu_);
   AMPD_RETURN_IF_ERROR(enter());
   const size_t bytes = src.bytes();
-  if (dst.data == src.data) return Status::Ok();
+  if (dst.data == src.data) return Status::ok_status();
   const auto d = reinterpret_cast<uintptr_t>(dst.data);
   const auto s = reinterpret_cast<uintptr_t>(src.data);
   if (d < s + bytes && s < d + bytes) {
@@ -282,11 +282,11 @@ Status CudaBackend::copy_impl(const Tensor& dst, const Tensor& src) {
         cudaMemcpyAsync(tmp, src.data, bytes, cudaMemcpyDeviceToDevice, ctx_.stream), "copy");
     AMPD_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(dst.data, tmp, bytes, cudaMemcpyDeviceToDevice, ctx_.stream), "copy");
-    return Status::Ok();
+    return Status::ok_status();
   }
   AMPD_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDeviceToDevice, ctx_.stream), "copy");
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status CudaBackend::fill_impl(const Tensor& dst, float value) {
@@ -297,7 +297,7 @@ Status CudaBackend::fill_impl(const Tensor& dst, float value) {
 Status CudaBackend::synchronize_impl() {
   AMPD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ctx_.device), "synchronize");
   AMPD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx_.stream), "synchronize");
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- ops ------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ Status check_slots_aligned(const char* op, std::span<const ParamSlot> params) {
                                             {s2.c_str(), &p.state2},
                                             {lp.c_str(), &p.low_precision}}));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace
@@ -498,14 +498,14 @@ StatusOr<std::unique_ptr<Backend>> make_cuda_backend(const CudaBackendOptions& o
         break;
       default: why = cudaGetErrorString(err); break;
     }
-    return Unavailable(std::string("no CUDA GPU: cudaGetDeviceCount returned ") +
+    return unavailable(std::string("no CUDA GPU: cudaGetDeviceCount returned ") +
                        cudaGetErrorName(err) + " (" + why + ")");
   }
-  if (count == 0) return Unavailable("no CUDA GPU: cudaGetDeviceCount found no device");
+  if (count == 0) return unavailable("no CUDA GPU: cudaGetDeviceCount found no device");
   CudaBackendOptions opts = options;
   if (opts.device < 0) opts.device = env_int("AMPD_CUDA_DEVICE", 0);
   if (opts.device >= count) {
-    return Unavailable("CUDA device " + std::to_string(opts.device) +
+    return unavailable("CUDA device " + std::to_string(opts.device) +
                        " requested (AMPD_CUDA_DEVICE)" + " but only " + std::to_string(count) +
                        " visible");
   }
@@ -514,7 +514,7 @@ StatusOr<std::unique_ptr<Backend>> make_cuda_backend(const CudaBackendOptions& o
     // A failure while creating (no memory, cuBLASLt) means the GPU is not usable for ampd.
     const Status& s = be.status();
     if (s.code() == StatusCode::kUnavailable) return s;
-    return Unavailable("the CUDA backend could not start: " + s.message());
+    return unavailable("the CUDA backend could not start: " + s.message());
   }
   return std::unique_ptr<Backend>(std::move(be).value());
 }

@@ -21,10 +21,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "base/status.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/dtype.h"
 #include "kernels/half.h"
-#include "kernels/status.h"
 
 namespace ampd::cuda {
 
@@ -64,7 +64,7 @@ Status dispatch_float(DType t, F&& f) {
     case DType::kBF16: return f(bf16{});
     default: break;
   }
-  return InvalidArgument(std::string("cuda: not a floating dtype: ") + std::string(dtype_name(t)));
+  return invalid_argument(std::string("cuda: not a floating dtype: ") + std::string(dtype_name(t)));
 }
 
 // ---- vector access ----------------------------------------------------------------------------
@@ -169,11 +169,11 @@ __global__ void __launch_bounds__(kThreads) map_kernel(Op op, int64_t n, bool ve
 template <typename Op>
 Status launch_map(const char* what, cudaStream_t stream, int sm_count, const Op& op, int64_t n,
                   bool vec) {
-  if (n <= 0) return Status::Ok();
+  if (n <= 0) return Status::ok_status();
   const int64_t work = vec ? n / 8 + 1 : n;
   map_kernel<<<grid_for(work, kThreads, sm_count), kThreads, 0, stream>>>(op, n, vec);
   AMPD_CUDA_CHECK_LAUNCH(what);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // op(row, col, row * cols + col) for every element of a rows x cols matrix. Threads run
@@ -193,18 +193,18 @@ __global__ void __launch_bounds__(kThreads) rowcol_kernel(Op op, int64_t rows, i
 template <typename Op>
 Status launch_rowcol(const char* what, cudaStream_t stream, const Op& op, int64_t rows,
                      int64_t cols) {
-  if (rows <= 0 || cols <= 0) return Status::Ok();
+  if (rows <= 0 || cols <= 0) return Status::ok_status();
   int tx = 32;
   while (tx < kThreads && tx < cols) tx *= 2;
   const int ty = kThreads / tx;
   const int64_t gx = (cols + tx - 1) / tx;
   int64_t gy = (rows + ty - 1) / ty;
   if (gy > 65535) gy = 65535;
-  if (gx > 0x7fffffff) return InvalidArgument(std::string(what) + ": too many columns");
+  if (gx > 0x7fffffff) return invalid_argument(std::string(what) + ": too many columns");
   rowcol_kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(tx, ty), 0,
                   stream>>>(op, rows, cols);
   AMPD_CUDA_CHECK_LAUNCH(what);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace ampd::cuda

@@ -16,7 +16,7 @@
 #include <functional>
 #include <string>
 
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd::cuda {
 

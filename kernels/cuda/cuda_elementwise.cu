@@ -63,7 +63,7 @@ Status launch_fill(CudaContext& ctx, void* data, int64_t n, Word value) {
   if (sizeof(Word) == 1) {
     AMPD_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(data, static_cast<int>(value), static_cast<size_t>(n), ctx.stream), "fill");
-    return Status::Ok();
+    return Status::ok_status();
   }
   FillOp<Word> op{static_cast<Word*>(data), value, make_uint4(w32, w32, w32, w32)};
   return launch_map("fill", ctx.stream, ctx.sm_count, op, n, aligned16(data));
@@ -311,16 +311,16 @@ Status fill(CudaContext& ctx, const Tensor& dst, float value) {
                                    static_cast<uint32_t>(to_integer<int32_t>(value)));
     case DType::kU8: return launch_fill<uint8_t>(ctx, dst.data, n, to_integer<uint8_t>(value));
   }
-  return InvalidArgument("fill: unknown dtype");
+  return invalid_argument("fill: unknown dtype");
 }
 
 Status cast(CudaContext& ctx, const Tensor& src, const Tensor& dst) {
   if (src.dtype == dst.dtype) {
-    if (src.data == dst.data) return Status::Ok();
+    if (src.data == dst.data) return Status::ok_status();
     AMPD_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, ctx.stream),
         "cast");
-    return Status::Ok();
+    return Status::ok_status();
   }
   const bool vec = aligned16(src.data) && aligned16(dst.data);
   return dispatch_float(src.dtype, [&](auto s) {
@@ -339,10 +339,10 @@ Status affine_bias(CudaContext& ctx, const Tensor& in, float beta, const Tensor&
   const DType in_dtype = read_in ? in.dtype : out.dtype;
   const DType bias_dtype = bias.empty() ? out.dtype : bias.dtype;
   if (in_dtype != out.dtype && in_dtype != DType::kF32) {
-    return InvalidArgument("affine_bias: input must be f32 or the output's dtype");
+    return invalid_argument("affine_bias: input must be f32 or the output's dtype");
   }
   if (bias_dtype != out.dtype && bias_dtype != DType::kF32) {
-    return InvalidArgument("affine_bias: bias must be f32 or the output's dtype");
+    return invalid_argument("affine_bias: bias must be f32 or the output's dtype");
   }
   if (read_in && beta == 1.0f && in.dtype == DType::kF32 && !bias.empty() &&
       bias.dtype == DType::kF32 && out.dtype != DType::kF32 && out.cols() % 8 == 0 &&
@@ -355,12 +355,12 @@ Status affine_bias(CudaContext& ctx, const Tensor& in, float beta, const Tensor&
       const int ty = kThreads / tx;
       const int64_t gx = (packs + tx - 1) / tx;
       const int64_t gy = std::min<int64_t>((out.rows() + ty - 1) / ty, 65535);
-      if (gx > 0x7fffffff) return InvalidArgument("affine_bias: too many columns");
+      if (gx > 0x7fffffff) return invalid_argument("affine_bias: too many columns");
       bias_round8_kernel<TOut><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)),
                                  dim3(tx, ty), 0, ctx.stream>>>(
           in.as<const float>(), bias.as<const float>(), out.as<TOut>(), out.rows(), out.cols());
       AMPD_CUDA_CHECK_LAUNCH("affine_bias");
-      return Status::Ok();
+      return Status::ok_status();
     });
   }
   return dispatch_float(out.dtype, [&](auto o) {

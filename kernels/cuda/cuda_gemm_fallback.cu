@@ -111,7 +111,7 @@ Status batched_gemm_fallback(CudaContext& ctx, const BatchedGeometry& g, float a
   int64_t gy = (g.m + kTile - 1) / kTile;
   if (gy > 65535) gy = 65535;
   const int64_t gz = g.batch() < 65535 ? g.batch() : 65535;
-  if (gx > 0x7fffffff) return InvalidArgument("batched_matmul: too many columns");
+  if (gx > 0x7fffffff) return invalid_argument("batched_matmul: too many columns");
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz));
   const dim3 block(kTile, kTile);
   return dispatch_float(g.a.dtype, [&](auto at) {
@@ -123,7 +123,7 @@ Status batched_gemm_fallback(CudaContext& ctx, const BatchedGeometry& g, float a
           static_cast<TC*>(g.c.data), strides_of(g.a), strides_of(g.b), strides_of(g.c), g.m, g.n,
           g.k, g.inner, g.batch(), alpha, beta);
       AMPD_CUDA_CHECK_LAUNCH("batched_matmul (fallback GEMM)");
-      return Status::Ok();
+      return Status::ok_status();
     };
     return g.c.dtype == DType::kF32 ? with_c(float{}) : with_c(TA{});
   });
@@ -134,7 +134,7 @@ Status gemm_fallback(CudaContext& ctx, const MatmulArgs& m) {
   const int64_t gx = (N + kTile - 1) / kTile;
   int64_t gy = (M + kTile - 1) / kTile;
   if (gy > 65535) gy = 65535;
-  if (gx > 0x7fffffff) return InvalidArgument("matmul: too many columns");
+  if (gx > 0x7fffffff) return invalid_argument("matmul: too many columns");
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), block(kTile, kTile);
   return dispatch_float(m.a.dtype, [&](auto at) {
     using TA = decltype(at);
@@ -147,7 +147,7 @@ Status gemm_fallback(CudaContext& ctx, const MatmulArgs& m) {
                                              m.bias.empty() ? nullptr : m.bias.as<const TB>(), M, N,
                                              K, m.trans_a, m.trans_b, m.alpha, m.beta);
         AMPD_CUDA_CHECK_LAUNCH("matmul (fallback GEMM)");
-        return Status::Ok();
+        return Status::ok_status();
       };
       return !m.bias.empty() && m.bias.dtype != DType::kF32 ? with_bias(TC{}) : with_bias(float{});
     };

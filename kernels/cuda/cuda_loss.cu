@@ -214,7 +214,7 @@ Status softmax_xent_forward(CudaContext& ctx, const Tensor& logits, const Tensor
             logits.as<const T>(), labels.as<const int32_t>(), loss.as<float>(), lse.as<float>(),
             logits.rows(), logits.cols());
     AMPD_CUDA_CHECK_LAUNCH("softmax_xent_forward");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -241,7 +241,7 @@ Status mse_forward(CudaContext& ctx, const Tensor& pred, const Tensor& target, c
     mse_forward_kernel<T><<<row_blocks(pred.rows()), row_threads(pred.cols()), 0, ctx.stream>>>(
         pred.as<const T>(), target.as<const float>(), loss.as<float>(), pred.rows(), pred.cols());
     AMPD_CUDA_CHECK_LAUNCH("mse_forward");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -266,7 +266,7 @@ Status argmax_rows(CudaContext& ctx, const Tensor& x, const Tensor& out) {
     argmax_kernel<T><<<row_blocks(x.rows()), row_threads(x.cols()), 0, ctx.stream>>>(
         x.as<const T>(), out.as<int32_t>(), x.rows(), x.cols());
     AMPD_CUDA_CHECK_LAUNCH("argmax_rows");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 

@@ -77,7 +77,7 @@ std::string cublas_error(const std::string& what, cublasStatus_t s) {
   do {                                                                                      \
     const cublasStatus_t ampd_cublas_status_ = (expr);                                      \
     if (ampd_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                     \
-      return Internal(cublas_error(std::string("matmul: ") + (what), ampd_cublas_status_)); \
+      return internal(cublas_error(std::string("matmul: ") + (what), ampd_cublas_status_)); \
     }                                                                                       \
   } while (0)
 
@@ -180,7 +180,7 @@ StatusOr<MatmulCachePtr> create_matmul_cache(const MatmulOptions& options) {
   const cublasStatus_t s = cublasLtCreate(&cache->handle);
   if (s != CUBLAS_STATUS_SUCCESS) {
     cache->handle = nullptr;
-    return Internal(cublas_error("cuda: cublasLtCreate", s));
+    return internal(cublas_error("cuda: cublasLtCreate", s));
   }
   return cache;
 }
@@ -326,17 +326,17 @@ Status execute(MatmulCache& cache, CudaContext& ctx, Plan& plan, float alpha, co
       plan.chosen = static_cast<int>(i);
       ++cache.stats.executions;
       AMPD_CUDA_CHECK_LAUNCH("matmul");
-      return Status::Ok();
+      return Status::ok_status();
     }
     if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE) {
-      return Internal(cublas_error("matmul: cublasLtMatmul", s));
+      return internal(cublas_error("matmul: cublasLtMatmul", s));
     }
   }
   // Every algorithm declined the call: remember that, and let the caller fall back.
   plan.algos.clear();
   plan.chosen = -1;
   plan.unusable = cublas_error("every cublasLtMatmul algorithm declined", s);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 }  // namespace
@@ -376,7 +376,7 @@ Status matmul(MatmulCache& cache, CudaContext& ctx, const MatmulArgs& m) {
   if (plan->unusable.empty()) {
     AMPD_RETURN_IF_ERROR(execute(cache, ctx, *plan, m.alpha, m.a.data, m.b.data, m.c.data, m.c.data,
                                  m.beta, has_bias ? m.bias.data : nullptr));
-    if (plan->unusable.empty()) return Status::Ok();
+    if (plan->unusable.empty()) return Status::ok_status();
   }
 
   // 2. A bias cuBLASLt would not take: the product in FP32 (no epilogue), then the bias and
@@ -481,7 +481,7 @@ Status batched_matmul(MatmulCache& cache, CudaContext& ctx, const BatchedMatmulA
       if (!plan->unusable.empty()) break;  // declined: the rest on the fallback GEMM
     }
   }
-  if (done == g.outer) return Status::Ok();
+  if (done == g.outer) return Status::ok_status();
 
   // No cuBLASLt algorithm for these pointers / leading dimensions / strides: the outer
   // indices not yet done on the plain GEMM.

@@ -322,12 +322,12 @@ Status for_each_group(size_t total, Launch launch) {
     const int count = static_cast<int>(std::min<size_t>(kMaxTensors, total - first));
     AMPD_RETURN_IF_ERROR(launch(first, count));
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status check_grid(int64_t chunks, const char* what) {
-  if (chunks > 0x7fffffff) return InvalidArgument(std::string(what) + ": tensors too large");
-  return Status::Ok();
+  if (chunks > 0x7fffffff) return invalid_argument(std::string(what) + ": tensors too large");
+  return Status::ok_status();
 }
 
 }  // namespace
@@ -348,12 +348,12 @@ Status unscale_and_check(CudaContext& ctx, std::span<const Tensor> grads, float 
     }
     const int64_t chunks =
         build_table(list.table, first, count, [&](size_t t) { return grads[t].numel(); });
-    if (chunks == 0) return Status::Ok();
+    if (chunks == 0) return Status::ok_status();
     AMPD_RETURN_IF_ERROR(check_grid(chunks, "unscale_and_check"));
     unscale_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, ctx.stream>>>(list, inv_scale,
                                                                                flags + first);
     AMPD_CUDA_CHECK_LAUNCH("unscale_and_check");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -373,17 +373,17 @@ Status global_norm(CudaContext& ctx, std::span<const Tensor> grads, const Tensor
     }
     const int64_t chunks =
         build_table(list.table, first, count, [&](size_t t) { return grads[t].numel(); });
-    if (chunks == 0) return Status::Ok();
+    if (chunks == 0) return Status::ok_status();
     AMPD_RETURN_IF_ERROR(check_grid(chunks, "global_norm"));
     norm_partials_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, ctx.stream>>>(
         list, partials + base);
     AMPD_CUDA_CHECK_LAUNCH("global_norm");
     base += chunks;
-    return Status::Ok();
+    return Status::ok_status();
   }));
   norm_finish_kernel<<<1, 1024, 0, ctx.stream>>>(partials, base, out.as<float>());
   AMPD_CUDA_CHECK_LAUNCH("global_norm");
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status sgd_step(CudaContext& ctx, std::span<const ParamSlot> params, const SgdParams& hp) {
@@ -406,11 +406,11 @@ Status sgd_step(CudaContext& ctx, std::span<const ParamSlot> params, const SgdPa
     }
     const int64_t chunks =
         build_table(list.table, first, count, [&](size_t t) { return params[t].master.numel(); });
-    if (chunks == 0) return Status::Ok();
+    if (chunks == 0) return Status::ok_status();
     AMPD_RETURN_IF_ERROR(check_grid(chunks, "sgd_step"));
     sgd_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, ctx.stream>>>(list, s);
     AMPD_CUDA_CHECK_LAUNCH("sgd_step");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -443,11 +443,11 @@ Status adamw_step(CudaContext& ctx, std::span<const ParamSlot> params, const Ada
     }
     const int64_t chunks =
         build_table(list.table, first, count, [&](size_t t) { return params[t].master.numel(); });
-    if (chunks == 0) return Status::Ok();
+    if (chunks == 0) return Status::ok_status();
     AMPD_RETURN_IF_ERROR(check_grid(chunks, "adamw_step"));
     adamw_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, ctx.stream>>>(list, s);
     AMPD_CUDA_CHECK_LAUNCH("adamw_step");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 

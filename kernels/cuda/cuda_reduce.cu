@@ -101,14 +101,14 @@ Status column_reduce(CudaContext& ctx, const char* what, int64_t rows, int64_t c
   AMPD_ASSIGN_OR_RETURN(void* scratch, ctx.scratch(bytes));
   float* partials = static_cast<float*>(scratch);
   const int64_t col_blocks = (cols + 31) / 32;
-  if (col_blocks > 0x7fffffff) return InvalidArgument(std::string(what) + ": too many columns");
+  if (col_blocks > 0x7fffffff) return invalid_argument(std::string(what) + ": too many columns");
   col_partials_kernel<K><<<dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks)),
                            dim3(32, 8), 0, ctx.stream>>>(f, rows, cols, rpc, partials);
   AMPD_CUDA_CHECK_LAUNCH(what);
   col_finalize_kernel<K><<<static_cast<unsigned>((cols + 255) / 256), 256, 0, ctx.stream>>>(
       fin, partials, chunks, cols);
   AMPD_CUDA_CHECK_LAUNCH(what);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- bias_grad -------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ Status layernorm_forward(CudaContext& ctx, const Tensor& x, const Tensor& gamma,
         x.as<const T>(), gamma.as<const float>(), beta.as<const float>(), y.as<T>(),
         mean.as<float>(), rstd.as<float>(), x.rows(), x.cols(), eps);
     AMPD_CUDA_CHECK_LAUNCH("layernorm_forward");
-    return Status::Ok();
+    return Status::ok_status();
   });
 }
 
@@ -374,7 +374,7 @@ Status layernorm_backward(CudaContext& ctx, const Tensor& dy, const Tensor& x, c
               dy.as<const TD>(), x.as<const TX>(), gamma.as<const float>(), mean.as<const float>(),
               rstd.as<const float>(), dx.as<TD>(), x.rows(), x.cols());
       AMPD_CUDA_CHECK_LAUNCH("layernorm_backward");
-      return Status::Ok();
+      return Status::ok_status();
     });
   });
 }

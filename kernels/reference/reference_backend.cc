@@ -191,11 +191,11 @@ StatusOr<void*> ReferenceBackend::allocate_impl(size_t bytes) {
   // std::aligned_alloc needs a size that is a multiple of the alignment.
   constexpr size_t kAlign = 64;
   const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
-  if (rounded < bytes) return ResourceExhausted("reference: allocation size overflows");
+  if (rounded < bytes) return resource_exhausted("reference: allocation size overflows");
   void* p = std::aligned_alloc(kAlign, rounded);
   if (p == nullptr) {
-    return ResourceExhausted("reference: out of host memory allocating " + std::to_string(bytes) +
-                             " bytes");
+    return resource_exhausted("reference: out of host memory allocating " + std::to_string(bytes) +
+                              " bytes");
   }
   return p;
 }
@@ -206,24 +206,24 @@ void ReferenceBackend::free_impl(void* ptr, size_t /*bytes*/) noexcept {
 
 Status ReferenceBackend::upload_impl(const Tensor& dst, const void* host_src) {
   std::memcpy(dst.data, host_src, dst.bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::download_impl(void* host_dst, const Tensor& src) {
   std::memcpy(host_dst, src.data, src.bytes());
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::copy_impl(const Tensor& dst, const Tensor& src) {
   std::memmove(dst.data, src.data, src.bytes());  // memmove: overlapping views are fine
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // Floating dtypes: value rounded once (float -> half is a single rounding). I32 / U8:
 // rounded to nearest even and saturated; NaN gives 0.
 Status ReferenceBackend::fill_impl(const Tensor& dst, float value) {
   for (int64_t i = 0; i < dst.numel(); ++i) store(dst, i, value);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- dense algebra
@@ -262,7 +262,7 @@ Status ReferenceBackend::matmul_impl(const MatmulArgs& m) {
     }
   }
   narrow(m.c, c);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // For every batch: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C_old[i], read and written
@@ -304,12 +304,12 @@ Status ReferenceBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
       }
     }
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::cast_impl(const Tensor& src, const Tensor& dst) {
   narrow(dst, widen(src));  // widening is exact, so this is the single rounding
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
@@ -319,7 +319,7 @@ Status ReferenceBackend::add_bias_impl(const Tensor& x, const Tensor& bias) {
     for (int64_t j = 0; j < x.cols(); ++j) v[idx(i, j, x.cols())] += b[static_cast<size_t>(j)];
   }
   narrow(x, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // dbias[j] = beta * dbias[j] + sum_i dy[i, j]. Like matmul's beta, beta == 0 does not read
@@ -338,14 +338,14 @@ Status ReferenceBackend::bias_grad_impl(const Tensor& dy, const Tensor& dbias, f
     out[static_cast<size_t>(j)] += sum;
   }
   narrow(dbias, out);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::scale_impl(const Tensor& x, float alpha) {
   std::vector<double> v = widen(x);
   for (double& e : v) e *= static_cast<double>(alpha);  // exact for F32 x F32
   narrow(x, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::accumulate_impl(const Tensor& x, const Tensor& y) {
@@ -353,7 +353,7 @@ Status ReferenceBackend::accumulate_impl(const Tensor& x, const Tensor& y) {
   std::vector<double> v = widen(y);
   for (size_t i = 0; i < v.size(); ++i) v[i] += a[i];  // exact for F32 + F32 (in range)
   narrow(y, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- activations
@@ -363,7 +363,7 @@ Status ReferenceBackend::activation_forward_impl(Activation act, const Tensor& x
   std::vector<double> v = widen(x);
   for (double& e : v) e = activate(act, e);
   narrow(y, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 Status ReferenceBackend::activation_backward_impl(Activation act, const Tensor& x, const Tensor& dy,
@@ -372,7 +372,7 @@ Status ReferenceBackend::activation_backward_impl(Activation act, const Tensor& 
   std::vector<double> g = widen(dy);
   for (size_t i = 0; i < g.size(); ++i) g[i] = activate_backward(act, xv[i], g[i]);
   narrow(dx, g);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- LayerNorm
@@ -412,7 +412,7 @@ Status ReferenceBackend::layernorm_forward_impl(const Tensor& x, const Tensor& g
   narrow(y, yv);
   narrow(mean, mv);
   narrow(rstd, rv);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // With xhat = (x - mean) * rstd and g = dy * gamma, per row:
@@ -458,7 +458,7 @@ Status ReferenceBackend::layernorm_backward_impl(const Tensor& dy, const Tensor&
   narrow(dx, dxv);
   narrow(dgamma, dg);
   narrow(dbeta, db);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- BatchNorm1d
@@ -513,7 +513,7 @@ Status ReferenceBackend::batchnorm_forward_train_impl(const Tensor& x, const Ten
   narrow(rstd, rv);
   narrow(running_mean, rm);
   narrow(running_var, rvar);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta
@@ -536,7 +536,7 @@ Status ReferenceBackend::batchnorm_forward_eval_impl(const Tensor& x, const Tens
     }
   }
   narrow(y, yv);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // Training-mode gradient (the batch statistics depend on x). Per column, xhat as in
@@ -578,7 +578,7 @@ Status ReferenceBackend::batchnorm_backward_impl(const Tensor& dy, const Tensor&
   narrow(dx, dxv);
   narrow(dgamma, dg);
   narrow(dbeta, db);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- dropout
@@ -599,7 +599,7 @@ Status ReferenceBackend::dropout_forward_impl(const Tensor& x, const Tensor& y, 
     v[i] = v[i] * (keep ? 1.0 : 0.0) / keep_prob;
   }
   narrow(y, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // dx = dy * mask / (1 - p), same conventions as forward.
@@ -610,7 +610,7 @@ Status ReferenceBackend::dropout_backward_impl(const Tensor& dy, const Tensor& m
   const uint8_t* m = mask.as<const uint8_t>();
   for (size_t i = 0; i < v.size(); ++i) v[i] = v[i] * (m[i] != 0 ? 1.0 : 0.0) / keep_prob;
   narrow(dx, v);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- losses
@@ -655,7 +655,7 @@ Status ReferenceBackend::softmax_xent_forward_impl(const Tensor& logits, const T
   }
   narrow(loss, lossv);
   narrow(lse, lsev);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // dlogits = grad_scale * (exp(x - lse) - onehot(label)), with the lse stored by forward
@@ -680,7 +680,7 @@ Status ReferenceBackend::softmax_xent_backward_impl(const Tensor& logits, const 
     }
   }
   narrow(dlogits, x);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // loss[i] = sum_j (pred - target)^2 / C
@@ -699,7 +699,7 @@ Status ReferenceBackend::mse_forward_impl(const Tensor& pred, const Tensor& targ
     out[static_cast<size_t>(i)] = sum / static_cast<double>(C);
   }
   narrow(loss, out);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // dpred = grad_scale * 2 (pred - target) / C
@@ -712,7 +712,7 @@ Status ReferenceBackend::mse_backward_impl(const Tensor& pred, const Tensor& tar
     p[i] = static_cast<double>(grad_scale) * 2.0 * (p[i] - t[i]) / C;
   }
   narrow(dpred, p);
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // First index of the row maximum. NaN counts as larger than every number (and the
@@ -733,7 +733,7 @@ Status ReferenceBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
     }
     o[i] = static_cast<int32_t>(best);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- mixed-precision bookkeeping
@@ -756,7 +756,7 @@ Status ReferenceBackend::unscale_and_check_impl(std::span<const Tensor> grads, f
     }
     flags[t] = flag;
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // sqrt(sum g^2) over every element of every tensor; squares of floats are exact in double
@@ -767,7 +767,7 @@ Status ReferenceBackend::global_norm_impl(std::span<const Tensor> grads, const T
     for (double v : widen(t)) sum += v * v;
   }
   store(out, 0, std::sqrt(sum));
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // ---- optimizers
@@ -813,7 +813,7 @@ Status ReferenceBackend::sgd_step_impl(std::span<const ParamSlot> params, const 
     }
     write_low_precision(p);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 // PyTorch torch.optim.AdamW, per element, in double (t = hp.step):
@@ -849,7 +849,7 @@ Status ReferenceBackend::adamw_step_impl(std::span<const ParamSlot> params, cons
     }
     write_low_precision(p);
   }
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 std::unique_ptr<Backend> make_reference_backend() {

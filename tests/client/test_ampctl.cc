@@ -14,12 +14,12 @@ namespace {
 
 constexpr char kServer[] = "127.0.0.1:50051";
 
-Failure Describe(grpc::StatusCode code, const std::string& message) {
+Failure describe(grpc::StatusCode code, const std::string& message) {
   return describe_failure(grpc::Status(code, message), "get job j-1", kServer, 30);
 }
 
 TEST(DescribeFailure, RefusedConnectionSaysWhatToCheck) {
-  Failure f = Describe(grpc::StatusCode::UNAVAILABLE,
+  Failure f = describe(grpc::StatusCode::UNAVAILABLE,
                        "failed to connect to all addresses; last error: UNKNOWN: "
                        "ipv4:127.0.0.1:50051: Failed to connect to remote host: Connection "
                        "refused");
@@ -30,7 +30,7 @@ TEST(DescribeFailure, RefusedConnectionSaysWhatToCheck) {
 }
 
 TEST(DescribeFailure, UnknownHost) {
-  Failure f = Describe(grpc::StatusCode::UNAVAILABLE,
+  Failure f = describe(grpc::StatusCode::UNAVAILABLE,
                        "DNS resolution failed for nohost.invalid:1: C-ares status is not "
                        "ARES_SUCCESS qtype=A name=nohost.invalid is_balancer=0: Domain name "
                        "not found");
@@ -43,27 +43,27 @@ TEST(DescribeFailure, DrainingServerIsNotATransportFailure) {
   grpc::Status s(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
   EXPECT_FALSE(is_transport_failure(s));
   EXPECT_EQ(short_reason(s), "server is shutting down");
-  Failure f = Describe(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
+  Failure f = describe(grpc::StatusCode::UNAVAILABLE, "server is shutting down");
   EXPECT_EQ(f.exit_code, kExitUnreachable);
   EXPECT_NE(f.message.find("is unavailable: server is shutting down"), std::string::npos);
 }
 
 TEST(DescribeFailure, ExitCodesFollowTheHelpTable) {
   EXPECT_EQ(
-      Describe(grpc::StatusCode::INVALID_ARGUMENT, "optimizer.adamw.lr: must be > 0").exit_code,
+      describe(grpc::StatusCode::INVALID_ARGUMENT, "optimizer.adamw.lr: must be > 0").exit_code,
       kExitUsage);
-  EXPECT_EQ(Describe(grpc::StatusCode::NOT_FOUND, "job j-1 not found").exit_code, kExitNotFound);
-  EXPECT_EQ(Describe(grpc::StatusCode::FAILED_PRECONDITION, "ended").exit_code, kExitConflict);
-  EXPECT_EQ(Describe(grpc::StatusCode::ALREADY_EXISTS, "taken").exit_code, kExitConflict);
-  EXPECT_EQ(Describe(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full").exit_code, kExitExhausted);
-  EXPECT_EQ(Describe(grpc::StatusCode::UNAUTHENTICATED, "no token").exit_code,
+  EXPECT_EQ(describe(grpc::StatusCode::NOT_FOUND, "job j-1 not found").exit_code, kExitNotFound);
+  EXPECT_EQ(describe(grpc::StatusCode::FAILED_PRECONDITION, "ended").exit_code, kExitConflict);
+  EXPECT_EQ(describe(grpc::StatusCode::ALREADY_EXISTS, "taken").exit_code, kExitConflict);
+  EXPECT_EQ(describe(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full").exit_code, kExitExhausted);
+  EXPECT_EQ(describe(grpc::StatusCode::UNAUTHENTICATED, "no token").exit_code,
             kExitUnauthenticated);
-  EXPECT_EQ(Describe(grpc::StatusCode::DEADLINE_EXCEEDED, "").exit_code, kExitUnreachable);
-  EXPECT_EQ(Describe(grpc::StatusCode::INTERNAL, "boom").exit_code, kExitError);
+  EXPECT_EQ(describe(grpc::StatusCode::DEADLINE_EXCEEDED, "").exit_code, kExitUnreachable);
+  EXPECT_EQ(describe(grpc::StatusCode::INTERNAL, "boom").exit_code, kExitError);
   // The server's message is kept verbatim after what was attempted.
-  EXPECT_EQ(Describe(grpc::StatusCode::INVALID_ARGUMENT, "optimizer.adamw.lr: must be > 0").message,
+  EXPECT_EQ(describe(grpc::StatusCode::INVALID_ARGUMENT, "optimizer.adamw.lr: must be > 0").message,
             "get job j-1: optimizer.adamw.lr: must be > 0");
-  EXPECT_NE(Describe(grpc::StatusCode::UNAUTHENTICATED, "x").message.find("AMPD_TOKEN"),
+  EXPECT_NE(describe(grpc::StatusCode::UNAUTHENTICATED, "x").message.find("AMPD_TOKEN"),
             std::string::npos);
 }
 

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 constexpr char kToken[] = "secret-0123456789abcdef0123456789";
 
-bool Has(const std::string& text, const std::string& needle) {
+bool has(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
@@ -38,13 +38,13 @@ class SecurityTest : public ::testing::Test {
     std::error_code ec;
     fs::remove_all(dir_, ec);
   }
-  std::string Write(const std::string& name, const std::string& content) {
+  std::string write(const std::string& name, const std::string& content) {
     const std::string p = dir_ + "/" + name;
     std::ofstream(p) << content;
     return p;
   }
   // resolve_security's exit code; what it printed on stderr in *err.
-  int Resolve(GlobalOptions& g, std::string* err) {
+  int resolve(GlobalOptions& g, std::string* err) {
     ::testing::internal::CaptureStderr();
     const int code = resolve_security(g);
     *err = ::testing::internal::GetCapturedStderr();
@@ -55,35 +55,35 @@ class SecurityTest : public ::testing::Test {
 
 TEST_F(SecurityTest, TokenFileIsTrimmedAndNamedAsTheSource) {
   GlobalOptions g;
-  g.token_file = Write("token", std::string(kToken) + "\n");
+  g.token_file = write("token", std::string(kToken) + "\n");
   std::string err;
-  ASSERT_EQ(Resolve(g, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(g, &err), kExitOk) << err;
   EXPECT_EQ(g.token, kToken);
   EXPECT_EQ(g.token_source, "--token-file " + g.token_file);
 }
 
 TEST_F(SecurityTest, FlagsWinOverTheEnvironmentAndTwoEnvironmentSourcesAreAnError) {
-  const std::string file = Write("token", kToken);
+  const std::string file = write("token", kToken);
   ::setenv("AMPD_TOKEN", "from-the-environment", 1);
   GlobalOptions g;
   g.token_file = file;
   std::string err;
-  ASSERT_EQ(Resolve(g, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(g, &err), kExitOk) << err;
   EXPECT_EQ(g.token, kToken);
 
   GlobalOptions from_env;
-  ASSERT_EQ(Resolve(from_env, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(from_env, &err), kExitOk) << err;
   EXPECT_EQ(from_env.token, "from-the-environment");
   EXPECT_EQ(from_env.token_source, "AMPD_TOKEN");
 
   ::setenv("AMPD_TOKEN_FILE", file.c_str(), 1);
   GlobalOptions both;
-  EXPECT_EQ(Resolve(both, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "both AMPD_TOKEN and AMPD_TOKEN_FILE are set")) << err;
+  EXPECT_EQ(resolve(both, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "both AMPD_TOKEN and AMPD_TOKEN_FILE are set")) << err;
 
   ::unsetenv("AMPD_TOKEN");
   GlobalOptions env_file;
-  ASSERT_EQ(Resolve(env_file, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(env_file, &err), kExitOk) << err;
   EXPECT_EQ(env_file.token, kToken);
   EXPECT_EQ(env_file.token_source, "AMPD_TOKEN_FILE " + file);
 }
@@ -92,45 +92,45 @@ TEST_F(SecurityTest, BadFilesAreUsageErrorsNamingTheFlagNeverTheToken) {
   std::string err;
   GlobalOptions missing;
   missing.token_file = dir_ + "/nope";
-  EXPECT_EQ(Resolve(missing, &err), kExitUsage);
+  EXPECT_EQ(resolve(missing, &err), kExitUsage);
   EXPECT_EQ(err,
             "ampctl: --token-file " + dir_ + "/nope: cannot read: No such file or directory\n");
 
   GlobalOptions directory;
   directory.token_file = dir_;
-  EXPECT_EQ(Resolve(directory, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "--token-file " + dir_ + ": cannot read: it is a directory")) << err;
+  EXPECT_EQ(resolve(directory, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "--token-file " + dir_ + ": cannot read: it is a directory")) << err;
 
   GlobalOptions empty;
-  empty.token_file = Write("empty", "\n");
-  EXPECT_EQ(Resolve(empty, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "the token is empty")) << err;
+  empty.token_file = write("empty", "\n");
+  EXPECT_EQ(resolve(empty, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "the token is empty")) << err;
 
   GlobalOptions spaced;
-  spaced.token_file = Write("spaced", "two words");
-  EXPECT_EQ(Resolve(spaced, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "printable ASCII characters without spaces")) << err;
-  EXPECT_FALSE(Has(err, "two words")) << err;
+  spaced.token_file = write("spaced", "two words");
+  EXPECT_EQ(resolve(spaced, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "printable ASCII characters without spaces")) << err;
+  EXPECT_FALSE(has(err, "two words")) << err;
 
   GlobalOptions ca;
-  ca.ca_cert = Write("ca.crt", "not a certificate");
-  EXPECT_EQ(Resolve(ca, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "--ca-cert " + ca.ca_cert + ": not a PEM file")) << err;
+  ca.ca_cert = write("ca.crt", "not a certificate");
+  EXPECT_EQ(resolve(ca, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "--ca-cert " + ca.ca_cert + ": not a PEM file")) << err;
 
   GlobalOptions half;
-  half.client_key = Write("client.key", "-----BEGIN PRIVATE KEY-----\n");
-  EXPECT_EQ(Resolve(half, &err), kExitUsage);
-  EXPECT_TRUE(Has(err, "--client-key needs --client-cert")) << err;
+  half.client_key = write("client.key", "-----BEGIN PRIVATE KEY-----\n");
+  EXPECT_EQ(resolve(half, &err), kExitUsage);
+  EXPECT_TRUE(has(err, "--client-key needs --client-cert")) << err;
 }
 
 TEST_F(SecurityTest, AnyTlsFileOrNameTurnsTlsOn) {
   GlobalOptions g;
   g.tls_server_name = "localhost";
   std::string err;
-  ASSERT_EQ(Resolve(g, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(g, &err), kExitOk) << err;
   EXPECT_TRUE(g.tls);
   GlobalOptions plain;
-  ASSERT_EQ(Resolve(plain, &err), kExitOk) << err;
+  ASSERT_EQ(resolve(plain, &err), kExitOk) << err;
   EXPECT_FALSE(plain.tls);
   EXPECT_TRUE(plain.token_source.empty());
 }
@@ -139,12 +139,12 @@ TEST_F(SecurityTest, AnyTlsFileOrNameTurnsTlsOn) {
 
 constexpr char kServer[] = "127.0.0.1:50051";
 
-Failure Describe(const std::string& details, const SecurityHints& hints) {
+Failure describe(const std::string& details, const SecurityHints& hints) {
   return describe_failure(grpc::Status(grpc::StatusCode::UNAVAILABLE, details), "info", kServer, 30,
                           hints);
 }
 
-SecurityHints Tls(const std::string& trust = "--ca-cert ca.crt") {
+SecurityHints tls(const std::string& trust = "--ca-cert ca.crt") {
   SecurityHints h;
   h.tls = true;
   h.trust = trust;
@@ -155,10 +155,10 @@ const char kPrefix[] =
     "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50051: ";
 
 TEST(TlsHints, UntrustedCertificate) {
-  Failure f = Describe(std::string(kPrefix) +
+  Failure f = describe(std::string(kPrefix) +
                            "Ssl handshake failed: SSL_ERROR_SSL: error:0A000086:SSL "
                            "routines::certificate verify failed",
-                       Tls());
+                       tls());
   EXPECT_EQ(f.exit_code, kExitUnreachable);
   EXPECT_EQ(f.message,
             "cannot reach ampd at 127.0.0.1:50051 securely: the server's certificate is not "
@@ -167,41 +167,41 @@ TEST(TlsHints, UntrustedCertificate) {
 }
 
 TEST(TlsHints, ServerWithoutTls) {
-  Failure f = Describe(std::string(kPrefix) +
+  Failure f = describe(std::string(kPrefix) +
                            "Ssl handshake failed: SSL_ERROR_SSL: error:0A00010B:SSL "
                            "routines::wrong version number",
-                       Tls());
+                       tls());
   EXPECT_EQ(f.exit_code, kExitUnreachable);
-  EXPECT_TRUE(Has(f.message, "the server does not speak TLS")) << f.message;
+  EXPECT_TRUE(has(f.message, "the server does not speak TLS")) << f.message;
 }
 
 TEST(TlsHints, CertificateForAnotherName) {
-  SecurityHints h = Tls();
+  SecurityHints h = tls();
   h.server_name = "gpu-box.example";
   Failure f =
-      Describe(std::string(kPrefix) + "Peer name gpu-box.example is not in peer certificate", h);
-  EXPECT_TRUE(Has(f.message, "not issued for \"gpu-box.example\"")) << f.message;
-  EXPECT_TRUE(Has(f.message, "--tls-server-name")) << f.message;
+      describe(std::string(kPrefix) + "Peer name gpu-box.example is not in peer certificate", h);
+  EXPECT_TRUE(has(f.message, "not issued for \"gpu-box.example\"")) << f.message;
+  EXPECT_TRUE(has(f.message, "--tls-server-name")) << f.message;
 }
 
 TEST(TlsHints, PlaintextClientIsToldAboutTls) {
-  Failure f = Describe(std::string(kPrefix) + "Socket closed", SecurityHints{});
+  Failure f = describe(std::string(kPrefix) + "Socket closed", SecurityHints{});
   EXPECT_EQ(f.exit_code, kExitUnreachable);
-  EXPECT_TRUE(Has(f.message, "the connection was closed")) << f.message;
-  EXPECT_TRUE(Has(f.message, "if the server uses TLS, add --tls or --ca-cert FILE")) << f.message;
+  EXPECT_TRUE(has(f.message, "the connection was closed")) << f.message;
+  EXPECT_TRUE(has(f.message, "if the server uses TLS, add --tls or --ca-cert FILE")) << f.message;
   // A refused connection is not about TLS.
-  f = Describe(std::string(kPrefix) + "Failed to connect to remote host: Connection refused",
+  f = describe(std::string(kPrefix) + "Failed to connect to remote host: Connection refused",
                SecurityHints{});
-  EXPECT_FALSE(Has(f.message, "TLS")) << f.message;
+  EXPECT_FALSE(has(f.message, "TLS")) << f.message;
 }
 
 TEST(TlsHints, MutualTlsServerClosingTheConnection) {
-  Failure f = Describe(std::string(kPrefix) + "Socket closed", Tls());
-  EXPECT_TRUE(Has(f.message, "pass --client-cert and --client-key")) << f.message;
-  SecurityHints with_cert = Tls();
+  Failure f = describe(std::string(kPrefix) + "Socket closed", tls());
+  EXPECT_TRUE(has(f.message, "pass --client-cert and --client-key")) << f.message;
+  SecurityHints with_cert = tls();
   with_cert.client_cert = true;
-  f = Describe(std::string(kPrefix) + "Socket closed", with_cert);
-  EXPECT_TRUE(Has(f.message, "may have refused ampctl's --client-cert")) << f.message;
+  f = describe(std::string(kPrefix) + "Socket closed", with_cert);
+  EXPECT_TRUE(has(f.message, "may have refused ampctl's --client-cert")) << f.message;
 }
 
 TEST(TokenHints, SayWhatWasSentButNotTheToken) {
@@ -210,13 +210,13 @@ TEST(TokenHints, SayWhatWasSentButNotTheToken) {
       grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "this server requires a bearer token"),
       "list jobs", kServer, 30, none);
   EXPECT_EQ(f.exit_code, kExitUnauthenticated);
-  EXPECT_TRUE(Has(f.message, "ampctl sent no token: give it with --token-file FILE")) << f.message;
+  EXPECT_TRUE(has(f.message, "ampctl sent no token: give it with --token-file FILE")) << f.message;
   SecurityHints file;
   file.token_source = "--token-file /etc/ampd/token";
   f = describe_failure(
       grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the bearer token is not valid"), "list jobs",
       kServer, 30, file);
-  EXPECT_TRUE(Has(f.message, "ampctl sent the token from --token-file /etc/ampd/token"))
+  EXPECT_TRUE(has(f.message, "ampctl sent the token from --token-file /etc/ampd/token"))
       << f.message;
 }
 

@@ -105,19 +105,19 @@ constexpr char kFullJson[] = R"json({
                "checkpoint_every": 1000, "seed": "42", "allow_tf32": true}
 })json";
 
-JobSpec ParseOk(std::string_view text, std::string_view format = "") {
+JobSpec parse_ok(std::string_view text, std::string_view format = "") {
   StatusOr<JobSpec> spec = parse_job_spec(text, format);
   EXPECT_TRUE(spec.ok()) << spec.status().to_string() << "\n" << text;
   return spec.ok() ? spec.value() : JobSpec();
 }
 
-JobSpec ResolveOk(const JobSpec& spec) {
+JobSpec resolve_ok(const JobSpec& spec) {
   StatusOr<JobSpec> resolved = validate_and_resolve(spec);
   EXPECT_TRUE(resolved.ok()) << resolved.status().to_string() << "\n" << spec.DebugString();
   return resolved.ok() ? resolved.value() : JobSpec();
 }
 
-std::string Diff(const JobSpec& a, const JobSpec& b) {
+std::string diff(const JobSpec& a, const JobSpec& b) {
   std::string report;
   MessageDifferencer d;
   d.ReportDifferencesToString(&report);
@@ -127,7 +127,7 @@ std::string Diff(const JobSpec& a, const JobSpec& b) {
 
 // A minimal valid spec in YAML flow style with some top-level entries replaced ("" removes
 // one), so that each malformed case below states only what is wrong with it.
-std::string Spec(std::vector<std::pair<std::string, std::string>> overrides = {}) {
+std::string spec_text(std::vector<std::pair<std::string, std::string>> overrides = {}) {
   std::vector<std::pair<std::string, std::string>> fields = {
       {"model", "{layers: [{linear: {out_features: 10}}]}"},
       {"data", "{digits: {}}"},
@@ -152,7 +152,7 @@ std::string Spec(std::vector<std::pair<std::string, std::string>> overrides = {}
 }
 
 // Parses and validates; the first error from either stage.
-Status ParseAndValidate(std::string_view text) {
+Status parse_and_validate(std::string_view text) {
   StatusOr<JobSpec> spec = parse_job_spec(text);
   if (!spec.ok()) return spec.status();
   StatusOr<JobSpec> resolved = validate_and_resolve(spec.value());
@@ -160,9 +160,9 @@ Status ParseAndValidate(std::string_view text) {
 }
 
 TEST(JobSpecParse, FullYamlEqualsJson) {
-  JobSpec from_yaml = ParseOk(kFullYaml);
-  JobSpec from_json = ParseOk(kFullJson);
-  EXPECT_TRUE(MessageDifferencer::Equals(from_yaml, from_json)) << Diff(from_yaml, from_json);
+  JobSpec from_yaml = parse_ok(kFullYaml);
+  JobSpec from_json = parse_ok(kFullJson);
+  EXPECT_TRUE(MessageDifferencer::Equals(from_yaml, from_json)) << diff(from_yaml, from_json);
   // Spot checks that the content is what was written, not merely equal.
   EXPECT_EQ(from_yaml.name(), "digits-mlp");
   ASSERT_EQ(from_yaml.model().layers_size(), 9);
@@ -178,18 +178,18 @@ TEST(JobSpecParse, FullYamlEqualsJson) {
   EXPECT_EQ(from_yaml.training().seed(), 42u);
 
   // The full spec is already explicit: resolving changes nothing.
-  JobSpec resolved = ResolveOk(from_yaml);
-  EXPECT_TRUE(MessageDifferencer::Equals(resolved, from_yaml)) << Diff(resolved, from_yaml);
+  JobSpec resolved = resolve_ok(from_yaml);
+  EXPECT_TRUE(MessageDifferencer::Equals(resolved, from_yaml)) << diff(resolved, from_yaml);
 }
 
 TEST(JobSpecParse, FormatGuessAndExplicitFormats) {
-  JobSpec guessed = ParseOk(kFullJson);  // leading '{'
-  JobSpec as_json = ParseOk(kFullJson, "json");
-  JobSpec as_yaml = ParseOk(kFullJson, "yaml");  // JSON is YAML
+  JobSpec guessed = parse_ok(kFullJson);  // leading '{'
+  JobSpec as_json = parse_ok(kFullJson, "json");
+  JobSpec as_yaml = parse_ok(kFullJson, "yaml");  // JSON is YAML
   EXPECT_TRUE(MessageDifferencer::Equals(guessed, as_json));
-  EXPECT_TRUE(MessageDifferencer::Equals(guessed, as_yaml)) << Diff(guessed, as_yaml);
+  EXPECT_TRUE(MessageDifferencer::Equals(guessed, as_yaml)) << diff(guessed, as_yaml);
   // A UTF-8 byte order mark and leading blank lines are fine.
-  JobSpec bom = ParseOk(std::string("\xEF\xBB\xBF\n  ") + kFullJson);
+  JobSpec bom = parse_ok(std::string("\xEF\xBB\xBF\n  ") + kFullJson);
   EXPECT_TRUE(MessageDifferencer::Equals(guessed, bom));
 
   StatusOr<JobSpec> bad = parse_job_spec("name: x", "toml");
@@ -206,7 +206,7 @@ TEST(JobSpecParse, FormatGuessAndExplicitFormats) {
 }
 
 TEST(JobSpecParse, YamlScalarsFollowTheCoreSchemaAndTheFieldType) {
-  JobSpec spec = ParseOk(R"(
+  JobSpec spec = parse_ok(R"(
 name: 2024              # a plain number given to a string field stays text
 precision: 'fp16'
 model:
@@ -240,18 +240,18 @@ training: {max_steps: 1e3, seed: 18446744073709551615}
   EXPECT_EQ(spec.training().seed(), 18446744073709551615ull);
 
   // .inf and .nan reach float fields (protobuf's "Infinity"/"NaN") for validation to name.
-  JobSpec inf = ParseOk("optimizer: {adamw: {lr: .inf, eps: -.Inf, beta1: .NaN}}");
+  JobSpec inf = parse_ok("optimizer: {adamw: {lr: .inf, eps: -.Inf, beta1: .NaN}}");
   EXPECT_TRUE(std::isinf(inf.optimizer().adamw().lr()));
   EXPECT_LT(inf.optimizer().adamw().eps(), 0);
   EXPECT_TRUE(std::isnan(inf.optimizer().adamw().beta1()));
 
   // An empty value for a repeated field is an empty list, not one empty element.
-  JobSpec no_layers = ParseOk("model: {layers: }");
+  JobSpec no_layers = parse_ok("model: {layers: }");
   EXPECT_EQ(no_layers.model().layers_size(), 0);
 }
 
 TEST(JobSpecResolve, FillsEveryDefault) {
-  JobSpec spec = ResolveOk(ParseOk(Spec()));
+  JobSpec spec = resolve_ok(parse_ok(spec_text()));
   EXPECT_EQ(spec.name(), "");
   EXPECT_EQ(spec.precision(), "auto");
   EXPECT_EQ(spec.model().loss(), "cross_entropy");
@@ -296,16 +296,16 @@ TEST(JobSpecResolve, FillsEveryDefault) {
   EXPECT_EQ(spec.training().checkpoint_every(), 0);
 
   // Resolving is idempotent.
-  JobSpec again = ResolveOk(spec);
-  EXPECT_TRUE(MessageDifferencer::Equals(spec, again)) << Diff(spec, again);
+  JobSpec again = resolve_ok(spec);
+  EXPECT_TRUE(MessageDifferencer::Equals(spec, again)) << diff(spec, again);
   // The input is not modified.
-  JobSpec input = ParseOk(Spec());
+  JobSpec input = parse_ok(spec_text());
   (void)validate_and_resolve(input);
   EXPECT_EQ(input.precision(), "");
 }
 
 TEST(JobSpecResolve, LayerDefaults) {
-  JobSpec spec = ResolveOk(ParseOk(Spec(
+  JobSpec spec = resolve_ok(parse_ok(spec_text(
       {{"model",
         "{layers: [{layer_norm: {}}, {batch_norm: {}}, {dropout: {}}, {linear: {out_features: 3, "
         "bias: false}}], loss: mse}"}})));
@@ -322,34 +322,34 @@ TEST(JobSpecResolve, LayerDefaults) {
 
 TEST(JobSpecResolve, LossScalingFollowsPrecision) {
   for (const char* precision : {"fp16", "auto"}) {
-    JobSpec spec = ResolveOk(ParseOk(Spec({{"precision", precision}})));
+    JobSpec spec = resolve_ok(parse_ok(spec_text({{"precision", precision}})));
     EXPECT_EQ(spec.precision(), precision);  // auto stays auto
     EXPECT_TRUE(spec.loss_scaling().has_dynamic()) << precision;
   }
   for (const char* precision : {"fp32", "bf16"}) {
-    JobSpec spec = ResolveOk(ParseOk(Spec({{"precision", precision}})));
+    JobSpec spec = resolve_ok(parse_ok(spec_text({{"precision", precision}})));
     EXPECT_TRUE(spec.loss_scaling().has_off()) << precision;
   }
   // An explicit choice is kept whatever the precision; partial dynamic settings are filled.
-  JobSpec bf16_static =
-      ResolveOk(ParseOk(Spec({{"precision", "bf16"}, {"loss_scaling", "{static: {scale: 128}}"}})));
+  JobSpec bf16_static = resolve_ok(
+      parse_ok(spec_text({{"precision", "bf16"}, {"loss_scaling", "{static: {scale: 128}}"}})));
   EXPECT_EQ(bf16_static.loss_scaling().static_().scale(), 128.0);
   JobSpec fp16_off =
-      ResolveOk(ParseOk(Spec({{"precision", "fp16"}, {"loss_scaling", "{off: {}}"}})));
+      resolve_ok(parse_ok(spec_text({{"precision", "fp16"}, {"loss_scaling", "{off: {}}"}})));
   EXPECT_TRUE(fp16_off.loss_scaling().has_off());
-  JobSpec partial = ResolveOk(ParseOk(Spec(
+  JobSpec partial = resolve_ok(parse_ok(spec_text(
       {{"precision", "fp16"}, {"loss_scaling", "{dynamic: {init_scale: 256, hysteresis: 3}}"}})));
   EXPECT_EQ(partial.loss_scaling().dynamic().init_scale(), 256.0);
   EXPECT_EQ(partial.loss_scaling().dynamic().hysteresis(), 3);
   EXPECT_EQ(partial.loss_scaling().dynamic().growth_interval(), 2000);
   EXPECT_EQ(partial.loss_scaling().dynamic().max_scale(), 16777216.0);
   // `loss_scaling: {}` chooses nothing: the precision's default applies.
-  JobSpec empty = ResolveOk(ParseOk(Spec({{"precision", "fp32"}, {"loss_scaling", "{}"}})));
+  JobSpec empty = resolve_ok(parse_ok(spec_text({{"precision", "fp32"}, {"loss_scaling", "{}"}})));
   EXPECT_TRUE(empty.loss_scaling().has_off());
 }
 
 TEST(JobSpecResolve, DataDefaults) {
-  JobSpec spirals = ResolveOk(ParseOk(Spec({{"data", "{synthetic: {kind: spirals}}"}})));
+  JobSpec spirals = resolve_ok(parse_ok(spec_text({{"data", "{synthetic: {kind: spirals}}"}})));
   const auto& s = spirals.data().synthetic();
   EXPECT_EQ(s.samples(), 1000);
   EXPECT_EQ(s.features(), 2);
@@ -357,26 +357,26 @@ TEST(JobSpecResolve, DataDefaults) {
   ASSERT_TRUE(s.has_noise());
   EXPECT_FLOAT_EQ(s.noise(), 0.1f);
 
-  JobSpec regression = ResolveOk(
-      ParseOk(Spec({{"data", "{synthetic: {kind: linear_regression, samples: 50, noise: 0}}"}})));
+  JobSpec regression = resolve_ok(parse_ok(
+      spec_text({{"data", "{synthetic: {kind: linear_regression, samples: 50, noise: 0}}"}})));
   const auto& r = regression.data().synthetic();
   EXPECT_EQ(r.samples(), 50);
   EXPECT_EQ(r.features(), 16);
   EXPECT_EQ(r.classes(), 1);
   EXPECT_EQ(r.noise(), 0.0f);
-  JobSpec blobs = ResolveOk(ParseOk(Spec({{"data", "{synthetic: {kind: blobs}}"}})));
+  JobSpec blobs = resolve_ok(parse_ok(spec_text({{"data", "{synthetic: {kind: blobs}}"}})));
   EXPECT_EQ(blobs.data().synthetic().features(), 16);
   EXPECT_EQ(blobs.data().synthetic().classes(), 3);
 
-  JobSpec csv = ResolveOk(ParseOk(Spec({{"data", "{csv: {path: sub/dir/x.csv.gz}}"}})));
+  JobSpec csv = resolve_ok(parse_ok(spec_text({{"data", "{csv: {path: sub/dir/x.csv.gz}}"}})));
   EXPECT_EQ(csv.data().csv().path(), "sub/dir/x.csv.gz");
   EXPECT_EQ(csv.data().csv().target_columns(), 1);
   // Dots that are not a '..' component are fine.
-  ResolveOk(ParseOk(Spec({{"data", "{csv: {path: ./a..b/..c/x.csv}}"}})));
+  resolve_ok(parse_ok(spec_text({{"data", "{csv: {path: ./a..b/..c/x.csv}}"}})));
 }
 
 TEST(JobSpecResolve, BoundaryValuesAreAccepted) {
-  ResolveOk(ParseOk(Spec({
+  resolve_ok(parse_ok(spec_text({
       {"name", std::string(128, 'n')},
       {"model",
        "{layers: [{linear: {out_features: 65536}}, {batch_norm: {momentum: 0, eps: 1}}, "
@@ -387,11 +387,11 @@ TEST(JobSpecResolve, BoundaryValuesAreAccepted) {
       {"loss_scaling", "{dynamic: {init_scale: 1, min_scale: 1, max_scale: 1}}"},
       {"training", "{epochs: 100000, max_steps: 1000000000}"},
   })));
-  ResolveOk(ParseOk(Spec({{"training", "{max_steps: 1}"}})));
+  resolve_ok(parse_ok(spec_text({{"training", "{max_steps: 1}"}})));
   // A layer list of exactly 256.
   std::string layers = "{layers: [";
   for (int i = 0; i < 256; ++i) layers += i ? ", {linear: {out_features: 4}}" : "{relu: {}}";
-  ResolveOk(ParseOk(Spec({{"model", layers + "]}"}})));
+  resolve_ok(parse_ok(spec_text({{"model", layers + "]}"}})));
 }
 
 struct BadCase {
@@ -400,26 +400,27 @@ struct BadCase {
   std::string expected;  // a substring of the message: the field path, at least
 };
 
-std::vector<BadCase> BadCases() {
+std::vector<BadCase> bad_cases() {
   std::string many_layers = "{layers: [";
   for (int i = 0; i < 300; ++i) many_layers += i ? ", {linear: {out_features: 4}}" : "{relu: {}}";
   many_layers += "]}";
   const std::string ls_fp16 = "fp16";
   return {
       // Schema errors, reported by protobuf with the field named.
-      {"unknown top-level field", Spec({{"modle", "{}"}}), "modle"},
-      {"unknown layer kind", Spec({{"model", "{layers: [{conv: {}}]}"}}), "model.layers[0]) conv"},
-      {"unknown nested field", Spec({{"optimizer", "{adamw: {lr: 0.1, momentum: 0.9}}"}}),
+      {"unknown top-level field", spec_text({{"modle", "{}"}}), "modle"},
+      {"unknown layer kind", spec_text({{"model", "{layers: [{conv: {}}]}"}}),
+       "model.layers[0]) conv"},
+      {"unknown nested field", spec_text({{"optimizer", "{adamw: {lr: 0.1, momentum: 0.9}}"}}),
        "momentum"},
-      {"string for an int", Spec({{"model", "{layers: [{linear: {out_features: wide}}]}"}}),
+      {"string for an int", spec_text({{"model", "{layers: [{linear: {out_features: wide}}]}"}}),
        "model.layers[0].linear.out_features"},
-      {"fraction for an int", Spec({{"training", "{epochs: 1.5}"}}), "training.epochs"},
-      {"scalar for a message", Spec({{"model", "5"}}), "model"},
-      {"int32 overflow", Spec({{"training", "{epochs: 99999999999}"}}), "training.epochs"},
-      {"float overflow", Spec({{"optimizer", "{adamw: {lr: 1e40}}"}}), "optimizer.adamw.lr"},
-      {"inf for an int", Spec({{"training", "{max_steps: .inf}"}}), "training.max_steps"},
-      {"number for a bool", Spec({{"data", "{digits: {}, shuffle: 3}"}}), "data.shuffle"},
-      {"two kinds in one layer", Spec({{"model", "{layers: [{relu: {}, linear: {}}]}"}}),
+      {"fraction for an int", spec_text({{"training", "{epochs: 1.5}"}}), "training.epochs"},
+      {"scalar for a message", spec_text({{"model", "5"}}), "model"},
+      {"int32 overflow", spec_text({{"training", "{epochs: 99999999999}"}}), "training.epochs"},
+      {"float overflow", spec_text({{"optimizer", "{adamw: {lr: 1e40}}"}}), "optimizer.adamw.lr"},
+      {"inf for an int", spec_text({{"training", "{max_steps: .inf}"}}), "training.max_steps"},
+      {"number for a bool", spec_text({{"data", "{digits: {}, shuffle: 3}"}}), "data.shuffle"},
+      {"two kinds in one layer", spec_text({{"model", "{layers: [{relu: {}, linear: {}}]}"}}),
        "model.layers[0]"},
       {"JSON wrong type", R"({"optimizer": {"adamw": {"lr": "fast"}}})", "optimizer.adamw.lr"},
       // YAML errors.
@@ -427,146 +428,161 @@ std::vector<BadCase> BadCases() {
       {"YAML duplicate key", "training: {epochs: 1}\ntraining: {epochs: 2}\n",
        "line 2, column 1: duplicate key 'training'"},
       {"YAML top-level list", "- a\n- b\n", "top level"},
-      {"YAML two documents", Spec() + "\n---\n" + Spec(), "one YAML document"},
-      {"YAML unknown tag", Spec({{"name", "!secret x"}}), "tag"},
+      {"YAML two documents", spec_text() + "\n---\n" + spec_text(), "one YAML document"},
+      {"YAML unknown tag", spec_text({{"name", "!secret x"}}), "tag"},
       // Model.
-      {"zero width", Spec({{"model", "{layers: [{linear: {out_features: 0}}]}"}}),
+      {"zero width", spec_text({{"model", "{layers: [{linear: {out_features: 0}}]}"}}),
        "model.layers[0].linear.out_features: must be in [1, 65536], got 0"},
-      {"negative width", Spec({{"model", "{layers: [{linear: {out_features: -3}}]}"}}),
+      {"negative width", spec_text({{"model", "{layers: [{linear: {out_features: -3}}]}"}}),
        "model.layers[0].linear.out_features"},
       {"huge width",
-       Spec({{"model",
-              "{layers: [{linear: {out_features: 100000}}, {linear: {out_features: 2}}]}"}}),
+       spec_text({{"model",
+                   "{layers: [{linear: {out_features: 100000}}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0].linear.out_features"},
-      {"too many layers", Spec({{"model", many_layers}}), "model.layers: must have at most 256"},
-      {"no layers", Spec({{"model", "{layers: []}"}}), "model.layers: must have at least one"},
-      {"no model", Spec({{"model", ""}}), "model.layers"},
-      {"layer without kind", Spec({{"model", "{layers: [{}, {linear: {out_features: 2}}]}"}}),
+      {"too many layers", spec_text({{"model", many_layers}}),
+       "model.layers: must have at most 256"},
+      {"no layers", spec_text({{"model", "{layers: []}"}}), "model.layers: must have at least one"},
+      {"no model", spec_text({{"model", ""}}), "model.layers"},
+      {"layer without kind", spec_text({{"model", "{layers: [{}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0]: no layer kind"},
       {"last layer not linear",
-       Spec({{"model", "{layers: [{linear: {out_features: 2}}, {relu: {}}]}"}}),
+       spec_text({{"model", "{layers: [{linear: {out_features: 2}}, {relu: {}}]}"}}),
        "model.layers[1]: the last layer must be linear"},
       {"layer_norm eps 0",
-       Spec({{"model", "{layers: [{layer_norm: {eps: 0}}, {linear: {out_features: 2}}]}"}}),
+       spec_text({{"model", "{layers: [{layer_norm: {eps: 0}}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0].layer_norm.eps"},
       {"batch_norm momentum > 1",
-       Spec({{"model", "{layers: [{batch_norm: {momentum: 1.5}}, {linear: {out_features: 2}}]}"}}),
+       spec_text(
+           {{"model", "{layers: [{batch_norm: {momentum: 1.5}}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0].batch_norm.momentum"},
       {"dropout p 1",
-       Spec({{"model", "{layers: [{dropout: {p: 1}}, {linear: {out_features: 2}}]}"}}),
+       spec_text({{"model", "{layers: [{dropout: {p: 1}}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0].dropout.p: must be in [0, 1), got 1"},
       {"dropout p NaN",
-       Spec({{"model", "{layers: [{dropout: {p: .nan}}, {linear: {out_features: 2}}]}"}}),
+       spec_text({{"model", "{layers: [{dropout: {p: .nan}}, {linear: {out_features: 2}}]}"}}),
        "model.layers[0].dropout.p: must be finite"},
-      {"bad loss", Spec({{"model", "{layers: [{linear: {out_features: 2}}], loss: hinge}"}}),
+      {"bad loss", spec_text({{"model", "{layers: [{linear: {out_features: 2}}], loss: hinge}"}}),
        "model.loss: must be one of cross_entropy, mse; got 'hinge'"},
       // Top level.
-      {"bad precision", Spec({{"precision", "fp8"}}),
+      {"bad precision", spec_text({{"precision", "fp8"}}),
        "precision: must be one of fp32, fp16, bf16, auto; got 'fp8'"},
-      {"name too long", Spec({{"name", std::string(129, 'x')}}), "name: must be at most 128"},
+      {"name too long", spec_text({{"name", std::string(129, 'x')}}), "name: must be at most 128"},
       // Data.
-      {"missing data", Spec({{"data", ""}}), "data: set one source"},
-      {"data without source", Spec({{"data", "{batch_size: 8}"}}), "data: set one source"},
-      {"csv path traversal", Spec({{"data", "{csv: {path: ../secret.csv}}"}}),
+      {"missing data", spec_text({{"data", ""}}), "data: set one source"},
+      {"data without source", spec_text({{"data", "{batch_size: 8}"}}), "data: set one source"},
+      {"csv path traversal", spec_text({{"data", "{csv: {path: ../secret.csv}}"}}),
        "data.csv.path: must not contain '..'"},
-      {"csv inner traversal", Spec({{"data", "{csv: {path: a/../../b.csv}}"}}), "data.csv.path"},
-      {"csv trailing ..", Spec({{"data", "{csv: {path: a/..}}"}}), "data.csv.path"},
-      {"csv absolute path", Spec({{"data", "{csv: {path: /etc/passwd}}"}}),
+      {"csv inner traversal", spec_text({{"data", "{csv: {path: a/../../b.csv}}"}}),
+       "data.csv.path"},
+      {"csv trailing ..", spec_text({{"data", "{csv: {path: a/..}}"}}), "data.csv.path"},
+      {"csv absolute path", spec_text({{"data", "{csv: {path: /etc/passwd}}"}}),
        "data.csv.path: must be relative"},
-      {"csv empty path", Spec({{"data", "{csv: {header: true}}"}}),
+      {"csv empty path", spec_text({{"data", "{csv: {header: true}}"}}),
        "data.csv.path: must not be empty"},
       {"csv NUL in path", R"({"model": {"layers": [{"linear": {"out_features": 2}}]},
           "data": {"csv": {"path": "a\u0000.csv"}}, "optimizer": {"adamw": {"lr": 0.1}},
           "training": {"epochs": 1}})",
        "data.csv.path: must not contain a NUL"},
-      {"synthetic bad kind", Spec({{"data", "{synthetic: {kind: moons}}"}}), "data.synthetic.kind"},
-      {"synthetic no kind", Spec({{"data", "{synthetic: {samples: 10}}"}}), "data.synthetic.kind"},
-      {"synthetic negative samples", Spec({{"data", "{synthetic: {kind: blobs, samples: -1}}"}}),
+      {"synthetic bad kind", spec_text({{"data", "{synthetic: {kind: moons}}"}}),
+       "data.synthetic.kind"},
+      {"synthetic no kind", spec_text({{"data", "{synthetic: {samples: 10}}"}}),
+       "data.synthetic.kind"},
+      {"synthetic negative samples",
+       spec_text({{"data", "{synthetic: {kind: blobs, samples: -1}}"}}),
        "data.synthetic.samples: must be >= 0"},
-      {"synthetic negative noise", Spec({{"data", "{synthetic: {kind: blobs, noise: -0.5}}"}}),
+      {"synthetic negative noise", spec_text({{"data", "{synthetic: {kind: blobs, noise: -0.5}}"}}),
        "data.synthetic.noise"},
-      {"negative batch", Spec({{"data", "{digits: {}, batch_size: -1}"}}), "data.batch_size"},
-      {"huge batch", Spec({{"data", "{digits: {}, batch_size: 2000000}"}}), "data.batch_size"},
-      {"validation fraction", Spec({{"data", "{digits: {}, validation_fraction: 0.95}"}}),
+      {"negative batch", spec_text({{"data", "{digits: {}, batch_size: -1}"}}), "data.batch_size"},
+      {"huge batch", spec_text({{"data", "{digits: {}, batch_size: 2000000}"}}), "data.batch_size"},
+      {"validation fraction", spec_text({{"data", "{digits: {}, validation_fraction: 0.95}"}}),
        "data.validation_fraction: must be in [0, 0.9], got 0.95"},
       // Optimizer.
-      {"missing optimizer", Spec({{"optimizer", ""}}), "optimizer: set sgd or adamw"},
-      {"negative lr", Spec({{"optimizer", "{adamw: {lr: -1}}"}}),
+      {"missing optimizer", spec_text({{"optimizer", ""}}), "optimizer: set sgd or adamw"},
+      {"negative lr", spec_text({{"optimizer", "{adamw: {lr: -1}}"}}),
        "optimizer.adamw.lr: must be > 0, got -1"},
-      {"zero lr", Spec({{"optimizer", "{adamw: {}}"}}), "optimizer.adamw.lr: must be > 0, got 0"},
-      {"NaN lr", Spec({{"optimizer", "{adamw: {lr: .nan}}"}}),
+      {"zero lr", spec_text({{"optimizer", "{adamw: {}}"}}),
+       "optimizer.adamw.lr: must be > 0, got 0"},
+      {"NaN lr", spec_text({{"optimizer", "{adamw: {lr: .nan}}"}}),
        "optimizer.adamw.lr: must be finite, got nan"},
-      {"inf lr", Spec({{"optimizer", "{sgd: {lr: .inf}}"}}),
+      {"inf lr", spec_text({{"optimizer", "{sgd: {lr: .inf}}"}}),
        "optimizer.sgd.lr: must be finite, got inf"},
-      {"beta2 = 1", Spec({{"optimizer", "{adamw: {lr: 0.1, beta2: 1}}"}}), "optimizer.adamw.beta2"},
-      {"adamw eps 0", Spec({{"optimizer", "{adamw: {lr: 0.1, eps: 0}}"}}), "optimizer.adamw.eps"},
-      {"negative weight decay", Spec({{"optimizer", "{adamw: {lr: 0.1, weight_decay: -0.1}}"}}),
+      {"beta2 = 1", spec_text({{"optimizer", "{adamw: {lr: 0.1, beta2: 1}}"}}),
+       "optimizer.adamw.beta2"},
+      {"adamw eps 0", spec_text({{"optimizer", "{adamw: {lr: 0.1, eps: 0}}"}}),
+       "optimizer.adamw.eps"},
+      {"negative weight decay",
+       spec_text({{"optimizer", "{adamw: {lr: 0.1, weight_decay: -0.1}}"}}),
        "optimizer.adamw.weight_decay"},
-      {"nesterov without momentum", Spec({{"optimizer", "{sgd: {lr: 0.1, nesterov: true}}"}}),
+      {"nesterov without momentum", spec_text({{"optimizer", "{sgd: {lr: 0.1, nesterov: true}}"}}),
        "optimizer.sgd.nesterov: requires momentum > 0"},
       {"nesterov with dampening",
-       Spec({{"optimizer", "{sgd: {lr: 0.1, momentum: 0.9, dampening: 0.1, nesterov: true}}"}}),
+       spec_text(
+           {{"optimizer", "{sgd: {lr: 0.1, momentum: 0.9, dampening: 0.1, nesterov: true}}"}}),
        "optimizer.sgd.nesterov"},
-      {"sgd momentum 1", Spec({{"optimizer", "{sgd: {lr: 0.1, momentum: 1}}"}}),
+      {"sgd momentum 1", spec_text({{"optimizer", "{sgd: {lr: 0.1, momentum: 1}}"}}),
        "optimizer.sgd.momentum"},
-      {"sgd negative dampening", Spec({{"optimizer", "{sgd: {lr: 0.1, dampening: -0.1}}"}}),
+      {"sgd negative dampening", spec_text({{"optimizer", "{sgd: {lr: 0.1, dampening: -0.1}}"}}),
        "optimizer.sgd.dampening"},
-      {"negative clip", Spec({{"optimizer", "{adamw: {lr: 0.1}, grad_clip_norm: -1}"}}),
+      {"negative clip", spec_text({{"optimizer", "{adamw: {lr: 0.1}, grad_clip_norm: -1}"}}),
        "optimizer.grad_clip_norm"},
-      {"inf clip", Spec({{"optimizer", "{adamw: {lr: 0.1}, grad_clip_norm: .inf}"}}),
+      {"inf clip", spec_text({{"optimizer", "{adamw: {lr: 0.1}, grad_clip_norm: .inf}"}}),
        "optimizer.grad_clip_norm: must be finite"},
       // Schedule.
-      {"negative warmup", Spec({{"lr_schedule", "{warmup_steps: -1}"}}),
+      {"negative warmup", spec_text({{"lr_schedule", "{warmup_steps: -1}"}}),
        "lr_schedule.warmup_steps"},
-      {"cosine ratio > 1", Spec({{"lr_schedule", "{cosine: {min_lr_ratio: 2}}"}}),
+      {"cosine ratio > 1", spec_text({{"lr_schedule", "{cosine: {min_lr_ratio: 2}}"}}),
        "lr_schedule.cosine.min_lr_ratio"},
       // Loss scaling.
       {"max_scale < init_scale",
-       Spec({{"precision", ls_fp16},
-             {"loss_scaling", "{dynamic: {init_scale: 1024, max_scale: 512}}"}}),
+       spec_text({{"precision", ls_fp16},
+                  {"loss_scaling", "{dynamic: {init_scale: 1024, max_scale: 512}}"}}),
        "loss_scaling.dynamic.max_scale: must be >= init_scale (1024), got 512"},
-      {"init_scale above the default cap", Spec({{"loss_scaling", "{dynamic: {init_scale: 1e9}}"}}),
+      {"init_scale above the default cap",
+       spec_text({{"loss_scaling", "{dynamic: {init_scale: 1e9}}"}}),
        "loss_scaling.dynamic.max_scale"},
       {"init_scale < min_scale",
-       Spec({{"loss_scaling", "{dynamic: {init_scale: 2, min_scale: 4}}"}}),
+       spec_text({{"loss_scaling", "{dynamic: {init_scale: 2, min_scale: 4}}"}}),
        "loss_scaling.dynamic.init_scale: must be >= min_scale (4), got 2"},
-      {"growth_factor 1", Spec({{"loss_scaling", "{dynamic: {growth_factor: 1}}"}}),
+      {"growth_factor 1", spec_text({{"loss_scaling", "{dynamic: {growth_factor: 1}}"}}),
        "loss_scaling.dynamic.growth_factor: must be > 1"},
-      {"backoff_factor 1", Spec({{"loss_scaling", "{dynamic: {backoff_factor: 1}}"}}),
+      {"backoff_factor 1", spec_text({{"loss_scaling", "{dynamic: {backoff_factor: 1}}"}}),
        "loss_scaling.dynamic.backoff_factor: must be in (0, 1)"},
-      {"growth_interval 0", Spec({{"loss_scaling", "{dynamic: {growth_interval: 0}}"}}),
+      {"growth_interval 0", spec_text({{"loss_scaling", "{dynamic: {growth_interval: 0}}"}}),
        "loss_scaling.dynamic.growth_interval"},
-      {"hysteresis 0", Spec({{"loss_scaling", "{dynamic: {hysteresis: 0}}"}}),
+      {"hysteresis 0", spec_text({{"loss_scaling", "{dynamic: {hysteresis: 0}}"}}),
        "loss_scaling.dynamic.hysteresis"},
-      {"min_scale 0", Spec({{"loss_scaling", "{dynamic: {min_scale: 0}}"}}),
+      {"min_scale 0", spec_text({{"loss_scaling", "{dynamic: {min_scale: 0}}"}}),
        "loss_scaling.dynamic.min_scale"},
-      {"NaN init_scale", Spec({{"loss_scaling", "{dynamic: {init_scale: .nan}}"}}),
+      {"NaN init_scale", spec_text({{"loss_scaling", "{dynamic: {init_scale: .nan}}"}}),
        "loss_scaling.dynamic.init_scale: must be finite"},
-      {"static scale 0", Spec({{"loss_scaling", "{static: {}}"}}), "loss_scaling.static.scale"},
-      {"static scale -inf", Spec({{"loss_scaling", "{static: {scale: -.inf}}"}}),
+      {"static scale 0", spec_text({{"loss_scaling", "{static: {}}"}}),
+       "loss_scaling.static.scale"},
+      {"static scale -inf", spec_text({{"loss_scaling", "{static: {scale: -.inf}}"}}),
        "loss_scaling.static.scale: must be finite"},
       // Training.
-      {"epochs and max_steps both 0", Spec({{"training", "{epochs: 0, max_steps: 0}"}}),
+      {"epochs and max_steps both 0", spec_text({{"training", "{epochs: 0, max_steps: 0}"}}),
        "training: set epochs or max_steps"},
-      {"no training", Spec({{"training", ""}}), "training: set epochs or max_steps"},
-      {"too many epochs", Spec({{"training", "{epochs: 200000}"}}), "training.epochs"},
-      {"too many steps", Spec({{"training", "{max_steps: 2000000000}"}}), "training.max_steps"},
-      {"negative epochs", Spec({{"training", "{epochs: -1, max_steps: 10}"}}), "training.epochs"},
-      {"negative report_every", Spec({{"training", "{epochs: 1, report_every: -5}"}}),
+      {"no training", spec_text({{"training", ""}}), "training: set epochs or max_steps"},
+      {"too many epochs", spec_text({{"training", "{epochs: 200000}"}}), "training.epochs"},
+      {"too many steps", spec_text({{"training", "{max_steps: 2000000000}"}}),
+       "training.max_steps"},
+      {"negative epochs", spec_text({{"training", "{epochs: -1, max_steps: 10}"}}),
+       "training.epochs"},
+      {"negative report_every", spec_text({{"training", "{epochs: 1, report_every: -5}"}}),
        "training.report_every"},
-      {"negative eval_every", Spec({{"training", "{epochs: 1, eval_every: -1}"}}),
+      {"negative eval_every", spec_text({{"training", "{epochs: 1, eval_every: -1}"}}),
        "training.eval_every"},
-      {"negative checkpoint_every", Spec({{"training", "{epochs: 1, checkpoint_every: -1}"}}),
+      {"negative checkpoint_every", spec_text({{"training", "{epochs: 1, checkpoint_every: -1}"}}),
        "training.checkpoint_every"},
   };
 }
 
 TEST(JobSpecValidate, MalformedSpecsNameTheField) {
-  std::vector<BadCase> cases = BadCases();
+  std::vector<BadCase> cases = bad_cases();
   EXPECT_GE(cases.size(), 30u);
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.what);
-    Status status = ParseAndValidate(c.text);
+    Status status = parse_and_validate(c.text);
     ASSERT_FALSE(status.ok()) << c.text;
     EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.to_string();
     EXPECT_NE(status.message().find(c.expected), std::string::npos)
@@ -577,7 +593,7 @@ TEST(JobSpecValidate, MalformedSpecsNameTheField) {
 // A spec that arrives in binary keeps what protobuf could not match as unknown fields;
 // validation refuses them with the path where they sit.
 TEST(JobSpecValidate, UnknownAndWrongTypeFieldsAreRefusedWithTheirPath) {
-  auto parsed = engine::parse_job_spec(Spec());
+  auto parsed = engine::parse_job_spec(spec_text());
   ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
   JobSpec spec = parsed.value();
   auto* linear = spec.mutable_model()->mutable_layers(0)->mutable_linear();
@@ -607,33 +623,34 @@ TEST(JobSpecValidate, HostileSizesAndStringsAreRefused) {
     const char* expected;
   } cases[] = {
       {"synthetic set over 1 GiB",
-       Spec({{"data", "{synthetic: {kind: blobs, samples: 100000000, features: 64}}"}}),
+       spec_text({{"data", "{synthetic: {kind: blobs, samples: 100000000, features: 64}}"}}),
        "data.synthetic.samples: samples x (features + classes)"},
       {"synthetic features over 65536",
-       Spec({{"data", "{synthetic: {kind: blobs, features: 70000}}"}}),
+       spec_text({{"data", "{synthetic: {kind: blobs, features: 70000}}"}}),
        "data.synthetic.features: must be <= 65536"},
       {"epochs x steps over 10^9",
-       Spec({{"data", "{synthetic: {kind: spirals, samples: 1000000}, batch_size: 1}"},
-             {"training", "{epochs: 100000}"}}),
+       spec_text({{"data", "{synthetic: {kind: spirals, samples: 1000000}, batch_size: 1}"},
+                  {"training", "{epochs: 100000}"}}),
        "training.epochs: 100000 epochs of about"},
-      {"name with a control character", Spec({{"name", "\"a\\u001bb\""}}),
+      {"name with a control character", spec_text({{"name", "\"a\\u001bb\""}}),
        "name: must not contain"},
-      {"csv path with a tab", Spec({{"data", "{csv: {path: \"a\\tb.csv\"}}"}}), "data.csv.path"},
+      {"csv path with a tab", spec_text({{"data", "{csv: {path: \"a\\tb.csv\"}}"}}),
+       "data.csv.path"},
       {"csv path over 1024 bytes",
-       Spec({{"data", "{csv: {path: " + std::string(2000, 'p') + "}}"}}),
+       spec_text({{"data", "{csv: {path: " + std::string(2000, 'p') + "}}"}}),
        "data.csv.path: must be at most 1024 bytes"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);
-    Status status = ParseAndValidate(c.text);
+    Status status = parse_and_validate(c.text);
     EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.to_string();
     EXPECT_NE(status.message().find(c.expected), std::string::npos) << status.message();
   }
   // max_steps caps a long epoch count: accepted.
-  EXPECT_TRUE(ParseAndValidate(Spec({{"data",
-                                      "{synthetic: {kind: spirals, samples: 1000000}, "
-                                      "batch_size: 1}"},
-                                     {"training", "{epochs: 100000, max_steps: 1000}"}}))
+  EXPECT_TRUE(parse_and_validate(spec_text({{"data",
+                                             "{synthetic: {kind: spirals, samples: 1000000}, "
+                                             "batch_size: 1}"},
+                                            {"training", "{epochs: 100000, max_steps: 1000}"}}))
                   .ok());
 }
 
@@ -664,14 +681,14 @@ TEST(JobSpecParse, NonPrintableTextIsRefusedWithItsPosition) {
 }
 
 TEST(JobSpecValidate, SingleErrorStartsWithTheFieldPath) {
-  Status status = ParseAndValidate(Spec({{"optimizer", "{adamw: {lr: -1}}"}}));
+  Status status = parse_and_validate(spec_text({{"optimizer", "{adamw: {lr: -1}}"}}));
   EXPECT_EQ(status.message(), "optimizer.adamw.lr: must be > 0, got -1");
-  status = ParseAndValidate(Spec({{"modle", "{}"}}));
+  status = parse_and_validate(spec_text({{"modle", "{}"}}));
   EXPECT_EQ(status.message().rfind("job spec: ", 0), 0u) << status.message();
 }
 
 TEST(JobSpecValidate, ReportsEveryError) {
-  Status status = ParseAndValidate(Spec({
+  Status status = parse_and_validate(spec_text({
       {"precision", "fp8"},
       {"model", "{layers: [{linear: {out_features: 0}}, {dropout: {p: 2}}]}"},
       {"data", "{csv: {path: /abs.csv}, batch_size: -5}"},
@@ -694,14 +711,14 @@ TEST(JobSpecValidate, ReportsEveryError) {
 TEST(JobSpecValidate, LongErrorListsAreCapped) {
   std::string layers = "{layers: [";
   for (int i = 0; i < 100; ++i) layers += i ? ", {linear: {out_features: 0}}" : "{linear: {}}";
-  Status status = ParseAndValidate(Spec({{"model", layers + "]}"}}));
+  Status status = parse_and_validate(spec_text({{"model", layers + "]}"}}));
   ASSERT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message().rfind("job spec has 100 errors:\n", 0), 0u);
   EXPECT_NE(status.message().find("... and 50 more"), std::string::npos);
 }
 
 JobSpec Mlp(const std::string& precision, int hidden, int batch) {
-  return ResolveOk(ParseOk(Spec({
+  return resolve_ok(parse_ok(spec_text({
       {"precision", precision},
       {"model", "{layers: [{linear: {out_features: " + std::to_string(hidden) +
                     "}}, {relu: {}}, {linear: {out_features: " + std::to_string(hidden) +
@@ -712,17 +729,18 @@ JobSpec Mlp(const std::string& precision, int hidden, int batch) {
 
 TEST(JobSpecMemory, CountsParametersAndOptimizerState) {
   // 64 inputs -> 10 outputs with bias: 650 parameters.
-  JobSpec fp32 = ResolveOk(ParseOk(Spec({{"precision", "fp32"}})));
+  JobSpec fp32 = resolve_ok(parse_ok(spec_text({{"precision", "fp32"}})));
   MemoryEstimate m = estimate_memory(fp32, 64, 10);
   EXPECT_EQ(m.parameter_bytes, 650 * (4 + 4));  // master + gradient
   EXPECT_EQ(m.optimizer_bytes, 650 * 8);        // AdamW m and v
-  JobSpec fp16 = ResolveOk(ParseOk(Spec({{"precision", "fp16"}})));
+  JobSpec fp16 = resolve_ok(parse_ok(spec_text({{"precision", "fp16"}})));
   // + an fp16 copy of the 640 weights; the 10 biases are read in FP32 by the matmul and
   // keep none (the estimate is the model's own build, run dry: exactly what it allocates).
   EXPECT_EQ(estimate_memory(fp16, 64, 10).parameter_bytes, 650 * (4 + 4) + 640 * 2);
-  JobSpec sgd = ResolveOk(ParseOk(Spec({{"optimizer", "{sgd: {lr: 0.1}}"}})));
+  JobSpec sgd = resolve_ok(parse_ok(spec_text({{"optimizer", "{sgd: {lr: 0.1}}"}})));
   EXPECT_EQ(estimate_memory(sgd, 64, 10).optimizer_bytes, 0);
-  JobSpec momentum = ResolveOk(ParseOk(Spec({{"optimizer", "{sgd: {lr: 0.1, momentum: 0.9}}"}})));
+  JobSpec momentum =
+      resolve_ok(parse_ok(spec_text({{"optimizer", "{sgd: {lr: 0.1, momentum: 0.9}}"}})));
   EXPECT_EQ(estimate_memory(momentum, 64, 10).optimizer_bytes, 650 * 4);
   EXPECT_EQ(m.total_bytes, m.parameter_bytes + m.optimizer_bytes + m.activation_bytes);
   // Unknown widths fall back to the data set's (digits: 64 inputs) and the last layer.
@@ -768,14 +786,14 @@ TEST(JobSpecMemory, SaturatesInsteadOfOverflowing) {
 
 TEST(JobSpecJson, RoundTripsThroughParse) {
   for (const char* text : {kFullYaml, kFullJson}) {
-    JobSpec resolved = ResolveOk(ParseOk(text));
+    JobSpec resolved = resolve_ok(parse_ok(text));
     for (bool pretty : {false, true}) {
       std::string json = job_spec_to_json(resolved, pretty);
       EXPECT_NE(json.find("\"out_features\""), std::string::npos) << json;  // proto names
       EXPECT_EQ(json.find("outFeatures"), std::string::npos) << json;
       EXPECT_EQ(json.find('\n') != std::string::npos, pretty) << json;
-      JobSpec back = ParseOk(json);
-      EXPECT_TRUE(MessageDifferencer::Equals(resolved, back)) << Diff(resolved, back) << json;
+      JobSpec back = parse_ok(json);
+      EXPECT_TRUE(MessageDifferencer::Equals(resolved, back)) << diff(resolved, back) << json;
     }
   }
   // Defaults: only what differs from proto3 zero values is printed...
@@ -783,8 +801,8 @@ TEST(JobSpecJson, RoundTripsThroughParse) {
   EXPECT_EQ(job_spec_to_json(empty), "{}");
   // ...but explicitly set optional fields are, even at zero, and so survive the round trip.
   JobSpec resolved =
-      ResolveOk(ParseOk(Spec({{"optimizer", "{adamw: {lr: 0.1, weight_decay: 0}}"}})));
-  JobSpec back = ParseOk(job_spec_to_json(resolved));
+      resolve_ok(parse_ok(spec_text({{"optimizer", "{adamw: {lr: 0.1, weight_decay: 0}}"}})));
+  JobSpec back = parse_ok(job_spec_to_json(resolved));
   ASSERT_TRUE(back.optimizer().adamw().has_weight_decay());
   EXPECT_EQ(back.optimizer().adamw().weight_decay(), 0.0f);
 }
@@ -797,7 +815,7 @@ class JobSpecFile : public ::testing::Test {
     std::filesystem::create_directories(dir_);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string Write(const std::string& name, const std::string& text) {
+  std::string write(const std::string& name, const std::string& text) {
     std::string path = (dir_ / name).string();
     std::ofstream(path, std::ios::binary) << text;
     return path;
@@ -806,13 +824,13 @@ class JobSpecFile : public ::testing::Test {
 };
 
 TEST_F(JobSpecFile, LoadsYamlAndJsonByExtension) {
-  JobSpec expected = ParseOk(kFullYaml);
+  JobSpec expected = parse_ok(kFullYaml);
   for (auto [name, text] : std::vector<std::pair<std::string, std::string>>{{"job.yaml", kFullYaml},
                                                                             {"job.YML", kFullYaml},
                                                                             {"job.json", kFullJson},
                                                                             {"job.spec", kFullJson},
                                                                             {"job", kFullYaml}}) {
-    StatusOr<JobSpec> spec = load_job_spec_file(Write(name, text));
+    StatusOr<JobSpec> spec = load_job_spec_file(write(name, text));
     ASSERT_TRUE(spec.ok()) << name << ": " << spec.status().to_string();
     EXPECT_TRUE(MessageDifferencer::Equals(spec.value(), expected)) << name;
   }
@@ -830,7 +848,7 @@ TEST_F(JobSpecFile, ErrorsNameThePath) {
   EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(spec.status().message().find(dir_.string()), std::string::npos);
 
-  std::string bad = Write("bad.yaml", "name: x\nmodel: [\n");
+  std::string bad = write("bad.yaml", "name: x\nmodel: [\n");
   spec = load_job_spec_file(bad);
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);
@@ -838,12 +856,12 @@ TEST_F(JobSpecFile, ErrorsNameThePath) {
       << spec.status().message();
 
   // A .json file is read as JSON only: YAML in it is an error.
-  std::string yaml_as_json = Write("job.json", "name: x\n");
+  std::string yaml_as_json = write("job.json", "name: x\n");
   spec = load_job_spec_file(yaml_as_json);
   ASSERT_FALSE(spec.ok());
   EXPECT_NE(spec.status().message().find(yaml_as_json + ": job spec: "), std::string::npos);
 
-  std::string huge = Write("huge.yaml", "name: x\n" + std::string(2 << 20, '#'));
+  std::string huge = write("huge.yaml", "name: x\n" + std::string(2 << 20, '#'));
   spec = load_job_spec_file(huge);
   ASSERT_FALSE(spec.ok());
   EXPECT_EQ(spec.status().code(), StatusCode::kInvalidArgument);

@@ -115,12 +115,12 @@ FaultRun run_with_fault(Backend& be, const ampd::v1::JobSpec& s, Site site, floa
   };
   o.after_forward = [&, hit, site, value](Model& m, int64_t step) -> Status {
     (void)m;
-    if (site != Site::kLoss || !hit(step)) return Status::Ok();
+    if (site != Site::kLoss || !hit(step)) return Status::ok_status();
     const Tensor loss = m.loss_rows(1);  // the first row's FP32 loss
     return be.upload(loss, &value);
   };
   o.after_backward = [&, hit, site, value](Model& m, int64_t step) -> Status {
-    if (site != Site::kGradient || !hit(step)) return Status::Ok();
+    if (site != Site::kGradient || !hit(step)) return Status::ok_status();
     Param* p = param_named(m, "3.weight");  // the last linear layer
     std::vector<float> g = host(be, p->grad_t());
     g[5] = value;

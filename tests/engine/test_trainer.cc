@@ -171,7 +171,7 @@ TEST(TrainerOverflow, InjectedInfSkipsStepNamesTensorAndHalvesScale) {
         }
         checked = true;
       }
-      return Status::Ok();
+      return Status::ok_status();
     };
     auto r = run(*be, spec, opts);
     ASSERT_EQ(r.job.state(), ampd::v1::SUCCEEDED) << r.job.failure_reason();
@@ -311,7 +311,7 @@ TEST(TrainerResume, ResumedRunIsBitIdenticalToUninterrupted) {
   first.cancel = &cancel;
   first.after_backward = [&](Model&, int64_t step) {
     if (step == 22) cancel = true;
-    return Status::Ok();
+    return Status::ok_status();
   };
   auto part = run(*be, spec, first);
   ASSERT_EQ(part.job.state(), ampd::v1::CANCELLED);
@@ -398,7 +398,7 @@ TEST(TrainerSummary, IsTheFoldOfItsEvents) {
       o.summary.mutable_started_at()->set_seconds(6);
     }
     o.after_backward = [&](Model& m, int64_t step) -> Status {
-      if (step % 5 != 3) return Status::Ok();
+      if (step % 5 != 3) return Status::ok_status();
       Param* p = m.params().front();
       std::vector<float> g = host_copy(*be, p->grad_t());
       g[0] = std::numeric_limits<float>::infinity();

@@ -24,20 +24,20 @@
 
 namespace {
 
-[[noreturn]] void Fail(const char* what, const std::string& detail) {
+[[noreturn]] void fail(const char* what, const std::string& detail) {
   std::fprintf(stderr, "fuzz_job_spec: property violated: %s\n%s\n", what, detail.c_str());
   std::abort();
 }
 
-void CheckError(const ampd::Status& s) {
+void check_error(const ampd::Status& s) {
   if (s.code() != ampd::StatusCode::kInvalidArgument)
-    Fail("error is not InvalidArgument", s.to_string());
-  if (s.message().empty()) Fail("empty error message", "");
+    fail("error is not InvalidArgument", s.to_string());
+  if (s.message().empty()) fail("empty error message", "");
   // Messages reach logs and terminals: line breaks only where the error list puts them.
   for (char ch : s.message()) {
     const auto c = static_cast<unsigned char>(ch);
     if ((c < 0x20 && c != '\n') || c == 0x7f)
-      Fail("raw control character in the error", s.message());
+      fail("raw control character in the error", s.message());
   }
 }
 
@@ -55,40 +55,40 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   auto parsed = parse_job_spec(text);
   if (!parsed.ok()) {
-    CheckError(parsed.status());
+    check_error(parsed.status());
     if (parsed.status().message().rfind("job spec", 0) != 0) {
-      Fail("parse error does not start with 'job spec'", parsed.status().message());
+      fail("parse error does not start with 'job spec'", parsed.status().message());
     }
     return 0;
   }
   auto resolved = validate_and_resolve(*parsed);
   if (!resolved.ok()) {
-    CheckError(resolved.status());
+    check_error(resolved.status());
     return 0;
   }
   auto again = validate_and_resolve(*resolved);
-  if (!again.ok()) Fail("a resolved spec does not validate", again.status().message());
+  if (!again.ok()) fail("a resolved spec does not validate", again.status().message());
   if (!MessageDifferencer::Equals(*again, *resolved)) {
-    Fail("validation is not idempotent",
+    fail("validation is not idempotent",
          job_spec_to_json(*resolved) + "\n" + job_spec_to_json(*again));
   }
 
   const std::string json = job_spec_to_json(*resolved);
   auto reread = parse_job_spec(json, "json");
   if (!reread.ok())
-    Fail("job_spec_to_json output does not parse", json + "\n" + reread.status().message());
+    fail("job_spec_to_json output does not parse", json + "\n" + reread.status().message());
   if (!MessageDifferencer::Equals(*reread, *resolved))
-    Fail("JSON round trip changed the spec", json);
+    fail("JSON round trip changed the spec", json);
 
   for (int64_t in : {int64_t{0}, int64_t{1}, std::numeric_limits<int64_t>::max()}) {
     const auto m = estimate_memory(*resolved, in, in);
     if (m.parameter_bytes < 0 || m.optimizer_bytes < 0 || m.activation_bytes < 0 ||
         m.total_bytes < 0) {
-      Fail("negative memory estimate", json);
+      fail("negative memory estimate", json);
     }
     if (m.total_bytes < m.parameter_bytes || m.total_bytes < m.optimizer_bytes ||
         m.total_bytes < m.activation_bytes) {
-      Fail("memory estimate total is below a part", json);
+      fail("memory estimate total is below a part", json);
     }
   }
   return 0;

@@ -31,15 +31,15 @@ using ampd::v1::JobSpec;
 using ampd::v1::JobState;
 using Stub = ampd::v1::Trainer::Stub;
 
-inline void SetDeadline(grpc::ClientContext* ctx,
-                        std::chrono::milliseconds d = std::chrono::seconds(30)) {
+inline void set_deadline(grpc::ClientContext* ctx,
+                         std::chrono::milliseconds d = std::chrono::seconds(30)) {
   ctx->set_deadline(std::chrono::system_clock::now() + d);
 }
 
 // The digits MLP of examples/digits-fp16.yaml cut to `steps` steps, reporting every step
 // (so that a test can stop the server at any step) and checkpointing every `every`.
-inline JobSpec DigitsJob(int64_t steps, int64_t every, int64_t seed = 7,
-                         const std::string& precision = "fp16") {
+inline JobSpec digits_job(int64_t steps, int64_t every, int64_t seed = 7,
+                          const std::string& precision = "fp16") {
   auto spec = engine::load_job_spec_file(AMPD_SOURCE_DIR "/examples/digits-fp16.yaml");
   EXPECT_TRUE(spec.ok()) << spec.status().to_string();
   JobSpec s = spec.ok() ? spec.value() : JobSpec();
@@ -55,19 +55,19 @@ inline JobSpec DigitsJob(int64_t steps, int64_t every, int64_t seed = 7,
   return s;
 }
 
-inline grpc::Status Submit(Stub& stub, const JobSpec& spec, Job* job,
+inline grpc::Status submit(Stub& stub, const JobSpec& spec, Job* job,
                            const std::string& client_request_id = "") {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::SubmitJobRequest req;
   *req.mutable_spec() = spec;
   req.set_client_request_id(client_request_id);
   return stub.SubmitJob(&ctx, req, job);
 }
 
-inline grpc::Status GetJob(Stub& stub, const std::string& id, Job* job) {
+inline grpc::Status get_job(Stub& stub, const std::string& id, Job* job) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::GetJobRequest req;
   req.set_job_id(id);
   return stub.GetJob(&ctx, req, job);
@@ -78,10 +78,10 @@ struct WatchResult {
   std::vector<JobEvent> events;
   grpc::Status status;
 };
-inline WatchResult WatchToEnd(Stub& stub, const std::string& id) {
+inline WatchResult watch_to_end(Stub& stub, const std::string& id) {
   WatchResult r;
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, std::chrono::seconds(90));
+  set_deadline(&ctx, std::chrono::seconds(90));
   ampd::v1::WatchJobRequest req;
   req.set_job_id(id);
   auto reader = stub.WatchJob(&ctx, req);
@@ -92,7 +92,7 @@ inline WatchResult WatchToEnd(Stub& stub, const std::string& id) {
 }
 
 // The reasons of the job's RUNNING events, in order.
-inline std::vector<std::string> RunningReasons(const std::vector<JobEvent>& events) {
+inline std::vector<std::string> running_reasons(const std::vector<JobEvent>& events) {
   std::vector<std::string> out;
   for (const auto& e : events) {
     if (e.has_state_change() && e.state_change().state() == ampd::v1::RUNNING) {
@@ -103,10 +103,10 @@ inline std::vector<std::string> RunningReasons(const std::vector<JobEvent>& even
 }
 
 // DownloadCheckpoint: the job's newest checkpoint, whole; *step is the chunks' step.
-inline grpc::Status Download(Stub& stub, const std::string& id, std::string* bytes,
+inline grpc::Status download(Stub& stub, const std::string& id, std::string* bytes,
                              int64_t* step = nullptr) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::DownloadCheckpointRequest req;
   req.set_job_id(id);
   auto reader = stub.DownloadCheckpoint(&ctx, req);
@@ -121,8 +121,8 @@ inline grpc::Status Download(Stub& stub, const std::string& id, std::string* byt
 }
 
 // The tensors of a safetensors file held in memory, by name.
-inline std::map<std::string, std::vector<uint8_t>> TensorsOf(const std::string& bytes,
-                                                             const fs::path& scratch) {
+inline std::map<std::string, std::vector<uint8_t>> tensors_of(const std::string& bytes,
+                                                              const fs::path& scratch) {
   {
     std::ofstream out(scratch, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -137,10 +137,10 @@ inline std::map<std::string, std::vector<uint8_t>> TensorsOf(const std::string& 
   return out;
 }
 
-inline bool Serving(ServerProcess& server) {
-  auto health = grpc::health::v1::Health::NewStub(server.NewChannel());
+inline bool serving(ServerProcess& server) {
+  auto health = grpc::health::v1::Health::NewStub(server.new_channel());
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, std::chrono::seconds(5));
+  set_deadline(&ctx, std::chrono::seconds(5));
   grpc::health::v1::HealthCheckRequest req;
   grpc::health::v1::HealthCheckResponse resp;
   return health->Check(&ctx, req, &resp).ok() &&

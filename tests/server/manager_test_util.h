@@ -15,7 +15,7 @@ namespace ampd::server::test {
 
 // A tiny blobs MLP (4 -> 8 -> 3, SGD) that reports every step and checkpoints every
 // `checkpoint_every` steps.
-inline ampd::v1::JobSpec TinySpec(int64_t max_steps, int64_t checkpoint_every = 5) {
+inline ampd::v1::JobSpec tiny_spec(int64_t max_steps, int64_t checkpoint_every = 5) {
   auto spec = engine::parse_job_spec(
       "precision: fp32\n"
       "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
@@ -30,10 +30,10 @@ inline ampd::v1::JobSpec TinySpec(int64_t max_steps, int64_t checkpoint_every = 
 }
 
 // Every event of job `id` from seq 1 until its final one; *status is Watch's result.
-inline std::vector<ampd::v1::JobEvent> WatchToEnd(JobManager& m, const std::string& id,
-                                                  Status* status) {
+inline std::vector<ampd::v1::JobEvent> watch_to_end(JobManager& m, const std::string& id,
+                                                    Status* status) {
   std::vector<ampd::v1::JobEvent> events;
-  *status = m.Watch(
+  *status = m.watch(
       id, 0,
       [&](const ampd::v1::JobEvent& e) {
         events.push_back(e);

@@ -22,7 +22,7 @@ extern char** environ;
 
 namespace ampd::testing {
 
-int PickFreePort() {
+int pick_free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return 0;
   sockaddr_in addr{};
@@ -39,27 +39,27 @@ int PickFreePort() {
   return port;
 }
 
-std::unique_ptr<ServerProcess> ServerProcess::Start(const std::string& state_dir,
+std::unique_ptr<ServerProcess> ServerProcess::start(const std::string& state_dir,
                                                     const std::vector<std::string>& extra_args,
                                                     std::string* error) {
   Options options;
   options.extra_args = extra_args;
-  return StartWith(state_dir, options, error);
+  return start_with(state_dir, options, error);
 }
 
-std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state_dir,
-                                                        const Options& options,
-                                                        std::string* error) {
+std::unique_ptr<ServerProcess> ServerProcess::start_with(const std::string& state_dir,
+                                                         const Options& options,
+                                                         std::string* error) {
   // options.env first: getenv returns the first entry of a name.
   std::vector<std::string> env_strings = options.env;
   for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
   std::vector<char*> envp;
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
-  // The port can be taken between PickFreePort and the server's bind: retry on a new one.
+  // The port can be taken between pick_free_port and the server's bind: retry on a new one.
   for (int attempt = 0; attempt < 5; ++attempt) {
     std::unique_ptr<ServerProcess> p(new ServerProcess());
-    const int port = PickFreePort();
+    const int port = pick_free_port();
     p->address_ = "127.0.0.1:" + std::to_string(port);
     p->credentials_ = options.credentials;
     p->ssl_target_name_ = options.ssl_target_name;
@@ -92,7 +92,7 @@ std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state
     // listened would wait out gRPC's reconnect backoff (seconds).
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (std::chrono::steady_clock::now() < give_up && p->running()) {
-      auto health = grpc::health::v1::Health::NewStub(p->NewChannel());
+      auto health = grpc::health::v1::Health::NewStub(p->new_channel());
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
       grpc::health::v1::HealthCheckRequest req;
@@ -105,15 +105,15 @@ std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state
           resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
         return p;
       }
-      if (p->Wait(std::chrono::milliseconds(20)) >= 0) break;
+      if (p->wait(std::chrono::milliseconds(20)) >= 0) break;
     }
     if (p->running()) {
-      *error = "ampd serve did not become SERVING in 30 s; log:\n" + p->Log();
+      *error = "ampd serve did not become SERVING in 30 s; log:\n" + p->log();
       return nullptr;  // the destructor kills it
     }
     // Exit 3: the address could not be bound (a race for the port); anything else is real.
     if (p->exit_code_ != 3) {
-      *error = "ampd serve exited with " + std::to_string(p->exit_code_) + "; log:\n" + p->Log();
+      *error = "ampd serve exited with " + std::to_string(p->exit_code_) + "; log:\n" + p->log();
       return nullptr;
     }
   }
@@ -124,15 +124,15 @@ std::unique_ptr<ServerProcess> ServerProcess::StartWith(const std::string& state
 ServerProcess::~ServerProcess() {
   if (pid_ > 0 && running()) {
     ::kill(pid_, SIGKILL);
-    Wait(std::chrono::seconds(10));
+    wait(std::chrono::seconds(10));
   }
 }
 
-std::shared_ptr<grpc::Channel> ServerProcess::NewChannel() const {
-  return NewChannel(credentials_, ssl_target_name_);
+std::shared_ptr<grpc::Channel> ServerProcess::new_channel() const {
+  return new_channel(credentials_, ssl_target_name_);
 }
 
-std::shared_ptr<grpc::Channel> ServerProcess::NewChannel(
+std::shared_ptr<grpc::Channel> ServerProcess::new_channel(
     std::shared_ptr<grpc::ChannelCredentials> credentials,
     const std::string& ssl_target_name) const {
   // A channel argument per call site keeps channels from being shared through gRPC's
@@ -148,11 +148,11 @@ std::shared_ptr<grpc::Channel> ServerProcess::NewChannel(
       address_, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials(), args);
 }
 
-void ServerProcess::Signal(int sig) const {
+void ServerProcess::signal(int sig) const {
   if (pid_ > 0 && running()) ::kill(pid_, sig);
 }
 
-int ServerProcess::Wait(std::chrono::milliseconds timeout) {
+int ServerProcess::wait(std::chrono::milliseconds timeout) {
   if (!running()) return exit_code_;
   const auto give_up = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -171,19 +171,19 @@ int ServerProcess::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
-int ServerProcess::Stop(int sig, std::chrono::milliseconds timeout) {
-  Signal(sig);
-  return Wait(timeout);
+int ServerProcess::stop(int sig, std::chrono::milliseconds timeout) {
+  signal(sig);
+  return wait(timeout);
 }
 
-std::string ServerProcess::Log() const {
+std::string ServerProcess::log() const {
   std::ifstream in(log_path_);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
 
-bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step) {
+bool wait_for_step(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step) {
   bool reached = false;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
@@ -202,22 +202,22 @@ bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t s
   return reached;
 }
 
-void ExpectCompleteHistory(const std::vector<ampd::v1::JobEvent>& events, const std::string& id) {
+void expect_complete_history(const std::vector<ampd::v1::JobEvent>& events, const std::string& id) {
   ASSERT_FALSE(events.empty()) << id;
   int finals = 0;
   for (size_t i = 0; i < events.size(); ++i) {
     ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << "event " << i << " of " << id;
     EXPECT_EQ(events[i].job_id(), id);
-    finals += server::EventHub::IsFinal(events[i]) ? 1 : 0;
+    finals += server::EventHub::is_final(events[i]) ? 1 : 0;
   }
   EXPECT_EQ(finals, 1) << id;
-  EXPECT_TRUE(server::EventHub::IsFinal(events.back())) << id;
+  EXPECT_TRUE(server::EventHub::is_final(events.back())) << id;
 }
 
-std::string Sha256Hex(const std::string& data) {
+std::string sha256_hex(const std::string& data) {
   server::Sha256 sha;
-  sha.Update(data);
-  return sha.HexDigest();
+  sha.update(data);
+  return sha.hex_digest();
 }
 
 }  // namespace ampd::testing

@@ -26,7 +26,7 @@ class ServerProcess {
     std::vector<std::string> extra_args;  // after the defaults below
     std::vector<std::string> env;         // "NAME=value", added to the child's environment
     std::string host = "127.0.0.1";       // of --grpc-addr; probes connect to 127.0.0.1
-    // How NewChannel() (and the readiness probe) connect: nullptr = plaintext. With TLS,
+    // How new_channel() (and the readiness probe) connect: nullptr = plaintext. With TLS,
     // ssl_target_name overrides the name the server certificate must carry.
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     std::string ssl_target_name;
@@ -35,30 +35,30 @@ class ServerProcess {
   // Starts `ampd serve --grpc-addr 127.0.0.1:<free port> --state-dir <state_dir>
   // --backend cpu --threads 1 --metrics-addr 127.0.0.1:0 <extra...>` and waits (up to 30 s) for
   // SERVING. Returns nullptr, with the reason in *error, when it does not come up.
-  static std::unique_ptr<ServerProcess> Start(const std::string& state_dir,
+  static std::unique_ptr<ServerProcess> start(const std::string& state_dir,
                                               const std::vector<std::string>& extra_args,
                                               std::string* error);
   // The same with a TLS-aware readiness probe, environment and listening host.
-  static std::unique_ptr<ServerProcess> StartWith(const std::string& state_dir,
-                                                  const Options& options, std::string* error);
+  static std::unique_ptr<ServerProcess> start_with(const std::string& state_dir,
+                                                   const Options& options, std::string* error);
   ~ServerProcess();  // SIGKILL if still running
 
   const std::string& address() const { return address_; }
   pid_t pid() const { return pid_; }
-  std::shared_ptr<grpc::Channel> NewChannel() const;
+  std::shared_ptr<grpc::Channel> new_channel() const;
   // A channel with other credentials (nullptr: plaintext) than the ones it was started with.
-  std::shared_ptr<grpc::Channel> NewChannel(std::shared_ptr<grpc::ChannelCredentials> credentials,
-                                            const std::string& ssl_target_name = "") const;
+  std::shared_ptr<grpc::Channel> new_channel(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                             const std::string& ssl_target_name = "") const;
 
-  void Signal(int sig) const;
+  void signal(int sig) const;
   // Waits for the process to exit; its exit code (128 + signal when killed), or -1 when
   // it is still running after `timeout`.
-  int Wait(std::chrono::milliseconds timeout);
+  int wait(std::chrono::milliseconds timeout);
   // Signal + Wait.
-  int Stop(int sig, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  int stop(int sig, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   bool running() const { return exit_code_ < 0; }
 
-  std::string Log() const;
+  std::string log() const;
 
  private:
   ServerProcess() = default;
@@ -71,16 +71,16 @@ class ServerProcess {
 };
 
 // A port that nothing listens on right now (bind to port 0, read it, close).
-int PickFreePort();
+int pick_free_port();
 
 // Follows the job's WatchJob stream until a progress event reaches `step`, then
 // disconnects; false if the job ended first (or 60 s passed).
-bool WaitForStep(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step);
+bool wait_for_step(ampd::v1::Trainer::Stub& stub, const std::string& id, int64_t step);
 
 // A job's whole event history: seqs 1..n without gaps or repeats, every event of job `id`,
-// exactly one final state event (server::EventHub::IsFinal), and it is the last (gtest
+// exactly one final state event (server::EventHub::is_final), and it is the last (gtest
 // expectations).
-void ExpectCompleteHistory(const std::vector<ampd::v1::JobEvent>& events, const std::string& id);
+void expect_complete_history(const std::vector<ampd::v1::JobEvent>& events, const std::string& id);
 
 // A test with its own temporary state dir and the `ampd serve` processes it starts there
 // (newest last); all are killed and the dir removed at the end, and a failing test prints
@@ -96,7 +96,7 @@ class ServerTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure()) {
       for (auto& s : servers_)
-        std::cerr << "---- server log (" << s->address() << ")\n" << s->Log();
+        std::cerr << "---- server log (" << s->address() << ")\n" << s->log();
     }
     servers_.clear();  // kills what still runs
     std::error_code ec;
@@ -104,22 +104,22 @@ class ServerTest : public ::testing::Test {
   }
   // Starts a server on the state dir with `extra` arguments and `env` ("NAME=value") added
   // to its environment; it becomes server() / stub().
-  ServerProcess* StartServer(const std::vector<std::string>& extra = {},
-                             const std::vector<std::string>& env = {}) {
+  ServerProcess* start_server(const std::vector<std::string>& extra = {},
+                              const std::vector<std::string>& env = {}) {
     ServerProcess::Options options;
     options.extra_args = extra;
     options.env = env;
     std::string error;
-    auto p = ServerProcess::StartWith(state_dir_, options, &error);
+    auto p = ServerProcess::start_with(state_dir_, options, &error);
     EXPECT_NE(p, nullptr) << error;
     if (p == nullptr) return nullptr;
     servers_.push_back(std::move(p));
-    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->NewChannel());
+    stub_ = ampd::v1::Trainer::NewStub(servers_.back()->new_channel());
     return servers_.back().get();
   }
   ServerProcess& server() { return *servers_.back(); }
   ampd::v1::Trainer::Stub& stub() { return *stub_; }
-  std::filesystem::path JobDir(const std::string& id) const {
+  std::filesystem::path job_dir(const std::string& id) const {
     return std::filesystem::path(state_dir_) / "jobs" / id;
   }
 
@@ -138,6 +138,6 @@ class ServerTest : public ::testing::Test {
 
 // Lowercase hex SHA-256 of `data`, as UploadDatasetHeader.sha256 expects (the server's own
 // ampd::server::Sha256, so tests and server agree by construction).
-std::string Sha256Hex(const std::string& data);
+std::string sha256_hex(const std::string& data);
 
 }  // namespace ampd::testing

@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 
 constexpr char kToken[] = "tok-3f1d9a7c5b2e4f60a1b2c3d4e5f60718";
 
-bool Has(const std::string& text, const std::string& needle) {
+bool has(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
@@ -39,7 +39,7 @@ class TempDir {
     std::error_code ec;
     fs::remove_all(path_, ec);
   }
-  std::string Write(const std::string& name, const std::string& content, int mode = 0600) const {
+  std::string write(const std::string& name, const std::string& content, int mode = 0600) const {
     const std::string p = (fs::path(path_) / name).string();
     std::ofstream(p, std::ios::binary) << content;
     ::chmod(p.c_str(), static_cast<mode_t>(mode));
@@ -56,89 +56,89 @@ class TempDir {
 TEST(BearerAuth, AcceptsOnlyTheRightBearerToken) {
   BearerAuth auth(kToken);
   const std::string right = std::string("Bearer ") + kToken;
-  EXPECT_EQ(auth.Check({right}), AuthResult::kOk);
-  EXPECT_EQ(auth.Check({std::string("bearer  ") + kToken + " "}), AuthResult::kOk);
-  EXPECT_EQ(auth.Check({}), AuthResult::kMissing);
-  EXPECT_EQ(auth.Check({"Bearer wrong"}), AuthResult::kWrongToken);
+  EXPECT_EQ(auth.check({right}), AuthResult::kOk);
+  EXPECT_EQ(auth.check({std::string("bearer  ") + kToken + " "}), AuthResult::kOk);
+  EXPECT_EQ(auth.check({}), AuthResult::kMissing);
+  EXPECT_EQ(auth.check({"Bearer wrong"}), AuthResult::kWrongToken);
   // A prefix or an extension of the right token is wrong too.
-  EXPECT_EQ(auth.Check({right.substr(0, right.size() - 1)}), AuthResult::kWrongToken);
-  EXPECT_EQ(auth.Check({right + "x"}), AuthResult::kWrongToken);
-  EXPECT_EQ(auth.Check({kToken}), AuthResult::kMalformed);  // no scheme
-  EXPECT_EQ(auth.Check({std::string("Basic ") + kToken}), AuthResult::kMalformed);
-  EXPECT_EQ(auth.Check({"Bearer "}), AuthResult::kMalformed);
-  EXPECT_EQ(auth.Check({right, right}), AuthResult::kMalformed);  // sent twice
+  EXPECT_EQ(auth.check({right.substr(0, right.size() - 1)}), AuthResult::kWrongToken);
+  EXPECT_EQ(auth.check({right + "x"}), AuthResult::kWrongToken);
+  EXPECT_EQ(auth.check({kToken}), AuthResult::kMalformed);  // no scheme
+  EXPECT_EQ(auth.check({std::string("Basic ") + kToken}), AuthResult::kMalformed);
+  EXPECT_EQ(auth.check({"Bearer "}), AuthResult::kMalformed);
+  EXPECT_EQ(auth.check({right, right}), AuthResult::kMalformed);  // sent twice
 }
 
 TEST(BearerAuth, FailureMessagesTeachAndHoldNoToken) {
   for (AuthResult r : {AuthResult::kMissing, AuthResult::kMalformed, AuthResult::kWrongToken}) {
-    const std::string m = AuthFailureMessage(r);
-    EXPECT_TRUE(Has(m, "authorization: Bearer <token>")) << m;
-    EXPECT_TRUE(Has(m, "--token-file")) << m;
-    EXPECT_FALSE(Has(m, kToken)) << m;
+    const std::string m = auth_failure_message(r);
+    EXPECT_TRUE(has(m, "authorization: Bearer <token>")) << m;
+    EXPECT_TRUE(has(m, "--token-file")) << m;
+    EXPECT_FALSE(has(m, kToken)) << m;
   }
-  EXPECT_STREQ(AuthResultLabel(AuthResult::kWrongToken), "wrong_token");
-  EXPECT_STREQ(AuthResultLabel(AuthResult::kMissing), "missing");
-  EXPECT_STREQ(AuthResultLabel(AuthResult::kMalformed), "malformed");
+  EXPECT_STREQ(auth_result_label(AuthResult::kWrongToken), "wrong_token");
+  EXPECT_STREQ(auth_result_label(AuthResult::kMissing), "missing");
+  EXPECT_STREQ(auth_result_label(AuthResult::kMalformed), "malformed");
 }
 
 // ---- reading the token ---------------------------------------------------------------------
 
 TEST(TokenFile, TrimsTheNewlineAndWarnsAboutLooseModes) {
   TempDir dir;
-  auto t = LoadTokenFile("--token-file", dir.Write("token", std::string(kToken) + "\n"));
+  auto t = load_token_file("--token-file", dir.write("token", std::string(kToken) + "\n"));
   ASSERT_TRUE(t.ok()) << t.status().message();
   EXPECT_EQ(t->token, kToken);
   EXPECT_TRUE(t->warnings.empty());
 
-  const std::string loose = dir.Write("loose", std::string(kToken) + "\n", 0644);
-  t = LoadTokenFile("--token-file", loose);
+  const std::string loose = dir.write("loose", std::string(kToken) + "\n", 0644);
+  t = load_token_file("--token-file", loose);
   ASSERT_TRUE(t.ok());
   ASSERT_EQ(t->warnings.size(), 1u);
-  EXPECT_TRUE(Has(t->warnings[0], "--token-file " + loose + " may be read by other users"))
+  EXPECT_TRUE(has(t->warnings[0], "--token-file " + loose + " may be read by other users"))
       << t->warnings[0];
-  EXPECT_TRUE(Has(t->warnings[0], "0644")) << t->warnings[0];
+  EXPECT_TRUE(has(t->warnings[0], "0644")) << t->warnings[0];
 
-  t = LoadTokenFile("--token-file", dir.Write("short", "abc"));
+  t = load_token_file("--token-file", dir.write("short", "abc"));
   ASSERT_TRUE(t.ok());
   ASSERT_EQ(t->warnings.size(), 1u);
-  EXPECT_TRUE(Has(t->warnings[0], "only 3 characters")) << t->warnings[0];
+  EXPECT_TRUE(has(t->warnings[0], "only 3 characters")) << t->warnings[0];
 }
 
 TEST(TokenFile, BadFilesNameTheFlagAndTheFileButNeverTheContent) {
   TempDir dir;
   const std::string missing = dir.path() + "/nope";
-  auto t = LoadTokenFile("--token-file", missing);
+  auto t = load_token_file("--token-file", missing);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(t.status().message(),
             "--token-file " + missing + ": cannot read: No such file or directory");
 
-  t = LoadTokenFile("--token-file", dir.path());
+  t = load_token_file("--token-file", dir.path());
   ASSERT_FALSE(t.ok());
-  EXPECT_TRUE(Has(t.status().message(), "it is a directory")) << t.status().message();
+  EXPECT_TRUE(has(t.status().message(), "it is a directory")) << t.status().message();
 
-  const std::string empty = dir.Write("empty", " \n\n");
-  t = LoadTokenFile("--token-file", empty);
+  const std::string empty = dir.write("empty", " \n\n");
+  t = load_token_file("--token-file", empty);
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().message(), "--token-file " + empty +
                                       ": the token is empty; put a random secret there, e.g. "
                                       "`openssl rand -hex 32`");
 
-  const std::string spaced = dir.Write("spaced", "my secret token value");
-  t = LoadTokenFile("--token-file", spaced);
+  const std::string spaced = dir.write("spaced", "my secret token value");
+  t = load_token_file("--token-file", spaced);
   ASSERT_FALSE(t.ok());
-  EXPECT_TRUE(Has(t.status().message(), "--token-file " + spaced + ": the token may only hold"))
+  EXPECT_TRUE(has(t.status().message(), "--token-file " + spaced + ": the token may only hold"))
       << t.status().message();
-  EXPECT_FALSE(Has(t.status().message(), "secret")) << t.status().message();
+  EXPECT_FALSE(has(t.status().message(), "secret")) << t.status().message();
 
-  t = LoadTokenFile("--token-file", dir.Write("big", std::string(5000, 'a')));
+  t = load_token_file("--token-file", dir.write("big", std::string(5000, 'a')));
   ASSERT_FALSE(t.ok());
-  EXPECT_TRUE(Has(t.status().message(), "too large")) << t.status().message();
+  EXPECT_TRUE(has(t.status().message(), "too large")) << t.status().message();
 
-  auto v = CheckTokenValue("AMPD_TOKEN", "has\ttab inside");
+  auto v = check_token_value("AMPD_TOKEN", "has\ttab inside");
   ASSERT_FALSE(v.ok());
-  EXPECT_TRUE(Has(v.status().message(), "AMPD_TOKEN: the token may only hold"));
-  v = CheckTokenValue("AMPD_TOKEN", std::string(kToken) + "\n");
+  EXPECT_TRUE(has(v.status().message(), "AMPD_TOKEN: the token may only hold"));
+  v = check_token_value("AMPD_TOKEN", std::string(kToken) + "\n");
   ASSERT_TRUE(v.ok());
   EXPECT_EQ(v->token, kToken);
 }
@@ -149,11 +149,11 @@ TEST(Loopback, OnlyAddressesThatOtherMachinesCannotReach) {
   for (const char* a : {"127.0.0.1:50051", "127.1.2.3:1", "localhost:50051", "LOCALHOST:1",
                         "[::1]:50051", "unix:/run/ampd.sock", "unix-abstract:ampd",
                         "ipv4:127.0.0.1:5", "dns:///localhost:50051"}) {
-    EXPECT_TRUE(IsLoopbackAddress(a)) << a;
+    EXPECT_TRUE(is_loopback_address(a)) << a;
   }
   for (const char* a : {"0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "gpu-box:50051", ":50051",
                         "128.0.0.1:1", "[::ffff:10.0.0.1]:1"}) {
-    EXPECT_FALSE(IsLoopbackAddress(a)) << a;
+    EXPECT_FALSE(is_loopback_address(a)) << a;
   }
 }
 
@@ -173,7 +173,7 @@ class TlsFilesTest : public ::testing::Test {
     dir_ = nullptr;
   }
   void SetUp() override { ASSERT_TRUE(made_) << "make_test_certs.sh failed (is openssl there?)"; }
-  static std::string Cert(const std::string& name) { return certs_ + "/" + name; }
+  static std::string cert(const std::string& name) { return certs_ + "/" + name; }
 
   static TempDir* dir_;
   static std::string certs_;
@@ -184,48 +184,48 @@ std::string TlsFilesTest::certs_;
 bool TlsFilesTest::made_ = false;
 
 TEST_F(TlsFilesTest, GoodFilesMakeCredentials) {
-  auto tls = LoadServerTls({Cert("server.crt"), Cert("server.key"), ""});
+  auto tls = load_server_tls({cert("server.crt"), cert("server.key"), ""});
   ASSERT_TRUE(tls.ok()) << tls.status().message();
   EXPECT_NE(tls->credentials, nullptr);
   EXPECT_EQ(tls->description, "TLS");
   EXPECT_TRUE(tls->warnings.empty());
-  tls = LoadServerTls({Cert("server.crt"), Cert("server.key"), Cert("ca.crt")});
+  tls = load_server_tls({cert("server.crt"), cert("server.key"), cert("ca.crt")});
   ASSERT_TRUE(tls.ok()) << tls.status().message();
   EXPECT_EQ(tls->description, "mutual TLS");
 }
 
 TEST_F(TlsFilesTest, EachBadFileIsNamedWithItsFlag) {
   auto expect_error = [](const TlsFiles& f, const std::string& want) {
-    auto tls = LoadServerTls(f);
+    auto tls = load_server_tls(f);
     ASSERT_FALSE(tls.ok()) << "accepted: " << want;
     EXPECT_EQ(tls.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_TRUE(Has(tls.status().message(), want)) << tls.status().message();
+    EXPECT_TRUE(has(tls.status().message(), want)) << tls.status().message();
   };
   const std::string missing = dir_->path() + "/missing.crt";
-  expect_error({missing, Cert("server.key"), ""},
+  expect_error({missing, cert("server.key"), ""},
                "--tls-cert " + missing + ": cannot read: No such file or directory");
-  expect_error({Cert("server.crt"), missing, ""},
+  expect_error({cert("server.crt"), missing, ""},
                "--tls-key " + missing + ": cannot read: No such file or directory");
-  expect_error({Cert("server.crt"), Cert("server.key"), missing},
+  expect_error({cert("server.crt"), cert("server.key"), missing},
                "--tls-client-ca " + missing + ": cannot read");
   // A key in the place of the certificate, and the other way round.
-  expect_error({Cert("server.key"), Cert("server.key"), ""},
-               "--tls-cert " + Cert("server.key") + ": no PEM certificate in it");
-  expect_error({Cert("server.crt"), Cert("server.crt"), ""},
-               "--tls-key " + Cert("server.crt") + ": not an unencrypted PEM private key");
-  expect_error({Cert("server.crt"), Cert("client.key"), ""},
-               "--tls-key " + Cert("client.key") +
-                   " does not belong to the certificate in --tls-cert " + Cert("server.crt"));
-  expect_error({Cert("server.crt"), Cert("server.key"), Cert("server.key")},
-               "--tls-client-ca " + Cert("server.key") + ": no PEM certificate in it");
-  expect_error({Cert("server.crt"), "", ""}, "--tls-cert needs --tls-key");
-  expect_error({"", Cert("server.key"), ""}, "--tls-key needs --tls-cert");
-  expect_error({"", "", Cert("ca.crt")}, "--tls-client-ca needs --tls-cert and --tls-key");
+  expect_error({cert("server.key"), cert("server.key"), ""},
+               "--tls-cert " + cert("server.key") + ": no PEM certificate in it");
+  expect_error({cert("server.crt"), cert("server.crt"), ""},
+               "--tls-key " + cert("server.crt") + ": not an unencrypted PEM private key");
+  expect_error({cert("server.crt"), cert("client.key"), ""},
+               "--tls-key " + cert("client.key") +
+                   " does not belong to the certificate in --tls-cert " + cert("server.crt"));
+  expect_error({cert("server.crt"), cert("server.key"), cert("server.key")},
+               "--tls-client-ca " + cert("server.key") + ": no PEM certificate in it");
+  expect_error({cert("server.crt"), "", ""}, "--tls-cert needs --tls-key");
+  expect_error({"", cert("server.key"), ""}, "--tls-key needs --tls-cert");
+  expect_error({"", "", cert("ca.crt")}, "--tls-client-ca needs --tls-cert and --tls-key");
 }
 
 // A self-signed certificate that expired yesterday, and its key (the openssl 3.0 CLI cannot
 // date a certificate in the past).
-bool WriteExpiredCertificate(const std::string& cert_path, const std::string& key_path) {
+bool write_expired_certificate(const std::string& cert_path, const std::string& key_path) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   X509* x = X509_new();
   bool ok = key != nullptr && x != nullptr;
@@ -255,14 +255,14 @@ bool WriteExpiredCertificate(const std::string& cert_path, const std::string& ke
 TEST_F(TlsFilesTest, ExpiredCertificateAndReadableKeyAreWarnings) {
   const std::string cert = dir_->path() + "/expired.crt";
   const std::string key = dir_->path() + "/expired.key";
-  ASSERT_TRUE(WriteExpiredCertificate(cert, key));
+  ASSERT_TRUE(write_expired_certificate(cert, key));
   ::chmod(key.c_str(), 0644);
-  auto tls = LoadServerTls({cert, key, ""});
+  auto tls = load_server_tls({cert, key, ""});
   ASSERT_TRUE(tls.ok()) << tls.status().message();
   ASSERT_EQ(tls->warnings.size(), 2u);
-  EXPECT_TRUE(Has(tls->warnings[0], "--tls-cert " + cert + ": the certificate expired on "))
+  EXPECT_TRUE(has(tls->warnings[0], "--tls-cert " + cert + ": the certificate expired on "))
       << tls->warnings[0];
-  EXPECT_TRUE(Has(tls->warnings[1], "--tls-key " + key + " may be read by other users"))
+  EXPECT_TRUE(has(tls->warnings[1], "--tls-key " + key + " may be read by other users"))
       << tls->warnings[1];
 }
 
@@ -270,12 +270,12 @@ TEST_F(TlsFilesTest, ExpiredCertificateAndReadableKeyAreWarnings) {
 
 TEST(AuthMetrics, FailuresAreCountedByReason) {
   ServerMetrics m;
-  m.ObserveAuthFailure("missing");
-  m.ObserveAuthFailure("wrong_token");
-  m.ObserveAuthFailure("wrong_token");
-  const std::string s = prometheus::TextSerializer().Serialize(m.CollectAll());
-  EXPECT_TRUE(Has(s, R"(ampd_auth_failures_total{reason="missing"} 1)")) << s;
-  EXPECT_TRUE(Has(s, R"(ampd_auth_failures_total{reason="wrong_token"} 2)")) << s;
+  m.observe_auth_failure("missing");
+  m.observe_auth_failure("wrong_token");
+  m.observe_auth_failure("wrong_token");
+  const std::string s = prometheus::TextSerializer().Serialize(m.collect_all());
+  EXPECT_TRUE(has(s, R"(ampd_auth_failures_total{reason="missing"} 1)")) << s;
+  EXPECT_TRUE(has(s, R"(ampd_auth_failures_total{reason="wrong_token"} 2)")) << s;
 }
 
 }  // namespace

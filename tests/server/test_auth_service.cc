@@ -37,18 +37,18 @@ using ampd::v1::JobSpec;
 using Stub = ampd::v1::Trainer::Stub;
 using grpc::StatusCode;
 
-bool Has(const std::string& text, const std::string& needle) {
+bool has(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
-std::string ReadFile(const std::string& path) {
+std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
 
-std::string RandomHex(size_t n) {
+std::string random_hex(size_t n) {
   std::random_device rd;
   std::string out;
   const char* digits = "0123456789abcdef";
@@ -56,7 +56,7 @@ std::string RandomHex(size_t n) {
   return out;
 }
 
-JobSpec TinySpec(int64_t max_steps, const std::string& name) {
+JobSpec tiny_spec(int64_t max_steps, const std::string& name) {
   auto spec = engine::parse_job_spec(
       "name: " + name +
           "\nprecision: fp32\n"
@@ -77,7 +77,7 @@ struct Credential {
   std::string authorization;  // "" = none
 };
 
-void Prepare(grpc::ClientContext* ctx, const Credential& cred) {
+void prepare(grpc::ClientContext* ctx, const Credential& cred) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   if (!cred.authorization.empty()) ctx->AddMetadata("authorization", cred.authorization);
 }
@@ -98,14 +98,14 @@ void PrintTo(const Rpc& rpc, std::ostream* os) {
 
 const char kMissingJob[] = "j-00000000deadbeef";
 
-std::vector<Rpc> AllRpcs() {
+std::vector<Rpc> all_rpcs() {
   return {
       {"SubmitJob",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::SubmitJobRequest req;
-         *req.mutable_spec() = TinySpec(10, "auth-submit");
+         *req.mutable_spec() = tiny_spec(10, "auth-submit");
          ampd::v1::Job job;
          return stub.SubmitJob(&ctx, req, &job);
        },
@@ -113,7 +113,7 @@ std::vector<Rpc> AllRpcs() {
       {"GetJob",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::GetJobRequest req;
          req.set_job_id(kMissingJob);
          ampd::v1::Job job;
@@ -123,7 +123,7 @@ std::vector<Rpc> AllRpcs() {
       {"ListJobs",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::ListJobsResponse resp;
          return stub.ListJobs(&ctx, ampd::v1::ListJobsRequest(), &resp);
        },
@@ -131,7 +131,7 @@ std::vector<Rpc> AllRpcs() {
       {"CancelJob",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::CancelJobRequest req;
          req.set_job_id(kMissingJob);
          ampd::v1::Job job;
@@ -141,7 +141,7 @@ std::vector<Rpc> AllRpcs() {
       {"WatchJob",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::WatchJobRequest req;
          req.set_job_id(kMissingJob);
          auto reader = stub.WatchJob(&ctx, req);
@@ -154,14 +154,14 @@ std::vector<Rpc> AllRpcs() {
       {"UploadDataset",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::Dataset ds;
          auto writer = stub.UploadDataset(&ctx, &ds);
          const std::string content = "x,y\n1,0\n";
          ampd::v1::UploadDatasetRequest req;
          req.mutable_header()->set_name("auth.csv");
          req.mutable_header()->set_size_bytes(static_cast<int64_t>(content.size()));
-         req.mutable_header()->set_sha256(Sha256Hex(content));
+         req.mutable_header()->set_sha256(sha256_hex(content));
          if (writer->Write(req)) {
            ampd::v1::UploadDatasetRequest part;
            part.set_chunk(content);
@@ -174,7 +174,7 @@ std::vector<Rpc> AllRpcs() {
       {"ListDatasets",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::ListDatasetsResponse resp;
          return stub.ListDatasets(&ctx, ampd::v1::ListDatasetsRequest(), &resp);
        },
@@ -182,7 +182,7 @@ std::vector<Rpc> AllRpcs() {
       {"DownloadCheckpoint",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::DownloadCheckpointRequest req;
          req.set_job_id(kMissingJob);
          auto reader = stub.DownloadCheckpoint(&ctx, req);
@@ -195,7 +195,7 @@ std::vector<Rpc> AllRpcs() {
       {"GetServerInfo",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;
-         Prepare(&ctx, c);
+         prepare(&ctx, c);
          ampd::v1::ServerInfo info;
          return stub.GetServerInfo(&ctx, ampd::v1::GetServerInfoRequest(), &info);
        },
@@ -206,13 +206,13 @@ std::vector<Rpc> AllRpcs() {
 // ---- Prometheus scrape over plain HTTP ---------------------------------------------------
 
 // The metrics port from the server's "metrics on http://127.0.0.1:PORT/metrics" line.
-int MetricsPort(const std::string& log) {
+int metrics_port(const std::string& log) {
   const std::string marker = "metrics on http://127.0.0.1:";
   const size_t at = log.find(marker);
   return at == std::string::npos ? 0 : std::atoi(log.c_str() + at + marker.size());
 }
 
-std::string HttpGet(int port, const std::string& path) {
+std::string http_get(int port, const std::string& path) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "";
   sockaddr_in addr{};
@@ -244,9 +244,9 @@ class AuthTest : public ::testing::Test {
     const std::string cmd = std::string(MAKE_TEST_CERTS) + " " + certs_ + " > " +
                             (root_ / "certs.log").string() + " 2>&1";
     ASSERT_EQ(std::system(cmd.c_str()), 0)
-        << "make_test_certs.sh failed: " << ReadFile((root_ / "certs.log").string());
-    token_ = "right-token-" + RandomHex(32);
-    wrong_token_ = "wrong-token-" + RandomHex(32);
+        << "make_test_certs.sh failed: " << read_file((root_ / "certs.log").string());
+    token_ = "right-token-" + random_hex(32);
+    wrong_token_ = "wrong-token-" + random_hex(32);
     token_file_ = (root_ / "token").string();
     std::ofstream(token_file_) << token_ << "\n";
     ::chmod(token_file_.c_str(), 0600);
@@ -254,10 +254,10 @@ class AuthTest : public ::testing::Test {
 
   void TearDown() override {
     for (auto& s : servers_) {
-      const std::string log = s->Log();
+      const std::string log = s->log();
       // Whatever happened, neither the server's token nor a client's wrong one is logged.
-      EXPECT_FALSE(Has(log, token_)) << "the token is in the server log";
-      EXPECT_FALSE(Has(log, wrong_token_)) << "the wrong token is in the server log";
+      EXPECT_FALSE(has(log, token_)) << "the token is in the server log";
+      EXPECT_FALSE(has(log, wrong_token_)) << "the wrong token is in the server log";
       if (HasFailure()) std::cerr << "---- server log (" << s->address() << ")\n" << log;
     }
     servers_.clear();
@@ -265,32 +265,32 @@ class AuthTest : public ::testing::Test {
     fs::remove_all(root_, ec);
   }
 
-  std::string Cert(const std::string& name) const { return certs_ + "/" + name; }
+  std::string cert(const std::string& name) const { return certs_ + "/" + name; }
 
-  std::shared_ptr<grpc::ChannelCredentials> TlsCredentials(const std::string& ca,
-                                                           const std::string& client = "") {
+  std::shared_ptr<grpc::ChannelCredentials> tls_credentials(const std::string& ca,
+                                                            const std::string& client = "") {
     grpc::SslCredentialsOptions o;
-    o.pem_root_certs = ReadFile(Cert(ca));
+    o.pem_root_certs = read_file(cert(ca));
     if (!client.empty()) {
-      o.pem_cert_chain = ReadFile(Cert(client + ".crt"));
-      o.pem_private_key = ReadFile(Cert(client + ".key"));
+      o.pem_cert_chain = read_file(cert(client + ".crt"));
+      o.pem_private_key = read_file(cert(client + ".key"));
     }
     return grpc::SslCredentials(o);
   }
 
-  // A server with TLS (server.crt) and the token file; NewChannel() trusts ca.crt.
-  ServerProcess* StartSecureServer(std::vector<std::string> extra = {}) {
+  // A server with TLS (server.crt) and the token file; new_channel() trusts ca.crt.
+  ServerProcess* start_secure_server(std::vector<std::string> extra = {}) {
     ServerProcess::Options o;
-    o.extra_args = {"--tls-cert",       Cert("server.crt"), "--tls-key",
-                    Cert("server.key"), "--token-file",     token_file_};
+    o.extra_args = {"--tls-cert",       cert("server.crt"), "--tls-key",
+                    cert("server.key"), "--token-file",     token_file_};
     o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
-    o.credentials = TlsCredentials("ca.crt");
-    return Start(o);
+    o.credentials = tls_credentials("ca.crt");
+    return start(o);
   }
 
-  ServerProcess* Start(const ServerProcess::Options& o) {
+  ServerProcess* start(const ServerProcess::Options& o) {
     std::string error;
-    auto p = ServerProcess::StartWith(
+    auto p = ServerProcess::start_with(
         (root_ / ("state" + std::to_string(servers_.size()))).string(), o, &error);
     EXPECT_NE(p, nullptr) << error;
     if (p == nullptr) return nullptr;
@@ -299,17 +299,17 @@ class AuthTest : public ::testing::Test {
   }
 
   // Starts a server that must refuse to start: its exit code and log.
-  std::string StartFailing(const ServerProcess::Options& o, const std::string& want_in_log) {
+  std::string start_failing(const ServerProcess::Options& o, const std::string& want_in_log) {
     std::string error;
-    auto p = ServerProcess::StartWith((root_ / "failing").string(), o, &error);
+    auto p = ServerProcess::start_with((root_ / "failing").string(), o, &error);
     EXPECT_EQ(p, nullptr) << "the server started";
-    EXPECT_TRUE(Has(error, "ampd serve exited with 2")) << error;
-    EXPECT_TRUE(Has(error, want_in_log)) << error;
+    EXPECT_TRUE(has(error, "ampd serve exited with 2")) << error;
+    EXPECT_TRUE(has(error, want_in_log)) << error;
     return error;
   }
 
-  Credential Right() const { return {"Bearer " + token_}; }
-  Credential Wrong() const { return {"Bearer " + wrong_token_}; }
+  Credential right() const { return {"Bearer " + token_}; }
+  Credential wrong() const { return {"Bearer " + wrong_token_}; }
 
   fs::path root_;
   std::string certs_, token_, wrong_token_, token_file_;
@@ -322,9 +322,9 @@ class TrainerRpcAuth : public AuthTest, public ::testing::WithParamInterface<Rpc
 
 TEST_P(TrainerRpcAuth, RefusedWithoutTheRightTokenAnsweredWithIt) {
   const Rpc& rpc = GetParam();
-  ServerProcess* server = StartSecureServer();
+  ServerProcess* server = start_secure_server();
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel());
 
   struct Case {
     const char* what;
@@ -332,23 +332,23 @@ TEST_P(TrainerRpcAuth, RefusedWithoutTheRightTokenAnsweredWithIt) {
     const char* message;
   };
   for (const Case& c : {Case{"no token", {}, "this server requires a bearer token"},
-                        Case{"wrong token", Wrong(), "the bearer token is not valid"},
+                        Case{"wrong token", wrong(), "the bearer token is not valid"},
                         Case{"no Bearer scheme", {token_}, "is not a single `Bearer <token>`"},
                         Case{"Basic", {"Basic " + token_}, "is not a single `Bearer <token>`"}}) {
     const grpc::Status s = rpc.call(*stub, c.cred);
     EXPECT_EQ(s.error_code(), StatusCode::UNAUTHENTICATED)
         << rpc.name << " with " << c.what << ": " << s.error_message();
-    EXPECT_TRUE(Has(s.error_message(), c.message)) << s.error_message();
-    EXPECT_TRUE(Has(s.error_message(), "authorization: Bearer <token>")) << s.error_message();
-    EXPECT_TRUE(Has(s.error_message(), "--token-file")) << s.error_message();
-    EXPECT_FALSE(Has(s.error_message(), token_)) << s.error_message();
-    EXPECT_FALSE(Has(s.error_message(), wrong_token_)) << s.error_message();
+    EXPECT_TRUE(has(s.error_message(), c.message)) << s.error_message();
+    EXPECT_TRUE(has(s.error_message(), "authorization: Bearer <token>")) << s.error_message();
+    EXPECT_TRUE(has(s.error_message(), "--token-file")) << s.error_message();
+    EXPECT_FALSE(has(s.error_message(), token_)) << s.error_message();
+    EXPECT_FALSE(has(s.error_message(), wrong_token_)) << s.error_message();
   }
-  const grpc::Status s = rpc.call(*stub, Right());
+  const grpc::Status s = rpc.call(*stub, right());
   EXPECT_EQ(s.error_code(), rpc.with_token) << rpc.name << ": " << s.error_message();
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryMethod, TrainerRpcAuth, ::testing::ValuesIn(AllRpcs()),
+INSTANTIATE_TEST_SUITE_P(EveryMethod, TrainerRpcAuth, ::testing::ValuesIn(all_rpcs()),
                          [](const ::testing::TestParamInfo<Rpc>& info) {
                            return std::string(info.param.name);
                          });
@@ -356,28 +356,28 @@ INSTANTIATE_TEST_SUITE_P(EveryMethod, TrainerRpcAuth, ::testing::ValuesIn(AllRpc
 // ---- the right token, end to end -----------------------------------------------------------
 
 TEST_F(AuthTest, RightTokenOverTlsRunsAJobEndToEndAndRefusalsAreCounted) {
-  ServerProcess* server = StartSecureServer();
+  ServerProcess* server = start_secure_server();
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel());
 
   // Two refusals first: they are counted, by reason and as calls with their code.
-  for (const Rpc& rpc : AllRpcs()) {
+  for (const Rpc& rpc : all_rpcs()) {
     if (std::string(rpc.name) == "GetServerInfo") {
       EXPECT_EQ(rpc.call(*stub, {}).error_code(), StatusCode::UNAUTHENTICATED);
-      EXPECT_EQ(rpc.call(*stub, Wrong()).error_code(), StatusCode::UNAUTHENTICATED);
+      EXPECT_EQ(rpc.call(*stub, wrong()).error_code(), StatusCode::UNAUTHENTICATED);
     }
   }
 
   grpc::ClientContext submit_ctx;
-  Prepare(&submit_ctx, Right());
+  prepare(&submit_ctx, right());
   ampd::v1::SubmitJobRequest submit;
-  *submit.mutable_spec() = TinySpec(20, "auth-e2e");
+  *submit.mutable_spec() = tiny_spec(20, "auth-e2e");
   ampd::v1::Job job;
   grpc::Status s = stub->SubmitJob(&submit_ctx, submit, &job);
   ASSERT_TRUE(s.ok()) << s.error_message();
 
   grpc::ClientContext watch_ctx;
-  Prepare(&watch_ctx, Right());
+  prepare(&watch_ctx, right());
   ampd::v1::WatchJobRequest watch;
   watch.set_job_id(job.id());
   auto reader = stub->WatchJob(&watch_ctx, watch);
@@ -389,7 +389,7 @@ TEST_F(AuthTest, RightTokenOverTlsRunsAJobEndToEndAndRefusalsAreCounted) {
   EXPECT_GT(events, 0);
 
   grpc::ClientContext get_ctx;
-  Prepare(&get_ctx, Right());
+  prepare(&get_ctx, right());
   ampd::v1::GetJobRequest get;
   get.set_job_id(job.id());
   s = stub->GetJob(&get_ctx, get, &job);
@@ -397,7 +397,7 @@ TEST_F(AuthTest, RightTokenOverTlsRunsAJobEndToEndAndRefusalsAreCounted) {
   EXPECT_EQ(job.state(), ampd::v1::SUCCEEDED);
 
   grpc::ClientContext dl_ctx;
-  Prepare(&dl_ctx, Right());
+  prepare(&dl_ctx, right());
   ampd::v1::DownloadCheckpointRequest dl;
   dl.set_job_id(job.id());
   auto chunks = stub->DownloadCheckpoint(&dl_ctx, dl);
@@ -409,38 +409,38 @@ TEST_F(AuthTest, RightTokenOverTlsRunsAJobEndToEndAndRefusalsAreCounted) {
   EXPECT_GT(bytes, 0u);
 
   grpc::ClientContext info_ctx;
-  Prepare(&info_ctx, Right());
+  prepare(&info_ctx, right());
   ampd::v1::ServerInfo info;
   ASSERT_TRUE(stub->GetServerInfo(&info_ctx, {}, &info).ok());
   EXPECT_EQ(info.backend(), "cpu");
 
-  const int port = MetricsPort(server->Log());
-  ASSERT_GT(port, 0) << server->Log();
-  const std::string metrics = HttpGet(port, "/metrics");
-  EXPECT_TRUE(Has(metrics, R"(ampd_auth_failures_total{reason="missing"} 1)")) << metrics;
-  EXPECT_TRUE(Has(metrics, R"(ampd_auth_failures_total{reason="wrong_token"} 1)")) << metrics;
+  const int port = metrics_port(server->log());
+  ASSERT_GT(port, 0) << server->log();
+  const std::string metrics = http_get(port, "/metrics");
+  EXPECT_TRUE(has(metrics, R"(ampd_auth_failures_total{reason="missing"} 1)")) << metrics;
+  EXPECT_TRUE(has(metrics, R"(ampd_auth_failures_total{reason="wrong_token"} 1)")) << metrics;
   EXPECT_TRUE(
-      Has(metrics, R"(ampd_grpc_requests_total{code="UNAUTHENTICATED",method="GetServerInfo"} 2)"))
+      has(metrics, R"(ampd_grpc_requests_total{code="UNAUTHENTICATED",method="GetServerInfo"} 2)"))
       << metrics;
-  EXPECT_TRUE(Has(metrics, R"(ampd_grpc_requests_total{code="OK",method="GetServerInfo"} 1)"))
+  EXPECT_TRUE(has(metrics, R"(ampd_grpc_requests_total{code="OK",method="GetServerInfo"} 1)"))
       << metrics;
-  EXPECT_FALSE(Has(metrics, token_));
+  EXPECT_FALSE(has(metrics, token_));
   // The refusal is logged with its reason, without what was sent.
-  EXPECT_TRUE(Has(server->Log(), "GetServerInfo from ipv4:127.0.0.1:")) << server->Log();
-  EXPECT_TRUE(Has(server->Log(), "UNAUTHENTICATED (missing)")) << server->Log();
-  EXPECT_TRUE(Has(server->Log(), "security: TLS, bearer token from --token-file " + token_file_))
-      << server->Log();
+  EXPECT_TRUE(has(server->log(), "GetServerInfo from ipv4:127.0.0.1:")) << server->log();
+  EXPECT_TRUE(has(server->log(), "UNAUTHENTICATED (missing)")) << server->log();
+  EXPECT_TRUE(has(server->log(), "security: TLS, bearer token from --token-file " + token_file_))
+      << server->log();
 }
 
 // ---- open services -------------------------------------------------------------------------
 
 TEST_F(AuthTest, HealthAndReflectionNeedNoToken) {
-  ServerProcess* server = StartSecureServer();
+  ServerProcess* server = start_secure_server();
   ASSERT_NE(server, nullptr);
-  auto health = grpc::health::v1::Health::NewStub(server->NewChannel());
+  auto health = grpc::health::v1::Health::NewStub(server->new_channel());
   for (const char* service : {"", "ampd.v1.Trainer"}) {
     grpc::ClientContext ctx;
-    Prepare(&ctx, {});
+    prepare(&ctx, {});
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(service);
     grpc::health::v1::HealthCheckResponse resp;
@@ -449,9 +449,9 @@ TEST_F(AuthTest, HealthAndReflectionNeedNoToken) {
     EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
   }
   // Reflection is open on purpose: it describes the API, which is public, and holds no job.
-  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(server->NewChannel());
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(server->new_channel());
   grpc::ClientContext ctx;
-  Prepare(&ctx, {});
+  prepare(&ctx, {});
   auto stream = reflection->ServerReflectionInfo(&ctx);
   grpc::reflection::v1alpha::ServerReflectionRequest req;
   req.set_list_services("");
@@ -470,29 +470,30 @@ TEST_F(AuthTest, HealthAndReflectionNeedNoToken) {
 // ---- TLS -------------------------------------------------------------------------------------
 
 TEST_F(AuthTest, PlaintextClientAtTlsServerIsUnavailable) {
-  ServerProcess* server = StartSecureServer();
+  ServerProcess* server = start_secure_server();
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(nullptr));
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel(nullptr));
   grpc::ClientContext ctx;
-  Prepare(&ctx, Right());
+  prepare(&ctx, right());
   ampd::v1::ServerInfo info;
   const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
   EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
 }
 
 TEST_F(AuthTest, TlsClientTrustingAnotherCaIsRefused) {
-  ServerProcess* server = StartSecureServer();
+  ServerProcess* server = start_secure_server();
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("other-ca.crt")));
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel(tls_credentials("other-ca.crt")));
   grpc::ClientContext ctx;
-  Prepare(&ctx, Right());
+  prepare(&ctx, right());
   ampd::v1::ServerInfo info;
   const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
   EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
   // The right CA, and a certificate name given explicitly, both work.
-  auto good = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt"), "localhost"));
+  auto good =
+      ampd::v1::Trainer::NewStub(server->new_channel(tls_credentials("ca.crt"), "localhost"));
   grpc::ClientContext ctx2;
-  Prepare(&ctx2, Right());
+  prepare(&ctx2, right());
   const grpc::Status ok = good->GetServerInfo(&ctx2, {}, &info);
   EXPECT_TRUE(ok.ok()) << ok.error_message();
 }
@@ -500,11 +501,11 @@ TEST_F(AuthTest, TlsClientTrustingAnotherCaIsRefused) {
 TEST_F(AuthTest, TlsClientAtPlaintextServerIsUnavailable) {
   ServerProcess::Options o;
   o.extra_args = {"--token-file", token_file_};
-  ServerProcess* server = Start(o);
+  ServerProcess* server = start(o);
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt")));
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel(tls_credentials("ca.crt")));
   grpc::ClientContext ctx;
-  Prepare(&ctx, Right());
+  prepare(&ctx, right());
   ampd::v1::ServerInfo info;
   const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
   EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
@@ -512,24 +513,24 @@ TEST_F(AuthTest, TlsClientAtPlaintextServerIsUnavailable) {
 
 TEST_F(AuthTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
   ServerProcess::Options o;
-  o.extra_args = {"--tls-cert",       Cert("server.crt"), "--tls-key",
-                  Cert("server.key"), "--tls-client-ca",  Cert("ca.crt")};
-  o.credentials = TlsCredentials("ca.crt", "client");
-  ServerProcess* server = Start(o);
+  o.extra_args = {"--tls-cert",       cert("server.crt"), "--tls-key",
+                  cert("server.key"), "--tls-client-ca",  cert("ca.crt")};
+  o.credentials = tls_credentials("ca.crt", "client");
+  ServerProcess* server = start(o);
   ASSERT_NE(server, nullptr);
-  EXPECT_TRUE(Has(server->Log(), "security: mutual TLS, no token")) << server->Log();
+  EXPECT_TRUE(has(server->log(), "security: mutual TLS, no token")) << server->log();
   ampd::v1::ServerInfo info;
   {
-    auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+    auto stub = ampd::v1::Trainer::NewStub(server->new_channel());
     grpc::ClientContext ctx;
-    Prepare(&ctx, {});
+    prepare(&ctx, {});
     const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
     EXPECT_TRUE(s.ok()) << s.error_message();
   }
   {
-    auto stub = ampd::v1::Trainer::NewStub(server->NewChannel(TlsCredentials("ca.crt")));
+    auto stub = ampd::v1::Trainer::NewStub(server->new_channel(tls_credentials("ca.crt")));
     grpc::ClientContext ctx;
-    Prepare(&ctx, {});
+    prepare(&ctx, {});
     const grpc::Status s = stub->GetServerInfo(&ctx, {}, &info);
     EXPECT_EQ(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
   }
@@ -540,31 +541,31 @@ TEST_F(AuthTest, MutualTlsRequiresAClientCertificateFromTheClientCa) {
 TEST_F(AuthTest, TokenFromTheEnvironmentWorksWithoutTlsOnLoopback) {
   ServerProcess::Options o;
   o.env = {"AMPD_TOKEN=" + token_};
-  ServerProcess* server = Start(o);
+  ServerProcess* server = start(o);
   ASSERT_NE(server, nullptr);
-  auto stub = ampd::v1::Trainer::NewStub(server->NewChannel());
+  auto stub = ampd::v1::Trainer::NewStub(server->new_channel());
   ampd::v1::ServerInfo info;
   grpc::ClientContext ctx;
-  Prepare(&ctx, Wrong());
+  prepare(&ctx, wrong());
   EXPECT_EQ(stub->GetServerInfo(&ctx, {}, &info).error_code(), StatusCode::UNAUTHENTICATED);
   grpc::ClientContext ctx2;
-  Prepare(&ctx2, Right());
+  prepare(&ctx2, right());
   const grpc::Status s = stub->GetServerInfo(&ctx2, {}, &info);
   EXPECT_TRUE(s.ok()) << s.error_message();
-  EXPECT_TRUE(Has(server->Log(), "security: plaintext, bearer token from AMPD_TOKEN"))
-      << server->Log();
-  EXPECT_FALSE(Has(server->Log(), "cleartext")) << "loopback is not worth the warning";
+  EXPECT_TRUE(has(server->log(), "security: plaintext, bearer token from AMPD_TOKEN"))
+      << server->log();
+  EXPECT_FALSE(has(server->log(), "cleartext")) << "loopback is not worth the warning";
 }
 
 TEST_F(AuthTest, TokenWithoutTlsOffLoopbackIsWarnedAbout) {
   ServerProcess::Options o;
   o.host = "0.0.0.0";
   o.extra_args = {"--token-file", token_file_};
-  ServerProcess* server = Start(o);
+  ServerProcess* server = start(o);
   ASSERT_NE(server, nullptr);
-  EXPECT_TRUE(Has(server->Log(), "warning: --grpc-addr 0.0.0.0:")) << server->Log();
-  EXPECT_TRUE(Has(server->Log(), "the bearer token crosses the network in cleartext"))
-      << server->Log();
+  EXPECT_TRUE(has(server->log(), "warning: --grpc-addr 0.0.0.0:")) << server->log();
+  EXPECT_TRUE(has(server->log(), "the bearer token crosses the network in cleartext"))
+      << server->log();
 }
 
 // ---- startup errors --------------------------------------------------------------------------
@@ -572,23 +573,23 @@ TEST_F(AuthTest, TokenWithoutTlsOffLoopbackIsWarnedAbout) {
 TEST_F(AuthTest, BadSecurityFilesStopTheStartNamingFlagAndFile) {
   const std::string missing = (root_ / "missing.pem").string();
   ServerProcess::Options o;
-  o.extra_args = {"--tls-cert", missing, "--tls-key", Cert("server.key")};
-  StartFailing(o, "--tls-cert " + missing + ": cannot read: No such file or directory");
-  o.extra_args = {"--tls-cert", Cert("server.crt"), "--tls-key", Cert("client.key")};
-  StartFailing(o, "--tls-key " + Cert("client.key") + " does not belong to the certificate");
-  o.extra_args = {"--tls-cert", Cert("server.crt")};
-  StartFailing(o, "--tls-cert needs --tls-key");
+  o.extra_args = {"--tls-cert", missing, "--tls-key", cert("server.key")};
+  start_failing(o, "--tls-cert " + missing + ": cannot read: No such file or directory");
+  o.extra_args = {"--tls-cert", cert("server.crt"), "--tls-key", cert("client.key")};
+  start_failing(o, "--tls-key " + cert("client.key") + " does not belong to the certificate");
+  o.extra_args = {"--tls-cert", cert("server.crt")};
+  start_failing(o, "--tls-cert needs --tls-key");
   o.extra_args = {"--token-file", missing};
-  StartFailing(o, "--token-file " + missing + ": cannot read: No such file or directory");
+  start_failing(o, "--token-file " + missing + ": cannot read: No such file or directory");
   const std::string empty = (root_ / "empty-token").string();
   std::ofstream(empty) << "\n";
   o.extra_args = {"--token-file", empty};
-  StartFailing(o, "--token-file " + empty + ": the token is empty");
+  start_failing(o, "--token-file " + empty + ": the token is empty");
   o.extra_args = {"--token-file", token_file_};
   o.env = {"AMPD_TOKEN=" + token_};
   const std::string log =
-      StartFailing(o, "both --token-file (or AMPD_TOKEN_FILE) and AMPD_TOKEN are set");
-  EXPECT_FALSE(Has(log, token_));
+      start_failing(o, "both --token-file (or AMPD_TOKEN_FILE) and AMPD_TOKEN are set");
+  EXPECT_FALSE(has(log, token_));
 }
 
 }  // namespace

@@ -21,13 +21,13 @@ namespace {
 constexpr int64_t kSteps = 1000;
 constexpr int64_t kEvery = 25;
 
-uint64_t TestSeed() {
+uint64_t test_seed() {
   if (const char* s = std::getenv("AMPD_TEST_SEED")) return std::strtoull(s, nullptr, 10);
   return std::random_device{}();
 }
 
 // The step number in "resumed from .../step-<n>.safetensors ...".
-int64_t ResumedStep(const std::string& reason) {
+int64_t resumed_step(const std::string& reason) {
   const std::string head = "resumed from ";
   if (reason.rfind(head, 0) != 0) return -1;
   const auto pos = reason.find("/step-");
@@ -38,26 +38,26 @@ int64_t ResumedStep(const std::string& reason) {
 class CrashRecovery : public FaultTest {
  protected:
   // Runs `spec` uninterrupted on the current server; returns its final checkpoint.
-  std::string Reference(const JobSpec& spec) {
+  std::string reference(const JobSpec& spec) {
     Job job;
-    EXPECT_TRUE(Submit(stub(), spec, &job).ok());
-    const WatchResult w = WatchToEnd(stub(), job.id());
+    EXPECT_TRUE(submit(stub(), spec, &job).ok());
+    const WatchResult w = watch_to_end(stub(), job.id());
     EXPECT_TRUE(w.status.ok()) << w.status.error_message();
     EXPECT_TRUE(!w.events.empty() && w.events.back().state_change().state() == ampd::v1::SUCCEEDED);
     std::string bytes;
-    EXPECT_TRUE(Download(stub(), job.id(), &bytes).ok());
+    EXPECT_TRUE(download(stub(), job.id(), &bytes).ok());
     return bytes;
   }
 
   // The job's final checkpoint equals the reference, byte for byte: every tensor (FP32
   // masters, optimizer state) and the whole file (metadata too: step, scaler, spec).
-  void ExpectSameWeights(const std::string& id, const std::string& reference) {
+  void expect_same_weights(const std::string& id, const std::string& reference) {
     std::string bytes;
     int64_t step = -1;
-    AMPD_ASSERT_GRPC_OK(Download(stub(), id, &bytes, &step));
+    AMPD_ASSERT_GRPC_OK(download(stub(), id, &bytes, &step));
     EXPECT_EQ(step, kSteps);
-    const auto got = TensorsOf(bytes, root_ / "got.safetensors");
-    const auto want = TensorsOf(reference, root_ / "want.safetensors");
+    const auto got = tensors_of(bytes, root_ / "got.safetensors");
+    const auto want = tensors_of(reference, root_ / "want.safetensors");
     ASSERT_EQ(got.size(), want.size());
     ASSERT_FALSE(got.empty());
     for (const auto& [name, data] : want) {
@@ -69,7 +69,7 @@ class CrashRecovery : public FaultTest {
 };
 
 TEST_F(CrashRecovery, SigkillAtARandomStepResumesBitIdenticalToAnUninterruptedRun) {
-  const uint64_t seed = TestSeed();
+  const uint64_t seed = test_seed();
   std::mt19937_64 rng(seed);
   const int64_t kill_after = std::uniform_int_distribution<int64_t>(30, 300)(rng);
   std::cout << "[ seed ] AMPD_TEST_SEED=" << seed << " (SIGKILL after step " << kill_after << ")"
@@ -77,69 +77,70 @@ TEST_F(CrashRecovery, SigkillAtARandomStepResumesBitIdenticalToAnUninterruptedRu
   RecordProperty("seed", std::to_string(seed));
   RecordProperty("kill_after_step", static_cast<int>(kill_after));
 
-  ASSERT_NE(StartServer(), nullptr);
-  const JobSpec spec = DigitsJob(kSteps, kEvery);
+  ASSERT_NE(start_server(), nullptr);
+  const JobSpec spec = digits_job(kSteps, kEvery);
   Job job;
-  AMPD_ASSERT_GRPC_OK(Submit(stub(), spec, &job));
-  ASSERT_TRUE(WaitForStep(stub(), job.id(), kill_after));
-  EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
+  AMPD_ASSERT_GRPC_OK(submit(stub(), spec, &job));
+  ASSERT_TRUE(wait_for_step(stub(), job.id(), kill_after));
+  EXPECT_EQ(server().stop(SIGKILL), 128 + SIGKILL);
 
-  ASSERT_NE(StartServer(), nullptr);
-  const WatchResult w = WatchToEnd(stub(), job.id());
+  ASSERT_NE(start_server(), nullptr);
+  const WatchResult w = watch_to_end(stub(), job.id());
   AMPD_ASSERT_GRPC_OK(w.status);
-  ExpectCompleteHistory(w.events, job.id());
+  expect_complete_history(w.events, job.id());
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
-  const auto reasons = RunningReasons(w.events);
+  const auto reasons = running_reasons(w.events);
   ASSERT_EQ(reasons.size(), 2u) << "killed after the job ended? (step " << kill_after << ")";
   // The newest checkpoint at or before the kill: the one of step kill_after rounded down
   // (or the one before it, when the kill came while that one was being written).
-  const int64_t resumed = reasons[1].find("started from step 0") == 0 ? 0 : ResumedStep(reasons[1]);
+  const int64_t resumed =
+      reasons[1].find("started from step 0") == 0 ? 0 : resumed_step(reasons[1]);
   EXPECT_GE(resumed, (kill_after - 1) / kEvery * kEvery - kEvery) << reasons[1];
   EXPECT_EQ(resumed % kEvery, 0) << reasons[1];
   RecordProperty("resumed_from_step", static_cast<int>(resumed));
   Job done;
-  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &done));
+  AMPD_ASSERT_GRPC_OK(get_job(stub(), job.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED);
   EXPECT_EQ(done.step(), kSteps);
 
-  ExpectSameWeights(job.id(), Reference(spec));
+  expect_same_weights(job.id(), reference(spec));
 }
 
 TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   std::vector<JobSpec> specs;
   std::vector<std::string> ids;
   for (int i = 0; i < 4; ++i) {
-    specs.push_back(DigitsJob(kSteps, kEvery, 100 + i));
+    specs.push_back(digits_job(kSteps, kEvery, 100 + i));
     Job job;
-    AMPD_ASSERT_GRPC_OK(Submit(stub(), specs.back(), &job, "crash-" + std::to_string(i)));
+    AMPD_ASSERT_GRPC_OK(submit(stub(), specs.back(), &job, "crash-" + std::to_string(i)));
     ids.push_back(job.id());
   }
   // Job 0 done, job 1 running, jobs 2 and 3 queued: then SIGKILL.
-  ASSERT_TRUE(WaitForStep(stub(), ids[1], 60));
+  ASSERT_TRUE(wait_for_step(stub(), ids[1], 60));
   {
     Job j;
-    AMPD_ASSERT_GRPC_OK(GetJob(stub(), ids[2], &j));
+    AMPD_ASSERT_GRPC_OK(get_job(stub(), ids[2], &j));
     EXPECT_EQ(j.state(), ampd::v1::QUEUED);
   }
-  EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
+  EXPECT_EQ(server().stop(SIGKILL), 128 + SIGKILL);
 
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   for (size_t i = 0; i < ids.size(); ++i) {
     SCOPED_TRACE(ids[i]);
-    const WatchResult w = WatchToEnd(stub(), ids[i]);
+    const WatchResult w = watch_to_end(stub(), ids[i]);
     AMPD_ASSERT_GRPC_OK(w.status);
-    ExpectCompleteHistory(w.events, ids[i]);
+    expect_complete_history(w.events, ids[i]);
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
     // Only the running job ran twice.
-    EXPECT_EQ(RunningReasons(w.events).size(), i == 1 ? 2u : 1u);
+    EXPECT_EQ(running_reasons(w.events).size(), i == 1 ? 2u : 1u);
   }
   // Nothing lost, nothing duplicated: exactly these jobs, and a retried submission is
   // still the same job.
   ampd::v1::ListJobsResponse all;
   {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     ampd::v1::ListJobsRequest req;
     req.set_page_size(100);
     AMPD_ASSERT_GRPC_OK(stub().ListJobs(&ctx, req, &all));
@@ -154,18 +155,18 @@ TEST_F(CrashRecovery, SigkillWithQueuedJobsFinishesEveryJobOnce) {
   for (int i = 0; i < 4; ++i) {
     Job again;
     AMPD_ASSERT_GRPC_OK(
-        Submit(stub(), specs[static_cast<size_t>(i)], &again, "crash-" + std::to_string(i)));
+        submit(stub(), specs[static_cast<size_t>(i)], &again, "crash-" + std::to_string(i)));
     EXPECT_EQ(again.id(), ids[static_cast<size_t>(i)]);
   }
   // The interrupted job's result is the uninterrupted one.
-  ExpectSameWeights(ids[1], Reference(specs[1]));
+  expect_same_weights(ids[1], reference(specs[1]));
 }
 
 // ---- corrupt checkpoints on resume --------------------------------------------------------
 
 enum class Damage { kFlipByte, kTruncate, kBothNewest };
 
-void FlipByte(const fs::path& p) {
+void flip_byte(const fs::path& p) {
   std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
   f.seekg(0, std::ios::end);
   const auto size = static_cast<std::streamoff>(f.tellg());
@@ -175,13 +176,13 @@ void FlipByte(const fs::path& p) {
   f.put(static_cast<char>(c ^ 0x10));
 }
 
-void Truncate(const fs::path& p) {
+void truncate(const fs::path& p) {
   fs::resize_file(p, fs::file_size(p) / 2);  // what a crash without fsync can leave
 }
 
 TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
-  const JobSpec spec = DigitsJob(kSteps, kEvery);
-  std::string reference;
+  const JobSpec spec = digits_job(kSteps, kEvery);
+  std::string reference_checkpoint;
   for (Damage damage : {Damage::kFlipByte, Damage::kTruncate, Damage::kBothNewest}) {
     const char* what = damage == Damage::kFlipByte   ? "flipped byte"
                        : damage == Damage::kTruncate ? "truncated"
@@ -190,15 +191,15 @@ TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
     servers_.clear();
     state_dir_ =
         (root_ / (std::string("state-") + std::to_string(static_cast<int>(damage)))).string();
-    ASSERT_NE(StartServer(), nullptr);
+    ASSERT_NE(start_server(), nullptr);
     Job job;
-    AMPD_ASSERT_GRPC_OK(Submit(stub(), spec, &job));
-    ASSERT_TRUE(WaitForStep(stub(), job.id(), 4 * kEvery + 5));
-    EXPECT_EQ(server().Stop(SIGKILL), 128 + SIGKILL);
+    AMPD_ASSERT_GRPC_OK(submit(stub(), spec, &job));
+    ASSERT_TRUE(wait_for_step(stub(), job.id(), 4 * kEvery + 5));
+    EXPECT_EQ(server().stop(SIGKILL), 128 + SIGKILL);
 
     // The two newest checkpoints (the trainer keeps two).
     std::vector<std::pair<int64_t, fs::path>> found;
-    for (const auto& e : fs::directory_iterator(JobDir(job.id()))) {
+    for (const auto& e : fs::directory_iterator(job_dir(job.id()))) {
       const std::string name = e.path().filename().string();
       if (name.rfind("step-", 0) == 0 && e.path().extension() == ".safetensors") {
         found.emplace_back(std::stoll(name.substr(5)), e.path());
@@ -209,23 +210,23 @@ TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
     ASSERT_GE(found.size(), 2u);
     const fs::path newest = found[0].second, previous = found[1].second;
     if (damage == Damage::kTruncate) {
-      Truncate(newest);
+      truncate(newest);
     } else {
-      FlipByte(newest);
+      flip_byte(newest);
     }
     if (damage == Damage::kBothNewest) {
-      for (size_t i = 1; i < found.size(); ++i) Truncate(found[i].second);
+      for (size_t i = 1; i < found.size(); ++i) truncate(found[i].second);
     }
     // A write the kill interrupted: removed, never read.
-    const fs::path partial = JobDir(job.id()) / "step-999.safetensors.tmp-1-0123456789abcdef";
+    const fs::path partial = job_dir(job.id()) / "step-999.safetensors.tmp-1-0123456789abcdef";
     std::ofstream(partial) << "half a checkpoint";
 
-    ASSERT_NE(StartServer(), nullptr);
-    const WatchResult w = WatchToEnd(stub(), job.id());
+    ASSERT_NE(start_server(), nullptr);
+    const WatchResult w = watch_to_end(stub(), job.id());
     AMPD_ASSERT_GRPC_OK(w.status);
-    ExpectCompleteHistory(w.events, job.id());
+    expect_complete_history(w.events, job.id());
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
-    const auto reasons = RunningReasons(w.events);
+    const auto reasons = running_reasons(w.events);
     ASSERT_EQ(reasons.size(), 2u);
     const std::string& why = reasons[1];
     const std::string newest_note =
@@ -245,8 +246,8 @@ TEST_F(CrashRecovery, ACorruptNewestCheckpointIsPassedOverForThePreviousOne) {
           << why;
     }
     EXPECT_FALSE(fs::exists(partial));
-    if (reference.empty()) reference = Reference(spec);
-    ExpectSameWeights(job.id(), reference);
+    if (reference_checkpoint.empty()) reference_checkpoint = reference(spec);
+    expect_same_weights(job.id(), reference_checkpoint);
   }
 }
 

@@ -66,7 +66,7 @@ constexpr int64_t kMaxServerRssBytes = int64_t{256} << 20;
 constexpr int64_t kMaxServerGrowthBytes = int64_t{128} << 20;
 #endif
 
-ampd::v1::JobSpec TinySpec(int i) {
+ampd::v1::JobSpec tiny_spec(int i) {
   auto spec = engine::parse_job_spec(
       "name: load-" + std::to_string(i) +
           "\n"
@@ -84,7 +84,7 @@ ampd::v1::JobSpec TinySpec(int i) {
 }
 
 // "VmRSS:    12345 kB" -> bytes, or -1.
-int64_t ProcStatusBytes(pid_t pid, const std::string& key) {
+int64_t proc_status_bytes(pid_t pid, const std::string& key) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(in, line)) {
@@ -99,7 +99,7 @@ int64_t ProcStatusBytes(pid_t pid, const std::string& key) {
 }
 
 // A connection of its own (no subchannel shared with the other clients).
-std::unique_ptr<ampd::v1::Trainer::Stub> OwnConnection(const std::string& address) {
+std::unique_ptr<ampd::v1::Trainer::Stub> own_connection(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return ampd::v1::Trainer::NewStub(
@@ -112,7 +112,7 @@ struct WatchOutcome {
   std::vector<JobEvent> events;
 };
 
-WatchOutcome WatchToEnd(ampd::v1::Trainer::Stub& stub, const std::string& id) {
+WatchOutcome watch_to_end(ampd::v1::Trainer::Stub& stub, const std::string& id) {
   WatchOutcome out;
   out.job_id = id;
   grpc::ClientContext ctx;
@@ -127,10 +127,10 @@ WatchOutcome WatchToEnd(ampd::v1::Trainer::Stub& stub, const std::string& id) {
 }
 
 // The watch ended OK with the job's complete history (server_process.h), ending SUCCEEDED.
-void ExpectSucceededHistory(const WatchOutcome& w) {
+void expect_succeeded_history(const WatchOutcome& w) {
   EXPECT_TRUE(w.status.ok()) << w.job_id << ": watch ended " << w.status.error_code() << " "
                              << w.status.error_message();
-  ExpectCompleteHistory(w.events, w.job_id);
+  expect_complete_history(w.events, w.job_id);
   if (!w.events.empty()) {
     const JobEvent& last = w.events.back();
     EXPECT_TRUE(last.has_state_change() && last.state_change().state() == ampd::v1::SUCCEEDED)
@@ -144,11 +144,11 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
   ASSERT_NE(mkdtemp(tmpl), nullptr);
   const fs::path root = tmpl;
   std::string error;
-  auto server = ServerProcess::Start((root / "state").string(),
+  auto server = ServerProcess::start((root / "state").string(),
                                      {"--max-queued-jobs", std::to_string(kMaxQueuedJobs)}, &error);
   ASSERT_NE(server, nullptr) << error;
   const pid_t pid = server->pid();
-  const int64_t idle_rss = ProcStatusBytes(pid, "VmRSS");
+  const int64_t idle_rss = proc_status_bytes(pid, "VmRSS");
   ASSERT_GT(idle_rss, 0);
 
   // Memory sampler: VmRSS every 50 ms while the load runs.
@@ -156,7 +156,7 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
   std::atomic<int64_t> max_rss{idle_rss};
   std::thread sampler([&] {
     while (sampling.load()) {
-      const int64_t rss = ProcStatusBytes(pid, "VmRSS");
+      const int64_t rss = proc_status_bytes(pid, "VmRSS");
       if (rss > max_rss.load()) max_rss.store(rss);
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -181,15 +181,15 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
         if (accepted.empty()) return;
         id = accepted[static_cast<size_t>(w) % accepted.size()];
       }
-      auto stub = OwnConnection(server->address());
-      watched[w] = WatchToEnd(*stub, id);
+      auto stub = own_connection(server->address());
+      watched[w] = watch_to_end(*stub, id);
     });
   }
 
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) {
     clients.emplace_back([&, c] {
-      auto stub = OwnConnection(server->address());
+      auto stub = own_connection(server->address());
       for (int k = 0; k < kJobsPerClient; ++k) {
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
@@ -199,7 +199,7 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
         // fast; what this test counts is the server's answer to every submission.
         ctx.set_wait_for_ready(true);
         ampd::v1::SubmitJobRequest req;
-        *req.mutable_spec() = TinySpec(c * kJobsPerClient + k);
+        *req.mutable_spec() = tiny_spec(c * kJobsPerClient + k);
         Job job;
         const grpc::Status s = stub->SubmitJob(&ctx, req, &job);
         std::lock_guard<std::mutex> lock(mu);
@@ -242,13 +242,13 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
   for (const WatchOutcome& w : watched) {
     if (w.job_id.empty()) continue;
     ++watched_count;
-    ExpectSucceededHistory(w);
+    expect_succeeded_history(w);
   }
   EXPECT_EQ(watched_count, kWatchers);
 
   // Every accepted job, replayed from the store: terminal exactly once.
-  auto stub = OwnConnection(server->address());
-  for (const std::string& id : accepted) ExpectSucceededHistory(WatchToEnd(*stub, id));
+  auto stub = own_connection(server->address());
+  for (const std::string& id : accepted) expect_succeeded_history(watch_to_end(*stub, id));
 
   // ListJobs (paged): each accepted id once, SUCCEEDED, and nothing else.
   std::map<std::string, int> listed;
@@ -278,8 +278,8 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
 
   sampling.store(false);
   sampler.join();
-  const int64_t hwm = ProcStatusBytes(pid, "VmHWM");
-  const int64_t rss_after = ProcStatusBytes(pid, "VmRSS");
+  const int64_t hwm = proc_status_bytes(pid, "VmHWM");
+  const int64_t rss_after = proc_status_bytes(pid, "VmRSS");
   const double elapsed = std::chrono::duration<double>(Clock::now() - test_start).count();
   std::printf(
       "load: server RSS idle %.1f MiB, peak sampled %.1f MiB, VmHWM %.1f MiB, after %.1f MiB; "
@@ -292,8 +292,8 @@ TEST(LoadTest, TwoHundredJobsFiftyClientsHundredWatchersAllAccountedForWithBound
   EXPECT_LT(rss_after, kMaxServerRssBytes);
   EXPECT_LT(std::max(hwm, max_rss.load()) - idle_rss, kMaxServerGrowthBytes);
 
-  if (HasFailure()) std::cerr << "---- server log\n" << server->Log();
-  EXPECT_EQ(server->Stop(SIGTERM), 0);
+  if (HasFailure()) std::cerr << "---- server log\n" << server->log();
+  EXPECT_EQ(server->stop(SIGTERM), 0);
   const double total = std::chrono::duration<double>(Clock::now() - test_start).count();
   std::printf("load: %.1f s in all, with the server's start and drain\n", total);
   EXPECT_LT(total, 90.0);

@@ -55,15 +55,15 @@ using Stub = ampd::v1::Trainer::Stub;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-JobSpec FromYaml(const std::string& yaml) {
+JobSpec from_yaml(const std::string& yaml) {
   auto spec = engine::parse_job_spec(yaml, "yaml");
   EXPECT_TRUE(spec.ok()) << spec.status().to_string() << "\n" << yaml;
   return spec.ok() ? spec.value() : JobSpec();
 }
 
 // A valid job: a few steps of a small MLP on synthetic blobs.
-JobSpec ValidSpec() {
-  return FromYaml(
+JobSpec valid_spec() {
+  return from_yaml(
       "name: ok\n"
       "precision: fp32\n"
       "model: {layers: [{linear: {out_features: 16}}, {relu: {}}, {linear: {out_features: 3}}]}\n"
@@ -73,12 +73,12 @@ JobSpec ValidSpec() {
 }
 
 // Unknown fields as a client with another schema sends them.
-google::protobuf::UnknownFieldSet* Unknown(google::protobuf::Message* m) {
+google::protobuf::UnknownFieldSet* unknown(google::protobuf::Message* m) {
   return m->GetReflection()->MutableUnknownFields(m);
 }
 
 // A length-delimited blob nested `depth` times: field 1 { field 1 { ... } }.
-std::string NestedBlob(int depth) {
+std::string nested_blob(int depth) {
   std::string inner = "x";
   for (int i = 0; i < depth; ++i) {
     std::string outer;
@@ -96,13 +96,13 @@ std::string NestedBlob(int depth) {
 
 struct SpecRow {
   const char* what;
-  std::function<void(JobSpec&)> mutate;  // applied to ValidSpec()
+  std::function<void(JobSpec&)> mutate;  // applied to valid_spec()
   StatusCode code;
   const char* field;  // a substring the message must contain
   std::string client_request_id = "";
 };
 
-std::vector<SpecRow> SpecRows() {
+std::vector<SpecRow> spec_rows() {
   using S = JobSpec&;
   return {
       {"empty spec", [](S s) { s.Clear(); }, StatusCode::INVALID_ARGUMENT, "model.layers"},
@@ -261,40 +261,40 @@ std::vector<SpecRow> SpecRows() {
        StatusCode::INVALID_ARGUMENT, "name"},
       {"name with a line break (log forging)", [](S s) { s.set_name("ok\njob j-0 SUCCEEDED"); },
        StatusCode::INVALID_ARGUMENT, "name"},
-      {"unknown field at the top", [](S s) { Unknown(&s)->AddVarint(99, 1); },
+      {"unknown field at the top", [](S s) { unknown(&s)->AddVarint(99, 1); },
        StatusCode::INVALID_ARGUMENT, "unknown field number 99"},
       {"unknown layer kind (a 'conv' as field 64 of LayerSpec, from a newer schema)",
        [](S s) {
          auto* layer = s.mutable_model()->mutable_layers(1);
          layer->Clear();
-         Unknown(layer)->AddLengthDelimited(64, "");
+         unknown(layer)->AddLengthDelimited(64, "");
        },
        StatusCode::INVALID_ARGUMENT, "model.layers[1]: unknown field number 64"},
       {"unknown field in optimizer.adamw",
-       [](S s) { Unknown(s.mutable_optimizer()->mutable_adamw())->AddFixed32(17, 0); },
+       [](S s) { unknown(s.mutable_optimizer()->mutable_adamw())->AddFixed32(17, 0); },
        StatusCode::INVALID_ARGUMENT, "optimizer.adamw"},
       {"wrong type: out_features sent as a string",
        [](S s) {
          auto* linear = s.mutable_model()->mutable_layers(0)->mutable_linear();
          linear->clear_out_features();
-         Unknown(linear)->AddLengthDelimited(1, "sixteen");
+         unknown(linear)->AddLengthDelimited(1, "sixteen");
        },
        StatusCode::INVALID_ARGUMENT, "model.layers[0].linear.out_features"},
       {"wrong type: precision sent as an integer",
        [](S s) {
          s.clear_precision();
-         Unknown(&s)->AddVarint(6, 16);
+         unknown(&s)->AddVarint(6, 16);
        },
        StatusCode::INVALID_ARGUMENT, "precision"},
       {"wrong type: lr sent as a double",
        [](S s) {
          auto* adamw = s.mutable_optimizer()->mutable_adamw();
          adamw->clear_lr();
-         Unknown(adamw)->AddFixed64(1, 0x3f847ae147ae147bULL);
+         unknown(adamw)->AddFixed64(1, 0x3f847ae147ae147bULL);
        },
        StatusCode::INVALID_ARGUMENT, "optimizer.adamw.lr"},
       {"unknown field nested 5000 deep",
-       [](S s) { Unknown(s.mutable_training())->AddLengthDelimited(42, NestedBlob(5000)); },
+       [](S s) { unknown(s.mutable_training())->AddLengthDelimited(42, nested_blob(5000)); },
        StatusCode::INVALID_ARGUMENT, "training"},
       {"client_request_id of 1000 characters", [](S) {}, StatusCode::INVALID_ARGUMENT,
        "client_request_id", std::string(1000, 'r')},
@@ -311,7 +311,7 @@ struct UploadRow {
   const char* field;
 };
 
-std::vector<UploadRow> UploadRows() {
+std::vector<UploadRow> upload_rows() {
   const std::string csv = "1,2,0\n3,4,1\n";
   const std::string big(3000, '7');
   return {
@@ -352,7 +352,7 @@ grpc::Status Upload(Stub& stub, const UploadRow& row) {
   req.mutable_header()->set_size_bytes(row.declared_size >= 0 || row.declared_size < -1
                                            ? row.declared_size
                                            : static_cast<int64_t>(row.content.size()));
-  req.mutable_header()->set_sha256(row.sha256.empty() ? Sha256Hex(row.content) : row.sha256);
+  req.mutable_header()->set_sha256(row.sha256.empty() ? sha256_hex(row.content) : row.sha256);
   if (writer->Write(req)) {
     for (size_t off = 0; off < row.content.size(); off += 256) {
       ampd::v1::UploadDatasetRequest part;
@@ -365,7 +365,7 @@ grpc::Status Upload(Stub& stub, const UploadRow& row) {
 }
 
 // Every entry under `dir`, recursively (names relative to it).
-std::vector<std::string> Tree(const fs::path& dir) {
+std::vector<std::string> tree(const fs::path& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::end(it); it.increment(ec)) {
@@ -386,20 +386,20 @@ class MalformedSpecsTest : public ::testing::Test {
     data_dir_ = root_ / "outer" / "data";
     fs::create_directories(data_dir_);
     std::string error;
-    server_ = ServerProcess::Start((root_ / "state").string(),
+    server_ = ServerProcess::start((root_ / "state").string(),
                                    {"--data-dir", data_dir_.string(), "--max-upload-bytes", "1KiB"},
                                    &error);
     ASSERT_NE(server_, nullptr) << error;
-    stub_ = ampd::v1::Trainer::NewStub(server_->NewChannel());
+    stub_ = ampd::v1::Trainer::NewStub(server_->new_channel());
   }
   void TearDown() override {
-    if (HasFailure() && server_ != nullptr) std::cerr << "---- server log\n" << server_->Log();
+    if (HasFailure() && server_ != nullptr) std::cerr << "---- server log\n" << server_->log();
     server_.reset();
     std::error_code ec;
     fs::remove_all(root_, ec);
   }
 
-  grpc::Status Submit(const JobSpec& spec, const std::string& client_request_id, Job* job) {
+  grpc::Status submit(const JobSpec& spec, const std::string& client_request_id, Job* job) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
     ampd::v1::SubmitJobRequest req;
@@ -408,8 +408,8 @@ class MalformedSpecsTest : public ::testing::Test {
     return stub_->SubmitJob(&ctx, req, job);
   }
 
-  void ExpectHealthyAndWorking() {
-    auto health = grpc::health::v1::Health::NewStub(server_->NewChannel());
+  void expect_healthy_and_working() {
+    auto health = grpc::health::v1::Health::NewStub(server_->new_channel());
     grpc::ClientContext hctx;
     hctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     grpc::health::v1::HealthCheckResponse hresp;
@@ -417,7 +417,7 @@ class MalformedSpecsTest : public ::testing::Test {
     EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 
     Job job;
-    const grpc::Status s = Submit(ValidSpec(), "", &job);
+    const grpc::Status s = submit(valid_spec(), "", &job);
     ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
     grpc::ClientContext wctx;
     wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
@@ -440,27 +440,27 @@ class MalformedSpecsTest : public ::testing::Test {
 };
 
 TEST_F(MalformedSpecsTest, EveryMalformedSpecGetsItsCodeAndNamesTheField) {
-  const std::vector<SpecRow> rows = SpecRows();
+  const std::vector<SpecRow> rows = spec_rows();
   ASSERT_GE(rows.size(), 30u);
   // The valid base really is valid: a row fails only for what it changes.
   Job job;
-  ASSERT_TRUE(Submit(ValidSpec(), "", &job).ok());
+  ASSERT_TRUE(submit(valid_spec(), "", &job).ok());
   for (const SpecRow& row : rows) {
     SCOPED_TRACE(row.what);
-    JobSpec spec = ValidSpec();
+    JobSpec spec = valid_spec();
     row.mutate(spec);
-    const grpc::Status s = Submit(spec, row.client_request_id, &job);
+    const grpc::Status s = submit(spec, row.client_request_id, &job);
     EXPECT_EQ(s.error_code(), row.code) << s.error_message();
     EXPECT_NE(s.error_message().find(row.field), std::string::npos)
         << "expected '" << row.field << "' in: " << s.error_message();
     EXPECT_EQ(s.error_message().find('\0'), std::string::npos);
   }
-  ExpectHealthyAndWorking();
+  expect_healthy_and_working();
 }
 
 TEST_F(MalformedSpecsTest, HostileUploadsAreRefusedAndNothingLandsOutsideTheDataDir) {
-  const std::vector<std::string> outside_before = Tree(root_);
-  for (const UploadRow& row : UploadRows()) {
+  const std::vector<std::string> outside_before = tree(root_);
+  for (const UploadRow& row : upload_rows()) {
     SCOPED_TRACE(row.what);
     const grpc::Status s = Upload(*stub_, row);
     EXPECT_EQ(s.error_code(), row.code) << s.error_message();
@@ -470,9 +470,9 @@ TEST_F(MalformedSpecsTest, HostileUploadsAreRefusedAndNothingLandsOutsideTheData
   }
   // Nothing stored, no temporary file left, nothing created anywhere under the test root
   // (the state dir's own files aside).
-  EXPECT_TRUE(Tree(data_dir_).empty()) << ::testing::PrintToString(Tree(data_dir_));
+  EXPECT_TRUE(tree(data_dir_).empty()) << ::testing::PrintToString(tree(data_dir_));
   std::vector<std::string> outside_after;
-  for (const std::string& p : Tree(root_)) {
+  for (const std::string& p : tree(root_)) {
     if (p.rfind("state", 0) != 0) outside_after.push_back(p);
   }
   std::vector<std::string> expected;
@@ -490,14 +490,14 @@ TEST_F(MalformedSpecsTest, HostileUploadsAreRefusedAndNothingLandsOutsideTheData
   ampd::v1::ListDatasetsResponse list;
   ASSERT_TRUE(stub_->ListDatasets(&ctx, {}, &list).ok());
   EXPECT_EQ(list.datasets_size(), 0) << list.DebugString();
-  JobSpec spec = ValidSpec();
+  JobSpec spec = valid_spec();
   spec.mutable_data()->mutable_csv()->set_path("link.csv");
   Job job;
-  const grpc::Status s = Submit(spec, "", &job);
+  const grpc::Status s = submit(spec, "", &job);
   EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_NE(s.error_message().find("data.csv.path"), std::string::npos) << s.error_message();
 
-  ExpectHealthyAndWorking();
+  expect_healthy_and_working();
 }
 
 TEST_F(MalformedSpecsTest, HostileJobIdsAreNotFoundAndNeverReachAPath) {
@@ -550,7 +550,7 @@ TEST_F(MalformedSpecsTest, HostileJobIdsAreNotFoundAndNeverReachAPath) {
       EXPECT_EQ(reader->Finish().error_code(), StatusCode::NOT_FOUND);
     }
   }
-  ExpectHealthyAndWorking();
+  expect_healthy_and_working();
 }
 
 // Job files that ampctl (and `ampd train`) refuse before anything is sent: the parser

@@ -44,7 +44,7 @@ class TempDir {
   fs::path path_;
 };
 
-JobEvent Event(const std::string& job, int64_t seq, bool final = false) {
+JobEvent event(const std::string& job, int64_t seq, bool final = false) {
   JobEvent e;
   e.set_job_id(job);
   e.set_seq(seq);
@@ -62,47 +62,47 @@ TEST(JobStore, PersistsJobsAndEventsAcrossReopen) {
   TempDir dir;
   const std::string db = (dir.path() / "ampd.db").string();
   {
-    auto store = JobStore::Open(db);
+    auto store = JobStore::open(db);
     ASSERT_TRUE(store.ok()) << store.status().to_string();
     Job job;
     job.set_id("j-000000000001aaaa");
     job.set_state(ampd::v1::QUEUED);
     job.set_client_request_id("r1");
     job.mutable_spec()->set_name("one");
-    ASSERT_TRUE((*store)->InsertJob(job, Event(job.id(), 1)).ok());
+    ASSERT_TRUE((*store)->insert_job(job, event(job.id(), 1)).ok());
     // The same client_request_id cannot name a second job.
     Job dup = job;
     dup.set_id("j-000000000002aaaa");
-    EXPECT_EQ((*store)->InsertJob(dup, Event(dup.id(), 1)).code(), StatusCode::kAlreadyExists);
+    EXPECT_EQ((*store)->insert_job(dup, event(dup.id(), 1)).code(), StatusCode::kAlreadyExists);
     job.set_state(ampd::v1::RUNNING);
     for (int64_t seq = 2; seq <= 10; ++seq) {
       job.set_step(seq);
-      ASSERT_TRUE((*store)->AppendEvent(job, Event(job.id(), seq), seq % 5 == 0).ok());
+      ASSERT_TRUE((*store)->append_event(job, event(job.id(), seq), seq % 5 == 0).ok());
     }
     // A seq cannot be stored twice.
-    EXPECT_FALSE((*store)->AppendEvent(job, Event(job.id(), 10), false).ok());
+    EXPECT_FALSE((*store)->append_event(job, event(job.id(), 10), false).ok());
   }
-  auto store = JobStore::Open(db);
+  auto store = JobStore::open(db);
   ASSERT_TRUE(store.ok());
-  auto job = (*store)->GetJob("j-000000000001aaaa");
+  auto job = (*store)->get_job("j-000000000001aaaa");
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->state(), ampd::v1::RUNNING);
   EXPECT_EQ(job->step(), 10);
-  EXPECT_EQ(*(*store)->LastSeq(job->id()), 10);
-  auto events = (*store)->ListEvents(job->id(), 3, 4);
+  EXPECT_EQ(*(*store)->last_seq(job->id()), 10);
+  auto events = (*store)->list_events(job->id(), 3, 4);
   ASSERT_TRUE(events.ok());
   ASSERT_EQ(events->size(), 4u);
   EXPECT_EQ((*events)[0].seq(), 4);
   EXPECT_EQ((*events)[3].seq(), 7);
-  auto found = (*store)->FindByClientRequestId("r1");
+  auto found = (*store)->find_by_client_request_id("r1");
   ASSERT_TRUE(found.ok() && found->has_value());
   EXPECT_EQ((*found)->id(), job->id());
-  EXPECT_EQ((*store)->GetJob("j-ffffffffffffffff").status().code(), StatusCode::kNotFound);
-  auto running = (*store)->ListJobs({ampd::v1::RUNNING}, "", 10);
+  EXPECT_EQ((*store)->get_job("j-ffffffffffffffff").status().code(), StatusCode::kNotFound);
+  auto running = (*store)->list_jobs({ampd::v1::RUNNING}, "", 10);
   ASSERT_TRUE(running.ok());
   EXPECT_EQ(running->size(), 1u);
-  EXPECT_EQ((*store)->ListJobs({ampd::v1::QUEUED}, "", 10)->size(), 0u);
-  EXPECT_EQ(*(*store)->MaxJobId(), "j-000000000001aaaa");
+  EXPECT_EQ((*store)->list_jobs({ampd::v1::QUEUED}, "", 10)->size(), 0u);
+  EXPECT_EQ(*(*store)->max_job_id(), "j-000000000001aaaa");
 }
 
 TEST(JobStore, RefusesAFileThatIsNotADatabase) {
@@ -111,7 +111,7 @@ TEST(JobStore, RefusesAFileThatIsNotADatabase) {
   std::FILE* f = std::fopen(p.c_str(), "w");
   std::fputs("this is not sqlite, just text long enough to look like a header........", f);
   std::fclose(f);
-  auto store = JobStore::Open(p.string());
+  auto store = JobStore::open(p.string());
   EXPECT_FALSE(store.ok());
 }
 
@@ -120,7 +120,7 @@ TEST(JobStore, RefusesAFileThatIsNotADatabase) {
 // An in-memory "store" with the manager's discipline: persist, then publish.
 class FakeLog {
  public:
-  StatusOr<std::vector<JobEvent>> Read(const std::string&, int64_t after, int limit) {
+  StatusOr<std::vector<JobEvent>> read(const std::string&, int64_t after, int limit) {
     std::lock_guard<std::mutex> lock(mu_);
     // Appended in seq order from 1, so seq n sits at index n - 1.
     std::vector<JobEvent> out;
@@ -130,7 +130,7 @@ class FakeLog {
     }
     return out;
   }
-  void Append(const JobEvent& e) {
+  void append(const JobEvent& e) {
     std::lock_guard<std::mutex> lock(mu_);
     events_.push_back(e);
   }
@@ -140,7 +140,7 @@ class FakeLog {
   std::vector<JobEvent> events_;
 };
 
-EventHub::Options SmallHub() {
+EventHub::Options small_hub() {
   EventHub::Options o;
   o.watcher_buffer = 8;
   o.replay_page = 16;
@@ -148,27 +148,27 @@ EventHub::Options SmallHub() {
   return o;
 }
 
-void ExpectSeqs(const std::vector<int64_t>& got, int64_t from, int64_t to) {
+void expect_seqs(const std::vector<int64_t>& got, int64_t from, int64_t to) {
   ASSERT_EQ(got.size(), static_cast<size_t>(to - from + 1));
   for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], from + static_cast<int64_t>(i));
 }
 
 TEST(EventHub, FastSlowAndLateWatchersGetEverySeqOnceInOrder) {
   FakeLog log;
-  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
-    return log.Read(id, after, limit);
+  EventHub hub(small_hub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.read(id, after, limit);
   });
   constexpr int64_t kEvents = 3000;
   auto publish = [&](int64_t seq) {
-    const JobEvent e = Event("j", seq, seq == kEvents);
-    log.Append(e);
-    hub.Publish(e);
+    const JobEvent e = event("j", seq, seq == kEvents);
+    log.append(e);
+    hub.publish(e);
   };
   for (int64_t seq = 1; seq <= 100; ++seq) publish(seq);  // history before anyone watches
 
   std::vector<int64_t> fast, slow, late, resumed;
   auto watch = [&](std::vector<int64_t>* out, int64_t since, int sleep_every) {
-    return hub.Watch(
+    return hub.watch(
         "j", since, false,
         [&, out, sleep_every](const JobEvent& e) {
           out->push_back(e.seq());
@@ -199,17 +199,17 @@ TEST(EventHub, FastSlowAndLateWatchersGetEverySeqOnceInOrder) {
   t_resumed.join();
   t_late.join();
   for (const Status* s : {&s_fast, &s_slow, &s_late, &s_resumed}) EXPECT_TRUE(s->ok());
-  ExpectSeqs(fast, 1, kEvents);
-  ExpectSeqs(slow, 1, kEvents);
-  ExpectSeqs(late, 1, kEvents);
-  ExpectSeqs(resumed, 51, kEvents);
+  expect_seqs(fast, 1, kEvents);
+  expect_seqs(slow, 1, kEvents);
+  expect_seqs(late, 1, kEvents);
+  expect_seqs(resumed, 51, kEvents);
   EXPECT_EQ(hub.watcher_count(), 0u);
 }
 
 TEST(EventHub, ABlockedWatcherNeverBlocksThePublisherAndCatchesUpAfterwards) {
   FakeLog log;
-  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
-    return log.Read(id, after, limit);
+  EventHub hub(small_hub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.read(id, after, limit);
   });
   std::mutex mu;
   std::condition_variable cv;
@@ -218,7 +218,7 @@ TEST(EventHub, ABlockedWatcherNeverBlocksThePublisherAndCatchesUpAfterwards) {
   std::vector<int64_t> got;
   Status status;
   std::thread watcher([&] {
-    status = hub.Watch(
+    status = hub.watch(
         "j", 0, false,
         [&](const JobEvent& e) {
           got.push_back(e.seq());
@@ -230,17 +230,17 @@ TEST(EventHub, ABlockedWatcherNeverBlocksThePublisherAndCatchesUpAfterwards) {
         },
         nullptr);
   });
-  const JobEvent first = Event("j", 1);
-  log.Append(first);
-  hub.Publish(first);
+  const JobEvent first = event("j", 1);
+  log.append(first);
+  hub.publish(first);
   while (!first_written) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   // 100k events while the watcher is stuck: publishing stays fast (bounded buffer).
   const auto t0 = std::chrono::steady_clock::now();
   constexpr int64_t kEvents = 100000;
   for (int64_t seq = 2; seq <= kEvents; ++seq) {
-    const JobEvent e = Event("j", seq, seq == kEvents);
-    log.Append(e);
-    hub.Publish(e);
+    const JobEvent e = event("j", seq, seq == kEvents);
+    log.append(e);
+    hub.publish(e);
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(secs, 5.0);
@@ -251,24 +251,24 @@ TEST(EventHub, ABlockedWatcherNeverBlocksThePublisherAndCatchesUpAfterwards) {
   cv.notify_all();
   watcher.join();
   EXPECT_TRUE(status.ok()) << status.to_string();
-  ExpectSeqs(got, 1, kEvents);
+  expect_seqs(got, 1, kEvents);
 }
 
 TEST(EventHub, ShutdownEndsWatchesWithUnavailable) {
   FakeLog log;
-  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
-    return log.Read(id, after, limit);
+  EventHub hub(small_hub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.read(id, after, limit);
   });
   Status status;
   std::thread watcher([&] {
-    status = hub.Watch(
+    status = hub.watch(
         "j", 0, false, [](const JobEvent&) { return true; }, nullptr);
   });
   while (hub.watcher_count() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  hub.Shutdown();
+  hub.shutdown();
   watcher.join();
   EXPECT_EQ(status.code(), StatusCode::kUnavailable);
-  EXPECT_EQ(hub.Watch(
+  EXPECT_EQ(hub.watch(
                    "j", 0, false, [](const JobEvent&) { return true; }, nullptr)
                 .code(),
             StatusCode::kUnavailable);
@@ -276,31 +276,31 @@ TEST(EventHub, ShutdownEndsWatchesWithUnavailable) {
 
 TEST(EventHub, AWatchOfAnEndedJobEndsAfterTheReplayEvenPastTheEnd) {
   FakeLog log;
-  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
-    return log.Read(id, after, limit);
+  EventHub hub(small_hub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.read(id, after, limit);
   });
-  for (int64_t seq = 1; seq <= 40; ++seq) log.Append(Event("j", seq, seq == 40));
+  for (int64_t seq = 1; seq <= 40; ++seq) log.append(event("j", seq, seq == 40));
   std::vector<int64_t> got;
   auto collect = [&](const JobEvent& e) {
     got.push_back(e.seq());
     return true;
   };
-  EXPECT_TRUE(hub.Watch("j", 17, true, collect, nullptr).ok());
-  ExpectSeqs(got, 18, 40);
+  EXPECT_TRUE(hub.watch("j", 17, true, collect, nullptr).ok());
+  expect_seqs(got, 18, 40);
   got.clear();
-  EXPECT_TRUE(hub.Watch("j", 40, true, collect, nullptr).ok());
+  EXPECT_TRUE(hub.watch("j", 40, true, collect, nullptr).ok());
   EXPECT_TRUE(got.empty());
 }
 
 TEST(EventHub, AClientThatLeavesEndsItsWatch) {
   FakeLog log;
-  EventHub hub(SmallHub(), [&](const std::string& id, int64_t after, int limit) {
-    return log.Read(id, after, limit);
+  EventHub hub(small_hub(), [&](const std::string& id, int64_t after, int limit) {
+    return log.read(id, after, limit);
   });
   std::atomic<bool> gone{false};
   Status status;
   std::thread watcher([&] {
-    status = hub.Watch(
+    status = hub.watch(
         "j", 0, false, [](const JobEvent&) { return true; }, [&] { return gone.load(); });
   });
   gone = true;
@@ -340,22 +340,22 @@ TEST(ApplyEvent, KeepsTheJobSummaryInStepWithEvents) {
 
 // ---- JobManager (in-process, on the reference backend) ----------------------------------
 
-using test::TinySpec;
-using test::WatchToEnd;
+using test::tiny_spec;
+using test::watch_to_end;
 
-std::unique_ptr<JobManager> NewManager(const TempDir& dir) {
+std::unique_ptr<JobManager> new_manager(const TempDir& dir) {
   JobManagerOptions o;
   o.state_dir = (dir.path() / "state").string();
   o.data_dir = (dir.path() / "data").string();
   o.max_queued_jobs = 100;
-  auto m = JobManager::Create(make_reference_backend(), o);
+  auto m = JobManager::create(make_reference_backend(), o);
   EXPECT_TRUE(m.ok()) << m.status().to_string();
   if (!m.ok()) return nullptr;
-  (*m)->Start();
+  (*m)->start();
   return std::move(m).value();
 }
 
-void ExpectContiguous(const std::vector<JobEvent>& events) {
+void expect_contiguous(const std::vector<JobEvent>& events) {
   for (size_t i = 0; i < events.size(); ++i) {
     ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1);
   }
@@ -363,7 +363,7 @@ void ExpectContiguous(const std::vector<JobEvent>& events) {
 
 TEST(JobManager, ConcurrentSubmitsAndCancelsAllEndOnce) {
   TempDir dir;
-  auto m = NewManager(dir);
+  auto m = new_manager(dir);
   ASSERT_NE(m, nullptr);
   std::mutex mu;
   std::vector<std::string> ids;
@@ -371,9 +371,9 @@ TEST(JobManager, ConcurrentSubmitsAndCancelsAllEndOnce) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int k = 0; k < 3; ++k) {
-        auto job = m->Submit(TinySpec(3 + k), "c" + std::to_string(t) + "-" + std::to_string(k));
+        auto job = m->submit(tiny_spec(3 + k), "c" + std::to_string(t) + "-" + std::to_string(k));
         ASSERT_TRUE(job.ok()) << job.status().to_string();
-        if (k == 1) (void)m->Cancel(job->id());  // queued or running: either way it ends
+        if (k == 1) (void)m->cancel(job->id());  // queued or running: either way it ends
         std::lock_guard<std::mutex> lock(mu);
         ids.push_back(job->id());
       }
@@ -383,14 +383,14 @@ TEST(JobManager, ConcurrentSubmitsAndCancelsAllEndOnce) {
   ASSERT_EQ(ids.size(), 12u);
   for (const auto& id : ids) {
     Status s;
-    const auto events = WatchToEnd(*m, id, &s);
+    const auto events = watch_to_end(*m, id, &s);
     ASSERT_TRUE(s.ok()) << s.to_string();
-    ExpectContiguous(events);
+    expect_contiguous(events);
     int finals = 0;
-    for (const auto& e : events) finals += EventHub::IsFinal(e) ? 1 : 0;
+    for (const auto& e : events) finals += EventHub::is_final(e) ? 1 : 0;
     EXPECT_EQ(finals, 1) << id;
   }
-  auto page = m->List({ampd::v1::SUCCEEDED, ampd::v1::CANCELLED}, 0, "");
+  auto page = m->list({ampd::v1::SUCCEEDED, ampd::v1::CANCELLED}, 0, "");
   ASSERT_TRUE(page.ok());
   EXPECT_EQ(page->jobs.size(), 12u);
 }
@@ -399,14 +399,14 @@ TEST(JobManager, ShutdownLeavesTheJobRunningAndTheNextStartResumesIt) {
   TempDir dir;
   std::string id;
   {
-    auto m = NewManager(dir);
+    auto m = new_manager(dir);
     ASSERT_NE(m, nullptr);
-    auto job = m->Submit(TinySpec(1000000), "");
+    auto job = m->submit(tiny_spec(1000000), "");
     ASSERT_TRUE(job.ok());
     id = job->id();
     // Follow it until step 12, then stop the watch.
     std::atomic<bool> far{false};
-    Status s = m->Watch(
+    Status s = m->watch(
         id, 0,
         [&](const JobEvent& e) {
           if (e.has_progress() && e.progress().step() >= 12) far = true;
@@ -414,35 +414,35 @@ TEST(JobManager, ShutdownLeavesTheJobRunningAndTheNextStartResumesIt) {
         },
         nullptr);
     EXPECT_EQ(s.code(), StatusCode::kCancelled);
-    EXPECT_TRUE(m->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
-    EXPECT_EQ(m->Submit(TinySpec(3), "").status().code(), StatusCode::kUnavailable);
-    auto stopped = m->Get(id);
+    EXPECT_TRUE(m->shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+    EXPECT_EQ(m->submit(tiny_spec(3), "").status().code(), StatusCode::kUnavailable);
+    auto stopped = m->get(id);
     ASSERT_TRUE(stopped.ok());
     EXPECT_EQ(stopped->state(), ampd::v1::RUNNING);
     EXPECT_FALSE(stopped->checkpoint().empty());
   }
-  auto m = NewManager(dir);
+  auto m = new_manager(dir);
   ASSERT_NE(m, nullptr);
   // The restarted job checkpoints again; then a user cancel ends it for good.
   std::thread canceller;
-  Status s = m->Watch(
+  Status s = m->watch(
       id, 0,
       [&](const JobEvent& e) {
         if (e.has_state_change() && e.state_change().state() == ampd::v1::RUNNING &&
             e.state_change().reason().rfind("resumed from", 0) == 0) {
-          canceller = std::thread([&m, id] { (void)m->Cancel(id); });
+          canceller = std::thread([&m, id] { (void)m->cancel(id); });
         }
         return true;
       },
       nullptr);
   if (canceller.joinable()) canceller.join();
   EXPECT_TRUE(s.ok()) << s.to_string();
-  auto done = m->Get(id);
+  auto done = m->get(id);
   ASSERT_TRUE(done.ok());
   EXPECT_EQ(done->state(), ampd::v1::CANCELLED);
   Status ws;
-  const auto events = WatchToEnd(*m, id, &ws);
-  ExpectContiguous(events);
+  const auto events = watch_to_end(*m, id, &ws);
+  expect_contiguous(events);
   int cancelled = 0;
   for (const auto& e : events) {
     cancelled += e.has_state_change() && e.state_change().state() == ampd::v1::CANCELLED;
@@ -454,11 +454,11 @@ TEST(JobManager, ShutdownLeavesTheJobRunningAndTheNextStartResumesIt) {
 
 TEST(Sha256, KnownVectors) {
   Sha256 empty;
-  EXPECT_EQ(empty.HexDigest(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(empty.hex_digest(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   Sha256 abc;
-  abc.Update("a");
-  abc.Update("bc");
-  EXPECT_EQ(abc.HexDigest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  abc.update("a");
+  abc.update("bc");
+  EXPECT_EQ(abc.hex_digest(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(DatasetStore, VerifiedUploadsOnlyAndNoPartialFiles) {
@@ -466,34 +466,36 @@ TEST(DatasetStore, VerifiedUploadsOnlyAndNoPartialFiles) {
   DatasetStore::Options o;
   o.data_dir = (dir.path() / "data").string();
   o.max_upload_bytes = 16;
-  auto store = DatasetStore::Create(o);
+  auto store = DatasetStore::create(o);
   ASSERT_TRUE(store.ok());
   const std::string abc_sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
   {
-    auto up = (*store)->BeginUpload("abc.csv", 3, abc_sha);
+    auto up = (*store)->begin_upload("abc.csv", 3, abc_sha);
     ASSERT_TRUE(up.ok());
-    ASSERT_TRUE((*up)->Append("ab").ok());
-    ASSERT_TRUE((*up)->Append("c").ok());
-    auto info = (*up)->Finish();
+    ASSERT_TRUE((*up)->append("ab").ok());
+    ASSERT_TRUE((*up)->append("c").ok());
+    auto info = (*up)->finish();
     ASSERT_TRUE(info.ok()) << info.status().to_string();
     EXPECT_EQ(info->sha256, abc_sha);
   }
   {
-    auto up = (*store)->BeginUpload("bad.csv", 3, std::string(64, 'a'));
+    auto up = (*store)->begin_upload("bad.csv", 3, std::string(64, 'a'));
     ASSERT_TRUE(up.ok());
-    ASSERT_TRUE((*up)->Append("abc").ok());
-    EXPECT_EQ((*up)->Finish().status().code(), StatusCode::kInvalidArgument);
+    ASSERT_TRUE((*up)->append("abc").ok());
+    EXPECT_EQ((*up)->finish().status().code(), StatusCode::kInvalidArgument);
   }
-  EXPECT_EQ((*store)->BeginUpload("abc.csv", 3, abc_sha).status().code(),
+  EXPECT_EQ((*store)->begin_upload("abc.csv", 3, abc_sha).status().code(),
             StatusCode::kAlreadyExists);
-  EXPECT_EQ((*store)->BeginUpload("big.csv", 17, abc_sha).status().code(),
+  EXPECT_EQ((*store)->begin_upload("big.csv", 17, abc_sha).status().code(),
             StatusCode::kResourceExhausted);
   for (const char* name : {"", ".hidden", "../x", "a/b", "a b"}) {
-    EXPECT_EQ((*store)->BeginUpload(name, 3, abc_sha).status().code(), StatusCode::kInvalidArgument)
+    EXPECT_EQ((*store)->begin_upload(name, 3, abc_sha).status().code(),
+              StatusCode::kInvalidArgument)
         << name;
   }
-  EXPECT_EQ((*store)->BeginUpload("x.csv", 3, "abc").status().code(), StatusCode::kInvalidArgument);
-  auto list = (*store)->List();
+  EXPECT_EQ((*store)->begin_upload("x.csv", 3, "abc").status().code(),
+            StatusCode::kInvalidArgument);
+  auto list = (*store)->list();
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->size(), 1u);
   EXPECT_EQ((*list)[0].name, "abc.csv");

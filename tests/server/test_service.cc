@@ -43,28 +43,28 @@ constexpr int64_t kChunk = 1 << 20;
 
 // ---- specs -------------------------------------------------------------------------------
 
-JobSpec SpecFromYaml(const std::string& yaml) {
+JobSpec spec_from_yaml(const std::string& yaml) {
   auto spec = engine::parse_job_spec(yaml, "yaml");
   EXPECT_TRUE(spec.ok()) << spec.status().to_string();
   return spec.ok() ? spec.value() : JobSpec();
 }
 
 // A few milliseconds of training on synthetic blobs.
-JobSpec TinySpec(int64_t max_steps, const std::string& name = "tiny") {
-  return SpecFromYaml("name: " + name +
-                      "\n"
-                      "precision: fp32\n"
-                      "model: {layers: [{linear: {out_features: 16}}, {relu: {}}, "
-                      "{linear: {out_features: 3}}]}\n"
-                      "data: {synthetic: {kind: blobs, samples: 256, features: 8, classes: 3}, "
-                      "batch_size: 32}\n"
-                      "optimizer: {sgd: {lr: 0.1}}\n"
-                      "training: {max_steps: " +
-                      std::to_string(max_steps) + ", seed: 3}\n");
+JobSpec tiny_spec(int64_t max_steps, const std::string& name = "tiny") {
+  return spec_from_yaml("name: " + name +
+                        "\n"
+                        "precision: fp32\n"
+                        "model: {layers: [{linear: {out_features: 16}}, {relu: {}}, "
+                        "{linear: {out_features: 3}}]}\n"
+                        "data: {synthetic: {kind: blobs, samples: 256, features: 8, classes: 3}, "
+                        "batch_size: 32}\n"
+                        "optimizer: {sgd: {lr: 0.1}}\n"
+                        "training: {max_steps: " +
+                        std::to_string(max_steps) + ", seed: 3}\n");
 }
 
 // The digits MLP of examples/digits-fp16.yaml (~0.7 ms a step on one thread).
-JobSpec DigitsSpec(int64_t max_steps, int64_t report_every) {
+JobSpec digits_spec(int64_t max_steps, int64_t report_every) {
   auto spec = engine::load_job_spec_file(AMPD_SOURCE_DIR "/examples/digits-fp16.yaml");
   EXPECT_TRUE(spec.ok()) << spec.status().to_string();
   JobSpec s = spec.ok() ? spec.value() : JobSpec();
@@ -78,55 +78,55 @@ JobSpec DigitsSpec(int64_t max_steps, int64_t report_every) {
 }
 
 // Runs until cancelled (a million steps).
-JobSpec EndlessSpec() {
-  JobSpec s = TinySpec(1000000, "endless");
+JobSpec endless_spec() {
+  JobSpec s = tiny_spec(1000000, "endless");
   s.mutable_training()->set_report_every(5);
   return s;
 }
 
 // ---- calls ---------------------------------------------------------------------------------
 
-void SetDeadline(grpc::ClientContext* ctx, std::chrono::milliseconds d = seconds(20)) {
+void set_deadline(grpc::ClientContext* ctx, std::chrono::milliseconds d = seconds(20)) {
   ctx->set_deadline(std::chrono::system_clock::now() + d);
 }
 
-grpc::Status Submit(Stub& stub, const JobSpec& spec, Job* job,
+grpc::Status submit(Stub& stub, const JobSpec& spec, Job* job,
                     const std::string& client_request_id = "") {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::SubmitJobRequest req;
   *req.mutable_spec() = spec;
   req.set_client_request_id(client_request_id);
   return stub.SubmitJob(&ctx, req, job);
 }
 
-Job MustSubmit(Stub& stub, const JobSpec& spec, const std::string& client_request_id = "") {
+Job must_submit(Stub& stub, const JobSpec& spec, const std::string& client_request_id = "") {
   Job job;
-  grpc::Status s = Submit(stub, spec, &job, client_request_id);
+  grpc::Status s = submit(stub, spec, &job, client_request_id);
   EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
   return job;
 }
 
-grpc::Status GetJob(Stub& stub, const std::string& id, Job* job) {
+grpc::Status get_job(Stub& stub, const std::string& id, Job* job) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::GetJobRequest req;
   req.set_job_id(id);
   return stub.GetJob(&ctx, req, job);
 }
 
-grpc::Status CancelJob(Stub& stub, const std::string& id, Job* job) {
+grpc::Status cancel_job(Stub& stub, const std::string& id, Job* job) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::CancelJobRequest req;
   req.set_job_id(id);
   return stub.CancelJob(&ctx, req, job);
 }
 
-grpc::Status ListJobs(Stub& stub, const std::vector<JobState>& states, int page_size,
-                      const std::string& token, ampd::v1::ListJobsResponse* resp) {
+grpc::Status list_jobs(Stub& stub, const std::vector<JobState>& states, int page_size,
+                       const std::string& token, ampd::v1::ListJobsResponse* resp) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::ListJobsRequest req;
   for (JobState s : states) req.add_states(s);
   req.set_page_size(page_size);
@@ -140,12 +140,12 @@ struct WatchResult {
   std::vector<JobEvent> events;
   grpc::Status status;
 };
-WatchResult Watch(Stub& stub, const std::string& id, int64_t since_seq, size_t stop_after = 0,
+WatchResult watch(Stub& stub, const std::string& id, int64_t since_seq, size_t stop_after = 0,
                   const std::function<void(const JobEvent&)>& per_event = nullptr,
                   std::chrono::milliseconds deadline = seconds(90)) {
   WatchResult r;
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, deadline);
+  set_deadline(&ctx, deadline);
   ampd::v1::WatchJobRequest req;
   req.set_job_id(id);
   req.set_since_seq(since_seq);
@@ -163,7 +163,7 @@ WatchResult Watch(Stub& stub, const std::string& id, int64_t since_seq, size_t s
   return r;
 }
 
-std::vector<std::string> Serialized(const std::vector<JobEvent>& events) {
+std::vector<std::string> serialized(const std::vector<JobEvent>& events) {
   std::vector<std::string> out;
   for (const auto& e : events) out.push_back(e.SerializeAsString());
   return out;
@@ -173,7 +173,7 @@ grpc::Status Upload(Stub& stub, const std::string& name, const std::string& cont
                     const std::string& sha256, int64_t declared_size, size_t chunk,
                     ampd::v1::Dataset* out) {
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   auto writer = stub.UploadDataset(&ctx, out);
   ampd::v1::UploadDatasetRequest req;
   req.mutable_header()->set_name(name);
@@ -218,10 +218,10 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
           .ok());
   ASSERT_EQ(local.state(), ampd::v1::SUCCEEDED);
 
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     ampd::v1::ServerInfo info;
     AMPD_ASSERT_GRPC_OK(stub().GetServerInfo(&ctx, {}, &info));
     EXPECT_FALSE(info.version().empty());
@@ -232,22 +232,22 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
     EXPECT_EQ(info.max_queued_jobs(), 100);
   }
 
-  const Job submitted = MustSubmit(stub(), DigitsSpec(0, 0));
+  const Job submitted = must_submit(stub(), digits_spec(0, 0));
   EXPECT_EQ(submitted.state(), ampd::v1::QUEUED);
   EXPECT_EQ(submitted.id().size(), 18u) << submitted.id();
   EXPECT_EQ(submitted.id().rfind("j-", 0), 0u);
   // Served jobs get a checkpoint interval when the spec has none.
   EXPECT_EQ(submitted.spec().training().checkpoint_every(), 50);
 
-  const WatchResult w = Watch(stub(), submitted.id(), 0);
+  const WatchResult w = watch(stub(), submitted.id(), 0);
   AMPD_ASSERT_GRPC_OK(w.status);
-  ExpectCompleteHistory(w.events, submitted.id());
+  expect_complete_history(w.events, submitted.id());
   ASSERT_TRUE(w.events.front().has_state_change());
   EXPECT_EQ(w.events.front().state_change().state(), ampd::v1::QUEUED);
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
 
   Job done;
-  AMPD_ASSERT_GRPC_OK(GetJob(stub(), submitted.id(), &done));
+  AMPD_ASSERT_GRPC_OK(get_job(stub(), submitted.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED);
   EXPECT_EQ(done.step(), local.step());
   EXPECT_EQ(done.metrics().val_accuracy(), local.metrics().val_accuracy());
@@ -265,7 +265,7 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
   const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   ASSERT_FALSE(file.empty());
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::DownloadCheckpointRequest req;
   req.set_job_id(submitted.id());
   auto reader = stub().DownloadCheckpoint(&ctx, req);
@@ -283,17 +283,17 @@ TEST_F(ServiceTest, DigitsJobMatchesAmpdTrainAndCheckpointDownloads) {
 }
 
 TEST_F(ServiceTest, ListAndGetWithPaging) {
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   std::vector<std::string> ids;
-  for (int i = 0; i < 5; ++i) ids.push_back(MustSubmit(stub(), TinySpec(3)).id());
-  for (const auto& id : ids) AMPD_ASSERT_GRPC_OK(Watch(stub(), id, 0).status);
+  for (int i = 0; i < 5; ++i) ids.push_back(must_submit(stub(), tiny_spec(3)).id());
+  for (const auto& id : ids) AMPD_ASSERT_GRPC_OK(watch(stub(), id, 0).status);
 
   std::vector<std::string> listed;
   std::string token;
   int pages = 0;
   do {
     ampd::v1::ListJobsResponse resp;
-    AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 2, token, &resp));
+    AMPD_ASSERT_GRPC_OK(list_jobs(stub(), {}, 2, token, &resp));
     EXPECT_LE(resp.jobs_size(), 2);
     for (const auto& j : resp.jobs()) listed.push_back(j.id());
     token = resp.next_page_token();
@@ -303,38 +303,38 @@ TEST_F(ServiceTest, ListAndGetWithPaging) {
   EXPECT_EQ(listed, ids);  // oldest first = submission order
 
   ampd::v1::ListJobsResponse succeeded, queued, both;
-  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {ampd::v1::SUCCEEDED}, 0, "", &succeeded));
+  AMPD_ASSERT_GRPC_OK(list_jobs(stub(), {ampd::v1::SUCCEEDED}, 0, "", &succeeded));
   EXPECT_EQ(succeeded.jobs_size(), 5);
   EXPECT_TRUE(succeeded.next_page_token().empty());
-  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {ampd::v1::QUEUED, ampd::v1::RUNNING}, 0, "", &queued));
+  AMPD_ASSERT_GRPC_OK(list_jobs(stub(), {ampd::v1::QUEUED, ampd::v1::RUNNING}, 0, "", &queued));
   EXPECT_EQ(queued.jobs_size(), 0);
 
   for (const auto& id : ids) {
     Job j;
-    AMPD_ASSERT_GRPC_OK(GetJob(stub(), id, &j));
+    AMPD_ASSERT_GRPC_OK(get_job(stub(), id, &j));
     EXPECT_EQ(j.id(), id);
     EXPECT_EQ(j.state(), ampd::v1::SUCCEEDED);
     EXPECT_EQ(j.step(), 3);
   }
   ampd::v1::ListJobsResponse bad;
-  EXPECT_EQ(ListJobs(stub(), {}, 2, "not-a-token", &bad).error_code(),
+  EXPECT_EQ(list_jobs(stub(), {}, 2, "not-a-token", &bad).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(ListJobs(stub(), {static_cast<JobState>(42)}, 2, "", &bad).error_code(),
+  EXPECT_EQ(list_jobs(stub(), {static_cast<JobState>(42)}, 2, "", &bad).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
-  ASSERT_NE(StartServer(), nullptr);
-  const Job running = MustSubmit(stub(), EndlessSpec());
-  const Job queued = MustSubmit(stub(), TinySpec(5));
-  ASSERT_TRUE(WaitForStep(stub(), running.id(), 60));
+  ASSERT_NE(start_server(), nullptr);
+  const Job running = must_submit(stub(), endless_spec());
+  const Job queued = must_submit(stub(), tiny_spec(5));
+  ASSERT_TRUE(wait_for_step(stub(), running.id(), 60));
 
   Job j;
-  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), queued.id(), &j));
+  AMPD_ASSERT_GRPC_OK(cancel_job(stub(), queued.id(), &j));
   EXPECT_EQ(j.state(), ampd::v1::CANCELLED);
   EXPECT_TRUE(j.checkpoint().empty());
 
-  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), running.id(), &j));
+  AMPD_ASSERT_GRPC_OK(cancel_job(stub(), running.id(), &j));
   EXPECT_EQ(j.state(), ampd::v1::CANCELLED);  // CancelJob waits for the step boundary
   EXPECT_GE(j.step(), 60);
   ASSERT_FALSE(j.checkpoint().empty());
@@ -342,27 +342,28 @@ TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
   EXPECT_EQ(fs::path(j.checkpoint()).filename().string(),
             "step-" + std::to_string(j.step()) + ".safetensors");
 
-  const WatchResult w = Watch(stub(), running.id(), 0);
+  const WatchResult w = watch(stub(), running.id(), 0);
   AMPD_ASSERT_GRPC_OK(w.status);
-  ExpectCompleteHistory(w.events, running.id());
+  expect_complete_history(w.events, running.id());
   EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::CANCELLED);
   ASSERT_GE(w.events.size(), 2u);
   const JobEvent& ck = w.events[w.events.size() - 2];
   ASSERT_TRUE(ck.has_checkpoint());
   EXPECT_EQ(ck.checkpoint().step(), j.step());
 
-  const WatchResult wq = Watch(stub(), queued.id(), 0);
+  const WatchResult wq = watch(stub(), queued.id(), 0);
   AMPD_ASSERT_GRPC_OK(wq.status);
   ASSERT_EQ(wq.events.size(), 2u);  // QUEUED, CANCELLED
   EXPECT_EQ(wq.events.back().state_change().state(), ampd::v1::CANCELLED);
 
   // Both ended: a second cancel is a precondition failure.
-  EXPECT_EQ(CancelJob(stub(), running.id(), &j).error_code(),
+  EXPECT_EQ(cancel_job(stub(), running.id(), &j).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_EQ(CancelJob(stub(), queued.id(), &j).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(cancel_job(stub(), queued.id(), &j).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
   // The cancelled queued job never ran: nothing to download.
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::DownloadCheckpointRequest req;
   req.set_job_id(queued.id());
   auto reader = stub().DownloadCheckpoint(&ctx, req);
@@ -373,23 +374,23 @@ TEST_F(ServiceTest, CancelRunningJobKeepsCheckpointAndCancelQueuedJobAtOnce) {
 }
 
 TEST_F(ServiceTest, ResubmissionWithSameClientRequestIdReturnsTheSameJob) {
-  ASSERT_NE(StartServer(), nullptr);
-  const Job first = MustSubmit(stub(), TinySpec(4), "req-1");
-  const Job again = MustSubmit(stub(), TinySpec(4), "req-1");
+  ASSERT_NE(start_server(), nullptr);
+  const Job first = must_submit(stub(), tiny_spec(4), "req-1");
+  const Job again = must_submit(stub(), tiny_spec(4), "req-1");
   EXPECT_EQ(again.id(), first.id());
   EXPECT_EQ(again.client_request_id(), "req-1");
   ampd::v1::ListJobsResponse all;
-  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 0, "", &all));
+  AMPD_ASSERT_GRPC_OK(list_jobs(stub(), {}, 0, "", &all));
   EXPECT_EQ(all.jobs_size(), 1);
 
   Job other;
-  EXPECT_EQ(Submit(stub(), TinySpec(7), &other, "req-1").error_code(),
+  EXPECT_EQ(submit(stub(), tiny_spec(7), &other, "req-1").error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
-  EXPECT_EQ(Submit(stub(), TinySpec(4), &other, std::string(129, 'x')).error_code(),
+  EXPECT_EQ(submit(stub(), tiny_spec(4), &other, std::string(129, 'x')).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   // After the job ended, a retry still answers with it.
-  AMPD_ASSERT_GRPC_OK(Watch(stub(), first.id(), 0).status);
-  const Job later = MustSubmit(stub(), TinySpec(4), "req-1");
+  AMPD_ASSERT_GRPC_OK(watch(stub(), first.id(), 0).status);
+  const Job later = must_submit(stub(), tiny_spec(4), "req-1");
   EXPECT_EQ(later.id(), first.id());
   EXPECT_EQ(later.state(), ampd::v1::SUCCEEDED);
 }
@@ -398,47 +399,47 @@ TEST_F(ServiceTest, ResubmissionWithSameClientRequestIdReturnsTheSameJob) {
 
 TEST_F(ServiceTest, LateSlowAndReconnectingWatchersSeeEveryEventOnceInOrder) {
   // A 4-event buffer per watcher: the slow watcher overflows it and replays from the store.
-  ASSERT_NE(StartServer({"--watch-buffer-events", "4"}), nullptr);
-  const Job job = MustSubmit(stub(), DigitsSpec(2500, 1));
+  ASSERT_NE(start_server({"--watch-buffer-events", "4"}), nullptr);
+  const Job job = must_submit(stub(), digits_spec(2500, 1));
 
   WatchResult full, slow, late, reconnect_first, reconnect_rest;
-  std::thread t_full([&] { full = Watch(stub(), job.id(), 0); });
+  std::thread t_full([&] { full = watch(stub(), job.id(), 0); });
   std::thread t_slow([&] {
     size_t n = 0;
-    slow = Watch(stub(), job.id(), 0, 0, [&](const JobEvent&) {
+    slow = watch(stub(), job.id(), 0, 0, [&](const JobEvent&) {
       if (++n < 400) std::this_thread::sleep_for(milliseconds(2));
     });
   });
   // Reconnect: read 150 events, hang up, continue from the last seq seen.
-  reconnect_first = Watch(stub(), job.id(), 0, 150);
+  reconnect_first = watch(stub(), job.id(), 0, 150);
   ASSERT_EQ(reconnect_first.events.size(), 150u);
   EXPECT_EQ(reconnect_first.status.error_code(), grpc::StatusCode::CANCELLED);
   // Late: joins when the job is well under way.
-  ASSERT_TRUE(WaitForStep(stub(), job.id(), 1000));
-  std::thread t_late([&] { late = Watch(stub(), job.id(), 0); });
-  reconnect_rest = Watch(stub(), job.id(), reconnect_first.events.back().seq());
+  ASSERT_TRUE(wait_for_step(stub(), job.id(), 1000));
+  std::thread t_late([&] { late = watch(stub(), job.id(), 0); });
+  reconnect_rest = watch(stub(), job.id(), reconnect_first.events.back().seq());
   t_full.join();
   t_slow.join();
   t_late.join();
 
   // The reference: the whole history, read after the end (from the store alone).
-  const WatchResult after = Watch(stub(), job.id(), 0);
+  const WatchResult after = watch(stub(), job.id(), 0);
   AMPD_ASSERT_GRPC_OK(after.status);
-  ExpectCompleteHistory(after.events, job.id());
+  expect_complete_history(after.events, job.id());
   EXPECT_GT(after.events.size(), 2500u);
-  const auto reference = Serialized(after.events);
+  const auto reference = serialized(after.events);
 
   for (const WatchResult* r : {&full, &slow, &late, &reconnect_rest})
     AMPD_ASSERT_GRPC_OK(r->status);
-  EXPECT_EQ(Serialized(full.events), reference);
-  EXPECT_EQ(Serialized(slow.events), reference);
-  EXPECT_EQ(Serialized(late.events), reference);
+  EXPECT_EQ(serialized(full.events), reference);
+  EXPECT_EQ(serialized(slow.events), reference);
+  EXPECT_EQ(serialized(late.events), reference);
   std::vector<JobEvent> joined = reconnect_first.events;
   joined.insert(joined.end(), reconnect_rest.events.begin(), reconnect_rest.events.end());
-  EXPECT_EQ(Serialized(joined), reference);
+  EXPECT_EQ(serialized(joined), reference);
 
   // Past the end: nothing more, and the stream ends at once.
-  const WatchResult tail = Watch(stub(), job.id(), after.events.back().seq());
+  const WatchResult tail = watch(stub(), job.id(), after.events.back().seq());
   AMPD_ASSERT_GRPC_OK(tail.status);
   EXPECT_TRUE(tail.events.empty());
 }
@@ -450,30 +451,30 @@ class RestartTest : public ServiceTest {
   // Stops the server mid-job with `sig`, restarts it on the same state dir, and checks
   // that the job finishes with an intact history and the result of an uninterrupted run.
   void Run(int sig) {
-    ASSERT_NE(StartServer(), nullptr);
-    const JobSpec spec = DigitsSpec(1200, 10);
-    const Job job = MustSubmit(stub(), spec);
-    ASSERT_TRUE(WaitForStep(stub(), job.id(), 400));
+    ASSERT_NE(start_server(), nullptr);
+    const JobSpec spec = digits_spec(1200, 10);
+    const Job job = must_submit(stub(), spec);
+    ASSERT_TRUE(wait_for_step(stub(), job.id(), 400));
     const auto t0 = std::chrono::steady_clock::now();
-    const int code = server().Stop(sig, seconds(25));
+    const int code = server().stop(sig, seconds(25));
     const double took =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (sig == SIGTERM) {
-      EXPECT_EQ(code, 0) << server().Log();
+      EXPECT_EQ(code, 0) << server().log();
       EXPECT_LT(took, 20.0);
-      EXPECT_NE(server().Log().find("stopped for shutdown"), std::string::npos) << server().Log();
+      EXPECT_NE(server().log().find("stopped for shutdown"), std::string::npos) << server().log();
     } else {
       EXPECT_EQ(code, 128 + SIGKILL);
     }
 
-    ASSERT_NE(StartServer(), nullptr);
+    ASSERT_NE(start_server(), nullptr);
     Job now;
-    AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &now));
+    AMPD_ASSERT_GRPC_OK(get_job(stub(), job.id(), &now));
     EXPECT_TRUE(now.state() == ampd::v1::RUNNING || now.state() == ampd::v1::SUCCEEDED)
         << ampd::v1::JobState_Name(now.state());
-    const WatchResult w = Watch(stub(), job.id(), 0);
+    const WatchResult w = watch(stub(), job.id(), 0);
     AMPD_ASSERT_GRPC_OK(w.status);
-    ExpectCompleteHistory(w.events, job.id());
+    expect_complete_history(w.events, job.id());
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
     std::vector<std::string> running_reasons;
     for (const auto& e : w.events) {
@@ -493,14 +494,14 @@ class RestartTest : public ServiceTest {
     EXPECT_GE(resumed_at, sig == SIGTERM ? 400 : 350) << reason;
 
     Job resumed;
-    AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &resumed));
+    AMPD_ASSERT_GRPC_OK(get_job(stub(), job.id(), &resumed));
     EXPECT_EQ(resumed.state(), ampd::v1::SUCCEEDED);
     EXPECT_EQ(resumed.step(), 1200);
     // Resume is bit-exact (same backend and threads): an uninterrupted run ends the same.
-    const Job fresh = MustSubmit(stub(), spec);
-    AMPD_ASSERT_GRPC_OK(Watch(stub(), fresh.id(), 0).status);
+    const Job fresh = must_submit(stub(), spec);
+    AMPD_ASSERT_GRPC_OK(watch(stub(), fresh.id(), 0).status);
     Job reference;
-    AMPD_ASSERT_GRPC_OK(GetJob(stub(), fresh.id(), &reference));
+    AMPD_ASSERT_GRPC_OK(get_job(stub(), fresh.id(), &reference));
     EXPECT_EQ(resumed.metrics().val_accuracy(), reference.metrics().val_accuracy());
     EXPECT_EQ(resumed.metrics().val_loss(), reference.metrics().val_loss());
   }
@@ -516,7 +517,7 @@ TEST_F(RestartTest, SigkillMidJobResumesAfterRestart) {
 // ---- concurrency -----------------------------------------------------------------------------
 
 TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   constexpr int kClients = 10, kPerClient = 2;
   std::mutex mu;
   std::vector<std::string> ids;
@@ -524,12 +525,12 @@ TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) {
     clients.emplace_back([&, c] {
-      auto stub = ampd::v1::Trainer::NewStub(server().NewChannel());
+      auto stub = ampd::v1::Trainer::NewStub(server().new_channel());
       std::string first_id;
       for (int k = 0; k < kPerClient; ++k) {
         Job job;
         const std::string rid = "client-" + std::to_string(c) + "-" + std::to_string(k);
-        if (!Submit(*stub, TinySpec(2 + k), &job, rid).ok()) {
+        if (!submit(*stub, tiny_spec(2 + k), &job, rid).ok()) {
           ++failures;
           continue;
         }
@@ -539,7 +540,7 @@ TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
       }
       // A retry of the first request, racing the others: still the same job.
       Job retry;
-      if (!Submit(*stub, TinySpec(2), &retry, "client-" + std::to_string(c) + "-0").ok() ||
+      if (!submit(*stub, tiny_spec(2), &retry, "client-" + std::to_string(c) + "-0").ok() ||
           retry.id() != first_id) {
         ++failures;
       }
@@ -552,13 +553,13 @@ TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
   EXPECT_EQ(unique.size(), ids.size());
 
   for (const auto& id : ids) {
-    const WatchResult w = Watch(stub(), id, 0);
+    const WatchResult w = watch(stub(), id, 0);
     AMPD_ASSERT_GRPC_OK(w.status);
-    ExpectCompleteHistory(w.events, id);
+    expect_complete_history(w.events, id);
     EXPECT_EQ(w.events.back().state_change().state(), ampd::v1::SUCCEEDED);
   }
   ampd::v1::ListJobsResponse all;
-  AMPD_ASSERT_GRPC_OK(ListJobs(stub(), {}, 100, "", &all));
+  AMPD_ASSERT_GRPC_OK(list_jobs(stub(), {}, 100, "", &all));
   std::set<std::string> listed;
   for (const auto& j : all.jobs()) {
     listed.insert(j.id());
@@ -577,12 +578,12 @@ TEST_F(ServiceTest, TwentyJobsFromTenConcurrentClientsAreAllAccountedFor) {
 // ---- health, reflection, drain ----------------------------------------------------------------
 
 TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
-  ASSERT_NE(StartServer({"--drain-grace", "1.5s"}), nullptr);
-  auto channel = server().NewChannel();
+  ASSERT_NE(start_server({"--drain-grace", "1.5s"}), nullptr);
+  auto channel = server().new_channel();
   auto health = grpc::health::v1::Health::NewStub(channel);
   for (const char* service : {"", "ampd.v1.Trainer"}) {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(service);
     HealthCheckResponse resp;
@@ -594,7 +595,7 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
   {
     auto refl = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     auto stream = refl->ServerReflectionInfo(&ctx);
     grpc::reflection::v1alpha::ServerReflectionRequest req;
     req.set_list_services("");
@@ -626,8 +627,8 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
     AMPD_ASSERT_GRPC_OK(stream->Finish());
   }
 
-  const Job job = MustSubmit(stub(), EndlessSpec());
-  ASSERT_TRUE(WaitForStep(stub(), job.id(), 20));
+  const Job job = must_submit(stub(), endless_spec());
+  ASSERT_TRUE(wait_for_step(stub(), job.id(), 20));
 
   grpc::ClientContext watch_ctx;
   grpc::health::v1::HealthCheckRequest watch_req;
@@ -637,101 +638,101 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
   EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
 
   const auto t0 = std::chrono::steady_clock::now();
-  server().Signal(SIGTERM);
+  server().signal(SIGTERM);
   ASSERT_TRUE(health_watch->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
   // Draining (the grace period): probes see NOT_SERVING, new calls get UNAVAILABLE.
   {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     HealthCheckResponse resp;
     AMPD_ASSERT_GRPC_OK(health->Check(&ctx, watch_req, &resp));
     EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
   }
   Job ignored;
-  EXPECT_EQ(Submit(stub(), TinySpec(2), &ignored).error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_EQ(GetJob(stub(), job.id(), &ignored).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(submit(stub(), tiny_spec(2), &ignored).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(get_job(stub(), job.id(), &ignored).error_code(), grpc::StatusCode::UNAVAILABLE);
   watch_ctx.TryCancel();
   (void)health_watch->Finish();
 
-  EXPECT_EQ(server().Wait(seconds(25)), 0);
+  EXPECT_EQ(server().wait(seconds(25)), 0);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(took, 1.5 + 10.0);
 
   // A shutdown is not a cancel: after a restart the job is RUNNING again, not CANCELLED.
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   Job after;
-  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &after));
+  AMPD_ASSERT_GRPC_OK(get_job(stub(), job.id(), &after));
   EXPECT_EQ(after.state(), ampd::v1::RUNNING);
   EXPECT_FALSE(after.checkpoint().empty());
-  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), job.id(), &after));
+  AMPD_ASSERT_GRPC_OK(cancel_job(stub(), job.id(), &after));
 }
 
 TEST_F(ServiceTest, ASecondServerOnTheSameStateDirIsRefused) {
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   std::string error;
-  auto second = ServerProcess::Start(state_dir_, {}, &error);
+  auto second = ServerProcess::start(state_dir_, {}, &error);
   EXPECT_EQ(second, nullptr);
   EXPECT_NE(error.find("exited with 2"), std::string::npos) << error;
   EXPECT_NE(error.find("in use by another ampd serve"), std::string::npos) << error;
   // The first one is unaffected.
   Job job;
-  EXPECT_EQ(GetJob(stub(), "j-0000000000000000", &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(get_job(stub(), "j-0000000000000000", &job).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 // ---- errors ----------------------------------------------------------------------------------
 
 TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
-  ASSERT_NE(StartServer({"--max-queued-jobs", "1", "--max-upload-bytes", "1KiB"}), nullptr);
+  ASSERT_NE(start_server({"--max-queued-jobs", "1", "--max-upload-bytes", "1KiB"}), nullptr);
   Job job;
 
   // A bad spec names the field.
-  JobSpec bad = TinySpec(3);
+  JobSpec bad = tiny_spec(3);
   bad.mutable_optimizer()->mutable_adamw()->set_lr(-1);
-  grpc::Status s = Submit(stub(), bad, &job);
+  grpc::Status s = submit(stub(), bad, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("optimizer.adamw.lr"), std::string::npos) << s.error_message();
-  bad = TinySpec(3);
+  bad = tiny_spec(3);
   bad.set_precision("fp8");
-  s = Submit(stub(), bad, &job);
+  s = submit(stub(), bad, &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("precision"), std::string::npos) << s.error_message();
 
   // Data paths stay inside the data dir.
   std::ofstream(root_ / "outside.csv") << "1,2,0\n3,4,1\n";
   for (const char* path : {"../outside.csv", "/etc/passwd", "a/../../outside.csv"}) {
-    JobSpec csv = TinySpec(3);
+    JobSpec csv = tiny_spec(3);
     csv.mutable_data()->mutable_csv()->set_path(path);
-    s = Submit(stub(), csv, &job);
+    s = submit(stub(), csv, &job);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << path;
     EXPECT_NE(s.error_message().find("data.csv.path"), std::string::npos) << s.error_message();
   }
-  JobSpec missing = TinySpec(3);
+  JobSpec missing = tiny_spec(3);
   missing.mutable_data()->mutable_csv()->set_path("missing.csv");
-  EXPECT_EQ(Submit(stub(), missing, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(submit(stub(), missing, &job).error_code(), grpc::StatusCode::NOT_FOUND);
 
   // Unknown jobs.
   const std::string unknown = "j-0000000000000000";
-  EXPECT_EQ(GetJob(stub(), unknown, &job).error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(CancelJob(stub(), unknown, &job).error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(Watch(stub(), unknown, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_EQ(GetJob(stub(), "", &job).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(Watch(stub(), unknown, -1).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(get_job(stub(), unknown, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(cancel_job(stub(), unknown, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(watch(stub(), unknown, 0).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(get_job(stub(), "", &job).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(watch(stub(), unknown, -1).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
   // Cancelling a finished job.
-  const Job finished = MustSubmit(stub(), TinySpec(2));
-  AMPD_ASSERT_GRPC_OK(Watch(stub(), finished.id(), 0).status);
-  EXPECT_EQ(CancelJob(stub(), finished.id(), &job).error_code(),
+  const Job finished = must_submit(stub(), tiny_spec(2));
+  AMPD_ASSERT_GRPC_OK(watch(stub(), finished.id(), 0).status);
+  EXPECT_EQ(cancel_job(stub(), finished.id(), &job).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
 
   // The queue: one running, one waiting (--max-queued-jobs 1), the next is refused.
-  const Job running = MustSubmit(stub(), EndlessSpec());
-  ASSERT_TRUE(WaitForStep(stub(), running.id(), 5));
-  const Job waiting = MustSubmit(stub(), TinySpec(2));
-  s = Submit(stub(), TinySpec(2), &job);
+  const Job running = must_submit(stub(), endless_spec());
+  ASSERT_TRUE(wait_for_step(stub(), running.id(), 5));
+  const Job waiting = must_submit(stub(), tiny_spec(2));
+  s = submit(stub(), tiny_spec(2), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), waiting.id(), &job));
-  AMPD_ASSERT_GRPC_OK(CancelJob(stub(), running.id(), &job));
+  AMPD_ASSERT_GRPC_OK(cancel_job(stub(), waiting.id(), &job));
+  AMPD_ASSERT_GRPC_OK(cancel_job(stub(), running.id(), &job));
 
   // Uploads: the checksum and the size are verified, the limit enforced, nothing kept.
   const std::string content = "1,2,0\n3,4,1\n";
@@ -740,18 +741,18 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_NE(s.error_message().find("sha256"), std::string::npos) << s.error_message();
   const std::string big(2000, 'x');
-  s = Upload(stub(), "big.csv", big, Sha256Hex(big), big.size(), 500, &ds);
+  s = Upload(stub(), "big.csv", big, sha256_hex(big), big.size(), 500, &ds);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   // Declared small, sent big: refused once past the limit.
-  s = Upload(stub(), "liar.csv", big, Sha256Hex(big), 100, 500, &ds);
+  s = Upload(stub(), "liar.csv", big, sha256_hex(big), 100, 500, &ds);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  s = Upload(stub(), "short.csv", content, Sha256Hex(content), content.size() + 1, 4, &ds);
+  s = Upload(stub(), "short.csv", content, sha256_hex(content), content.size() + 1, 4, &ds);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  s = Upload(stub(), "../evil.csv", content, Sha256Hex(content), content.size(), 4, &ds);
+  s = Upload(stub(), "../evil.csv", content, sha256_hex(content), content.size(), 4, &ds);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     auto writer = stub().UploadDataset(&ctx, &ds);
     ampd::v1::UploadDatasetRequest chunk_first;
     chunk_first.set_chunk("1,2,0\n");
@@ -760,7 +761,7 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
     EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   }
   grpc::ClientContext ctx;
-  SetDeadline(&ctx);
+  set_deadline(&ctx);
   ampd::v1::ListDatasetsResponse list;
   AMPD_ASSERT_GRPC_OK(stub().ListDatasets(&ctx, {}, &list));
   EXPECT_EQ(list.datasets_size(), 0) << list.DebugString();
@@ -769,7 +770,7 @@ TEST_F(ServiceTest, ErrorsMapToTheDocumentedStatusCodes) {
 }
 
 TEST_F(ServiceTest, UploadedDatasetTrainsAJob) {
-  ASSERT_NE(StartServer(), nullptr);
+  ASSERT_NE(start_server(), nullptr);
   // Two separable classes in 4 features.
   std::string csv;
   uint64_t x = 12345;
@@ -783,32 +784,32 @@ TEST_F(ServiceTest, UploadedDatasetTrainsAJob) {
     csv += std::to_string(label) + "\n";
   }
   ampd::v1::Dataset ds;
-  AMPD_ASSERT_GRPC_OK(Upload(stub(), "two-class.csv", csv, Sha256Hex(csv), csv.size(), 1000, &ds));
+  AMPD_ASSERT_GRPC_OK(Upload(stub(), "two-class.csv", csv, sha256_hex(csv), csv.size(), 1000, &ds));
   EXPECT_EQ(ds.name(), "two-class.csv");
   EXPECT_EQ(ds.size_bytes(), static_cast<int64_t>(csv.size()));
-  EXPECT_EQ(ds.sha256(), Sha256Hex(csv));
+  EXPECT_EQ(ds.sha256(), sha256_hex(csv));
   EXPECT_EQ(
-      Upload(stub(), "two-class.csv", csv, Sha256Hex(csv), csv.size(), 1000, &ds).error_code(),
+      Upload(stub(), "two-class.csv", csv, sha256_hex(csv), csv.size(), 1000, &ds).error_code(),
       grpc::StatusCode::ALREADY_EXISTS);
   {
     grpc::ClientContext ctx;
-    SetDeadline(&ctx);
+    set_deadline(&ctx);
     ampd::v1::ListDatasetsResponse list;
     AMPD_ASSERT_GRPC_OK(stub().ListDatasets(&ctx, {}, &list));
     ASSERT_EQ(list.datasets_size(), 1);
     EXPECT_EQ(list.datasets(0).name(), "two-class.csv");
-    EXPECT_EQ(list.datasets(0).sha256(), Sha256Hex(csv));
+    EXPECT_EQ(list.datasets(0).sha256(), sha256_hex(csv));
   }
-  JobSpec spec = SpecFromYaml(
+  JobSpec spec = spec_from_yaml(
       "precision: fp32\n"
       "model: {layers: [{linear: {out_features: 8}}, {relu: {}}, {linear: {out_features: 2}}]}\n"
       "data: {csv: {path: two-class.csv, label_column: -1}, batch_size: 32}\n"
       "optimizer: {sgd: {lr: 0.1}}\n"
       "training: {epochs: 5, seed: 1}\n");
-  const Job job = MustSubmit(stub(), spec);
-  AMPD_ASSERT_GRPC_OK(Watch(stub(), job.id(), 0).status);
+  const Job job = must_submit(stub(), spec);
+  AMPD_ASSERT_GRPC_OK(watch(stub(), job.id(), 0).status);
   Job done;
-  AMPD_ASSERT_GRPC_OK(GetJob(stub(), job.id(), &done));
+  AMPD_ASSERT_GRPC_OK(get_job(stub(), job.id(), &done));
   EXPECT_EQ(done.state(), ampd::v1::SUCCEEDED) << done.failure_reason();
   EXPECT_GT(done.metrics().val_accuracy(), 0.9);
 }

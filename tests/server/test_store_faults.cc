@@ -22,11 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 using ampd::v1::JobEvent;
 
-using test::TinySpec;
+using test::tiny_spec;
 
 struct DiskFull {
-  DiskFull() { JobStore::SetDiskFullForTesting(true); }
-  ~DiskFull() { JobStore::SetDiskFullForTesting(false); }
+  DiskFull() { JobStore::set_disk_full_for_testing(true); }
+  ~DiskFull() { JobStore::set_disk_full_for_testing(false); }
 };
 
 TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
@@ -36,17 +36,17 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
   JobManagerOptions o;
   o.state_dir = (root / "state").string();
   o.data_dir = (root / "data").string();
-  auto created = JobManager::Create(make_reference_backend(), o);
+  auto created = JobManager::create(make_reference_backend(), o);
   ASSERT_TRUE(created.ok()) << created.status().to_string();
   std::unique_ptr<JobManager> m = std::move(created).value();
 
   auto wait_idle = [&] {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (std::chrono::steady_clock::now() < deadline &&
-           (!m->Info().running_job.empty() || m->Info().queued_jobs > 0)) {
+           (!m->info().running_job.empty() || m->info().queued_jobs > 0)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    return m->Info().running_job.empty() && m->Info().queued_jobs == 0;
+    return m->info().running_job.empty() && m->info().queued_jobs == 0;
   };
   std::vector<std::string> ids;
   {
@@ -55,7 +55,7 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
     // database cannot grow and has little room left in its pages. A refused call says why.
     Status refused;
     for (int i = 0; i < 500 && refused.ok(); ++i) {
-      auto job = m->Submit(TinySpec(60, 20), "");
+      auto job = m->submit(tiny_spec(60, 20), "");
       if (job.ok()) {
         ids.push_back(job->id());
       } else {
@@ -68,39 +68,39 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
         << refused.to_string();
     ASSERT_FALSE(ids.empty()) << "the store refused even the first job";
     // Every queued job trains to its end although most of its events cannot be stored.
-    m->Start();
+    m->start();
     ASSERT_TRUE(wait_idle());
     // Reads keep working.
-    auto got = m->Get(ids[0]);
+    auto got = m->get(ids[0]);
     ASSERT_TRUE(got.ok()) << got.status().to_string();
-    EXPECT_TRUE(m->List({}, 10, "").ok());
+    EXPECT_TRUE(m->list({}, 10, "").ok());
   }
   // Space again: the next job goes in, and the earlier jobs' events with it.
-  auto c = m->Submit(TinySpec(5, 20), "");
+  auto c = m->submit(tiny_spec(5, 20), "");
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   ids.push_back(c->id());
   ASSERT_TRUE(wait_idle());
   for (const std::string& id : ids) {
     Status ws;
-    const auto events = test::WatchToEnd(*m, id, &ws);
+    const auto events = test::watch_to_end(*m, id, &ws);
     EXPECT_TRUE(ws.ok()) << ws.to_string();
     ASSERT_FALSE(events.empty());
     int finals = 0, progress = 0;
     for (size_t i = 0; i < events.size(); ++i) {
       ASSERT_EQ(events[i].seq(), static_cast<int64_t>(i) + 1) << id;
-      finals += EventHub::IsFinal(events[i]) ? 1 : 0;
+      finals += EventHub::is_final(events[i]) ? 1 : 0;
       progress += events[i].has_progress() ? 1 : 0;
     }
     EXPECT_EQ(finals, 1) << id;
     EXPECT_EQ(events.back().state_change().state(), ampd::v1::SUCCEEDED) << id;
     EXPECT_EQ(progress, id == c->id() ? 5 : 60) << id;  // none lost
-    auto job = m->Get(id);
+    auto job = m->get(id);
     ASSERT_TRUE(job.ok());
     EXPECT_EQ(job->state(), ampd::v1::SUCCEEDED) << id;
     EXPECT_EQ(job->step(), id == c->id() ? 5 : 60) << id;
   }
   RecordProperty("jobs_queued_before_full", static_cast<int>(ids.size()) - 1);
-  EXPECT_TRUE(m->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  EXPECT_TRUE(m->shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
   m.reset();
   std::error_code ec;
   fs::remove_all(root, ec);

@@ -1,4 +1,4 @@
-#include "kernels/status.h"
+#include "base/status.h"
 
 namespace ampd {
 

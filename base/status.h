@@ -1,6 +1,6 @@
-// A small error value: a code and a message. The kernels layer must build with the CUDA
-// toolkit alone (no absl, no gRPC), so it carries its own; server/ maps the codes to
-// grpc::Status in one function.
+// A small error value: a code and a message. base/ (like kernels/ above it) must build
+// with the CUDA toolkit alone (no absl, no gRPC), so it carries its own; server/ maps the
+// codes to grpc::Status in one function.
 #pragma once
 
 #include <string>
@@ -10,7 +10,7 @@ namespace ampd {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,     // the caller passed something malformed; name it in the message
+  kInvalidArgument,  // the caller passed something malformed; name it in the message
   kNotFound,
   kAlreadyExists,
   kFailedPrecondition,  // the call is fine, the state it meets is not
@@ -18,7 +18,7 @@ enum class StatusCode {
   kUnavailable,         // a device or service that is not there
   kInternal,            // a bug or a library failure
   kCancelled,
-  kDataLoss,            // corrupt or truncated data on disk
+  kDataLoss,  // corrupt or truncated data on disk
   kUnimplemented,
 };
 
@@ -28,7 +28,7 @@ class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
-  static Status Ok() { return {}; }
+  static Status ok_status() { return {}; }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
@@ -47,20 +47,36 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
-inline Status FailedPrecondition(std::string m) { return {StatusCode::kFailedPrecondition, std::move(m)}; }
-inline Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
-inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
-inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
-inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
-inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
-inline Status Unimplemented(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
+inline Status invalid_argument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
+inline Status failed_precondition(std::string m) {
+  return {StatusCode::kFailedPrecondition, std::move(m)};
+}
+inline Status resource_exhausted(std::string m) {
+  return {StatusCode::kResourceExhausted, std::move(m)};
+}
+inline Status unavailable(std::string m) {
+  return {StatusCode::kUnavailable, std::move(m)};
+}
+inline Status internal(std::string m) {
+  return {StatusCode::kInternal, std::move(m)};
+}
+inline Status not_found(std::string m) {
+  return {StatusCode::kNotFound, std::move(m)};
+}
+inline Status data_loss(std::string m) {
+  return {StatusCode::kDataLoss, std::move(m)};
+}
+inline Status unimplemented(std::string m) {
+  return {StatusCode::kUnimplemented, std::move(m)};
+}
 
 // A value or an error. Minimal on purpose: value() on an error is a bug (asserts).
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
+  StatusOr(Status status) : status_(std::move(status)) {}            // NOLINT: implicit by design
   StatusOr(T value) : value_(std::move(value)), has_value_(true) {}  // NOLINT
   bool ok() const { return has_value_; }
   const Status& status() const { return status_; }
@@ -83,10 +99,10 @@ class [[nodiscard]] StatusOr {
 #define AMPD_CONCAT(a, b) AMPD_CONCAT_INNER(a, b)
 
 // Returns the status from the enclosing function if it is an error.
-#define AMPD_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    ::ampd::Status ampd_status_ = (expr);          \
-    if (!ampd_status_.ok()) return ampd_status_;   \
+#define AMPD_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::ampd::Status ampd_status_ = (expr);        \
+    if (!ampd_status_.ok()) return ampd_status_; \
   } while (0)
 
 // AMPD_ASSIGN_OR_RETURN(auto x, Make()); declares x from a StatusOr or returns its error.
