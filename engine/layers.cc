@@ -65,7 +65,7 @@ Status BuildContext::make_norm_affine(const std::string& kind, int64_t features,
       Param b, make_param(kind, "bias", 1, features, false, false, [](int64_t) { return 0.0f; }));
   params.push_back(std::move(w));
   params.push_back(std::move(b));
-  return Status::Ok();
+  return Status::ok_status();
 }
 
 StatusOr<StateTensor> BuildContext::make_state(const std::string& suffix, int64_t cols,
