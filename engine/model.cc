@@ -149,12 +149,6 @@ Status Model::read_predictions(int64_t n, int32_t* predictions) {
   return backend_->download(predictions, am);
 }
 
-std::vector<Layer*> Model::layers() const {
-  std::vector<Layer*> out;
-  for (const auto& l : layers_.layers()) out.push_back(l.get());
-  return out;
-}
-
 std::vector<StateTensor*> Model::states() {
   std::vector<StateTensor*> out;
   layers_.collect_states(out);

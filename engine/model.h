@@ -62,8 +62,6 @@ class Model {
   Status read_losses(int64_t n, float* losses);
   Status read_predictions(int64_t n, int32_t* predictions);
 
-  // The top-level layers (a residual block's own layers are inside it).
-  std::vector<Layer*> layers() const;
   // Every parameter once (a tied weight under its owner), in model order, and every
   // non-trainable state tensor.
   std::vector<Param*> params() const { return params_; }

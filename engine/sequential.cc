@@ -84,7 +84,10 @@ Status Sequential::forward(const PassContext& ctx, const Tensor& x, const Tensor
   Tensor in = x;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Tensor out = i + 1 < layers_.size() ? output(i, x) : y;
-    AMPD_RETURN_IF_ERROR(layers_[i]->forward(ctx, in, out).with_context(describe(i) + " forward"));
+    // The context string is built only on failure: this runs every layer, every step.
+    if (Status st = layers_[i]->forward(ctx, in, out); !st.ok()) {
+      return st.with_context(describe(i) + " forward");
+    }
     in = out;
   }
   return Status::ok_status();
@@ -107,7 +110,9 @@ Status Sequential::backward(const PassContext& ctx, const Tensor& x, const Tenso
     } else if (l.requires_dx()) {
       d = scratch_->view(depth_, free_slot, dtype_, rows, T, l.in_features());
     }
-    AMPD_RETURN_IF_ERROR(l.backward(ctx, in, g, d).with_context(describe(k) + " backward"));
+    if (Status st = l.backward(ctx, in, g, d); !st.ok()) {
+      return st.with_context(describe(k) + " backward");
+    }
     g = d;
     slot = free_slot;
   }
