@@ -40,13 +40,18 @@ TEST(StoreFaults, AFullDiskUnderTheJobStoreCrashesNothingAndLosesNoEvent) {
   ASSERT_TRUE(created.ok()) << created.status().to_string();
   std::unique_ptr<JobManager> m = std::move(created).value();
 
+  // One snapshot per look: reading the running job and the queue length from two info()
+  // calls can see neither (the worker pops the queue between them) and call it idle.
+  auto idle = [&] {
+    const ManagerInfo info = m->info();
+    return info.running_job.empty() && info.queued_jobs == 0;
+  };
   auto wait_idle = [&] {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < deadline &&
-           (!m->info().running_job.empty() || m->info().queued_jobs > 0)) {
+    while (std::chrono::steady_clock::now() < deadline && !idle()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    return m->info().running_job.empty() && m->info().queued_jobs == 0;
+    return idle();
   };
   std::vector<std::string> ids;
   {
