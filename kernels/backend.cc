@@ -549,6 +549,80 @@ Status Backend::argmax_rows(const Tensor& x, const Tensor& out) {
 
 // ---- mixed-precision bookkeeping ----------------------------------------------------------
 
+Status Backend::embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out) {
+  constexpr const char* op = "embedding_forward";
+  AMPD_RETURN_IF_ERROR(need_data(op, "ids", ids));
+  AMPD_RETURN_IF_ERROR(need(ids.dtype == DType::kI32, op, "ids must be i32, got " + dims(ids)));
+  AMPD_RETURN_IF_ERROR(need_float(op, "table", table));
+  AMPD_RETURN_IF_ERROR(need_float(op, "out", out));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, table));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, out));
+  AMPD_RETURN_IF_ERROR(need_vector(op, "ids", ids, out.rows()));
+  AMPD_RETURN_IF_ERROR(need(table.cols() == out.cols(), op,
+                            "out " + dims(out) + " must have table's " +
+                                std::to_string(table.cols()) + " columns"));
+  AMPD_RETURN_IF_ERROR(need(table.rows() > 0 || out.rows() == 0, op, "table has no rows"));
+  if (out.numel() == 0) return Status::ok_status();
+  return embedding_forward_impl(ids, table, out);
+}
+
+Status Backend::embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
+                                   float beta) {
+  constexpr const char* op = "embedding_backward";
+  AMPD_RETURN_IF_ERROR(need_data(op, "ids", ids));
+  AMPD_RETURN_IF_ERROR(need(ids.dtype == DType::kI32, op, "ids must be i32, got " + dims(ids)));
+  AMPD_RETURN_IF_ERROR(need_float(op, "dy", dy));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, dy));
+  AMPD_RETURN_IF_ERROR(need_f32(op, "dtable", dtable));
+  AMPD_RETURN_IF_ERROR(need_vector(op, "ids", ids, dy.rows()));
+  AMPD_RETURN_IF_ERROR(need(dtable.cols() == dy.cols(), op,
+                            "dtable " + dims(dtable) + " must have dy's " +
+                                std::to_string(dy.cols()) + " columns"));
+  if (dtable.numel() == 0) return Status::ok_status();
+  return embedding_backward_impl(ids, dy, dtable, beta);
+}
+
+namespace {
+
+Status need_causal_square(const char* op, const char* name, const Tensor& t) {
+  return need(t.cols() > 0 && t.rows() % t.cols() == 0, op,
+              std::string(name) + " must hold square (T x T) matrices, got " + dims(t));
+}
+
+}  // namespace
+
+Status Backend::causal_softmax_forward(const Tensor& scores, const Tensor& probs) {
+  constexpr const char* op = "causal_softmax_forward";
+  AMPD_RETURN_IF_ERROR(need_float(op, "scores", scores));
+  AMPD_RETURN_IF_ERROR(need_float(op, "probs", probs));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, scores));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, probs));
+  AMPD_RETURN_IF_ERROR(need_same_shape(op, "scores", scores, "probs", probs));
+  if (scores.numel() == 0) return Status::ok_status();
+  AMPD_RETURN_IF_ERROR(need_causal_square(op, "scores", scores));
+  AMPD_RETURN_IF_ERROR(need(probs.data != scores.data || probs.dtype == scores.dtype, op,
+                            "probs may alias scores only with the same dtype"));
+  return causal_softmax_forward_impl(scores, probs);
+}
+
+Status Backend::causal_softmax_backward(const Tensor& probs, const Tensor& dprobs,
+                                        const Tensor& dscores) {
+  constexpr const char* op = "causal_softmax_backward";
+  AMPD_RETURN_IF_ERROR(need_float(op, "probs", probs));
+  AMPD_RETURN_IF_ERROR(need_float(op, "dprobs", dprobs));
+  AMPD_RETURN_IF_ERROR(need_float(op, "dscores", dscores));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, probs));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, dprobs));
+  AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, dscores));
+  AMPD_RETURN_IF_ERROR(need_same_shape(op, "probs", probs, "dprobs", dprobs));
+  AMPD_RETURN_IF_ERROR(need_same_shape(op, "probs", probs, "dscores", dscores));
+  if (probs.numel() == 0) return Status::ok_status();
+  AMPD_RETURN_IF_ERROR(need_causal_square(op, "probs", probs));
+  AMPD_RETURN_IF_ERROR(need(dscores.data != dprobs.data || dscores.dtype == dprobs.dtype, op,
+                            "dscores may alias dprobs only with the same dtype"));
+  return causal_softmax_backward_impl(probs, dprobs, dscores);
+}
+
 Status Backend::unscale_and_check(std::span<const Tensor> grads, float inv_scale,
                                   const Tensor& found_nonfinite) {
   constexpr const char* op = "unscale_and_check";

@@ -271,6 +271,37 @@ class Backend {
   // Per-row index of the largest value (first on ties): I32 1 x N.
   Status argmax_rows(const Tensor& x, const Tensor& out);
 
+  // -- sequence models (engine/layers/embedding.cc, causal_self_attention.cc)
+  // Embedding gather: out[i, :] = table[ids[i], :], converted once to out's dtype.
+  //   ids: I32 vector of N; table: (V, C) floating; out: (N, C) floating (any two
+  //   floating dtypes). Like softmax cross-entropy labels, ids are the caller's to keep in
+  //   [0, V) and are not validated (that would cost a host round trip on a device): an id
+  //   outside it gives a NaN row of out and never an out-of-bounds read.
+  Status embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& out);
+  // Embedding backward (scatter-add): dtable = beta * dtable + sum over the i with
+  // ids[i] == v of dy[i, :], for every row v. dtable: F32 (V, C); dy: (N, C) floating.
+  // Deterministic: no float atomics; a backend gives the same bits on every run and for
+  // every thread count (sums in FP32, the reference in FP64, rounded once). beta == 0: dtable's old values are not read (rows no id selects become
+  // 0). Out-of-range ids contribute nothing.
+  Status embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
+                            float beta = 0.0f);
+  // Causal softmax over square score matrices: scores and probs are contiguous (..., T, T)
+  // tensors seen as (rows, T) with rows a multiple of T; row r is query position
+  // q = r % T and attends to keys j <= q:
+  //   probs[r, j] = exp(s[r, j] - m) / sum_{k <= q} exp(s[r, k] - m), m = max_{k <= q} s[r, k]
+  //   probs[r, j] = 0 for j > q.
+  // The math is FP32 whatever the dtypes (scores F32 or floating; probs floating). Masked
+  // scores are never read, so a NaN or inf there does not spread and no row is ever
+  // fully masked (j = q is always kept). probs may not alias scores unless the dtypes
+  // match.
+  Status causal_softmax_forward(const Tensor& scores, const Tensor& probs);
+  // The backward of causal_softmax_forward given its probs:
+  //   dscores[r, j] = probs[r, j] * (dprobs[r, j] - sum_{k <= q} probs[r, k] dprobs[r, k])
+  //   for j <= q, and 0 for j > q (masked dprobs are not read). The dot product
+  //   accumulates in FP32. dscores may alias dprobs (same dtype).
+  Status causal_softmax_backward(const Tensor& probs, const Tensor& dprobs,
+                                 const Tensor& dscores);
+
   // -- mixed-precision bookkeeping
   // One fused pass over many F32 gradient tensors: g *= inv_scale, and
   // found_nonfinite[t] = 1 if tensor t holds an inf or NaN (before or after scaling),
@@ -339,6 +370,13 @@ class Backend {
   virtual Status mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
                                    float grad_scale) = 0;
   virtual Status argmax_rows_impl(const Tensor& x, const Tensor& out) = 0;
+  virtual Status embedding_forward_impl(const Tensor& ids, const Tensor& table,
+                                       const Tensor& out) = 0;
+  virtual Status embedding_backward_impl(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
+                                        float beta) = 0;
+  virtual Status causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) = 0;
+  virtual Status causal_softmax_backward_impl(const Tensor& probs, const Tensor& dprobs,
+                                              const Tensor& dscores) = 0;
   virtual Status unscale_and_check_impl(std::span<const Tensor> grads, float inv_scale,
                                         const Tensor& found_nonfinite) = 0;
   virtual Status global_norm_impl(std::span<const Tensor> grads, const Tensor& out) = 0;

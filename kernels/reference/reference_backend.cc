@@ -852,6 +852,76 @@ Status ReferenceBackend::adamw_step_impl(std::span<const ParamSlot> params, cons
   return Status::ok_status();
 }
 
+// ---- sequence models ---------------------------------------------------------------------
+
+Status ReferenceBackend::embedding_forward_impl(const Tensor& ids, const Tensor& table,
+                                                const Tensor& out) {
+  const int64_t V = table.rows(), C = table.cols();
+  const std::vector<double> w = widen(table);
+  std::vector<double> y(static_cast<size_t>(out.numel()));
+  for (int64_t i = 0; i < out.rows(); ++i) {
+    const int32_t id = ids.as<const int32_t>()[i];
+    const bool valid = id >= 0 && id < V;
+    for (int64_t j = 0; j < C; ++j) y[idx(i, j, C)] = valid ? w[idx(id, j, C)] : kNaN64;
+  }
+  narrow(out, y);
+  return Status::ok_status();
+}
+
+Status ReferenceBackend::embedding_backward_impl(const Tensor& ids, const Tensor& dy,
+                                                 const Tensor& dtable, float beta) {
+  const int64_t V = dtable.rows(), C = dtable.cols();
+  std::vector<double> g(static_cast<size_t>(dtable.numel()), 0.0);
+  if (beta != 0.0f) {
+    g = widen(dtable);
+    for (double& v : g) v *= static_cast<double>(beta);
+  }
+  const std::vector<double> d = widen(dy);
+  for (int64_t i = 0; i < dy.rows(); ++i) {
+    const int32_t id = ids.as<const int32_t>()[i];
+    if (id < 0 || id >= V) continue;
+    for (int64_t j = 0; j < C; ++j) g[idx(id, j, C)] += d[idx(i, j, C)];
+  }
+  narrow(dtable, g);
+  return Status::ok_status();
+}
+
+Status ReferenceBackend::causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) {
+  const int64_t T = scores.cols();
+  const std::vector<double> s = widen(scores);
+  std::vector<double> p(s.size(), 0.0);
+  for (int64_t r = 0; r < scores.rows(); ++r) {
+    const int64_t q = r % T;
+    double m = s[idx(r, 0, T)];
+    for (int64_t j = 1; j <= q; ++j) {
+      const double v = s[idx(r, j, T)];
+      if (std::isnan(v) || v > m) m = v;
+      if (std::isnan(m)) break;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j <= q; ++j) sum += std::exp(s[idx(r, j, T)] - m);
+    for (int64_t j = 0; j <= q; ++j) p[idx(r, j, T)] = std::exp(s[idx(r, j, T)] - m) / sum;
+  }
+  narrow(probs, p);
+  return Status::ok_status();
+}
+
+Status ReferenceBackend::causal_softmax_backward_impl(const Tensor& probs, const Tensor& dprobs,
+                                                      const Tensor& dscores) {
+  const int64_t T = probs.cols();
+  const std::vector<double> p = widen(probs);
+  const std::vector<double> dp = widen(dprobs);
+  std::vector<double> ds(p.size(), 0.0);
+  for (int64_t r = 0; r < probs.rows(); ++r) {
+    const int64_t q = r % T;
+    double dot = 0.0;
+    for (int64_t j = 0; j <= q; ++j) dot += p[idx(r, j, T)] * dp[idx(r, j, T)];
+    for (int64_t j = 0; j <= q; ++j) ds[idx(r, j, T)] = p[idx(r, j, T)] * (dp[idx(r, j, T)] - dot);
+  }
+  narrow(dscores, ds);
+  return Status::ok_status();
+}
+
 std::unique_ptr<Backend> make_reference_backend() {
   return std::make_unique<ReferenceBackend>();
 }
