@@ -94,6 +94,7 @@ StatusOr<int64_t> save_checkpoint(const std::string& path, Model& model, const O
   md["ampd.precision"] = meta.precision;
   md["ampd.backend"] = meta.backend;
   if (!meta.standardization.empty()) md["ampd.standardization"] = meta.standardization;
+  if (!meta.vocabulary.empty()) md["ampd.vocabulary"] = meta.vocabulary;
   AMPD_RETURN_IF_ERROR(write_safetensors(path, file, faults));
   int64_t bytes = 0;
   for (const auto& t : file.tensors) bytes += static_cast<int64_t>(t.data.size());
@@ -135,23 +136,29 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path) {
   ck.meta.backend = be == md.end() ? "" : be->second;
   auto st = md.find("ampd.standardization");
   ck.meta.standardization = st == md.end() ? "" : st->second;
+  auto vocab = md.find("ampd.vocabulary");
+  ck.meta.vocabulary = vocab == md.end() ? "" : vocab->second;
   return ck;
 }
 
-Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer& optimizer) {
+Status restore_weights(const LoadedCheckpoint& ckpt, Model& model) {
   Backend& be = model.backend();
   for (Param* p : model.params()) {
     AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, p->name, p->master_t()));
   }
-  for (const auto& [key, t] : optimizer.state_tensors()) {
-    AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, key, t));
-  }
   for (StateTensor* s : model.states()) {
     AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, be, s->name, s->t()));
   }
-  optimizer.set_applied_steps(ckpt.meta.applied_steps);
   // The working copies are a pure function of the masters (round to nearest even).
   return model.refresh_low_precision();
+}
+
+Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer& optimizer) {
+  for (const auto& [key, t] : optimizer.state_tensors()) {
+    AMPD_RETURN_IF_ERROR(take_tensor(ckpt.file, model.backend(), key, t));
+  }
+  optimizer.set_applied_steps(ckpt.meta.applied_steps);
+  return restore_weights(ckpt, model);
 }
 
 // ---- checkpoint files -------------------------------------------------------------------

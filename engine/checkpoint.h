@@ -50,6 +50,9 @@ struct CheckpointMeta {
   // The input standardization the model was trained with, JSON
   // {"mean": [...], "stddev": [...]}; "" when the job does not standardize.
   std::string standardization;
+  // A language model's vocabulary (Vocabulary::to_string: "bytes" or "chars:<symbols>");
+  // "" for other models. Stored as metadata "ampd.vocabulary".
+  std::string vocabulary;
 };
 
 // Writes model + optimizer + meta to `path` atomically; returns the bytes of tensor data.
@@ -67,6 +70,8 @@ StatusOr<LoadedCheckpoint> read_checkpoint(const std::string& path);
 // Copies the checkpoint's tensors into a model and optimizer built from the same spec;
 // every expected tensor must be present with the right shape.
 Status restore_checkpoint(const LoadedCheckpoint& ckpt, Model& model, Optimizer& optimizer);
+// The model's parameters and state tensors only (inference: sampling, export).
+Status restore_weights(const LoadedCheckpoint& ckpt, Model& model);
 
 // ---- checkpoint files -------------------------------------------------------------------
 

@@ -82,6 +82,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/gpt.h"
 #include "engine/layer_registry.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
@@ -199,6 +200,22 @@ void resolve_model(ModelSpec* model, Checker* c) {
   if (model->loss().empty()) model->set_loss("cross_entropy");
   c->one_of("model.loss", model->loss(), {"cross_entropy", "mse"});
 
+  if (model->has_gpt()) {
+    if (model->layers_size() > 0) {
+      c->add("model", "set either layers or gpt, not both");
+      return;
+    }
+    resolve_gpt(model->mutable_gpt(), "model.gpt", *c);
+    if (model->loss() != "cross_entropy") {
+      c->add("model.loss", "a gpt model is trained with cross_entropy, got " + quote(model->loss()));
+    }
+    if (model->block_size() != 0 && model->block_size() != model->gpt().block_size()) {
+      c->add("model.block_size", "must be unset or equal to gpt.block_size");
+    }
+    model->set_block_size(model->gpt().block_size());
+    return;
+  }
+  if (model->block_size() != 0) c->closed("model.block_size", model->block_size(), 1, kMaxBlockSize);
   const int n = model->layers_size();
   if (n == 0) c->add("model.layers", "must have at least one layer (the last one linear)");
   const int total = count_layers(model->layers());
@@ -230,28 +247,32 @@ bool has_dot_dot_component(std::string_view path) {
   return false;
 }
 
+// A path under the data directory, as written in a spec.
+void check_data_path(const std::string& field, const std::string& path, Checker* c) {
+  if (path.empty()) {
+    c->add(field, "must not be empty");
+  } else if (path.find('\0') != std::string::npos) {
+    c->add(field, "must not contain a NUL character, got " + quote(path));
+  } else if (path[0] == '/') {
+    c->add(field, "must be relative to the data directory, got " + quote(path));
+  } else if (has_dot_dot_component(path)) {
+    c->add(field, "must not contain '..' components, got " + quote(path));
+  } else if (path.size() > kMaxPathBytes) {
+    c->add(field, "must be at most " + std::to_string(kMaxPathBytes) + " bytes, got " +
+                      std::to_string(path.size()));
+  } else if (std::any_of(path.begin(), path.end(), [](char ch) {
+               return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+             })) {
+    c->add(field, "must not contain control characters, got " + quote(path));
+  }
+}
+
 void resolve_data(DataSpec* data, Checker* c) {
   switch (data->source_case()) {
     case DataSpec::kDigits: break;
     case DataSpec::kCsv: {
       auto* csv = data->mutable_csv();
-      const std::string& path = csv->path();
-      if (path.empty()) {
-        c->add("data.csv.path", "must not be empty");
-      } else if (path.find('\0') != std::string::npos) {
-        c->add("data.csv.path", "must not contain a NUL character, got " + quote(path));
-      } else if (path[0] == '/') {
-        c->add("data.csv.path", "must be relative to the data directory, got " + quote(path));
-      } else if (has_dot_dot_component(path)) {
-        c->add("data.csv.path", "must not contain '..' components, got " + quote(path));
-      } else if (path.size() > kMaxPathBytes) {
-        c->add("data.csv.path", "must be at most " + std::to_string(kMaxPathBytes) +
-                                    " bytes, got " + std::to_string(path.size()));
-      } else if (std::any_of(path.begin(), path.end(), [](char ch) {
-                   return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
-                 })) {
-        c->add("data.csv.path", "must not contain control characters, got " + quote(path));
-      }
+      check_data_path("data.csv.path", csv->path(), c);
       if (csv->target_columns() == 0) csv->set_target_columns(1);
       c->closed("data.csv.target_columns", csv->target_columns(), 1, kMaxWidth);
       break;
@@ -292,8 +313,23 @@ void resolve_data(DataSpec* data, Checker* c) {
       }
       break;
     }
+    case DataSpec::kText: {
+      auto* text = data->mutable_text();
+      if (text->has_path()) {
+        check_data_path("data.text.path", text->path(), c);
+      } else if (text->has_builtin()) {
+        c->one_of("data.text.builtin", text->builtin(), {"tinyshakespeare"});
+      } else {
+        c->add("data.text", "set path (a file under the data directory) or builtin");
+      }
+      if (text->vocabulary().empty()) text->set_vocabulary("chars");
+      c->one_of("data.text.vocabulary", text->vocabulary(), {"chars", "bytes"});
+      if (text->eval_batches() == 0) text->set_eval_batches(200);
+      c->closed("data.text.eval_batches", text->eval_batches(), 1, 100000);
+      break;
+    }
     case DataSpec::SOURCE_NOT_SET:
-      c->add("data", "set one source: digits, csv or synthetic");
+      c->add("data", "set one source: digits, csv, synthetic or text");
       break;
   }
   if (data->batch_size() == 0) data->set_batch_size(64);
@@ -411,6 +447,26 @@ void resolve_training(TrainingSpec* t, Checker* c) {
 
 // epochs x steps per epoch, where the data set's size is known from the spec (synthetic
 // data), is bounded like max_steps: a job that could never finish is refused up front.
+// Text data needs a token model (gpt, or layers starting with an embedding, with a
+// block_size), and a token model needs text data.
+void check_model_fits_data(const JobSpec& spec, Checker* c) {
+  const ModelSpec& m = spec.model();
+  const bool tokens = m.has_gpt() || (m.layers_size() > 0 && m.layers(0).has_embedding());
+  const bool text = spec.data().has_text();
+  if (text && !tokens) {
+    c->add("model", "text data needs a language model: set model.gpt, or start model.layers "
+                    "with an embedding layer");
+  } else if (tokens && !text && spec.data().source_case() != DataSpec::SOURCE_NOT_SET) {
+    c->add("data", "a language model (gpt or embedding) needs text data: set data.text");
+  } else if (text && !m.has_gpt() && m.block_size() == 0) {
+    c->add("model.block_size", "set the context length (positions per example) for text data");
+  }
+  if (text && (spec.training().epochs() > 0 && spec.training().max_steps() == 0)) {
+    c->add("training.max_steps",
+           "text data is sampled in random windows: set max_steps (iterations), not epochs");
+  }
+}
+
 void check_total_steps(const JobSpec& spec, Checker* c) {
   const TrainingSpec& t = spec.training();
   if (t.epochs() == 0 || !spec.data().has_synthetic()) return;
@@ -492,6 +548,7 @@ StatusOr<JobSpec> validate_and_resolve(const JobSpec& input) {
   c.one_of("precision", spec.precision(), {"fp32", "fp16", "bf16", "auto"});
   resolve_model(spec.mutable_model(), &c);
   resolve_data(spec.mutable_data(), &c);
+  check_model_fits_data(spec, &c);
   resolve_optimizer(spec.mutable_optimizer(), &c);
   resolve_lr_schedule(spec.mutable_lr_schedule(), &c);
   resolve_loss_scaling(spec.mutable_loss_scaling(), spec.precision(), &c);
@@ -512,6 +569,20 @@ MemoryEstimate estimate_memory(const JobSpec& spec, int64_t input_features,
   o.in_features = input_features > 0 ? input_features : assumed_input_width(spec);
   o.loss = spec.model().loss() == "mse" ? LossKind::kMse : LossKind::kCrossEntropy;
   int64_t out = output_features;
+  if (spec.data().has_text()) {
+    // A language model: the vocabulary is the data's (Tiny Shakespeare's 65 symbols), at
+    // most 256 before a text file is read.
+    o.token_input = true;
+    o.time = std::max(spec.model().block_size(), 1);
+    if (input_features <= 0) {
+      const auto& text = spec.data().text();
+      o.in_features = text.has_builtin() && text.vocabulary() != "bytes" ? 65 : 256;
+      if (spec.model().has_gpt() && spec.model().gpt().vocab_size() > 0) {
+        o.in_features = spec.model().gpt().vocab_size();
+      }
+    }
+    out = o.in_features;
+  }
   if (out <= 0) {
     const auto& layers = spec.model().layers();
     out = !layers.empty() && layers.rbegin()->has_linear()

@@ -39,6 +39,7 @@ void apply_event(const JobEvent& e, Job* job) {
       job->set_step(e.evaluation().step());
       job->mutable_metrics()->set_val_loss(e.evaluation().val_loss());
       job->mutable_metrics()->set_val_accuracy(e.evaluation().val_accuracy());
+      job->mutable_metrics()->set_val_bits_per_token(e.evaluation().val_bits_per_token());
       break;
     case JobEvent::kCheckpoint:
       // A failed write (error set) leaves the previous checkpoint the job's checkpoint.

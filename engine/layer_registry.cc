@@ -1,14 +1,18 @@
 #include "engine/layer_registry.h"
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 
 namespace ampd::engine {
 
 namespace {
 
-constexpr std::array<const LayerKind*, 8> kLayerKinds = {
-    &kLinearLayer,    &kReluLayer,      &kGeluLayer,    &kTanhLayer,
-    &kLayerNormLayer, &kBatchNormLayer, &kDropoutLayer, &kResidualLayer,
+constexpr std::array<const LayerKind*, 11> kLayerKinds = {
+    &kLinearLayer,    &kReluLayer,         &kGeluLayer,
+    &kTanhLayer,      &kLayerNormLayer,    &kBatchNormLayer,
+    &kDropoutLayer,   &kResidualLayer,     &kEmbeddingLayer,
+    &kPositionEmbeddingLayer, &kCausalSelfAttentionLayer,
 };
 
 }  // namespace
@@ -60,6 +64,16 @@ void resolve_layers(google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec>* lay
       continue;
     }
     kind->resolve(*layer, at, depth, checker);
+    const std::string& name = layer->name();
+    const bool valid_name =
+        name.size() <= 128 && (name.empty() || (name.front() != '.' && name.back() != '.')) &&
+        std::all_of(name.begin(), name.end(), [](char ch) {
+          return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.';
+        });
+    if (!valid_name) {
+      checker.add(at + ".name",
+                  "at most 128 letters, digits, '_' and '.', not starting or ending with '.'");
+    }
   }
 }
 

@@ -46,6 +46,9 @@ extern const LayerKind kLayerNormLayer;
 extern const LayerKind kBatchNormLayer;
 extern const LayerKind kDropoutLayer;
 extern const LayerKind kResidualLayer;
+extern const LayerKind kEmbeddingLayer;
+extern const LayerKind kPositionEmbeddingLayer;
+extern const LayerKind kCausalSelfAttentionLayer;
 
 // Every kind, in LayerSpec field order.
 std::span<const LayerKind* const> layer_kinds();

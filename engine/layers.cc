@@ -28,7 +28,7 @@ StatusOr<Param> BuildContext::make_param(const std::string& kind, const std::str
                                          const std::function<float(int64_t)>& init) const {
   Param p;
   p.name = name + "." + suffix;
-  p.display = "layer " + name + " (" + kind + ")." + suffix;
+  p.display = named ? p.name : "layer " + name + " (" + kind + ")." + suffix;
   p.rows = rows;
   p.cols = cols;
   p.decay = decay;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "engine/gpt.h"
 #include "kernels/convert.h"
 
 namespace ampd::engine {
@@ -21,7 +22,13 @@ StatusOr<MemoryTally> Model::plan(const ampd::v1::ModelSpec& spec, const Options
 
 Status Model::build(const ampd::v1::ModelSpec& spec) {
   const Options& o = options_;
-  if (spec.layers().empty()) return invalid_argument("model.layers: must not be empty");
+  layer_specs_ = model_layers(spec, options_.in_features);
+  if (layer_specs_.empty()) return invalid_argument("model.layers: must not be empty");
+  if (options_.token_input != layer_specs_.Get(0).has_embedding()) {
+    return invalid_argument(options_.token_input
+                                ? "model.layers[0]: a model on text data starts with an embedding"
+                                : "model.layers[0]: an embedding layer needs text data");
+  }
   if (o.max_batch <= 0 || o.in_features <= 0 || o.time <= 0) {
     return invalid_argument("model: batch size, sequence length and input width must be positive");
   }
@@ -31,18 +38,25 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   ctx.max_batch = o.max_batch;
   ctx.seed = o.seed;
   ctx.time = o.time;
+  ctx.token_input = o.token_input;
   ctx.tally = &tally_;
   ctx.params_by_name = &params_by_name_;
   int64_t next_index = 0;
   // The input first: its buffer is part of the activations, as before the layers'.
-  AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
-  AMPD_RETURN_IF_ERROR(layers_.build(ctx, spec.layers(), o.in_features, "model.layers", "", 0,
+  if (o.token_input) {
+    AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(DType::kI32, ctx.max_rows(), 1));
+  } else {
+    AMPD_ASSIGN_OR_RETURN(input_,
+                          ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
+  }
+  AMPD_RETURN_IF_ERROR(layers_.build(ctx, layer_specs_, o.in_features,
+                                     spec.has_gpt() ? "model.gpt" : "model.layers", "", 0,
                                      &next_index, &scratch_));
   layers_.collect_params(params_);
   const int64_t width = layers_.out_features();
   if (width != o.out_features) {
     return invalid_argument(
-        "model.layers[" + std::to_string(spec.layers_size() - 1) + "]: the model outputs " +
+        "model.layers[" + std::to_string(layer_specs_.size() - 1) + "]: the model outputs " +
         std::to_string(width) + " values per example but the data has " +
         std::to_string(o.out_features) +
         (o.loss == LossKind::kCrossEntropy ? " classes" : " targets") +
@@ -63,6 +77,9 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
 }
 
 Tensor Model::input(int64_t n) const {
+  if (options_.token_input) {
+    return Tensor::contiguous(input_.data(), DType::kI32, {n, options_.time, 1});
+  }
   return Tensor::contiguous(input_.data(), options_.act_dtype,
                             {n, options_.time, options_.in_features});
 }
@@ -74,6 +91,7 @@ Tensor Model::outputs(int64_t n) const {
 
 Status Model::load_batch(int64_t n, const float* features, const int32_t* labels,
                          const float* targets) {
+  if (options_.token_input) return invalid_argument("load_batch: the model's input is tokens");
   if (n <= 0 || n > options_.max_batch) {
     return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
                             std::to_string(options_.max_batch));
@@ -102,9 +120,24 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
   return Status::ok_status();
 }
 
-Status Model::forward(const PassContext& ctx, int64_t n) {
+Status Model::load_tokens(int64_t n, const int32_t* tokens, const int32_t* labels) {
+  if (!options_.token_input) return invalid_argument("load_tokens: the model's input is features");
+  if (n <= 0 || n > options_.max_batch) {
+    return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
+                            std::to_string(options_.max_batch));
+  }
+  const int64_t rows = n * options_.time;
+  AMPD_RETURN_IF_ERROR(backend_->upload(input_.view(DType::kI32, 1, rows), tokens));
+  if (labels != nullptr) {
+    AMPD_RETURN_IF_ERROR(backend_->upload(labels_.view(DType::kI32, 1, rows), labels));
+  }
+  return Status::ok_status();
+}
+
+Status Model::forward(const PassContext& ctx, int64_t n, bool with_loss) {
   const Tensor out = outputs(n);
   AMPD_RETURN_IF_ERROR(layers_.forward(ctx, input(n), out));
+  if (!with_loss) return Status::ok_status();
   const int64_t rows = n * options_.time;
   const Tensor logits = out.reshaped(rows, out.size(-1));
   if (options_.loss == LossKind::kCrossEntropy) {

@@ -34,7 +34,10 @@ class Model {
     DType act_dtype = DType::kF32;
     int64_t max_batch = 64;  // examples
     int64_t time = 1;        // positions per example (1 for tabular data)
-    int64_t in_features = 0;
+    int64_t in_features = 0;  // features, or the vocabulary size for token input
+    // The input is token ids (text data; load_tokens), read by the first layer, an
+    // embedding. The loss is then cross-entropy over the vocabulary at every position.
+    bool token_input = false;
     int64_t out_features = 0;  // classes (cross-entropy) or targets (mse); checked
     LossKind loss = LossKind::kCrossEntropy;
     uint64_t seed = 0;
@@ -49,8 +52,12 @@ class Model {
   // targets (n, T, out). The input is rounded to the working dtype on the host, then
   // uploaded.
   Status load_batch(int64_t n, const float* features, const int32_t* labels, const float* targets);
+  // Token input: ids (n, T) and the next-token labels (n, T), or labels null (generation:
+  // forward(ctx, n, false) needs none).
+  Status load_tokens(int64_t n, const int32_t* tokens, const int32_t* labels);
   // Forward pass over the staged batch, then the per-row FP32 loss.
-  Status forward(const PassContext& ctx, int64_t n);
+  // with_loss false: the outputs only (generation).
+  Status forward(const PassContext& ctx, int64_t n, bool with_loss = true);
   // Backward from the loss; gradients of the mean loss (over n x T rows) times
   // `loss_scale` land in each Param's FP32 grad.
   Status backward(const PassContext& ctx, int64_t n, float loss_scale);
@@ -87,6 +94,7 @@ class Model {
   Options options_;
   MemoryTally tally_;
   GradScratch scratch_;
+  google::protobuf::RepeatedPtrField<ampd::v1::LayerSpec> layer_specs_;  // gpt expanded
   Sequential layers_;
   std::unordered_map<std::string, Param*> params_by_name_;
   std::vector<Param*> params_;  // every parameter once, in model order

@@ -46,7 +46,10 @@ Status Sequential::build(const BuildContext& ctx,
     std::unique_ptr<Layer> layer = kind->make(spec);
     BuildContext lc = ctx;
     lc.index = (*next_index)++;
-    lc.name = prefix + std::to_string(i);
+    lc.named = !spec.name().empty();
+    lc.name = lc.named ? spec.name() : prefix + std::to_string(i);
+    // Only the model's first layer sees the token ids.
+    lc.token_input = ctx.token_input && depth == 0 && i == 0;
     lc.depth = depth;
     lc.next_index = next_index;
     lc.scratch = scratch;
@@ -56,7 +59,14 @@ Status Sequential::build(const BuildContext& ctx,
     if (ctx.params_by_name != nullptr) {  // for weight tying by a later layer
       std::vector<Param*> own;
       layer->collect_params(own);
-      for (Param* p : own) ctx.params_by_name->emplace(p->name, p);
+      for (Param* p : own) {
+        // A block's parameters were entered by its inner sequence already (same Param).
+        const auto [it, added] = ctx.params_by_name->emplace(p->name, p);
+        if (!added && it->second != p) {
+          return invalid_argument(at + ".name: parameter " + quote(p->name) +
+                                  " is named twice; give the layers distinct names");
+        }
+      }
     }
     names_.push_back(lc.name);
     layers_.push_back(std::move(layer));

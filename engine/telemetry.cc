@@ -42,18 +42,20 @@ double relative_drift(double loss, double reference) {
 }
 
 StatusOr<double> NumericsTelemetry::mean_loss(Model& model, int64_t n) {
-  losses_.resize(static_cast<size_t>(n));
+  const int64_t rows = n * model.options().time;  // loss rows: one per position
+  losses_.resize(static_cast<size_t>(rows));
   AMPD_RETURN_IF_ERROR(model.read_losses(n, losses_.data()));
   double sum = 0;
   for (float l : losses_) sum += l;
-  return sum / static_cast<double>(std::max<int64_t>(1, n));
+  return sum / static_cast<double>(std::max<int64_t>(1, rows));
 }
 
 StatusOr<ampd::v1::TelemetryEvent> NumericsTelemetry::collect(Model& model, const PassContext& ctx,
                                                               int64_t n, const float* features,
                                                               const int32_t* labels,
                                                               const float* targets, double scale,
-                                                              bool overflow, int64_t step) {
+                                                              bool overflow, int64_t step,
+                                                              const int32_t* tokens) {
   ampd::v1::TelemetryEvent ev;
   ev.set_step(step);
   ev.set_loss_scale(scale);
@@ -90,7 +92,11 @@ StatusOr<ampd::v1::TelemetryEvent> NumericsTelemetry::collect(Model& model, cons
   for (size_t i = 0; i < ssrc.size() && i < sdst.size(); ++i) {
     AMPD_RETURN_IF_ERROR(backend_->copy(sdst[i]->t(), ssrc[i]->t()));
   }
-  AMPD_RETURN_IF_ERROR(shadow_->load_batch(n, features, labels, targets));
+  if (tokens != nullptr) {
+    AMPD_RETURN_IF_ERROR(shadow_->load_tokens(n, tokens, labels));
+  } else {
+    AMPD_RETURN_IF_ERROR(shadow_->load_batch(n, features, labels, targets));
+  }
   AMPD_RETURN_IF_ERROR(shadow_->forward(ctx, n));
   AMPD_ASSIGN_OR_RETURN(const double fp32_loss, mean_loss(*shadow_, n));
   ev.set_loss(loss);

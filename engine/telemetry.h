@@ -42,11 +42,12 @@ class NumericsTelemetry {
 
   // Call after backward and the unscale pass, before the optimizer step, with the staged
   // batch (the host arrays given to Model::load_batch) and the scale the step ran at.
+  // `tokens`: a language model's input ids (then features is unused).
   // `overflow`: the gradients were non-finite (the event then has no tensor statistics).
   StatusOr<ampd::v1::TelemetryEvent> collect(Model& model, const PassContext& ctx, int64_t n,
                                              const float* features, const int32_t* labels,
                                              const float* targets, double scale, bool overflow,
-                                             int64_t step);
+                                             int64_t step, const int32_t* tokens = nullptr);
 
  private:
   StatusOr<double> mean_loss(Model& model, int64_t n);

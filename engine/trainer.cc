@@ -63,28 +63,47 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   // Data.
   const bool classification = spec_.model().loss() != "mse";
   const TaskKind task = classification ? TaskKind::kClassification : TaskKind::kRegression;
-  AMPD_ASSIGN_OR_RETURN(
-      Dataset all, load_dataset(spec_.data(), task, options_.data_dir, spec_.training().seed()));
-  const float vf =
-      spec_.data().has_validation_fraction() ? spec_.data().validation_fraction() : 0.2f;
-  AMPD_ASSIGN_OR_RETURN(data_, split_dataset(std::move(all), vf, spec_.data().standardize(),
-                                             spec_.training().seed()));
-  const int64_t n_train = data_.train.num_examples;
-  if (n_train <= 0) return invalid_argument("data: the training split is empty");
-  batch_size_ = std::min<int64_t>(spec_.data().batch_size(), n_train);
-  steps_per_epoch_ = (n_train + batch_size_ - 1) / batch_size_;
+  Model::Options mo;
+  if (spec_.data().has_text()) {
+    // A language model: windows of block_size tokens; an "epoch" is as many windows as
+    // cover the training split once (for progress only: windows are drawn at random).
+    time_ = spec_.model().block_size();
+    AMPD_ASSIGN_OR_RETURN(text_, load_text(spec_.data().text(), options_.data_dir, time_));
+    if (ckpt && !ckpt->meta.vocabulary.empty() &&
+        ckpt->meta.vocabulary != text_->vocab.to_string()) {
+      return failed_precondition("checkpoint's vocabulary differs from the text's (" +
+                                 text_->name + " changed since the checkpoint was written)");
+    }
+    batch_size_ = spec_.data().batch_size();
+    steps_per_epoch_ = std::max<int64_t>(
+        1, static_cast<int64_t>(text_->train.size()) / (batch_size_ * time_));
+    mo.token_input = true;
+    mo.in_features = text_->vocab.size();
+    mo.out_features = text_->vocab.size();
+  } else {
+    AMPD_ASSIGN_OR_RETURN(
+        Dataset all, load_dataset(spec_.data(), task, options_.data_dir, spec_.training().seed()));
+    const float vf =
+        spec_.data().has_validation_fraction() ? spec_.data().validation_fraction() : 0.2f;
+    AMPD_ASSIGN_OR_RETURN(data_, split_dataset(std::move(all), vf, spec_.data().standardize(),
+                                               spec_.training().seed()));
+    const int64_t n_train = data_.train.num_examples;
+    if (n_train <= 0) return invalid_argument("data: the training split is empty");
+    batch_size_ = std::min<int64_t>(spec_.data().batch_size(), n_train);
+    steps_per_epoch_ = (n_train + batch_size_ - 1) / batch_size_;
+    mo.in_features = data_.train.num_features;
+    mo.out_features = classification ? data_.train.num_classes : data_.train.num_targets;
+  }
   int64_t total = std::numeric_limits<int64_t>::max();
   if (spec_.training().epochs() > 0) total = spec_.training().epochs() * steps_per_epoch_;
   if (spec_.training().max_steps() > 0) total = std::min(total, spec_.training().max_steps());
   total_steps_ = total;
 
   // Model, optimizer, scaler, schedule.
-  Model::Options mo;
   mo.act_dtype = dt;
   mo.max_batch = batch_size_;
-  mo.in_features = data_.train.num_features;
+  mo.time = time_;
   mo.loss = classification ? LossKind::kCrossEntropy : LossKind::kMse;
-  mo.out_features = classification ? data_.train.num_classes : data_.train.num_targets;
   mo.seed = spec_.training().seed();
   backend_->reset_peak_memory();
   AMPD_ASSIGN_OR_RETURN(model_, Model::create(*backend_, spec_.model(), mo));
@@ -122,12 +141,19 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
   const auto n_flags = n_grads + 1 + static_cast<int64_t>(state_tensors_.size());
   AMPD_ASSIGN_OR_RETURN(flags_, backend_->allocate(sizeof(int32_t) * n_flags));
   AMPD_ASSIGN_OR_RETURN(norm_, backend_->allocate(sizeof(float)));
-  AMPD_ASSIGN_OR_RETURN(loss_accum_, backend_->allocate(sizeof(float) * batch_size_));
-  AMPD_RETURN_IF_ERROR(backend_->fill(loss_accum_.view(DType::kF32, 1, batch_size_), 0.0f));
+  const int64_t max_rows = batch_size_ * time_;  // loss rows per batch
+  AMPD_ASSIGN_OR_RETURN(loss_accum_, backend_->allocate(sizeof(float) * max_rows));
+  AMPD_RETURN_IF_ERROR(backend_->fill(loss_accum_.view(DType::kF32, 1, max_rows), 0.0f));
   host_flags_.resize(static_cast<size_t>(n_flags));
-  host_loss_accum_.resize(static_cast<size_t>(batch_size_));
-  batch_x_.resize(static_cast<size_t>(batch_size_ * mo.in_features));
-  if (classification) {
+  host_loss_accum_.resize(static_cast<size_t>(max_rows));
+  if (text_) {
+    batch_tokens_.resize(static_cast<size_t>(max_rows));
+    batch_y_.resize(static_cast<size_t>(max_rows));
+  } else {
+    batch_x_.resize(static_cast<size_t>(batch_size_ * mo.in_features));
+  }
+  if (text_) {
+  } else if (classification) {
     batch_y_.resize(static_cast<size_t>(batch_size_));
   } else {
     batch_t_.resize(static_cast<size_t>(batch_size_ * mo.out_features));
@@ -188,7 +214,37 @@ void Trainer::emit_state(JobState state, const std::string& reason) {
   emit(std::move(e));
 }
 
+StatusOr<Trainer::Evaluation> Trainer::evaluate_text() {
+  // The same validation windows at every evaluation (draws from a stream of their own).
+  PassContext ctx{backend_, /*training=*/false, step_, spec_.training().seed()};
+  const int64_t rows = batch_size_ * time_;
+  std::vector<float> losses(static_cast<size_t>(rows));
+  std::vector<int32_t> preds(static_cast<size_t>(rows));
+  double loss_sum = 0;
+  int64_t correct = 0, count = 0;
+  const int batches = spec_.data().text().eval_batches();
+  const uint64_t eval_stream = uint64_t{1} << 62;
+  for (int b = 0; b < batches; ++b) {
+    draw_windows(text_->validation, time_, batch_size_, spec_.training().seed(),
+                 eval_stream + static_cast<uint64_t>(b), batch_tokens_.data(), batch_y_.data());
+    AMPD_RETURN_IF_ERROR(model_->load_tokens(batch_size_, batch_tokens_.data(), batch_y_.data()));
+    AMPD_RETURN_IF_ERROR(model_->forward(ctx, batch_size_));
+    AMPD_RETURN_IF_ERROR(model_->read_losses(batch_size_, losses.data()));
+    AMPD_RETURN_IF_ERROR(model_->read_predictions(batch_size_, preds.data()));
+    for (int64_t i = 0; i < rows; ++i) {
+      loss_sum += losses[static_cast<size_t>(i)];
+      correct += preds[static_cast<size_t>(i)] == batch_y_[static_cast<size_t>(i)] ? 1 : 0;
+    }
+    count += rows;
+  }
+  Evaluation ev;
+  ev.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, count));
+  ev.accuracy = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(1, count));
+  return ev;
+}
+
 StatusOr<Trainer::Evaluation> Trainer::evaluate() {
+  if (text_) return evaluate_text();
   const Dataset& d = data_.validation.num_examples > 0 ? data_.validation : data_.train;
   const bool classification = d.task == TaskKind::kClassification;
   PassContext ctx{backend_, /*training=*/false, step_, spec_.training().seed()};
@@ -250,6 +306,7 @@ StatusOr<std::string> Trainer::checkpoint() {
   meta.precision = precision_;
   meta.backend = backend_->name();
   meta.standardization = standardization_json_;
+  if (text_) meta.vocabulary = text_->vocab.to_string();
   const std::string path = step_checkpoint_path();
   AMPD_ASSIGN_OR_RETURN(int64_t bytes,
                         save_checkpoint(path, *model_, *optimizer_, meta, options_.write_faults));
@@ -269,12 +326,13 @@ StatusOr<std::string> Trainer::checkpoint() {
 Status Trainer::report_progress(int64_t step) {
   const auto now = std::chrono::steady_clock::now();
   std::vector<float>& acc = host_loss_accum_;
-  const Tensor accum = loss_accum_.view(DType::kF32, 1, batch_size_);
+  const Tensor accum = loss_accum_.view(DType::kF32, 1, batch_size_ * time_);
   AMPD_RETURN_IF_ERROR(backend_->download(acc.data(), accum));
   AMPD_RETURN_IF_ERROR(backend_->fill(accum, 0.0f));
   double sum = 0;
   for (float v : acc) sum += v;
-  const double mean_loss = window_samples_ > 0 ? sum / static_cast<double>(window_samples_) : 0.0;
+  const double mean_loss =
+      window_samples_ > 0 ? sum / static_cast<double>(window_samples_ * time_) : 0.0;
   const double secs = std::chrono::duration<double>(now - window_start_).count();
   const double sps = secs > 0 ? static_cast<double>(window_samples_) / secs : 0.0;
   const double run_secs = std::chrono::duration<double>(now - run_start_).count();
@@ -306,11 +364,18 @@ Status Trainer::run_evaluation(int64_t step) {
   e.mutable_evaluation()->set_val_loss(ev.loss);
   e.mutable_evaluation()->set_val_accuracy(ev.accuracy);
   e.mutable_evaluation()->set_train_loss(job_.metrics().train_loss());
+  if (text_) e.mutable_evaluation()->set_val_bits_per_token(ev.loss / std::log(2.0));
   emit(std::move(e));
   return Status::ok_status();
 }
 
-Status Trainer::train_step(int64_t step) {
+StatusOr<int64_t> Trainer::stage_batch(int64_t step) {
+  if (text_) {
+    draw_windows(text_->train, time_, batch_size_, spec_.training().seed(),
+                 static_cast<uint64_t>(step), batch_tokens_.data(), batch_y_.data());
+    AMPD_RETURN_IF_ERROR(model_->load_tokens(batch_size_, batch_tokens_.data(), batch_y_.data()));
+    return batch_size_;
+  }
   const Dataset& d = data_.train;
   const bool classification = d.task == TaskKind::kClassification;
   const int64_t epoch = step / steps_per_epoch_;
@@ -328,7 +393,11 @@ Status Trainer::train_step(int64_t step) {
     options_.on_batch(step, n, d.num_features, batch_x_.data(),
                       classification ? nullptr : batch_t_.data());
   }
+  AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
+  return n;
+}
 
+Status Trainer::train_step(int64_t step) {
   PassContext ctx{backend_, /*training=*/true, step, spec_.training().seed()};
   const double scale = scaler_->scale();
   // The forward pass updates BatchNorm running statistics: keep the old ones in case
@@ -337,7 +406,7 @@ Status Trainer::train_step(int64_t step) {
     const Tensor& t = state_tensors_[i];
     AMPD_RETURN_IF_ERROR(backend_->copy(state_backup_[i].view(t.dtype, t.rows(), t.cols()), t));
   }
-  AMPD_RETURN_IF_ERROR(model_->load_batch(n, batch_x_.data(), batch_y_.data(), batch_t_.data()));
+  AMPD_ASSIGN_OR_RETURN(const int64_t n, stage_batch(step));
   AMPD_RETURN_IF_ERROR(model_->forward(ctx, n));
   if (options_.after_forward) AMPD_RETURN_IF_ERROR(options_.after_forward(*model_, step));
   AMPD_RETURN_IF_ERROR(model_->backward(ctx, n, static_cast<float>(scale)));
@@ -368,7 +437,7 @@ Status Trainer::train_step(int64_t step) {
   // The reported training loss is the mean over the finite steps of the window.
   if (!loss_bad) {
     AMPD_RETURN_IF_ERROR(
-        backend_->accumulate(model_->loss_rows(n), loss_accum_.view(DType::kF32, 1, n)));
+        backend_->accumulate(model_->loss_rows(n), loss_accum_.view(DType::kF32, 1, n * time_)));
     window_samples_ += n;
   }
   // Clipping needs the global norm; an infinite norm (finite gradients whose squares
@@ -391,7 +460,8 @@ Status Trainer::train_step(int64_t step) {
   if (telemetry_every_ > 0 && (step + 1) % telemetry_every_ == 0) {
     AMPD_ASSIGN_OR_RETURN(ampd::v1::TelemetryEvent t,
                           telemetry_->collect(*model_, ctx, n, batch_x_.data(), batch_y_.data(),
-                                              batch_t_.data(), scale, !bad.empty(), step + 1));
+                                              batch_t_.data(), scale, !bad.empty(), step + 1,
+                                              text_ ? batch_tokens_.data() : nullptr));
     JobEvent e;
     *e.mutable_telemetry() = std::move(t);
     emit(std::move(e));
@@ -481,7 +551,10 @@ ampd::v1::Job Trainer::run() {
       }
     }
     if ((tr.eval_every() > 0 && step_ % tr.eval_every() == 0) || last) {
+      // Evaluation time is not training time: the next progress window starts after it.
+      const auto eval_start = std::chrono::steady_clock::now();
       status = run_evaluation(step_);
+      window_start_ += std::chrono::steady_clock::now() - eval_start;
       if (!status.ok()) {
         failure = "step " + std::to_string(step_) + ": " + status.message();
         break;

@@ -42,6 +42,7 @@
 #include "engine/model.h"
 #include "engine/optimizer.h"
 #include "engine/telemetry.h"
+#include "engine/text_data.h"
 #include "kernels/backend.h"
 
 namespace ampd::engine {
@@ -117,13 +118,15 @@ class Trainer {
   Optimizer& optimizer() { return *optimizer_; }
   LossScaler& scaler() { return *scaler_; }
   const DataSplit& data() const { return data_; }
+  // Text data (a language model), or null.
+  const TextData* text() const { return text_ ? &*text_ : nullptr; }
   int64_t total_steps() const { return total_steps_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
 
   // Evaluates on the validation split (or the training split when there is none).
   struct Evaluation {
     double loss = 0;
-    double accuracy = 0;
+    double accuracy = 0;  // classification; next-token accuracy for language models
   };
   StatusOr<Evaluation> evaluate();
   // Writes a checkpoint now (to checkpoint_dir/step-<n>.safetensors and latest).
@@ -134,6 +137,9 @@ class Trainer {
       : backend_(&backend), options_(std::move(options)) {}
   Status init(const ampd::v1::JobSpec& spec);
   Status train_step(int64_t step);
+  // Stages the step's batch on the model (host gather + upload); returns its examples.
+  StatusOr<int64_t> stage_batch(int64_t step);
+  StatusOr<Evaluation> evaluate_text();
   void emit(ampd::v1::JobEvent event);
   void emit_state(ampd::v1::JobState state, const std::string& reason);
   Status report_progress(int64_t step);
@@ -148,6 +154,9 @@ class Trainer {
   std::string precision_;
   std::string standardization_json_;
   DataSplit data_;
+  std::optional<TextData> text_;
+  int64_t time_ = 1;  // positions per example
+  std::vector<int32_t> batch_tokens_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LossScaler> scaler_;

@@ -106,9 +106,16 @@ void ProgressView::on_event(const ampd::v1::JobEvent& e) {
       break;
     }
     case E::kEvaluation:
-      line("eval at step " + std::to_string(e.evaluation().step()) + ": val_loss " +
-           fmt("%.4f", e.evaluation().val_loss()) + "  val_accuracy " +
-           fmt("%.4f", e.evaluation().val_accuracy()));
+      if (e.evaluation().val_bits_per_token() > 0) {  // a language model
+        line("eval at step " + std::to_string(e.evaluation().step()) + ": val_loss " +
+             fmt("%.4f", e.evaluation().val_loss()) + "  (" +
+             fmt("%.3f", e.evaluation().val_bits_per_token()) + " bits/char)  next-char accuracy " +
+             fmt("%.4f", e.evaluation().val_accuracy()));
+      } else {
+        line("eval at step " + std::to_string(e.evaluation().step()) + ": val_loss " +
+             fmt("%.4f", e.evaluation().val_loss()) + "  val_accuracy " +
+             fmt("%.4f", e.evaluation().val_accuracy()));
+      }
       break;
     case E::kCheckpoint:
       line(e.checkpoint().error().empty()
@@ -138,7 +145,10 @@ void ProgressView::print_summary(const ampd::v1::Job& job) {
   out_ << "  steps:         " << job.step() << "/" << job.total_steps() << "\n"
        << "  train_loss:    " << fmt("%.4f", m.train_loss()) << "\n"
        << "  val_loss:      " << fmt("%.4f", m.val_loss()) << "\n";
-  if (job.spec().model().loss() != "mse") {
+  if (m.val_bits_per_token() > 0) {
+    out_ << "  bits/char:     " << fmt("%.4f", m.val_bits_per_token()) << "\n"
+         << "  next-char acc: " << fmt("%.4f", m.val_accuracy()) << "\n";
+  } else if (job.spec().model().loss() != "mse") {
     out_ << "  val_accuracy:  " << fmt("%.4f", m.val_accuracy()) << "\n";
   }
   out_ << "  loss_scale:    " << fmt("%g", job.loss_scale()) << "\n"

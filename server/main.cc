@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "server/sample_command.h"
 #include "server/serve_command.h"
 #include "server/train_command.h"
 
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   ampd::server::TrainCommandOptions train;
   ampd::server::add_train_command(app, train, &exit_code);
+  ampd::server::SampleCommandOptions sample;
+  ampd::server::add_sample_command(app, sample, &exit_code);
   ampd::server::ServeOptions serve;
   ampd::server::add_serve_command(app, serve, &exit_code);
   CLI11_PARSE(app, argc, argv);

@@ -110,9 +110,13 @@ int run_train_command(const TrainCommandOptions& o) {
   }
   if (!o.json && !o.quiet) {
     const auto& t = **trainer;
-    std::cout << "ampd train: " << t.data().train.describe() << " (train) + "
-              << t.data().validation.num_examples << " validation; " << t.model().parameter_count()
-              << " parameters; " << t.job().precision() << " on " << backend.device_description()
+    if (t.text() != nullptr) {
+      std::cout << "ampd train: " << t.text()->describe() << "; ";
+    } else {
+      std::cout << "ampd train: " << t.data().train.describe() << " (train) + "
+                << t.data().validation.num_examples << " validation; ";
+    }
+    std::cout << t.model().parameter_count() << " parameters; " << t.job().precision() << " on " << backend.device_description()
               << "; " << t.total_steps() << " steps\n";
   }
   std::signal(SIGINT, on_interrupt);

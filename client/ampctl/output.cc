@@ -158,7 +158,12 @@ void print_job(std::ostream& out, const Job& job) {
                    std::to_string(job.epoch()) + ")");
   row("train_loss:", fmt("%.4f", m.train_loss()));
   row("val_loss:", fmt("%.4f", m.val_loss()));
-  if (job.spec().model().loss() != "mse") row("val_accuracy:", fmt("%.4f", m.val_accuracy()));
+  if (m.val_bits_per_token() > 0) {
+    row("bits/char:", fmt("%.4f", m.val_bits_per_token()));
+    row("next-char acc:", fmt("%.4f", m.val_accuracy()));
+  } else if (job.spec().model().loss() != "mse") {
+    row("val_accuracy:", fmt("%.4f", m.val_accuracy()));
+  }
   if (m.samples_per_second() > 0) row("samples/s:", fmt("%.0f", m.samples_per_second()));
   row("loss_scale:", fmt("%g", job.loss_scale()));
   row("skipped steps:", std::to_string(job.overflow_skipped_steps()) + " (non-finite gradients)");

@@ -11,7 +11,9 @@ namespace {
 class Linear final : public Layer {
  public:
   explicit Linear(const ampd::v1::LinearSpec& spec)
-      : bias_(!spec.has_bias() || spec.bias()), tie_(spec.tie_weight_to()) {
+      : bias_(!spec.has_bias() || spec.bias()),
+        tie_(spec.tie_weight_to()),
+        init_std_(spec.has_init_std() ? spec.init_std() : -1.0f) {
     out_ = spec.out_features();
   }
   std::string kind() const override { return "linear"; }
@@ -43,7 +45,11 @@ class Linear final : public Layer {
     } else {
       AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", out_, in, /*low_copy=*/true,
                                                     /*decay=*/true, [&](int64_t i) {
-                                                      return init_uniform(seed, index, 0, i, bound);
+                                                      return init_std_ >= 0.0f
+                                                                 ? init_normal(seed, index, 0, i,
+                                                                               init_std_)
+                                                                 : init_uniform(seed, index, 0, i,
+                                                                                bound);
                                                     }));
       params_.push_back(std::move(w));
     }
@@ -51,7 +57,10 @@ class Linear final : public Layer {
       // The bias is added in FP32 inside the matmul epilogue: no low-precision copy.
       AMPD_ASSIGN_OR_RETURN(Param b, ctx.make_param(kind(), "bias", 1, out_, /*low_copy=*/false,
                                                     /*decay=*/false, [&](int64_t i) {
-                                                      return init_uniform(seed, index, 1, i, bound);
+                                                      return init_std_ >= 0.0f
+                                                                 ? 0.0f
+                                                                 : init_uniform(seed, index, 1, i,
+                                                                                bound);
                                                     }));
       params_.push_back(std::move(b));
     }
@@ -96,6 +105,7 @@ class Linear final : public Layer {
  private:
   bool bias_;
   std::string tie_;
+  float init_std_;  // < 0: PyTorch's default uniform init
   Param* weight_ = nullptr;
   Param* bias_param_ = nullptr;
 };
@@ -106,6 +116,9 @@ void resolve(ampd::v1::LayerSpec& spec, const std::string& path, int, SpecChecke
   if (!linear->has_bias()) linear->set_bias(true);
   if (linear->tie_weight_to().size() > 256) {
     c.add(path + ".linear.tie_weight_to", "must be at most 256 characters");
+  }
+  if (linear->has_init_std()) {
+    c.in_range(path + ".linear.init_std", linear->init_std(), 0.0f, true, 10.0f, true);
   }
 }
 

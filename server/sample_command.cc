@@ -1,0 +1,104 @@
+#include "server/sample_command.h"
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "engine/checkpoint.h"
+#include "engine/sampler.h"
+#include "kernels/backend_factory.h"
+
+namespace ampd::server {
+
+namespace {
+
+int exit_code_for(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kNotFound:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kDataLoss: return 2;
+    case StatusCode::kUnavailable: return 3;
+    default: return 1;
+  }
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app, SampleCommandOptions& o, int* exit_code) {
+  CLI::App* cmd = app.add_subcommand(
+      "sample", "Generate text from a language model's checkpoint (nanoGPT's sample.py)");
+  cmd->footer(
+      "\nExamples:\n"
+      "  ampd train -f examples/shakespeare-char-fp32.yaml --out /tmp/gpt\n"
+      "  ampd sample --checkpoint /tmp/gpt --prompt \"ROMEO:\" --tokens 500\n"
+      "  ampd sample --checkpoint /tmp/gpt/step-2000.safetensors --temperature 0 --tokens 100\n\n"
+      "The text is printed as it is produced. The same checkpoint, prompt and --seed give the\n"
+      "same text. --temperature 0 picks the most likely character every time.\n"
+      "Exit status: 0 done, 1 failed, 2 bad input, 3 backend unavailable.");
+  cmd->add_option("--checkpoint", o.checkpoint,
+                  "A checkpoint file, or a job's checkpoint directory (its newest checkpoint)")
+      ->required();
+  cmd->add_option("--prompt", o.prompt, "Text to continue (default: a newline)");
+  cmd->add_option("--tokens", o.tokens, "Characters to generate")->capture_default_str();
+  cmd->add_option("--temperature", o.temperature,
+                  "Divide the logits by this (< 1 sharper, > 1 wilder; 0 = greedy)")
+      ->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "Sample among the k most likely (0 = all)")
+      ->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
+  cmd->add_option("--backend", o.backend, "auto | cpu | cuda | reference")->capture_default_str();
+  cmd->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cmd->callback([&o, exit_code] { *exit_code = run_sample_command(o); });
+}
+
+int run_sample_command(const SampleCommandOptions& o) {
+  std::string path = o.checkpoint;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    const engine::CheckpointSearch found =
+        engine::find_latest_checkpoint(path, /*remove_partial_writes=*/false);
+    if (found.path.empty()) {
+      std::cerr << "ampd sample: no readable checkpoint in " << path
+                << (found.note().empty() ? "" : " (" + found.note() + ")") << "\n";
+      return 2;
+    }
+    path = found.path;
+  }
+  BackendRequest req;
+  req.kind = o.backend;
+  req.threads = o.threads;
+  auto choice = create_backend(req);
+  if (!choice.ok()) {
+    std::cerr << "ampd sample: backend: " << choice.status().message() << "\n";
+    return exit_code_for(choice.status());
+  }
+  auto sampler = engine::Sampler::create(*choice->backend, path);
+  if (!sampler.ok()) {
+    std::cerr << "ampd sample: " << sampler.status().message() << "\n";
+    return exit_code_for(sampler.status());
+  }
+  engine::SampleOptions so;
+  so.prompt = o.prompt.empty() ? "\n" : o.prompt;
+  so.max_tokens = o.tokens;
+  so.temperature = o.temperature;
+  so.top_k = o.top_k;
+  so.seed = o.seed;
+  if (Status st = (*sampler)->check(so); !st.ok()) {
+    std::cerr << "ampd sample: " << st.message() << "\n";
+    return exit_code_for(st);
+  }
+  std::cout << so.prompt << std::flush;
+  const Status st = (*sampler)->generate(so, [](const std::string& text) {
+    std::cout << text << std::flush;
+    return true;
+  });
+  std::cout << "\n";
+  if (!st.ok()) {
+    std::cerr << "ampd sample: " << st.message() << "\n";
+    return exit_code_for(st);
+  }
+  return 0;
+}
+
+}  // namespace ampd::server
