@@ -439,6 +439,30 @@ Status CudaBackend::argmax_rows_impl(const Tensor& x, const Tensor& out) {
   return cuda::argmax_rows(ctx_, x, out);
 }
 
+Status CudaBackend::embedding_forward_impl(const Tensor& ids, const Tensor& table,
+                                           const Tensor& out) {
+  AMPD_CUDA_OP("embedding_forward", {"ids", &ids}, {"table", &table}, {"out", &out});
+  return cuda::embedding_forward(ctx_, ids, table, out);
+}
+
+Status CudaBackend::embedding_backward_impl(const Tensor& ids, const Tensor& dy,
+                                            const Tensor& dtable, float beta) {
+  AMPD_CUDA_OP("embedding_backward", {"ids", &ids}, {"dy", &dy}, {"dtable", &dtable});
+  return cuda::embedding_backward(ctx_, ids, dy, dtable, beta);
+}
+
+Status CudaBackend::causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) {
+  AMPD_CUDA_OP("causal_softmax_forward", {"scores", &scores}, {"probs", &probs});
+  return cuda::causal_softmax_forward(ctx_, scores, probs);
+}
+
+Status CudaBackend::causal_softmax_backward_impl(const Tensor& probs, const Tensor& dprobs,
+                                                 const Tensor& dscores) {
+  AMPD_CUDA_OP("causal_softmax_backward", {"probs", &probs}, {"dprobs", &dprobs},
+               {"dscores", &dscores});
+  return cuda::causal_softmax_backward(ctx_, probs, dprobs, dscores);
+}
+
 Status CudaBackend::unscale_and_check_impl(std::span<const Tensor> grads, float inv_scale,
                                            const Tensor& found_nonfinite) {
   AMPD_CUDA_OP("unscale_and_check", {"found_nonfinite", &found_nonfinite});

@@ -112,6 +112,12 @@ class CudaBackend final : public Backend {
   Status mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
                            float grad_scale) override;
   Status argmax_rows_impl(const Tensor& x, const Tensor& out) override;
+  Status embedding_forward_impl(const Tensor& ids, const Tensor& table, const Tensor& out) override;
+  Status embedding_backward_impl(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
+                                 float beta) override;
+  Status causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) override;
+  Status causal_softmax_backward_impl(const Tensor& probs, const Tensor& dprobs,
+                                      const Tensor& dscores) override;
   Status unscale_and_check_impl(std::span<const Tensor> grads, float inv_scale,
                                 const Tensor& found_nonfinite) override;
   Status global_norm_impl(std::span<const Tensor> grads, const Tensor& out) override;

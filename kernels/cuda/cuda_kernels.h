@@ -81,6 +81,20 @@ Status mse_backward(CudaContext& ctx, const Tensor& pred, const Tensor& target, 
                     float grad_scale);
 Status argmax_rows(CudaContext& ctx, const Tensor& x, const Tensor& out);
 
+// ---- cuda_sequence.cu ------------------------------------------------------------------------
+
+// Embedding gather; an id outside [0, V) gives a NaN row (never an out-of-bounds read).
+Status embedding_forward(CudaContext& ctx, const Tensor& ids, const Tensor& table,
+                         const Tensor& out);
+// Deterministic scatter-add (stable radix sort of the ids, then ordered FP32 sums per row
+// and column; no float atomics). Temporary storage from ctx.scratch; only enqueues.
+Status embedding_backward(CudaContext& ctx, const Tensor& ids, const Tensor& dy,
+                          const Tensor& dtable, float beta);
+// Causal softmax over (rows, T), one warp per row; masked entries not read, written as 0.
+Status causal_softmax_forward(CudaContext& ctx, const Tensor& scores, const Tensor& probs);
+Status causal_softmax_backward(CudaContext& ctx, const Tensor& probs, const Tensor& dprobs,
+                               const Tensor& dscores);
+
 // ---- cuda_optim.cu ---------------------------------------------------------------------------
 
 // Multi-tensor: one launch per kMaxTensorsPerLaunch tensors (see cuda_optim.cu).

@@ -1078,6 +1078,326 @@ TEST_P(Conformance, ArgmaxRowsBitExact) {
   }
 }
 
+// ---- sequence models --------------------------------------------------------------------------
+
+DType other_float(DType t) {
+  return t == DType::kF32 ? DType::kBF16 : DType::kF32;
+}
+
+// ids in [0, used) (so rows [used, V) are never selected), with out-of-range ids at the
+// positions `bad` (cycling through -1, V, INT32_MIN, INT32_MAX).
+HostTensor embedding_ids(int64_t n, int64_t vocab, int64_t used, const std::vector<int64_t>& bad,
+                         Rng& rng) {
+  HostTensor ids(DType::kI32, 1, n);
+  fill_integers(ids, rng, 0, used - 1);
+  const double out_of_range[] = {-1.0, static_cast<double>(vocab),
+                                 static_cast<double>(std::numeric_limits<int32_t>::min()),
+                                 static_cast<double>(std::numeric_limits<int32_t>::max())};
+  for (size_t k = 0; k < bad.size(); ++k) {
+    if (bad[k] >= 0 && bad[k] < n) ids.set(bad[k], out_of_range[k % 4]);
+  }
+  return ids;
+}
+
+bool id_in_range(const HostTensor& ids, int64_t i, int64_t vocab) {
+  const double id = ids.get(i);
+  return id >= 0 && id < static_cast<double>(vocab);
+}
+
+// (V, C, N): one element; awkward widths; more tokens than rows (repeats); a table larger
+// than one CPU task; a sparse table (most rows unused).
+struct EmbeddingShape {
+  int64_t vocab, cols, n;
+};
+const EmbeddingShape kEmbeddingShapes[] = {
+    {1, 1, 1}, {7, 513, 40}, {50, 64, 700}, {3000, 7, 50}, {5, 1031, 9}};
+
+// A gather is a copy: out = round(table[id]) exactly, for every (table, out) dtype pair; an
+// id outside [0, V) gives a NaN row (and no out-of-bounds read).
+TEST_P(Conformance, EmbeddingForwardBitExact) {
+  Rng rng(101);
+  for (const EmbeddingShape& s : kEmbeddingShapes) {
+    for (DType tt : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const std::string what = "embedding_forward V=" + std::to_string(s.vocab) +
+                               " C=" + std::to_string(s.cols) + " N=" + std::to_string(s.n) +
+                               " table " + std::string(dtype_name(tt));
+      // Table values beyond f16's range and below bf16's precision, so that narrowing
+      // rounds and overflows.
+      HostTensor th = normal(tt, s.vocab, s.cols, rng, 0.0, tt == DType::kF16 ? 100.0 : 3e4);
+      const HostTensor ih = embedding_ids(s.n, s.vocab, s.vocab, {s.n / 2, s.n - 1, 3, 5}, rng);
+      Pair table = both(th);
+      Pair ids = both(ih);
+      Pair out = outputs(dt(), s.n, s.cols);
+      run([&](Backend& be, bool r) {
+        return be.embedding_forward(pick(ids, r), pick(table, r), pick(out, r));
+      });
+      expect_same(out, kExact, what);
+      const HostTensor got = dut_host(out);
+      for (int64_t i = 0; i < s.n; ++i) {
+        const bool valid = id_in_range(ih, i, s.vocab);
+        for (int64_t j = 0; j < s.cols; ++j) {
+          const double v = got.get(i, j);
+          if (!valid) {
+            ASSERT_TRUE(std::isnan(v))
+                << what << ": out[" << i << ", " << j << "] = " << v << " for id " << ih.get(i);
+          } else {
+            const double expected = round_to(dt(), th.get(static_cast<int64_t>(ih.get(i)), j));
+            ASSERT_EQ(v, expected) << what << ": out[" << i << ", " << j << "]";
+          }
+        }
+      }
+    }
+  }
+}
+
+// dtable = beta dtable + scatter-add of dy rows. An element sums `count` unit normals (count
+// = how often its id occurs) onto beta * dtable: default_tolerance(f32, count, sqrt(count) +
+// 1) with the largest count. Rows no id selects are exactly beta * dtable (0 for beta = 0,
+// even over a NaN-poisoned dtable: it is not read); out-of-range ids add nothing.
+TEST_P(Conformance, EmbeddingBackward) {
+  Rng rng(102);
+  for (const EmbeddingShape& s : kEmbeddingShapes) {
+    for (float beta : {0.0f, 1.0f, 0.5f}) {
+      const std::string what = "embedding_backward V=" + std::to_string(s.vocab) +
+                               " C=" + std::to_string(s.cols) + " N=" + std::to_string(s.n) +
+                               " beta=" + std::to_string(beta);
+      const int64_t used = std::max<int64_t>(1, (s.vocab + 1) / 2);
+      const HostTensor ih = embedding_ids(s.n, s.vocab, used, {1, s.n - 2, s.n / 3, 0}, rng);
+      std::vector<int64_t> count(static_cast<size_t>(s.vocab), 0);
+      for (int64_t i = 0; i < s.n; ++i) {
+        if (id_in_range(ih, i, s.vocab)) ++count[static_cast<size_t>(ih.get(i))];
+      }
+      const int64_t max_count = *std::max_element(count.begin(), count.end());
+      Pair ids = both(ih);
+      Pair dy = both(normal(dt(), s.n, s.cols, rng));
+      const HostTensor old = normal(DType::kF32, s.vocab, s.cols, rng);
+      Pair dtable = beta != 0.0f ? inout(old) : outputs(DType::kF32, s.vocab, s.cols);
+      run([&](Backend& be, bool r) {
+        return be.embedding_backward(pick(ids, r), pick(dy, r), pick(dtable, r), beta);
+      });
+      expect_same(dtable,
+                  default_tolerance(DType::kF32, max_count + 1,
+                                    std::sqrt(static_cast<double>(max_count)) + 1.0),
+                  what);
+      const HostTensor got = dut_host(dtable);
+      for (int64_t v = 0; v < s.vocab; ++v) {
+        if (count[static_cast<size_t>(v)] != 0) continue;
+        for (int64_t j = 0; j < s.cols; ++j) {
+          const double expected = beta == 0.0f ? 0.0 : round_to(DType::kF32, beta * old.get(v, j));
+          ASSERT_EQ(got.get(v, j), expected) << what << ": unselected row " << v << ", col " << j;
+        }
+      }
+
+      // Deterministic: a second run from the same start gives the same bits.
+      DeviceTensor again =
+          beta != 0.0f ? to_device(dut(), old) : poisoned(dut(), DType::kF32, s.vocab, s.cols);
+      AMPD_ASSERT_OK(dut().embedding_backward(ids.dut, dy.dut, again, beta));
+      EXPECT_EQ(to_host(dut(), again).bytes, got.bytes) << what << ": two runs differ";
+    }
+  }
+  // Every id out of range: nothing is added, beta = 0 gives zeros.
+  HostTensor bad(DType::kI32, 1, 4);
+  for (int64_t i = 0; i < 4; ++i) bad.set(i, i % 2 == 0 ? -3.0 : 9.0);
+  Pair ids = both(bad);
+  Pair dy = both(normal(dt(), 4, 5, rng));
+  Pair dtable = outputs(DType::kF32, 9, 5);
+  run([&](Backend& be, bool r) {
+    return be.embedding_backward(pick(ids, r), pick(dy, r), pick(dtable, r), 0.0f);
+  });
+  for (double v : dut_host(dtable).values()) ASSERT_EQ(v, 0.0);
+}
+
+// Row sums of probabilities rounded to `t`: each probability is within 1 + 2^-p of its
+// FP32 value (unit roundoff of t), plus FP32 error.
+double row_sum_tolerance(DType t) {
+  return (t == DType::kF16 ? 0x1p-11 : t == DType::kBF16 ? 0x1p-8 : 0.0) + 1e-5;
+}
+
+// Scores ~ N(0, 3) with NaN / +inf / -inf written into masked positions (must not spread),
+// one unmasked -inf (probability 0) and one unmasked NaN (its row is NaN, as in the
+// reference). Tolerance: default_tolerance(probs, T) (a sum of T exponentials of ~2 ulp).
+TEST_P(Conformance, CausalSoftmaxForward) {
+  Rng rng(103);
+  const float masked_poison[] = {kNaN, kInf, -kInf};
+  for (int64_t t : {1, 5, 64, 65, 300}) {
+    for (int64_t batch : {1, 3}) {
+      const int64_t rows = batch * t;
+      for (DType st : {dt(), DType::kF32}) {
+        for (DType pt : {dt(), other_float(dt())}) {
+          const std::string what =
+              "causal_softmax_forward T=" + std::to_string(t) + " batch=" + std::to_string(batch) +
+              " scores " + std::string(dtype_name(st)) + " probs " + std::string(dtype_name(pt));
+          HostTensor sh = normal(st, rows, t, rng, 0.0, 3.0);
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t j = r % t + 1; j < t; ++j) sh.set(r, j, masked_poison[(r + j) % 3]);
+          }
+          int64_t nan_row = -1;
+          if (t >= 5) {
+            sh.set(t + 3 < rows ? t + 3 : 3, 1, -INFINITY);  // an unmasked -inf: p = 0
+            nan_row = rows - 2;                              // q = t - 2 >= 3
+            sh.set(nan_row, 2, NAN);
+          }
+          Pair scores = both(sh);
+          Pair probs = outputs(pt, rows, t);
+          run([&](Backend& be, bool r) {
+            return be.causal_softmax_forward(pick(scores, r), pick(probs, r));
+          });
+          expect_same(probs, default_tolerance(pt, t), what);
+          const HostTensor got = dut_host(probs);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t q = r % t;
+            double sum = 0.0;
+            for (int64_t j = 0; j < t; ++j) {
+              const double p = got.get(r, j);
+              if (j > q) {
+                ASSERT_EQ(p, 0.0) << what << ": masked (" << r << ", " << j << ")";
+                ASSERT_FALSE(std::signbit(p)) << what << ": masked (" << r << ", " << j << ")";
+              } else if (r == nan_row) {
+                ASSERT_TRUE(std::isnan(p)) << what << ": row " << r << " holds a NaN score";
+              } else {
+                ASSERT_TRUE(std::isfinite(p)) << what << ": (" << r << ", " << j << ") = " << p;
+              }
+              sum += p;
+            }
+            if (r != nan_row) {
+              EXPECT_NEAR(sum, 1.0, row_sum_tolerance(pt)) << what << ": row " << r;
+            }
+          }
+        }
+      }
+      // In place (probs == scores, same dtype).
+      HostTensor sh = normal(dt(), rows, t, rng, 0.0, 3.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = r % t + 1; j < t; ++j) sh.set(r, j, masked_poison[(r + j) % 3]);
+      }
+      Pair x = inout(sh);
+      run([&](Backend& be, bool r) { return be.causal_softmax_forward(pick(x, r), pick(x, r)); });
+      expect_same(x, default_tolerance(dt(), t),
+                  "causal_softmax_forward in place T=" + std::to_string(t));
+    }
+  }
+}
+
+// dscores = p (dp - sum_{k <= q} p_k dp_k) from the reference's probabilities; masked dprobs
+// are NaN-poisoned (never read) and masked dscores exactly 0. |dp| ~ N(0, 1) and sum p = 1,
+// so |dscores| stays below ~8: default_tolerance(dscores, T, 4) (a dot product of T terms,
+// then one product).
+TEST_P(Conformance, CausalSoftmaxBackward) {
+  Rng rng(104);
+  for (int64_t t : {1, 5, 64, 65, 300}) {
+    for (int64_t batch : {1, 3}) {
+      const int64_t rows = batch * t;
+      // Probabilities of the reference's forward pass (rounded to dt()).
+      DeviceTensor s = to_device(ref(), normal(DType::kF32, rows, t, rng, 0.0, 2.0));
+      DeviceTensor p = device_tensor(ref(), dt(), rows, t);
+      AMPD_ASSERT_OK(ref().causal_softmax_forward(s, p));
+      const HostTensor ph = to_host(ref(), p);
+      HostTensor dph = normal(dt(), rows, t, rng);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = r % t + 1; j < t; ++j) dph.set(r, j, j % 2 ? NAN : INFINITY);
+      }
+      for (DType pt : {dt(), DType::kF32}) {
+        HostTensor ph_t(pt, rows, t);
+        for (int64_t i = 0; i < ph.numel(); ++i) ph_t.set(i, ph.get(i));
+        Pair probs = both(ph_t);
+        Pair dprobs = both(dph);
+        for (DType gt : {dt(), other_float(dt())}) {
+          const std::string what =
+              "causal_softmax_backward T=" + std::to_string(t) + " batch=" + std::to_string(batch) +
+              " probs " + std::string(dtype_name(pt)) + " dscores " + std::string(dtype_name(gt));
+          Pair ds = outputs(gt, rows, t);
+          run([&](Backend& be, bool r) {
+            return be.causal_softmax_backward(pick(probs, r), pick(dprobs, r), pick(ds, r));
+          });
+          expect_same(ds, default_tolerance(gt, t, 4.0), what);
+          const HostTensor got = dut_host(ds);
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t j = 0; j < t; ++j) {
+              const double v = got.get(r, j);
+              if (j > r % t) {
+                ASSERT_EQ(v, 0.0) << what << ": masked (" << r << ", " << j << ")";
+              } else {
+                ASSERT_TRUE(std::isfinite(v)) << what << ": (" << r << ", " << j << ") = " << v;
+              }
+            }
+          }
+        }
+        // In place: dscores aliases dprobs.
+        Pair inplace = inout(dph);
+        run([&](Backend& be, bool r) {
+          return be.causal_softmax_backward(pick(probs, r), pick(inplace, r), pick(inplace, r));
+        });
+        expect_same(inplace, default_tolerance(dt(), t, 4.0),
+                    "causal_softmax_backward in place T=" + std::to_string(t));
+      }
+    }
+  }
+}
+
+// Malformed calls are InvalidArgument naming the argument (backend.cc validates before any
+// kernel) and change nothing.
+TEST_P(Conformance, SequenceOpsValidationNamesTheArgument) {
+  Rng rng(105);
+  auto expect_invalid = [&](const Status& s, const std::string& needle) {
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << needle << ": " << s.to_string();
+    EXPECT_NE(s.message().find(needle), std::string::npos) << s.to_string();
+  };
+  HostTensor ih(DType::kI32, 1, 6);
+  fill_integers(ih, rng, 0, 3);
+  DeviceTensor ids = to_device(dut(), ih);
+  DeviceTensor ids_f = to_device(dut(), normal(dt(), 1, 6, rng));
+  DeviceTensor table = to_device(dut(), normal(dt(), 4, 5, rng));
+  DeviceTensor out = to_device(dut(), normal(dt(), 6, 5, rng));
+  DeviceTensor out_wide = to_device(dut(), normal(dt(), 6, 7, rng));
+  DeviceTensor out_short = to_device(dut(), normal(dt(), 5, 5, rng));
+  const HostTensor out_before = to_host(dut(), out);
+  expect_invalid(dut().embedding_forward(ids_f, table, out), "ids must be i32");
+  expect_invalid(dut().embedding_forward(ids, table, out_wide), "must have table's 5 columns");
+  expect_invalid(dut().embedding_forward(ids, table, out_short), "ids must be a vector of 5");
+  DeviceTensor ids_i32_as_table = to_device(dut(), ih);
+  expect_invalid(dut().embedding_forward(ids, ids_i32_as_table, out),
+                 "table must be f32, f16 or bf16");
+  EXPECT_EQ(to_host(dut(), out).bytes, out_before.bytes) << "a rejected call wrote to out";
+
+  DeviceTensor dy = to_device(dut(), normal(dt(), 6, 5, rng));
+  DeviceTensor dtable = to_device(dut(), normal(DType::kF32, 4, 5, rng));
+  DeviceTensor dtable_low = to_device(dut(), normal(other_float(DType::kF32), 4, 5, rng));
+  DeviceTensor dtable_wide = to_device(dut(), normal(DType::kF32, 4, 6, rng));
+  const HostTensor dtable_before = to_host(dut(), dtable);
+  expect_invalid(dut().embedding_backward(ids_f, dy, dtable), "ids must be i32");
+  expect_invalid(dut().embedding_backward(ids, dy, dtable_low), "dtable must be f32");
+  expect_invalid(dut().embedding_backward(ids, dy, dtable_wide), "must have dy's 5 columns");
+  expect_invalid(dut().embedding_backward(ids, out_short, dtable), "ids must be a vector of 5");
+  EXPECT_EQ(to_host(dut(), dtable).bytes, dtable_before.bytes) << "a rejected call wrote dtable";
+
+  DeviceTensor sq = to_device(dut(), normal(dt(), 8, 4, rng));     // two 4 x 4 matrices
+  DeviceTensor nonsq = to_device(dut(), normal(dt(), 7, 4, rng));  // 7 rows: not a multiple
+  DeviceTensor sq_other = to_device(dut(), normal(other_float(dt()), 8, 4, rng));
+  DeviceTensor sq_small = to_device(dut(), normal(dt(), 4, 4, rng));
+  DeviceTensor probs = to_device(dut(), normal(dt(), 8, 4, rng));
+  const HostTensor probs_before = to_host(dut(), probs);
+  expect_invalid(dut().causal_softmax_forward(nonsq, nonsq), "scores must hold square");
+  expect_invalid(dut().causal_softmax_forward(sq, sq_small), "must have the shape of scores");
+  expect_invalid(dut().causal_softmax_forward(ids, probs), "scores must be f32, f16 or bf16");
+  Tensor sq_as_other = sq;
+  sq_as_other.dtype = other_float(dt());
+  if (dtype_size(sq_as_other.dtype) <= dtype_size(dt())) {
+    expect_invalid(dut().causal_softmax_forward(sq, sq_as_other),
+                   "probs may alias scores only with the same dtype");
+  }
+  expect_invalid(dut().causal_softmax_backward(nonsq, nonsq, nonsq), "probs must hold square");
+  expect_invalid(dut().causal_softmax_backward(probs, sq_small, sq), "dprobs");
+  expect_invalid(dut().causal_softmax_backward(probs, sq, sq_small), "dscores");
+  expect_invalid(dut().causal_softmax_backward(probs, sq, ids), "dscores must be f32, f16 or bf16");
+  Tensor dp_as_other = sq_other;
+  dp_as_other.data = sq.tensor.data;
+  if (dtype_size(dp_as_other.dtype) <= dtype_size(dt())) {
+    expect_invalid(dut().causal_softmax_backward(probs, sq, dp_as_other),
+                   "dscores may alias dprobs only with the same dtype");
+  }
+  EXPECT_EQ(to_host(dut(), probs).bytes, probs_before.bytes) << "a rejected call wrote probs";
+}
+
 // ---- mixed-precision bookkeeping ----------------------------------------------------------------
 
 // Flags identical; unflagged tensors scaled exactly like the reference (one FP32 product,

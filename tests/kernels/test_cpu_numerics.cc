@@ -5,7 +5,8 @@
 //       element sits (middle, last element, a vector tail, a later parallel task), and
 //       scales the others exactly;
 //   (c) determinism: the same inputs give the same bits, run after run, and the
-//       hand-written reductions do not even depend on the thread count;
+//       hand-written reductions (and the sequence ops) do not even depend on the thread
+//       count;
 //   (d) an FP16 matmul is bit-identical to the FP32 matmul of the widened operands (the
 //       same arithmetic: products of FP16 values are exact in FP32);
 //   (e) the optimizers flush FP32 subnormals to zero (m, v and w never hold one), agree
@@ -327,6 +328,47 @@ TEST(CpuNumerics, OptimizerAndReductionsAreDeterministicForAnyThreadCount) {
     EXPECT_EQ(a.low.bytes, other->low.bytes) << what;
     EXPECT_EQ(a.dbias.bytes, other->dbias.bytes) << what;
     EXPECT_EQ(a.norm.bytes, other->norm.bytes) << what;
+  }
+}
+
+// Embedding backward (several column blocks, repeated ids) and causal softmax (many
+// parallel tasks): bit-identical across runs and thread counts.
+struct SequenceRun {
+  HostTensor dtable, probs, dscores, gathered;
+};
+
+SequenceRun run_sequence(Backend& be) {
+  Rng rng(8);
+  constexpr int64_t V = 300, C = 200, N = 5000, T = 64, rows = 48 * T;
+  HostTensor ih(DType::kI32, 1, N);
+  fill_integers(ih, rng, -2, V);  // a few out of range
+  DeviceTensor ids = to_device(be, ih);
+  DeviceTensor dy = to_device(be, normal(DType::kBF16, N, C, rng));
+  DeviceTensor dtable = to_device(be, normal(DType::kF32, V, C, rng));
+  EXPECT_TRUE(be.embedding_backward(ids, dy, dtable, 0.5f).ok());
+  DeviceTensor gathered = nan_filled(be, DType::kF16, N, C);
+  EXPECT_TRUE(be.embedding_forward(ids, dtable, gathered).ok());
+  DeviceTensor s = to_device(be, normal(DType::kBF16, rows, T, rng, 0.0, 3.0));
+  DeviceTensor p = nan_filled(be, DType::kF32, rows, T);
+  EXPECT_TRUE(be.causal_softmax_forward(s, p).ok());
+  DeviceTensor dp = to_device(be, normal(DType::kF32, rows, T, rng));
+  DeviceTensor ds = nan_filled(be, DType::kBF16, rows, T);
+  EXPECT_TRUE(be.causal_softmax_backward(p, dp, ds).ok());
+  return {to_host(be, dtable), to_host(be, p), to_host(be, ds), to_host(be, gathered)};
+}
+
+TEST(CpuNumerics, SequenceOpsAreDeterministicForAnyThreadCount) {
+  auto two = cpu(2);
+  auto one = cpu(1);
+  ASSERT_NE(two, nullptr);
+  ASSERT_NE(one, nullptr);
+  const SequenceRun a = run_sequence(*two), b = run_sequence(*two), c = run_sequence(*one);
+  for (const SequenceRun* other : {&b, &c}) {
+    const char* what = other == &b ? "run twice" : "2 threads vs 1";
+    EXPECT_EQ(a.dtable.bytes, other->dtable.bytes) << what << ": embedding_backward";
+    EXPECT_EQ(a.gathered.bytes, other->gathered.bytes) << what << ": embedding_forward";
+    EXPECT_EQ(a.probs.bytes, other->probs.bytes) << what << ": causal_softmax_forward";
+    EXPECT_EQ(a.dscores.bytes, other->dscores.bytes) << what << ": causal_softmax_backward";
   }
 }
 

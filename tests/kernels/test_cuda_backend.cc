@@ -9,6 +9,8 @@
 //   * kernels at awkward sizes and misaligned views (vector and scalar paths), outputs
 //     poisoned first; grid-stride paths past gridDim.y's limit; long softmax rows;
 //   * multi-tensor ops over more tensors than one launch takes (several launches);
+//   * the embedding scatter-add equals the ordered FP32 sum bit for bit (hot ids, a large
+//     vocabulary) and needs no host round trip; causal softmax on long rows;
 //   * determinism: the same inputs give the same bits, run after run;
 //   * errors come back as Status and leave the backend usable (misaligned pointers, out of
 //     memory); bad labels give NaN rows (not an error) and need no host round trip.
@@ -758,6 +760,109 @@ TEST_F(CudaBackendTest, SoftmaxXentNeedsNoHostRoundTrip) {
   expect_close(graph_loss, to_host(be(), loss2), kExact, "loss from the graph");
   expect_close(graph_dx, to_host(be(), dx2), kExact, "dlogits from the graph");
   for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(std::isnan(graph_loss.get(r)), r == 5) << r;
+}
+
+// ---- sequence ops ---------------------------------------------------------------------------
+
+// The scatter-add sums every (row, column) in token order in FP32 with unfused operations
+// (cuda_sequence.cu), so it equals, bit for bit, the sequential FP32 loop below (which is
+// also what the CPU backend computes): a hot id (half of all tokens: one long segment), a
+// vocabulary larger than one sort digit, out-of-range ids, beta 0 over NaN and beta 0.5.
+TEST_F(CudaBackendTest, EmbeddingBackwardEqualsTheOrderedFp32Sum) {
+  Rng rng(13);
+  constexpr int64_t V = 70000, C = 300, N = 20000;
+  HostTensor ids(DType::kI32, 1, N);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t r = rng.integer(0, 99);
+    ids.set(i, r < 50    ? 12345.0
+               : r == 99 ? (i % 2 ? -7.0 : double(V))
+                         : double(rng.integer(0, V - 1)));
+  }
+  for (DType dyt : {DType::kF32, DType::kBF16}) {
+    const HostTensor dy = normal(dyt, N, C, rng);
+    const HostTensor old = normal(DType::kF32, V, C, rng);
+    DeviceTensor gi = to_device(be(), ids), gdy = to_device(be(), dy);
+    for (float beta : {0.0f, 0.5f}) {
+      std::vector<float> expected(static_cast<size_t>(V * C));
+      for (int64_t k = 0; k < V * C; ++k) {
+        expected[static_cast<size_t>(k)] =
+            beta == 0.0f ? 0.0f : beta * static_cast<float>(old.get(k));
+      }
+      for (int64_t i = 0; i < N; ++i) {
+        const double id = ids.get(i);
+        if (id < 0 || id >= V) continue;
+        float* row = expected.data() + static_cast<int64_t>(id) * C;
+        for (int64_t j = 0; j < C; ++j) row[j] += static_cast<float>(dy.get(i, j));
+      }
+      DeviceTensor g = beta == 0.0f ? poisoned(be(), DType::kF32, V, C) : to_device(be(), old);
+      AMPD_ASSERT_OK(be().embedding_backward(gi, gdy, g, beta));
+      const HostTensor got = to_host(be(), g);
+      ASSERT_EQ(got.bytes.size(), expected.size() * sizeof(float));
+      EXPECT_EQ(std::memcmp(got.bytes.data(), expected.data(), got.bytes.size()), 0)
+          << dtype_name(dyt) << " beta " << beta;
+    }
+  }
+}
+
+// The scatter-add only enqueues: it can be captured into a CUDA graph (its scratch grown
+// beforehand, so the capture allocates nothing), and the replay computes the same bits.
+TEST_F(CudaBackendTest, EmbeddingBackwardNeedsNoHostRoundTrip) {
+  Rng rng(14);
+  constexpr int64_t V = 5000, C = 64, N = 4096;
+  HostTensor ids(DType::kI32, 1, N);
+  fill_integers(ids, rng, -1, V);
+  DeviceTensor gi = to_device(be(), ids), gdy = to_device(be(), normal(DType::kF16, N, C, rng));
+  DeviceTensor direct = poisoned(be(), DType::kF32, V, C);
+  AMPD_ASSERT_OK(be().embedding_backward(gi, gdy, direct, 0.0f));
+  DeviceTensor captured = poisoned(be(), DType::kF32, V, C);
+  AMPD_ASSERT_OK(be().synchronize());
+
+  const cudaStream_t stream = be().stream();
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  const Status s = be().embedding_backward(gi, gdy, captured, 0.0f);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  (void)cudaGetLastError();
+  AMPD_EXPECT_OK(s);
+  ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  const cudaError_t launch = inst == cudaSuccess ? cudaGraphLaunch(exec, stream) : inst;
+  EXPECT_EQ(launch, cudaSuccess) << cudaGetErrorString(launch);
+  AMPD_ASSERT_OK(be().synchronize());
+  if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
+  ASSERT_EQ(launch, cudaSuccess);
+  EXPECT_EQ(to_host(be(), captured).bytes, to_host(be(), direct).bytes);
+}
+
+// Rows longer than a warp's 32 lanes many times over (T = 2500, not a power of two), and a
+// 4-D (B, H, T, T) batch with T = 1024; masked scores NaN-poisoned.
+TEST_F(CudaBackendTest, CausalSoftmaxLongRows) {
+  Rng rng(15);
+  for (auto [batch, t] : {std::pair<int64_t, int64_t>{1, 2500}, {4, 1024}}) {
+    const int64_t rows = batch * t;
+    HostTensor s = normal(DType::kBF16, rows, t, rng, 0.0, 3.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = r % t + 1; j < t; ++j) s.set(r, j, kNaN);
+    }
+    DeviceTensor gs = to_device(be(), s), rs = to_device(ref(), s);
+    DeviceTensor gp = poisoned(be(), DType::kF32, rows, t),
+                 rp = poisoned(ref(), DType::kF32, rows, t);
+    AMPD_ASSERT_OK(be().causal_softmax_forward(gs, gp));
+    AMPD_ASSERT_OK(ref().causal_softmax_forward(rs, rp));
+    expect_close(to_host(be(), gp), to_host(ref(), rp), default_tolerance(DType::kF32, t),
+                 "probs T=" + std::to_string(t));
+    const HostTensor dp = normal(DType::kBF16, rows, t, rng);
+    DeviceTensor gdp = to_device(be(), dp), rdp = to_device(ref(), dp);
+    DeviceTensor gds = poisoned(be(), DType::kBF16, rows, t),
+                 rds = poisoned(ref(), DType::kBF16, rows, t);
+    DeviceTensor gp_ref = to_device(be(), to_host(ref(), rp));  // the reference's probs
+    AMPD_ASSERT_OK(be().causal_softmax_backward(gp_ref, gdp, gds));
+    AMPD_ASSERT_OK(ref().causal_softmax_backward(rp, rdp, rds));
+    expect_close(to_host(be(), gds), to_host(ref(), rds), default_tolerance(DType::kBF16, t, 4.0),
+                 "dscores T=" + std::to_string(t));
+  }
 }
 
 // ---- multi-tensor ops over several launches

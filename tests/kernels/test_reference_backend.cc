@@ -857,6 +857,71 @@ TEST_F(ReferenceBackendTest, SoftmaxXentBackwardMatchesFiniteDifferences) {
   expect_close(host(dl), host(dd), kExact, "in-place dlogits");
 }
 
+// =====================================================================================
+// sequence models
+// =====================================================================================
+
+TEST_F(ReferenceBackendTest, EmbeddingGatherAndScatterAddHandComputed) {
+  // table (3 x 2); ids 2, 0, 2, -1, 3: the last two are out of range.
+  const HostTensor table = HostTensor::from(DType::kF32, 3, 2, {1, 2, 3, 4, 5, 6});
+  const HostTensor ids = HostTensor::from(DType::kI32, 1, 5, {2, 0, 2, -1, 3});
+  DeviceTensor dt = dev(table), di = dev(ids), out = device_filled(be, DType::kBF16, 5, 2, 7.0f);
+  AMPD_ASSERT_OK(be.embedding_forward(di, dt, out));
+  expect_close(host(out), {5, 6, 1, 2, 5, 6, kNaN, kNaN, kNaN, kNaN}, kExact, "gather");
+
+  const HostTensor dy = HostTensor::from(DType::kF16, 5, 2, {1, 10, 2, 20, 3, 30, 4, 40, 5, 50});
+  DeviceTensor ddy = dev(dy);
+  DeviceTensor g = device_filled(be, DType::kF32, 3, 2, static_cast<float>(kNaN));
+  AMPD_ASSERT_OK(be.embedding_backward(di, ddy, g, 0.0f));  // NaN not read: row 1 becomes 0
+  expect_close(host(g), {2, 20, 0, 0, 4, 40}, kExact, "scatter-add, beta 0");
+  AMPD_ASSERT_OK(be.embedding_backward(di, ddy, g, 0.5f));
+  expect_close(host(g), {3, 30, 0, 0, 6, 60}, kExact, "scatter-add, beta 0.5");
+}
+
+TEST_F(ReferenceBackendTest, CausalSoftmaxHandComputedAndMaskedScoresNotRead) {
+  // Two 3 x 3 matrices; every masked score is NaN or inf.
+  const double n = kNaN, i = kInf;
+  const HostTensor s = HostTensor::from(DType::kF32, 6, 3,
+                                        {0, n, i,    //
+                                         0, 0, -i,   //
+                                         1, 2, 3,    //
+                                         5, i, n,    //
+                                         -i, 0, n,   //
+                                         0, 1, n});  // NaN unmasked: row NaN
+  DeviceTensor ds = dev(s), p = device_filled(be, DType::kF32, 6, 3, 7.0f);
+  AMPD_ASSERT_OK(be.causal_softmax_forward(ds, p));
+  const double e = std::numbers::e, z = 1 + e + e * e;
+  expect_close(host(p),
+               {1, 0, 0, 0.5, 0.5, 0, 1 / z, e / z, e * e / z, 1, 0, 0, 0, 1, 0, kNaN, kNaN, kNaN},
+               kF32Ulp, "probs");
+}
+
+TEST_F(ReferenceBackendTest, CausalSoftmaxBackwardMatchesFiniteDifferences) {
+  constexpr int64_t T = 4, rows = 2 * T;
+  Rng rng(17);
+  const HostTensor scores = random_f32(rng, rows, T);
+  const HostTensor w = random_f32(rng, rows, T);
+  // L = sum_{r, j} w[r, j] probs[r, j]; dL/dprobs = w (masked entries of w are not read).
+  const auto fd = central_difference(scores, kH, [&](const HostTensor& sp) {
+    DeviceTensor d = dev(sp), p = empty(DType::kF32, rows, T);
+    AMPD_EXPECT_OK(be.causal_softmax_forward(d, p));
+    return weighted_sum(host(p), w);
+  });
+  DeviceTensor d = dev(scores), p = empty(DType::kF32, rows, T);
+  AMPD_ASSERT_OK(be.causal_softmax_forward(d, p));
+  DeviceTensor dw = dev(w), dscores = empty(DType::kF32, rows, T);
+  AMPD_ASSERT_OK(be.causal_softmax_backward(p, dw, dscores));
+  expect_close(host(dscores), fd, kFdTol, "dscores");
+  // Masked gradients are exactly 0 (the finite differences there are 0 too).
+  const HostTensor g = host(dscores);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = r % T + 1; j < T; ++j) EXPECT_EQ(g.get(r, j), 0.0) << r << ", " << j;
+  }
+  // In place (dscores aliases dprobs) gives the same bits.
+  AMPD_ASSERT_OK(be.causal_softmax_backward(p, dw, dw));
+  expect_close(host(dw), g, kExact, "in-place dscores");
+}
+
 TEST_F(ReferenceBackendTest, MseKnownValues) {
   // pred [[1, 2], [3, 5]], target [[0, 2], [1, 1]]: loss = [(1 + 0) / 2, (4 + 16) / 2]
   // dpred = grad_scale * 2 (pred - target) / C = 0.5 (pred - target) for grad_scale 0.5.
