@@ -142,14 +142,16 @@ std::string JobManager::new_job_id() {
 Status JobManager::check_spec(JobSpec* resolved) const {
   // Data: a CSV path must stay inside the data dir (resolve_data_path rejects absolute
   // paths, "..", and symbolic links that leave it) and exist now, not at run time.
-  if (resolved->data().has_csv()) {
-    auto path = engine::resolve_data_path(options_.data_dir, resolved->data().csv().path(),
-                                          "data.csv.path");
+  // Text files (data.text.path) likewise.
+  const bool csv = resolved->data().has_csv();
+  if (csv || (resolved->data().has_text() && resolved->data().text().has_path())) {
+    const std::string field = csv ? "data.csv.path" : "data.text.path";
+    const std::string& rel = csv ? resolved->data().csv().path() : resolved->data().text().path();
+    auto path = engine::resolve_data_path(options_.data_dir, rel, field);
     if (!path.ok()) return path.status();
     std::error_code ec;
     if (!fs::is_regular_file(*path, ec)) {
-      return invalid_argument("data.csv.path: '" + resolved->data().csv().path() +
-                              "' is not a regular file");
+      return invalid_argument(field + ": '" + rel + "' is not a regular file");
     }
   }
   const std::string precision =

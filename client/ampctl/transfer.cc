@@ -340,20 +340,24 @@ void add_transfer_commands(CLI::App& app, const GlobalOptions& g, Action* action
   cmd->callback(
       [&g, download, action] { *action = [&g, download] { return run_download(g, *download); }; });
 
-  CLI::App* datasets = app.add_subcommand("datasets", "Upload and list CSV data sets");
+  CLI::App* datasets =
+      app.add_subcommand("datasets", "Upload and list data sets (CSV tables, texts)");
   datasets->require_subcommand(1);
   datasets->footer(
-      "\nA job reads an uploaded data set as data.csv.path: NAME.\n\n"
+      "\nA job reads an uploaded CSV table as data.csv.path: NAME, and an uploaded text (for a\n"
+      "language model) as data.text.path: NAME.\n\n"
       "Examples:\n"
       "  ampctl datasets upload iris.csv ./iris.csv\n"
+      "  ampctl datasets upload sonnets.txt ./sonnets.txt\n"
       "  ampctl datasets list"
       "\n");
 
   auto upload = std::make_shared<UploadOptions>();
-  cmd = datasets->add_subcommand("upload", "Send a CSV (optionally .gz) file to the server");
+  cmd = datasets->add_subcommand("upload",
+                                 "Send a CSV table or a text (optionally .gz) to the server");
   cmd->add_option("name", upload->name,
                   "Name on the server ([A-Za-z0-9._-], up to 100 chars; jobs use it as "
-                  "data.csv.path)")
+                  "data.csv.path or data.text.path)")
       ->required();
   cmd->add_option("file", upload->file, "Local file")->required();
   cmd->add_option("-o,--output", upload->output, "text (default) or json: the stored data set")
