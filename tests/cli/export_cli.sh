@@ -9,6 +9,7 @@ set -euo pipefail
 AMPD=$1
 SRC=$2
 PY=/usr/bin/python3
+export PYTHONDONTWRITEBYTECODE=1  # it imports tests/python/gpt_reference.py: no __pycache__ there
 $PY -c 'import numpy' 2>/dev/null || { echo "SKIP: /usr/bin/python3 has no numpy"; exit 77; }
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
