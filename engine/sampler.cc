@@ -127,4 +127,28 @@ Status Sampler::generate(const SampleOptions& o,
   return Status::ok_status();
 }
 
+StatusOr<std::vector<float>> Sampler::prompt_logits(const std::string& prompt) {
+  AMPD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, vocab_.encode(prompt, "prompt"));
+  const int64_t V = vocab_.size(), T = block_, len = static_cast<int64_t>(tokens.size());
+  if (len < 1 || len > T) {
+    return invalid_argument("prompt: must be 1 to " + std::to_string(T) +
+                            " characters (the block size) for logits, got " + std::to_string(len));
+  }
+  std::vector<int32_t> window(static_cast<size_t>(T), 0);
+  std::copy(tokens.begin(), tokens.end(), window.begin());
+  PassContext ctx{backend_, /*training=*/false, 0, 0};
+  AMPD_RETURN_IF_ERROR(model_->load_tokens(1, window.data(), nullptr));
+  AMPD_RETURN_IF_ERROR(model_->forward(ctx, 1, /*with_loss=*/false));
+  const Tensor out = model_->outputs(1).reshaped(T, V).row_slice(0, len);
+  std::vector<float> logits(static_cast<size_t>(len * V));
+  if (out.dtype == DType::kF32) {
+    AMPD_RETURN_IF_ERROR(backend_->download(logits.data(), out));
+  } else {
+    std::vector<uint16_t> raw(logits.size());
+    AMPD_RETURN_IF_ERROR(backend_->download(raw.data(), out));
+    convert(raw.data(), out.dtype, logits.data(), DType::kF32, logits.size());
+  }
+  return logits;
+}
+
 }  // namespace ampd::engine

@@ -47,6 +47,10 @@ class Sampler {
   // text as it is produced; stops early (OK) when on_text returns false.
   Status generate(const SampleOptions& options,
                   const std::function<bool(const std::string&)>& on_text);
+  // The logits (FP32, row-major len x vocab, len = the prompt's tokens) at every position
+  // of `prompt`, as one forward pass computes them (no sampling). The prompt must be 1 to
+  // block_size tokens long and in the vocabulary (InvalidArgument naming "prompt").
+  StatusOr<std::vector<float>> prompt_logits(const std::string& prompt);
 
   const Vocabulary& vocabulary() const { return vocab_; }
   int64_t block_size() const { return block_; }

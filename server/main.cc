@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "server/export_command.h"
 #include "server/sample_command.h"
 #include "server/serve_command.h"
 #include "server/train_command.h"
@@ -17,6 +18,8 @@ int main(int argc, char** argv) {
   ampd::server::add_train_command(app, train, &exit_code);
   ampd::server::SampleCommandOptions sample;
   ampd::server::add_sample_command(app, sample, &exit_code);
+  ampd::server::ExportCommandOptions export_options;
+  ampd::server::add_export_command(app, export_options, &exit_code);
   ampd::server::ServeOptions serve;
   ampd::server::add_serve_command(app, serve, &exit_code);
   CLI11_PARSE(app, argc, argv);

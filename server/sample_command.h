@@ -19,6 +19,9 @@ struct SampleCommandOptions {
   uint64_t seed = 1;
   std::string backend = "auto";
   int threads = 0;
+  // When set: write the prompt's logits there (.npy, float32, prompt length x vocabulary)
+  // instead of generating.
+  std::string logits_out;
 };
 
 void add_sample_command(CLI::App& app, SampleCommandOptions& options, int* exit_code);
