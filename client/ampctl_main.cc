@@ -1,5 +1,5 @@
 // ampctl: the command-line client of `ampd serve` (submit, watch, get, list, cancel,
-// download, datasets, info). See `ampctl --help`.
+// download, datasets, info, generate). See `ampctl --help`.
 #include <stdlib.h>
 
 #include <CLI/CLI.hpp>
@@ -24,8 +24,10 @@ const char kExitCodesHelp[] =
     "       also a failed TLS handshake (TLS on one side only, an untrusted certificate)\n"
     "  4    no such job or data set\n"
     "  5    not possible in the current state: the job already ended (cancel), it has no\n"
-    "       checkpoint yet (download), the data set name is taken (upload)\n"
-    "  6    server resource exhausted: job queue full, upload too large, not enough memory\n"
+    "       checkpoint yet (download, generate), it is not a language model (generate),\n"
+    "       the data set name is taken (upload)\n"
+    "  6    server resource exhausted: job queue full, upload too large, not enough memory,\n"
+    "       too many tokens or too many generations at once (generate)\n"
     "  7    not authenticated: give the server's token with --token-file (or AMPD_TOKEN_FILE,\n"
     "       AMPD_TOKEN)\n"
     "  10   any other error\n"
@@ -42,7 +44,8 @@ int main(int argc, char** argv) {
 
   CLI::App app{
       "ampctl talks to an ampd server (`ampd serve`): it submits training jobs, follows\n"
-      "their progress, and moves data sets and checkpoints.",
+      "their progress, moves data sets and checkpoints, and generates text from language\n"
+      "models.",
       "ampctl"};
   app.require_subcommand(1);
   app.fallthrough();  // global options may also follow the subcommand
@@ -68,6 +71,7 @@ int main(int argc, char** argv) {
   add_job_commands(app, global, &action);
   add_transfer_commands(app, global, &action);
   add_info_command(app, global, &action);
+  add_generate_command(app, global, &action);
   app.footer(
       std::string("\nExamples:\n"
                   "  ampd serve &                                   # start a server\n"
@@ -77,6 +81,7 @@ int main(int argc, char** argv) {
                   "  ampctl list --state running\n"
                   "  ampctl get JOB -o json\n"
                   "  ampctl download JOB -o digits.safetensors\n"
+                  "  ampctl generate JOB --prompt \"ROMEO:\" --tokens 500   # a GPT job's text\n"
                   "  ampctl --server gpu-box:50051 datasets upload iris.csv iris.csv\n"
                   "  ampctl --server gpu-box:50051 --ca-cert ca.crt --token-file ~/.ampd-token "
                   "list\n\n"

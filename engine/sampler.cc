@@ -44,6 +44,11 @@ StatusOr<std::unique_ptr<Sampler>> Sampler::create(Backend& backend,
 }
 
 Status Sampler::check(const SampleOptions& o) const {
+  AMPD_RETURN_IF_ERROR(check_ranges(o));
+  return vocab_.encode(o.prompt, "prompt").status();
+}
+
+Status Sampler::check_ranges(const SampleOptions& o) {
   if (static_cast<int64_t>(o.prompt.size()) > kMaxPromptBytes) {
     return invalid_argument("prompt: at most " + std::to_string(kMaxPromptBytes) +
                             " characters, got " + std::to_string(o.prompt.size()));
@@ -59,7 +64,7 @@ Status Sampler::check(const SampleOptions& o) const {
   if (o.top_k < 0) {
     return invalid_argument("top_k: must be >= 0 (0 = no limit), got " + std::to_string(o.top_k));
   }
-  return vocab_.encode(o.prompt, "prompt").status();
+  return Status::ok_status();
 }
 
 Status Sampler::generate(const SampleOptions& o,

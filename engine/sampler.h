@@ -43,6 +43,9 @@ class Sampler {
   // Checks options (errors name the field: prompt, max_tokens, temperature, top_k) and
   // that every prompt character is in the vocabulary, before any work.
   Status check(const SampleOptions& options) const;
+  // The part of check() that needs no checkpoint: the prompt's length and the ranges of
+  // max_tokens, temperature and top_k (the server checks a request before loading).
+  static Status check_ranges(const SampleOptions& options);
   // Generates up to max_tokens tokens after the prompt, calling on_text with each one's
   // text as it is produced; stops early (OK) when on_text returns false.
   Status generate(const SampleOptions& options,

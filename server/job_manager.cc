@@ -377,6 +377,49 @@ Status JobManager::read_checkpoint(
   return Status::ok_status();
 }
 
+StatusOr<JobManager::CheckpointRef> JobManager::language_model_checkpoint(const std::string& job_id,
+                                                                          int64_t step) {
+  if (job_id.empty()) return invalid_argument("job_id: required");
+  if (step < 0) {
+    return invalid_argument("step: must be >= 0 (0 = the job's latest checkpoint), got " +
+                            std::to_string(step));
+  }
+  AMPD_ASSIGN_OR_RETURN(Job job, store_->get_job(job_id));
+  if (!job.spec().data().has_text()) {
+    return failed_precondition(
+        "job " + job_id +
+        " is not a language model: text is generated from jobs that train on data.text "
+        "(model.gpt), such as examples/shakespeare-char-fp32.yaml");
+  }
+  if (job.checkpoint().empty()) {
+    std::string when;
+    if (!is_final(job.state()) && job.spec().training().checkpoint_every() > 0) {
+      when = "; it writes one every " + std::to_string(job.spec().training().checkpoint_every()) +
+             " steps (training.checkpoint_every) and at its end";
+    }
+    return failed_precondition("job " + job_id + " has no checkpoint yet (state " +
+                               state_name(job.state()) + ", step " + std::to_string(job.step()) +
+                               ")" + when);
+  }
+  if (step == 0) return CheckpointRef{job.checkpoint(), engine::checkpoint_step(job.checkpoint())};
+  const std::string path = engine::checkpoint_path(job_dir(job_id), step);
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return CheckpointRef{path, step};
+  std::vector<int64_t> kept;
+  for (const auto& entry : fs::directory_iterator(job_dir(job_id), ec)) {
+    const int64_t s = engine::checkpoint_step(entry.path().filename().string());
+    if (s >= 0) kept.push_back(s);
+  }
+  std::sort(kept.begin(), kept.end());
+  std::string list;
+  for (int64_t s : kept) list += (list.empty() ? "" : ", ") + std::to_string(s);
+  return not_found("job " + job_id + " has no checkpoint at step " + std::to_string(step) +
+                   (kept.empty() ? std::string()
+                                 : (kept.size() == 1 ? "; it keeps the checkpoint of step "
+                                                     : "; it keeps the checkpoints of steps ") +
+                                       list + " (step 0 = the latest)"));
+}
+
 ManagerInfo JobManager::info() const {
   ManagerInfo info = static_info_;
   std::lock_guard<std::mutex> lock(mu_);

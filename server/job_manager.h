@@ -156,6 +156,17 @@ class JobManager {
   Status read_checkpoint(const std::string& job_id, int64_t chunk_bytes,
                          const std::function<bool(const ampd::v1::CheckpointChunk&)>& write);
 
+  // A checkpoint of a language model job to generate from (server/generator.h): the
+  // job's latest (step 0) or its file of `step`. NotFound for an unknown job, or a step
+  // whose file the job does not keep (the message lists the steps it keeps);
+  // FailedPrecondition for a job that is not a language model (no data.text) or has no
+  // checkpoint yet. Reads the store only; never waits for the worker.
+  struct CheckpointRef {
+    std::string path;
+    int64_t step = 0;
+  };
+  StatusOr<CheckpointRef> language_model_checkpoint(const std::string& job_id, int64_t step);
+
   DatasetStore& datasets() { return *datasets_; }
   ManagerInfo info() const;
   // How many jobs the store holds in each state (states without jobs are absent).

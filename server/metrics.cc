@@ -130,6 +130,18 @@ ServerMetrics::ServerMetrics()
                            .Help("Device memory capacity (0 when unknown, e.g. the CPU backend)")
                            .Register(*registry_)
                            .Add({})),
+      generated_tokens_(BuildCounter()
+                            .Name("ampd_generated_tokens_total")
+                            .Help("Tokens produced by Generate calls (characters, for a "
+                                  "character vocabulary)")
+                            .Register(*registry_)
+                            .Add({})),
+      generations_active_(BuildGauge()
+                              .Name("ampd_generations_active")
+                              .Help("Generate calls producing text now (at most "
+                                    "--max-generations)")
+                              .Register(*registry_)
+                              .Add({})),
       steps_(BuildCounter()
                  .Name("ampd_training_steps_total")
                  .Help("Training steps taken (skipped ones included), by precision")
@@ -400,6 +412,18 @@ void ServerMetrics::on_device_memory(const MemoryStats& m) {
   memory_used_.Set(static_cast<double>(m.in_use_bytes));
   memory_peak_.Set(static_cast<double>(m.peak_bytes));
   memory_capacity_.Set(static_cast<double>(m.device_total_bytes));
+}
+
+void ServerMetrics::on_generation_started() {
+  generations_active_.Increment();
+}
+
+void ServerMetrics::on_generation_ended() {
+  generations_active_.Decrement();
+}
+
+void ServerMetrics::on_tokens_generated(int64_t tokens) {
+  generated_tokens_.Increment(static_cast<double>(tokens));
 }
 
 }  // namespace ampd::server

@@ -10,6 +10,8 @@
 //                ampd_grpc_request_duration_seconds{method},
 //                ampd_auth_failures_total{reason} (missing, malformed, wrong_token),
 //                ampd_device_memory_{used,peak,capacity}_bytes
+//   * text generation (the Generate RPC): ampd_generated_tokens_total,
+//                ampd_generations_active
 //   * training aggregates, by precision, surviving their jobs:
 //                ampd_training_steps_total, ampd_training_samples_total,
 //                ampd_training_overflow_skipped_steps_total,
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "server/generator.h"
 #include "server/job_manager.h"
 
 namespace prometheus {
@@ -50,7 +53,7 @@ class Exposer;
 
 namespace ampd::server {
 
-class ServerMetrics final : public JobObserver {
+class ServerMetrics final : public JobObserver, public GenerationObserver {
  public:
   // Scrape-time view of the manager.
   struct Snapshot {
@@ -88,6 +91,11 @@ class ServerMetrics final : public JobObserver {
   void on_job_event(const ampd::v1::JobEvent& event) override;
   void on_job_stopped(const std::string& job_id) override;
   void on_device_memory(const MemoryStats& stats) override;
+
+  // GenerationObserver.
+  void on_generation_started() override;
+  void on_generation_ended() override;
+  void on_tokens_generated(int64_t tokens) override;
 
   // The registry (tests serialize it without HTTP).
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -137,6 +145,8 @@ class ServerMetrics final : public JobObserver {
   prometheus::Gauge& memory_used_;
   prometheus::Gauge& memory_peak_;
   prometheus::Gauge& memory_capacity_;
+  prometheus::Counter& generated_tokens_;
+  prometheus::Gauge& generations_active_;
   prometheus::Family<prometheus::Counter>& steps_;
   prometheus::Family<prometheus::Counter>& samples_;
   prometheus::Family<prometheus::Counter>& skipped_;

@@ -23,11 +23,13 @@
 #include <thread>
 #include <vector>
 
+#include "engine/sampler.h"
 #include "kernels/backend_factory.h"
 #if AMPD_FAULT_INJECTION
 #include "engine/write_faults.h"
 #endif
 #include "server/auth.h"
+#include "server/generator.h"
 #include "server/job_manager.h"
 #include "server/log.h"
 #include "server/metrics.h"
@@ -203,7 +205,12 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
       "SIGTERM/SIGINT drain: new calls get UNAVAILABLE, health turns NOT_SERVING, the running\n"
       "job checkpoints and stays RUNNING for the next start.\n"
       "Prometheus metrics (ampd_*: jobs, queue, gRPC calls, steps, loss scale, numerics\n"
-      "telemetry) are served at http://<--metrics-addr>/metrics.\n"
+      "telemetry, generated tokens) are served at http://<--metrics-addr>/metrics.\n"
+      "\nText generation (`ampctl generate JOB`) reads a language model job's checkpoint,\n"
+      "also while the job trains: each loaded model runs on a backend of its own (a CPU\n"
+      "backend with one thread, or a second CUDA stream), so training is not held up; it\n"
+      "only shares the cores or the GPU. --max-generations and --max-generate-tokens\n"
+      "bound what that sharing can cost.\n"
       "\nSecurity (off by default; health and reflection stay open):\n"
       "  openssl rand -hex 32 > /etc/ampd/token && chmod 600 /etc/ampd/token\n"
       "  ampd serve --grpc-addr 0.0.0.0:50051 --tls-cert server.crt --tls-key server.key \\\n"
@@ -284,6 +291,24 @@ void add_serve_command(CLI::App& app, ServeOptions& o, int* exit_code) {
                    "the store instead")
       ->envname("AMPD_WATCH_BUFFER_EVENTS")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--max-generations", o.max_generations,
+                   "Generate calls that may produce text at once, each on its own backend "
+                   "(one CPU thread, or one CUDA stream, plus the model's memory); one more "
+                   "gets RESOURCE_EXHAUSTED. 0 turns text generation off")
+      ->envname("AMPD_MAX_GENERATIONS")
+      ->check(CLI::Range(0, 64))
+      ->group("Text generation")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-generate-tokens", o.max_generate_tokens,
+                   "Tokens (characters, for a character vocabulary) one Generate call may "
+                   "ask for; more gets RESOURCE_EXHAUSTED. Up to " +
+                       std::to_string(engine::kMaxSampleTokens))
+      ->envname("AMPD_MAX_GENERATE_TOKENS")
+      ->check(CLI::Range(int64_t{1}, engine::kMaxSampleTokens))
+      ->group("Text generation")
       ->capture_default_str();
   serve
       ->add_option("--token-file", o.token_file,
@@ -412,10 +437,27 @@ int run_serve_command(const ServeOptions& o) {
     ~DetachSnapshot() { metrics.set_snapshot_source(nullptr); }
   } detach_snapshot{metrics};
 
+  // Generation runs on backends of its own, of the training backend's kind (a CPU one with
+  // one thread): never on the worker's, so a running job is not stalled (server/generator.h).
+  // Declared before the server, so destroyed after it: no Generate call outlives it.
+  GeneratorOptions gopts;
+  gopts.max_concurrent = o.max_generations;
+  gopts.max_tokens = o.max_generate_tokens;
+  gopts.observer = &metrics;
+  gopts.make_backend = [kind = m->info().backend]() -> StatusOr<std::unique_ptr<Backend>> {
+    BackendRequest r;
+    r.kind = kind;
+    r.threads = 1;
+    AMPD_ASSIGN_OR_RETURN(BackendChoice made, create_backend(r));
+    return std::move(made.backend);
+  };
+  Generator generator(m, gopts);
+
   TrainerServiceOptions sopts;
   sopts.version = AMPD_VERSION;
   sopts.metrics = &metrics;
   sopts.auth = security->auth.get();
+  sopts.generator = &generator;
   TrainerService service(manager->get(), sopts);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

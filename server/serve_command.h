@@ -25,6 +25,10 @@ struct ServeOptions {
   double shutdown_timeout_s = 20;
   double drain_grace_s = 0;
   int watch_buffer_events = 256;
+  // Text generation (the Generate RPC, server/generator.h): generations at once (0: off)
+  // and tokens per request.
+  int max_generations = 2;
+  int64_t max_generate_tokens = 2000;
   // Security (README "Security"). token_file: every ampd.v1.Trainer call must send
   // `authorization: Bearer <its content>`; AMPD_TOKEN in the environment is the other
   // way to give the token. tls_cert + tls_key: serve TLS; tls_client_ca: also require

@@ -302,4 +302,71 @@ grpc::Status TrainerService::GetServerInfo(grpc::ServerContext* context,
   });
 }
 
+grpc::Status TrainerService::Generate(grpc::ServerContext* context,
+                                      const ampd::v1::GenerateRequest* request,
+                                      grpc::ServerWriter<ampd::v1::GenerateResponse>* writer) {
+  return handle(context, "Generate", [&] {
+    if (options_.generator == nullptr) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server does not generate text");
+    }
+    GenerateArgs args;
+    args.job_id = request->job_id();
+    args.step = request->step();
+    args.sample.prompt = request->prompt();
+    args.sample.max_tokens = request->max_tokens();
+    if (request->has_temperature()) args.sample.temperature = request->temperature();
+    if (request->has_top_k()) args.sample.top_k = request->top_k();
+    args.sample.seed = request->seed();
+
+    // Text is batched into messages of a few tokens (or one, for a slow model); the
+    // client's cancel, a broken stream or the drain stops the generation at the next token.
+    using Clock = std::chrono::steady_clock;
+    ampd::v1::GenerateResponse message;
+    std::string pending;
+    Clock::time_point last_write = Clock::now();
+    bool broken = false, draining = false;
+    auto flush = [&] {
+      if (pending.empty()) return true;
+      message.set_text(pending);
+      pending.clear();
+      last_write = Clock::now();
+      if (!writer->Write(message)) broken = true;
+      return !broken;
+    };
+    auto result = options_.generator->generate(args, [&](const std::string& text) {
+      if (context->IsCancelled()) return false;
+      if (draining_.load()) {
+        draining = true;
+        return false;
+      }
+      pending += text;
+      if (pending.size() >= options_.generate_chunk_bytes ||
+          Clock::now() - last_write >= options_.generate_flush_interval) {
+        return flush();
+      }
+      return true;
+    });
+    if (!result.ok()) return to_grpc_status(result.status());
+    if (context->IsCancelled() || broken) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the generation");
+    }
+    if (draining) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "server is shutting down; the generation stopped after " +
+                              std::to_string(result->tokens) + " tokens");
+    }
+    if (!flush()) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the generation");
+    }
+    ampd::v1::GenerateSummary* done = message.mutable_done();
+    done->set_tokens(result->tokens);
+    done->set_seconds(result->seconds);
+    done->set_step(result->step);
+    done->set_load_seconds(result->load_seconds);
+    done->set_prompt_tokens(result->prompt_tokens);
+    writer->Write(message);
+    return grpc::Status::OK;
+  });
+}
+
 }  // namespace ampd::server

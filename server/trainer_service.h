@@ -6,12 +6,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <string>
 
 #include "ampd/v1/trainer.grpc.pb.h"
 #include "base/status.h"
 #include "server/auth.h"
+#include "server/generator.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
 
@@ -28,6 +30,13 @@ struct TrainerServiceOptions {
   // When set, every call must carry `authorization: Bearer <token>` with this token;
   // others are answered UNAUTHENTICATED before anything else happens.
   const BearerAuth* auth = nullptr;
+  // Runs Generate; without one, Generate is UNIMPLEMENTED. Must outlive the service.
+  Generator* generator = nullptr;
+  // Generate sends the text produced so far once it holds this many bytes, or once this
+  // long has passed since the last message (so that a slow model still streams token by
+  // token).
+  size_t generate_chunk_bytes = 32;
+  std::chrono::milliseconds generate_flush_interval{50};
 };
 
 class TrainerService final : public ampd::v1::Trainer::Service {
@@ -60,6 +69,8 @@ class TrainerService final : public ampd::v1::Trainer::Service {
   grpc::Status GetServerInfo(grpc::ServerContext* context,
                              const ampd::v1::GetServerInfoRequest* request,
                              ampd::v1::ServerInfo* response) override;
+  grpc::Status Generate(grpc::ServerContext* context, const ampd::v1::GenerateRequest* request,
+                        grpc::ServerWriter<ampd::v1::GenerateResponse>* writer) override;
 
  private:
   // Runs a handler body: UNAUTHENTICATED without the right token, UNAVAILABLE while

@@ -20,9 +20,10 @@ enum ExitCode : int {
   kExitUnreachable = 3,      // cannot connect (also: TLS handshake failed), UNAVAILABLE
                              // (draining), no answer in --timeout
   kExitNotFound = 4,         // no such job or data set
-  kExitConflict = 5,         // FAILED_PRECONDITION (job already ended, no checkpoint yet),
-                             // ALREADY_EXISTS (data set name taken)
-  kExitExhausted = 6,        // RESOURCE_EXHAUSTED: queue full, upload too large, no memory
+  kExitConflict = 5,         // FAILED_PRECONDITION (job already ended, no checkpoint yet,
+                             // not a language model), ALREADY_EXISTS (data set name taken)
+  kExitExhausted = 6,        // RESOURCE_EXHAUSTED: queue full, upload too large, no memory,
+                             // generation limits
   kExitUnauthenticated = 7,  // UNAUTHENTICATED / PERMISSION_DENIED: check --token-file
   kExitError = 10,           // anything else (internal error, local I/O failure)
   kExitInterrupted = 130,    // Ctrl-C (watch: the job keeps running)
@@ -65,5 +66,6 @@ using Action = std::function<int()>;
 void add_job_commands(CLI::App& app, const GlobalOptions& global, Action* action);
 void add_transfer_commands(CLI::App& app, const GlobalOptions& global, Action* action);
 void add_info_command(CLI::App& app, const GlobalOptions& global, Action* action);
+void add_generate_command(CLI::App& app, const GlobalOptions& global, Action* action);
 
 }  // namespace ampd::ampctl

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ampctl against a real `ampd serve` on loopback: every subcommand, -o json fields, exit
-# codes, Ctrl-C during watch, reconnection across a server restart, and the message when
-# the server is down.
+# codes, Ctrl-C during watch, reconnection across a server restart, text generation from a
+# tiny GPT job, and the message when the server is down.
 #   cli_ampctl.sh AMPD_BINARY AMPCTL_BINARY SOURCE_DIR
 set -uo pipefail
 AMPD=$1
@@ -68,7 +68,7 @@ echo "server: $SERVER_ADDR (pid $SERVER_PID)"
 # --- help teaches ---
 run 0 --help
 has "Examples:"; has "Exit status"; has "AMPD_SERVER"
-for cmd in submit watch get list cancel download info; do
+for cmd in submit watch get list cancel download info generate; do
   run 0 "$cmd" --help
   has "Example"
 done
@@ -187,6 +187,44 @@ run 4 download no-such-job -o "$work/dl/x.safetensors"
 [[ ! -e "$work/dl/x.safetensors" ]] || fail "a failed download left its file"
 only_file "$work/dl" digits.safetensors
 run 2 download "$job" -o "$work/no-such-dir/x.safetensors"
+
+# --- generate: a tiny GPT's text, streamed to stdout; the refusals and their exit codes ---
+cat > "$work/gpt.yaml" <<'EOF2'
+name: tiny-gpt
+precision: fp32
+model: {gpt: {n_layer: 1, n_head: 2, n_embd: 16, block_size: 16}}
+data: {text: {builtin: tinyshakespeare, eval_batches: 2}, batch_size: 4}
+optimizer: {adamw: {lr: 0.01}}
+training: {max_steps: 20, seed: 1}
+EOF2
+run 0 submit -f "$work/gpt.yaml" -o json
+gpt=$(json_field id)
+run 0 watch "$gpt"
+run 0 generate "$gpt" --prompt "ROMEO:" --tokens 50 --temperature 0.8 --top-k 200 --seed 1
+# The prompt, the 50 characters, and a newline unless the text ended with one.
+$PY - "$work/out" <<'PYEOF' || fail "generate output: $(cat "$work/out")"
+import sys
+t = open(sys.argv[1], "rb").read()
+assert t.startswith(b"ROMEO:"), t
+body = t[6:]
+assert len(body) == (50 if body[49:50] == b"\n" else 51) and body.endswith(b"\n"), body
+PYEOF
+has "50 tokens in" err; has "step 20 checkpoint of job $gpt" err
+cp "$work/out" "$work/gen-seed-1"
+run 0 generate "$gpt" --prompt "ROMEO:" --tokens 50 --seed 1
+cmp -s "$work/out" "$work/gen-seed-1" || fail "the same seed gave another text"
+run 0 generate "$gpt" --tokens 30 --temperature 0 --no-echo --step 20
+run 4 generate no-such-job
+has "ampctl list" err
+run 4 generate "$gpt" --step 7
+has "keeps the checkpoint of step 20" err
+run 5 generate "$job"  # the digits MLP
+has "not a language model" err
+run 6 generate "$gpt" --tokens 5000
+has "max-generate-tokens" err
+run 2 generate "$gpt" --prompt "ROMEO~"
+has "'~'" err
+run 2 generate "$gpt" --temperature -1
 
 # --- data sets: upload (SHA-256 checked by the server), list, reuse in a job ---
 run 0 datasets upload digits.csv.gz "$SRC/examples/data/digits.csv.gz"

@@ -192,6 +192,20 @@ std::vector<Rpc> all_rpcs() {
          return reader->Finish();
        },
        StatusCode::NOT_FOUND},
+      {"Generate",
+       [](Stub& stub, const Credential& c) {
+         grpc::ClientContext ctx;
+         prepare(&ctx, c);
+         ampd::v1::GenerateRequest req;
+         req.set_job_id(kMissingJob);
+         req.set_max_tokens(10);
+         auto reader = stub.Generate(&ctx, req);
+         ampd::v1::GenerateResponse m;
+         while (reader->Read(&m)) {
+         }
+         return reader->Finish();
+       },
+       StatusCode::NOT_FOUND},
       {"GetServerInfo",
        [](Stub& stub, const Credential& c) {
          grpc::ClientContext ctx;

@@ -1,5 +1,6 @@
 // ServerMetrics (server/metrics.*) without HTTP: the names, per-job series that appear
-// with a job and leave with it, aggregates that stay, scrape-time jobs by state.
+// with a job and leave with it, aggregates that stay, scrape-time jobs by state, the
+// text generation counter and gauge.
 #include <gtest/gtest.h>
 #include <prometheus/text_serializer.h>
 
@@ -79,6 +80,26 @@ TEST(ServerMetrics, PerJobSeriesLiveWithTheJobAggregatesStay) {
   s = scrape(m);
   EXPECT_TRUE(has(s, R"(ampd_training_steps_total{precision="fp16"} 3)")) << s;
   EXPECT_TRUE(has(s, R"(ampd_job_step{job_id="j-2"} 1)")) << s;
+}
+
+TEST(ServerMetrics, GenerationTokensCountAndActiveGenerationsGauge) {
+  ServerMetrics m;
+  std::string s = scrape(m);
+  EXPECT_TRUE(has(s, "ampd_generated_tokens_total 0")) << s;
+  EXPECT_TRUE(has(s, "ampd_generations_active 0")) << s;
+  GenerationObserver& o = m;
+  o.on_generation_started();
+  o.on_generation_started();
+  o.on_tokens_generated(1);
+  o.on_tokens_generated(41);
+  s = scrape(m);
+  EXPECT_TRUE(has(s, "ampd_generated_tokens_total 42")) << s;
+  EXPECT_TRUE(has(s, "ampd_generations_active 2")) << s;
+  o.on_generation_ended();
+  o.on_generation_ended();
+  s = scrape(m);
+  EXPECT_TRUE(has(s, "ampd_generations_active 0")) << s;
+  EXPECT_TRUE(has(s, "ampd_generated_tokens_total 42")) << s;
 }
 
 TEST(ServerMetrics, ServeOnAnyPortAndRefuseATakenOne) {

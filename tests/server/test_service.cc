@@ -619,7 +619,7 @@ TEST_F(ServiceTest, HealthReflectionAndDrainOnSigterm) {
         if (svc.name() != "Trainer") continue;
         found = true;
         EXPECT_EQ(file.name(), "ampd/v1/trainer.proto");
-        EXPECT_EQ(svc.method_size(), 9);
+        EXPECT_EQ(svc.method_size(), 10);
       }
     }
     EXPECT_TRUE(found);
