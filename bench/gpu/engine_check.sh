@@ -10,6 +10,8 @@
 #      path on the GPU, stopped by PID.
 #   3. `ampd_bench backend=cuda` (the engine's Trainer, step by step) against PyTorch AMP
 #      on the GPU (bench/cpu/torch_mlp.py device=cuda), same MLP 784-W-W-10.
+#   4. The GPU GPT example (examples/shakespeare-char-gpu.yaml, GPT_STEPS iterations) and
+#      the same model in PyTorch AMP: ms per iteration and val loss.
 # Prints a short table last; logs under $OUT. Exit status non-zero if any part failed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -119,6 +121,46 @@ for p in fp32 bf16; do
   timeout 120 $AMPD_BENCH phases backend=cuda precision=$p width=4096 batch=4096 \
     steps=20 >> "$BENCH" 2>> "$OUT/bench.err" || true
 done
+
+# ---- 4. the GPU GPT example against PyTorch AMP --------------------------------------------------
+# examples/shakespeare-char-gpu.yaml (6 layers, 384 wide, context 256, batch 64, bf16) for
+# GPT_STEPS iterations (default 500; 5000 is the full example), then the same model in
+# PyTorch (bench/cpu/torch_gpt.py device=cuda, bf16 autocast): ms per iteration and val loss.
+GPT_STEPS=${GPT_STEPS:-500}
+sed "s/max_steps: 5000/max_steps: $GPT_STEPS/; s/eval_every: 250/eval_every: $GPT_STEPS/; s/checkpoint_every: 1000/checkpoint_every: 0/" \
+  "$ROOT/examples/shakespeare-char-gpu.yaml" > "$JOBS/gpt-gpu.yaml"
+s=$(date +%s.%N)
+timeout 480 $AMPD train -f "$JOBS/gpt-gpu.yaml" --backend cuda --out "$JOBS/out-gpt" --json \
+  > "$JOBS/gpt-gpu.jsonl" 2> "$OUT/gpt-gpu.err"
+rc=$?
+t=$(python3 -c "import time; print(f'{time.time()-$s:.1f}')")
+gpt_line=$(python3 - "$JOBS/gpt-gpu.jsonl" <<'PY'
+import json, sys
+rates, val, state = [], None, "?"
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if "progress" in e and e["progress"].get("samples_per_second"):
+        rates.append(64.0 / e["progress"]["samples_per_second"] * 1000.0)  # ms per iteration
+    if "evaluation" in e:
+        val = e["evaluation"].get("val_loss")
+    if "state" in e and "metrics" in e:
+        state = e["state"]
+rates = sorted(rates[1:] or rates)
+med = rates[len(rates) // 2] if rates else float("nan")
+print(f"{state} ms/iter {med:.1f} val_loss {val}")
+PY
+)
+ROWS+=("GPT gpu example ($GPT_STEPS iters, bf16, cuda): rc=$rc ${t}s  $gpt_line")
+[ "$rc" -ne 0 ] && { fail "GPT gpu example (rc=$rc)"; tail -5 "$OUT/gpt-gpu.err"; }
+if [ -f "$ROOT/bench/cpu/torch_gpt.py" ]; then
+  PYTHONUNBUFFERED=1 timeout 480 python3 "$ROOT/bench/cpu/torch_gpt.py" device=cuda precision=bf16 \
+    n_layer=6 n_head=6 n_embd=384 block_size=256 batch=64 dropout=0.2 iters=$GPT_STEPS \
+    > "$OUT/torch-gpt.jsonl" 2> "$OUT/torch-gpt.err" || fail "torch_gpt.py device=cuda: $(tail -2 "$OUT/torch-gpt.err")"
+  ROWS+=("GPT gpu, PyTorch AMP bf16: $(tail -1 "$OUT/torch-gpt.jsonl" 2>/dev/null | cut -c1-200)")
+fi
 
 echo "================================================================================"
 echo "ampd engine + service on the CUDA backend ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)), $(( $(date +%s) - T0 )) s"
