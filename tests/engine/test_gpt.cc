@@ -494,11 +494,14 @@ TEST(GptSpec, MemoryEstimateIsTheModelsOwnPlan) {
 
 // ---- training and sampling ---------------------------------------------------------------
 
-TEST(GptTraining, TrainsInEveryPrecisionAndSamplesDeterministically) {
-  const auto dir = test::temp_dir("gpt-train");
+// One test per precision (they run in parallel under ctest).
+class GptTraining : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GptTraining, TrainsAndSamplesDeterministically) {
+  const std::string precision = GetParam();
+  const auto dir = test::temp_dir("gpt-train-" + precision);
   auto be = test::cpu_backend(2);
-  std::map<std::string, double> losses;
-  for (const char* precision : {"fp32", "bf16", "fp16"}) {
+  {
     auto spec = gpt_job();
     spec.set_precision(precision);
     TrainerOptions o;
@@ -517,14 +520,15 @@ TEST(GptTraining, TrainsInEveryPrecisionAndSamplesDeterministically) {
     ASSERT_EQ(job.state(), ampd::v1::SUCCEEDED) << job.failure_reason();
     ASSERT_EQ(evals.size(), 1u);
     // From ln(65) = 4.17 at the start: 30 steps of a tiny model learn the character
-    // frequencies at least.
-    EXPECT_LT(evals[0], 3.6) << precision;
-    losses[precision] = evals[0];
+    // frequencies at least (fp32 reaches 3.3 here; every precision within 0.1 of it).
+    EXPECT_LT(evals[0], 3.45) << precision;
+    EXPECT_GT(evals[0], 3.15) << precision;
     EXPECT_EQ(job.overflow_skipped_steps(), 0) << precision;
   }
-  EXPECT_NEAR(losses["bf16"], losses["fp32"], 0.1);
-  EXPECT_NEAR(losses["fp16"], losses["fp32"], 0.1);
-
+  if (precision != "fp32") {
+    std::filesystem::remove_all(dir);
+    return;
+  }
   const CheckpointSearch found = find_latest_checkpoint((dir / "fp32").string(), false);
   ASSERT_FALSE(found.path.empty());
   auto ck = read_checkpoint(found.path);
@@ -575,7 +579,10 @@ TEST(GptTraining, TrainsInEveryPrecisionAndSamplesDeterministically) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(GptTraining, ResumedJobDrawsTheSameWindowsAndEndsBitIdentical) {
+INSTANTIATE_TEST_SUITE_P(Precisions, GptTraining, ::testing::Values("fp32", "bf16", "fp16"),
+                         [](const auto& info) { return info.param; });
+
+TEST(GptResume, ResumedJobDrawsTheSameWindowsAndEndsBitIdentical) {
   const auto dir = test::temp_dir("gpt-resume");
   auto be = test::cpu_backend(1);
   auto spec = gpt_job();
