@@ -262,26 +262,30 @@ TEST(ModelGraph, ATiedWeightGetsBothContributionsInOneFp32Gradient) {
   }
 }
 
-TEST(ModelGraph, ResidualDigitsExampleReachesAccuracyInEveryPrecision) {
-  auto be = test::cpu_backend(2);
+// One test per precision, so that ctest runs them in parallel (each is 20 epochs).
+class ResidualDigits : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ResidualDigits, ExampleReachesAccuracy) {
+  const std::string precision = GetParam();
+  auto be = test::cpu_backend(1);
   auto spec = load_job_spec_file(std::string(AMPD_SOURCE_DIR) + "/examples/digits-residual.yaml");
   ASSERT_TRUE(spec.ok()) << spec.status().to_string();
-  for (const char* precision : {"fp32", "fp16", "bf16"}) {
-    ampd::v1::JobSpec s = *spec;
-    s.set_precision(precision);
-    auto t = Trainer::create(*be, s, TrainerOptions{});
-    ASSERT_TRUE(t.ok()) << t.status().to_string();
-    const ampd::v1::Job job = (*t)->run();
-    ASSERT_EQ(job.state(), ampd::v1::SUCCEEDED) << job.failure_reason();
-    EXPECT_GE(job.metrics().val_accuracy(), 0.97) << precision;
-    RecordProperty(std::string("val_accuracy_") + precision,
-                   std::to_string(job.metrics().val_accuracy()));
-    // The job's memory figure is the model's own build (what the estimate also runs).
-    auto est = estimate_memory(*validate_and_resolve(s), 64, 10);
-    EXPECT_EQ(job.memory().activation_bytes(), est.activation_bytes) << precision;
-    EXPECT_EQ(job.memory().parameter_bytes(), est.parameter_bytes) << precision;
-  }
+  ampd::v1::JobSpec s = *spec;
+  s.set_precision(precision);
+  auto t = Trainer::create(*be, s, TrainerOptions{});
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  const ampd::v1::Job job = (*t)->run();
+  ASSERT_EQ(job.state(), ampd::v1::SUCCEEDED) << job.failure_reason();
+  EXPECT_GE(job.metrics().val_accuracy(), 0.97) << precision;
+  RecordProperty("val_accuracy_" + precision, std::to_string(job.metrics().val_accuracy()));
+  // The job's memory figure is the model's own build (what the estimate also runs).
+  auto est = estimate_memory(*validate_and_resolve(s), 64, 10);
+  EXPECT_EQ(job.memory().activation_bytes(), est.activation_bytes) << precision;
+  EXPECT_EQ(job.memory().parameter_bytes(), est.parameter_bytes) << precision;
 }
+
+INSTANTIATE_TEST_SUITE_P(Precisions, ResidualDigits, ::testing::Values("fp32", "fp16", "bf16"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace ampd::engine
