@@ -767,66 +767,90 @@ void run_gpt_paired(Config c) {
               median(ratios), f.total() * 1e-9);
 }
 
-// Where a step's time goes: the trainer on a TimedBackend, every op's time added up over
-// the timed steps, per (op, shapes) and per op kind, in ms per step; "other_ms" is the
-// step time no backend op accounts for (host work: drawing windows, the loop).
+// Where a step's time goes: the trainer on a TimedBackend, every op timed, per (op,
+// shapes) and per op kind: the median over the timed steps of each one's ms in a step
+// (medians, because this shared VM's load comes in bursts); "other_ms" is the median of
+// the step time no backend op accounts for (host work: drawing windows, the loop).
 void run_gpt_ops(Config c) {
   const ampd::v1::JobSpec spec = gpt_spec(c);
   const auto owned = make_backend(c);
   ampd::bench::TimedBackend timed(*owned);
-  std::vector<double> times;
-  int64_t last = c.warmup + c.steps;
-  std::map<std::string, ampd::bench::TimedBackend::Entry> by_kind;
-  {
-    auto t = gpt_trainer(timed, c, spec, [&](const ampd::engine::StepStats& s) {
-      if (s.step > c.warmup) times.push_back(s.seconds);
-      timed.recording = s.step >= c.warmup && s.step < last;
-    });
-    const GptShape g = gpt_shape(spec, t->model());
-    run_gpt_job(*t);
-    if (times.empty()) die("no timed steps");
-    const double n = static_cast<double>(times.size());
-    std::vector<std::pair<double, std::string>> rows;
-    double total = 0;
-    for (const auto& [label, e] : timed.entries()) {
-      rows.emplace_back(e.seconds, label);
-      auto& k = by_kind[label.substr(0, label.find(' '))];
-      k.seconds += e.seconds;
-      k.calls += e.calls;
-      total += e.seconds;
-    }
-    std::sort(rows.rbegin(), rows.rend());
-    auto esc = [](std::string s) {
-      for (char& ch : s) {
-        if (ch == '"' || ch == '\\') ch = '\'';
+  const int64_t last = c.warmup + c.steps;
+  std::vector<double> times, op_totals, others;
+  // label -> per timed step (seconds, calls); kind -> per timed step seconds.
+  std::map<std::string, std::vector<std::pair<double, int64_t>>> per_op;
+  std::map<std::string, std::vector<double>> per_kind;
+  size_t step_index = 0;
+  auto t = gpt_trainer(timed, c, spec, [&](const ampd::engine::StepStats& s) {
+    if (timed.recording) {
+      double total = 0;
+      std::map<std::string, double> kinds;
+      for (const auto& [label, e] : timed.entries()) {
+        auto& v = per_op[label];
+        v.resize(step_index + 1);
+        v[step_index] = {e.seconds, e.calls};
+        kinds[label.substr(0, label.find(' '))] += e.seconds;
+        total += e.seconds;
       }
-      return s;
-    };
-    std::string ops, kinds;
-    char buf[64];
-    for (const auto& [s, label] : rows) {
-      const auto& e = timed.entries().at(label);
-      std::snprintf(buf, sizeof buf, R"(",%.4f,%.2f])", s / n * 1e3,
-                    static_cast<double>(e.calls) / n);
-      ops += std::string(ops.empty() ? "" : ",") + "[\"" + esc(label) + buf;
+      for (const auto& [k, sec] : kinds) {
+        auto& v = per_kind[k];
+        v.resize(step_index + 1);
+        v[step_index] = sec;
+      }
+      times.push_back(s.seconds);
+      op_totals.push_back(total);
+      others.push_back(s.seconds - total);
+      ++step_index;
+      timed.clear();
     }
-    std::vector<std::pair<double, std::string>> krows;
-    for (const auto& [k, e] : by_kind) krows.emplace_back(e.seconds, k);
-    std::sort(krows.rbegin(), krows.rend());
-    for (const auto& [s, k] : krows) {
-      std::snprintf(buf, sizeof buf, R"(",%.4f,%.2f])", s / n * 1e3,
-                    static_cast<double>(by_kind[k].calls) / n);
-      kinds += std::string(kinds.empty() ? "" : ",") + "[\"" + k + buf;
+    timed.recording = s.step >= c.warmup && s.step < last;
+  });
+  const GptShape g = gpt_shape(spec, t->model());
+  run_gpt_job(*t);
+  if (times.empty()) die("no timed steps");
+  const auto n = static_cast<double>(times.size());
+  auto esc = [](std::string str) {
+    for (char& ch : str) {
+      if (ch == '"' || ch == '\\') ch = '\'';
     }
-    const double med = median(times);
-    std::printf(R"({"mode":"gpt_ops",%s,"steps":%zu,"step_ms_median":%.4f,"step_ms_mean":%.4f,)"
-                R"("ops_ms":%.4f,"other_ms":%.4f,"by_kind":[%s],"ops":[%s]})"
-                "\n",
-                gpt_json(c, g).c_str(), times.size(), med * 1e3,
-                std::accumulate(times.begin(), times.end(), 0.0) / n * 1e3, total / n * 1e3,
-                (std::accumulate(times.begin(), times.end(), 0.0) - total) / n * 1e3, kinds.c_str(),
-                ops.c_str());
+    return str;
+  };
+  std::vector<std::pair<double, std::string>> rows, krows;
+  std::map<std::string, double> calls;
+  for (auto& [label, v] : per_op) {
+    v.resize(times.size());
+    std::vector<double> sec;
+    int64_t ncalls = 0;
+    for (const auto& [x, k] : v) {
+      sec.push_back(x);
+      ncalls += k;
+    }
+    rows.emplace_back(median(sec), label);
+    calls[label] = static_cast<double>(ncalls) / n;
+    calls[label.substr(0, label.find(' '))] += static_cast<double>(ncalls) / n;
   }
+  for (auto& [k, v] : per_kind) {
+    v.resize(times.size());
+    krows.emplace_back(median(v), k);
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::sort(krows.rbegin(), krows.rend());
+  std::string ops, kinds;
+  char buf[64];
+  for (const auto& [sec, label] : rows) {
+    std::snprintf(buf, sizeof buf, R"(",%.4f,%.2f])", sec * 1e3, calls[label]);
+    ops += std::string(ops.empty() ? "" : ",") + "[\"" + esc(label) + buf;
+  }
+  for (const auto& [sec, k] : krows) {
+    std::snprintf(buf, sizeof buf, R"(",%.4f,%.2f])", sec * 1e3, calls[k]);
+    kinds += std::string(kinds.empty() ? "" : ",") + "[\"" + k + buf;
+  }
+  std::printf(R"({"mode":"gpt_ops",%s,"steps":%zu,"step_ms_median":%.4f,"step_ms_min":%.4f,)"
+              R"("ops_ms":%.4f,"other_ms":%.4f,"by_kind":[%s],"ops":[%s]})"
+              "\n",
+              gpt_json(c, g).c_str(), times.size(), median(times) * 1e3,
+              *std::min_element(times.begin(), times.end()) * 1e3, median(op_totals) * 1e3,
+              median(others) * 1e3, kinds.c_str(), ops.c_str());
 }
 
 // The job as written (2000 steps, evaluation every eval_every and at the end over

@@ -103,15 +103,16 @@ def gpt_report(rows, env):
         o = find(rows, "gpt_ops", precision=p)
         if not o:
             continue
-        print(f"\n### Where ampd's {p} GPT step goes (`gpt_ops`: every backend op timed, "
-              f"ms per step; step {fmt(o['step_ms_median'])} ms median / "
-              f"{fmt(o['step_ms_mean'])} mean on the timing wrapper, ops "
-              f"{fmt(o['ops_ms'])}, host work between ops {fmt(o['other_ms'])})\n")
-        print("| op kind | ms/step | calls/step | share |")
+        print(f"\n### Where ampd's {p} GPT step goes (`gpt_ops`: every backend op timed; "
+              f"medians over {o['steps']} steps of each one's ms in a step; step "
+              f"{fmt(o['step_ms_median'])} ms median ({fmt(o['step_ms_min'])} min) on the "
+              f"timing wrapper, all ops {fmt(o['ops_ms'])}, host work between ops "
+              f"{fmt(o['other_ms'])})\n")
+        print("| op kind | ms/step | calls/step | share of ops |")
         print("|---|---|---|---|")
         for k, ms, calls in o["by_kind"][:12]:
             print(f"| {k} | {fmt(ms)} | {fmt(calls, '.0f')} | "
-                  f"{fmt(ms / o['step_ms_mean'] * 100, '.0f')}% |")
+                  f"{fmt(ms / o['ops_ms'] * 100, '.0f')}% |")
         print("\n| top ops (shapes) | ms/step | calls/step |")
         print("|---|---|---|")
         for label, ms, calls in o["ops"][:15]:

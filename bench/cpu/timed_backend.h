@@ -26,6 +26,7 @@ class TimedBackend final : public Backend {
   bool recording = false;
   // op label ("matmul bf16[768x128] x bf16[384x128]^T -> ...") -> time and calls.
   const std::map<std::string, Entry>& entries() const { return entries_; }
+  void clear() { entries_.clear(); }
 
   std::string name() const override { return inner_.name(); }
   std::string device_description() const override { return inner_.device_description(); }
