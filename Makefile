@@ -45,8 +45,10 @@ format:
 clean:
 	rm -rf $(BUILD_DIR)
 
-# make bench: ampd's CPU training step beside PyTorch, oneDNN's raw matmul and the service
-# (bench/cpu/run.sh; ~4 minutes; results in $(BUILD_DIR)/bench-cpu/). Not part of `make test`.
+# make bench: ampd's CPU training step beside PyTorch, oneDNN's raw matmul and the service,
+# then the character-level GPT (step, per-op breakdown, and 2000-iteration convergence on
+# both sides; BENCH_GPT_CONVERGENCE=0 skips the latter) (bench/cpu/run.sh; ~15 minutes;
+# results in $(BUILD_DIR)/bench-cpu/). Not part of `make test`.
 bench: deps $(BUILD_DIR)/build.ninja
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target ampd_bench ampd ampctl watch_many
 	bench/cpu/run.sh $(BUILD_DIR)

@@ -50,9 +50,99 @@ def fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
 
+GPT_TARGETS = {"fp32": 0.7, "bf16": 0.5}  # ampd step / PyTorch step (the issue's targets)
+
+
+def gpt_report(rows, env):
+    """The character-level GPT: step vs PyTorch, vs oneDNN's raw matmuls, per-op
+    breakdown, convergence. Empty when run.sh did not run it."""
+    if not (find_all(rows, "gpt_steps") or find_all(rows, "gpt_train")):
+        return
+    g = (find_all(rows, "gpt_steps") or find_all(rows, "gpt_train"))[0]
+    print(f"\n## Character-level GPT (examples/shakespeare-char-*.yaml): {g.get('layers')} "
+          f"layers, {g.get('heads')} heads, n_embd {g.get('embd')}, block {g.get('block')}, "
+          f"batch {g.get('batch')}, vocab {g.get('vocab')}; AdamW, clip 1.0; "
+          f"{env.get('threads')} threads, {env.get('cpu')}\n")
+    print("| precision | ampd step ms | torch step ms | ampd/torch (per repeat) | target | "
+          "step GFLOP/s | raw matmul ms (linear + attention) | raw GFLOP/s | step/raw (paired) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for p in ("fp32", "bf16"):
+        a = find_all(rows, "gpt_steps", precision=p)
+        t = find_all(rows, "torch_gpt", precision=p)
+        if not a:
+            continue
+        ratios = [x["step_ms_median"] / y["step_ms_median"] for x, y in zip(a, t)
+                  if x.get("step_ms_median") and y.get("step_ms_median")]
+        r = median(ratios)
+        am = median(x.get("step_ms_median") for x in a)
+        tm = median(y.get("step_ms_median") for y in t)
+        terr = next((y["error"] for y in t if "error" in y), None)
+        mm = find(rows, "gpt_matmul", precision=p) or {}
+        eff = median(x.get("raw_over_step_median") for x in find_all(rows, "gpt_paired", precision=p))
+        tgt = GPT_TARGETS[p]
+        verdict = "-" if r is None else ("met" if r <= tgt else "**missed**")
+        gflops = a[0]["step_gflop"] / am * 1e3 if am else None
+        per = ", ".join(fmt(x) for x in ratios)
+        tcell = fmt(tm) if tm else ("error: " + terr[:60] if terr else "-")
+        print(f"| {p} | {fmt(am)} | {tcell} | **{fmt(r)}** ({per}) | <= {tgt} ({verdict}) "
+              f"| {fmt(gflops, '.1f')} | {fmt(mm.get('matmul_ms_median'))} "
+              f"({fmt(mm.get('linear_ms_median'))} + {fmt(mm.get('attention_ms_median'))}) "
+              f"| {fmt(mm.get('gflops'), '.1f')} | **{fmt(eff and eff * 100, '.0f')}%** |")
+    a0 = find(rows, "gpt_steps", precision="fp32") or {}
+    m0 = find(rows, "gpt_matmul", precision="fp32") or {}
+    if a0:
+        print(f"\nStep FLOPs (matrix products only, forward + backward): "
+              f"{fmt(a0.get('step_gflop'), '.3f')} GFLOP = 6 x params in matmuls x tokens "
+              f"({fmt(m0.get('linear_gflop'), '.3f')}) + attention's Q K^T and P V x 3 "
+              f"({fmt(m0.get('attention_gflop'), '.3f')}, the full T x T square). "
+              "step/raw = the raw oneDNN time of the same products / the step time "
+              "(= the step's FLOP rate as a share of oneDNN's at these shapes), median over "
+              "steps of `gpt_paired` pairs, median over repeats. ampd/torch: each repeat's own "
+              "ratio (runs seconds apart), median over repeats.")
+    for p in ("fp32", "bf16"):
+        o = find(rows, "gpt_ops", precision=p)
+        if not o:
+            continue
+        print(f"\n### Where ampd's {p} GPT step goes (`gpt_ops`: every backend op timed; "
+              f"medians over {o['steps']} steps of each one's ms in a step; step "
+              f"{fmt(o['step_ms_median'])} ms median ({fmt(o['step_ms_min'])} min) on the "
+              f"timing wrapper, all ops {fmt(o['ops_ms'])}, host work between ops "
+              f"{fmt(o['other_ms'])})\n")
+        print("| op kind | ms/step | calls/step | share of ops |")
+        print("|---|---|---|---|")
+        for k, ms, calls in o["by_kind"][:12]:
+            print(f"| {k} | {fmt(ms)} | {fmt(calls, '.0f')} | "
+                  f"{fmt(ms / o['ops_ms'] * 100, '.0f')}% |")
+        print("\n| top ops (shapes) | ms/step | calls/step |")
+        print("|---|---|---|")
+        for label, ms, calls in o["ops"][:15]:
+            print(f"| `{label}` | {fmt(ms)} | {fmt(calls, '.0f')} |")
+    conv_a = {r["precision"]: r for r in find_all(rows, "gpt_train")}
+    conv_t = {r["precision"]: r for r in find_all(rows, "torch_gpt_train")}
+    if conv_a or conv_t:
+        print("\n### GPT convergence: 2000 iterations, val loss = mean over the validation "
+              "batches\n")
+        print("| precision | ampd val loss | torch val loss | ampd - torch | ampd train s "
+              "| torch train s | ampd val loss at evaluations |")
+        print("|---|---|---|---|---|---|---|")
+        for p in ("fp32", "bf16"):
+            a, t = conv_a.get(p, {}), conv_t.get(p, {})
+            if not a and not t:
+                continue
+            d = a.get("val_loss") - t.get("val_loss") if a.get("val_loss") and t.get(
+                "val_loss") else None
+            ev = ", ".join(f"{s}: {v:.3f}" for s, v in a.get("evals", []))
+            print(f"| {p} | {fmt(a.get('val_loss'), '.4f')} | {fmt(t.get('val_loss'), '.4f')} "
+                  f"| {fmt(d, '+.4f')} | {fmt(a.get('train_s'), '.1f')} "
+                  f"| {fmt(t.get('train_s'), '.1f')} | {ev or '-'} |")
+
+
 def main():
     rows = load(sys.argv[1])
     env = find(rows, "env") or {}
+    if not find_all(rows, "steps"):  # BENCH_ONLY=gpt
+        gpt_report(rows, env)
+        return
     print(f"\n## ampd vs PyTorch vs oneDNN: MLP 784-1024-1024-10, batch 256, AdamW, "
           f"{env.get('threads')} threads, {env.get('cpu')}; torch: {env.get('torch_how')}\n")
     print("| precision | ampd step ms | torch step ms | ampd/torch | step GFLOP/s | "
@@ -140,6 +230,7 @@ def main():
               f"three); {svc.get('scrapes_ok')}/"
               f"{svc.get('scrapes')} scrapes answered; stream errors {svc.get('stream_errors')}; "
               f"fewest events a watcher got {svc.get('watch_events_min')}")
+    gpt_report(rows, env)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@
 # Env: BENCH_THREADS (default: nproc), BENCH_STEPS (timed steps, default 40),
 #      BENCH_REPEATS (interleaved repeats of the batch-256 comparison, default 3),
 #      BENCH_SERVICE_ROUNDS (alternating in-process/served pairs of the service test, 5),
-#      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu).
+#      BENCH_QUICK=1 (fewer steps, for a smoke run), BENCH_OUT (default BUILD_DIR/bench-cpu),
+#      BENCH_GPT_STEPS (timed GPT steps per run, default 50, after 10 warm-up),
+#      BENCH_GPT_CONVERGENCE (1 = also train the GPT 2000 iterations on both sides, fp32
+#      and bf16, for the validation loss: ~8 minutes; default 1, 0 with BENCH_QUICK=1),
+#      BENCH_ONLY=gpt (only the GPT part, 6-7 below; default: everything).
 # Results: $BENCH_OUT/results.jsonl (one JSON object per measurement) and table.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,8 +20,13 @@ SCALE_STEPS=30
 SERVICE_STEPS=600
 SERVICE_ROUNDS=${BENCH_SERVICE_ROUNDS:-5}
 REPEATS=${BENCH_REPEATS:-3}
+GPT_STEPS=${BENCH_GPT_STEPS:-50}
+GPT_WARMUP=10
+GPT_CONVERGENCE=${BENCH_GPT_CONVERGENCE:-1}
+ONLY=${BENCH_ONLY:-all}
 if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
   STEPS=8; SCALE_STEPS=4; SERVICE_STEPS=40; SERVICE_ROUNDS=1; REPEATS=1
+  GPT_STEPS=8; GPT_WARMUP=3; GPT_CONVERGENCE=${BENCH_GPT_CONVERGENCE:-0}
 fi
 OUT=${BENCH_OUT:-$BUILD/bench-cpu}
 BIN=$BUILD/bin
@@ -78,6 +87,12 @@ torch_run() {
   "$TORCH_PY" -W ignore "$ROOT/bench/cpu/torch_mlp.py" "$@" threads="$THREADS" | tee -a "$RES"
 }
 
+torch_gpt() {
+  [[ -n $TORCH_PY ]] || return 0
+  "$TORCH_PY" -W ignore "$ROOT/bench/cpu/torch_gpt.py" "$@" threads="$THREADS" | tee -a "$RES"
+}
+
+if [[ $ONLY == all ]]; then
 # ---- 1-3: the 784-1024-1024-10 MLP, batch 256 ----------------------------------------
 # REPEATS rounds, each running ampd, PyTorch, the raw matmuls and the phases in turn, so
 # that each ratio compares runs from the same minute (this VM's speed drifts by up to 25%
@@ -109,6 +124,38 @@ done
 
 # ---- 4: the same job in-process and through `ampd serve` with 50 watchers ------------
 ROUNDS=$SERVICE_ROUNDS "$ROOT/bench/cpu/service.sh" "$BUILD" "$OUT" "$THREADS" "$SERVICE_STEPS" | tee -a "$RES"
+fi
+
+# ---- 6: the character-level GPT (examples/shakespeare-char-{fp32,bf16}.yaml) ------------
+# nanoGPT's shakespeare_char CPU configuration: ampd's Trainer step beside PyTorch eager
+# running the same model (bench/cpu/torch_gpt.py), then the step's matrix products alone
+# on oneDNN (`gpt_paired`: right after every step; `gpt_matmul`: on their own), REPEATS
+# interleaved rounds; then once per precision the per-op breakdown (`gpt_ops`).
+GPT_SPEC() { echo "$ROOT/examples/shakespeare-char-$1.yaml"; }
+for rep in $(seq "$REPEATS"); do
+  for p in fp32 bf16; do
+    log "GPT training step, $p (repeat $rep of $REPEATS)"
+    ampd gpt_steps spec="$(GPT_SPEC $p)" steps="$GPT_STEPS" warmup="$GPT_WARMUP"
+    torch_gpt mode=steps precision=$p steps="$GPT_STEPS" warmup="$GPT_WARMUP"
+    ampd gpt_paired spec="$(GPT_SPEC $p)" steps="$GPT_STEPS" warmup="$GPT_WARMUP"
+    ampd gpt_matmul spec="$(GPT_SPEC $p)" reps="$GPT_STEPS"
+  done
+done
+for p in fp32 bf16; do
+  log "GPT per-op breakdown, $p"
+  ampd gpt_ops spec="$(GPT_SPEC $p)" steps="$GPT_STEPS" warmup="$GPT_WARMUP" | cut -c1-200 >&2
+done
+
+# ---- 7: the GPT trained 2000 iterations on both sides: validation loss ------------------
+# (mean over 200 validation batches; BENCH_GPT_CONVERGENCE=0 skips it)
+if [[ $GPT_CONVERGENCE == 1 ]]; then
+  for p in fp32 bf16; do
+    log "GPT convergence, $p: ampd (2000 iterations)"
+    ampd gpt_train spec="$(GPT_SPEC $p)" eval_batches=200
+    log "GPT convergence, $p: PyTorch (2000 iterations)"
+    torch_gpt mode=train precision=$p iters=2000 eval_batches=200
+  done
+fi
 
 echo "{\"mode\":\"env\",\"torch_how\":\"${TORCH_HOW:-none}\",\"threads\":$THREADS,\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\"}" >>"$RES"
 python3 "$ROOT/bench/cpu/report.py" "$RES" | tee "$OUT/table.md"
