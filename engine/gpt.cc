@@ -68,7 +68,8 @@ google::protobuf::RepeatedPtrField<LayerSpec> gpt_layers(const ampd::v1::GptSpec
     LayerSpec wpe = named("transformer.wpe");
     wpe.mutable_position_embedding();
     *out.Add() = std::move(wpe);
-    *out.Add() = dropout("transformer.drop", g.dropout());
+    // Dropout layers only when they drop something (p = 0 would be a copy per layer).
+    if (g.dropout() > 0) *out.Add() = dropout("transformer.drop", g.dropout());
   }
   for (int i = 0; i < g.n_layer(); ++i) {
     const std::string h = "transformer.h." + std::to_string(i);
@@ -83,7 +84,7 @@ google::protobuf::RepeatedPtrField<LayerSpec> gpt_layers(const ampd::v1::GptSpec
     as->set_init_std(kStd);
     as->set_proj_init_std(proj_std);
     *a->Add() = std::move(attn);
-    *a->Add() = dropout(h + ".attn.resid_dropout", g.dropout());
+    if (g.dropout() > 0) *a->Add() = dropout(h + ".attn.resid_dropout", g.dropout());
     *out.Add() = std::move(attn_block);
 
     LayerSpec mlp_block = named(h);
@@ -94,7 +95,7 @@ google::protobuf::RepeatedPtrField<LayerSpec> gpt_layers(const ampd::v1::GptSpec
     gelu.mutable_gelu();
     *m->Add() = std::move(gelu);
     *m->Add() = linear(h + ".mlp.c_proj", C, bias, proj_std);
-    *m->Add() = dropout(h + ".mlp.dropout", g.dropout());
+    if (g.dropout() > 0) *m->Add() = dropout(h + ".mlp.dropout", g.dropout());
     *out.Add() = std::move(mlp_block);
   }
   *out.Add() = layer_norm("transformer.ln_f", bias);

@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/dropout_hash.h"
@@ -82,6 +84,20 @@ CpuBackend::CpuBackend(const CpuBackendOptions& options) : state_(std::make_uniq
   state_->cpu_model = read_cpu_model();
   state_->engine = dnnl::engine(dnnl::engine::kind::cpu, 0);  // throws dnnl::error
   state_->stream = dnnl::stream(state_->engine);
+  // BF16 GEMMs: native (vdpbf16ps / AMX) where oneDNN 2.6 runs them faster than FP32 (AMX;
+  // the AMD EPYC host of bench/RESULTS.md, 2026-11-29: 382 GFLOP/s bf16), widened to FP32
+  // on Intel CPUs without AMX, where its avx512_bf16 brgemm ran at 0.56x the FP32 rate
+  // (bench/RESULTS.md, 2026-12-08). A fixed rule, not a timing at
+  // start-up: the choice changes the summation order, and a host must always compute the
+  // same bits. AMPD_CPU_BF16_GEMM=native|widened overrides it.
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  bool widen = !has_isa(isa, dnnl::cpu_isa::avx512_core_amx) &&
+               state_->cpu_model.find("Intel") != std::string::npos;
+  if (const char* env = std::getenv("AMPD_CPU_BF16_GEMM")) {
+    if (std::string_view(env) == "native") widen = false;
+    if (std::string_view(env) == "widened") widen = true;
+  }
+  state_->widen_bf16 = widen;
 }
 
 CpuBackend::~CpuBackend() = default;
@@ -94,7 +110,8 @@ std::string CpuBackend::device_description() const {
   const dnnl_version_t* v = dnnl_version();
   std::ostringstream os;
   os << state_->cpu_model << " (" << state_->threads << " threads, oneDNN " << v->major << "."
-     << v->minor << "." << v->patch << ", " << isa_name(dnnl::get_effective_cpu_isa()) << ")";
+     << v->minor << "." << v->patch << ", " << isa_name(dnnl::get_effective_cpu_isa())
+     << (state_->widen_bf16 ? ", bf16 GEMM widened to fp32" : "") << ")";
   return os.str();
 }
 

@@ -263,6 +263,10 @@ struct CpuState {
   dnnl::engine engine;
   dnnl::stream stream;
   std::mutex mu;  // one op at a time: the scratch buffers and caches below are shared
+  // BF16 matmuls run as FP32 on widened operands (cpu_matmul.cc); chosen once, at
+  // construction, from the CPU (CpuBackend::CpuBackend), so every run on a host computes
+  // the same bits.
+  bool widen_bf16 = false;
 
   LruCache<MatmulKey, MatmulPlan, MatmulKeyHash> matmul_plans{512};
   LruCache<EltwiseKey, EltwisePlan, EltwiseKeyHash> eltwise_plans{256};

@@ -20,6 +20,11 @@
 //     values is exact in FP32, so this is the same arithmetic as a GPU's FP16 GEMM with
 //     FP32 accumulation; and an FP16 matmul is bit-identical to an FP32 matmul of the
 //     widened operands (the same primitive runs on the same values).
+//   * BF16 on hosts where oneDNN 2.6's bf16 GEMM is slower than its fp32 one (Intel CPUs
+//     without AMX: vdpbf16ps brgemm at ~0.56x the fp32 rate on the GPT's shapes) takes
+//     the same widened path (CpuState::widen_bf16, cpu_backend.cc says how it is chosen):
+//     a product of two BF16 values is exact in FP32 too, so the contract (FP32
+//     accumulation, one rounding of C) holds either way; only the summation order differs.
 //   * K == 0: C = beta * C + bias by hand (oneDNN rejects empty reductions).
 //
 // Performance: creating a primitive costs ~0.3 ms, so primitives are cached in an LRU map
@@ -108,6 +113,12 @@ void empty_product(const MatmulArgs& m) {
       cpu_detail::store_f32(out, c, i, n);
     }
   });
+}
+
+// Whether matmuls of this dtype run as FP32 on exactly widened operands: always FP16
+// (oneDNN 2.6 has no CPU f16); BF16 where the backend chose to (CpuState::widen_bf16).
+bool widened(const CpuState& s, DType t) {
+  return t == DType::kF16 || (t == DType::kBF16 && s.widen_bf16);
 }
 
 // dst[0, n) = widened src (exact), in parallel.
@@ -226,14 +237,14 @@ Status CpuBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
       batched_empty_product(g, m.beta);
       return Status::ok_status();
     }
-    const BatchedGeometry user = g;  // the caller's C, for the final rounding of an f16 C
-    if (m.a.dtype == DType::kF16) {
+    const BatchedGeometry user = g;  // the caller's C, for the final rounding of a widened C
+    if (widened(s, m.a.dtype)) {
       const auto size = [&](const BatchedOperand& x) {
         return static_cast<size_t>(g.batch() * x.rows * x.cols);
       };
       g.a = pack_f32(user, user.a, s.a32.get(size(g.a)), true);
       g.b = pack_f32(user, user.b, s.b32.get(size(g.b)), true);
-      if (m.c.dtype == DType::kF16) {
+      if (m.c.dtype == m.a.dtype) {
         g.c = pack_f32(user, user.c, s.c32.get(size(g.c)), m.beta != 0.0f);
       }
       g.merge_batches();
@@ -272,11 +283,12 @@ Status CpuBackend::batched_matmul_impl(const BatchedMatmulArgs& m) {
     plan->primitive.execute(s.stream, args);
     s.stream.wait();
 
-    if (g.c.data != user.c.data) {  // round the dense FP32 result once into the f16 C
+    if (g.c.data != user.c.data) {  // round the dense FP32 result once into the f16/bf16 C
       const float* c32 = static_cast<const float*>(g.c.data);
+      const DType ct = user.c.dtype;
       for_each_line(user, user.c, [&](int64_t t, int64_t dst, int64_t len) {
-        convert(c32 + t * len, DType::kF32, cpu_detail::byte_at(user.c.data, DType::kF16, dst),
-                DType::kF16, static_cast<size_t>(len));
+        convert(c32 + t * len, DType::kF32, cpu_detail::byte_at(user.c.data, ct, dst), ct,
+                static_cast<size_t>(len));
       });
     }
     return Status::ok_status();
@@ -308,24 +320,25 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
     const void* b = m.b.data;
     void* c = m.c.data;
     const void* bias = m.bias.data;
-    float* c32 = nullptr;  // FP32 stand-in for an f16 C
-    if (m.a.dtype == DType::kF16) {
+    float* c32 = nullptr;  // FP32 stand-in for a widened (f16/bf16) C
+    if (widened(s, m.a.dtype)) {
+      const DType low = m.a.dtype;
       float* a32 = s.a32.get(static_cast<size_t>(m.a.numel()));
       float* b32 = s.b32.get(static_cast<size_t>(m.b.numel()));
-      widen(m.a.data, DType::kF16, a32, m.a.numel());
-      widen(m.b.data, DType::kF16, b32, m.b.numel());
+      widen(m.a.data, low, a32, m.a.numel());
+      widen(m.b.data, low, b32, m.b.numel());
       a = a32;
       b = b32;
       key.ab = DType::kF32;
-      if (m.c.dtype == DType::kF16) {
+      if (m.c.dtype == low) {
         c32 = s.c32.get(static_cast<size_t>(m.c.numel()));
-        if (m.beta != 0.0f) widen(m.c.data, DType::kF16, c32, m.c.numel());
+        if (m.beta != 0.0f) widen(m.c.data, low, c32, m.c.numel());
         c = c32;
         key.c = DType::kF32;
       }
-      if (key.has_bias && m.bias.dtype == DType::kF16) {
+      if (key.has_bias && m.bias.dtype == low) {
         float* bias32 = s.bias32.get(static_cast<size_t>(m.bias.numel()));
-        widen(m.bias.data, DType::kF16, bias32, m.bias.numel());
+        widen(m.bias.data, low, bias32, m.bias.numel());
         bias = bias32;
         key.bias = DType::kF32;
       }
@@ -353,10 +366,11 @@ Status CpuBackend::matmul_impl(const MatmulArgs& m) {
     plan->primitive.execute(s.stream, args);
     s.stream.wait();
 
-    if (c32 != nullptr) {  // round the FP32 result once into the f16 C
+    if (c32 != nullptr) {  // round the FP32 result once into the f16/bf16 C
       const int64_t n = m.c.numel();
+      const DType ct = m.c.dtype;
       cpu_detail::parallel_blocks(n, [&](int64_t b0, int64_t e0) {
-        convert(c32 + b0, DType::kF32, cpu_detail::byte_at(m.c.data, DType::kF16, b0), DType::kF16,
+        convert(c32 + b0, DType::kF32, cpu_detail::byte_at(m.c.data, ct, b0), ct,
                 static_cast<size_t>(e0 - b0));
       });
     }
