@@ -559,8 +559,9 @@ StatusOr<Dataset> load_dataset(const ampd::v1::DataSpec& spec, TaskKind task,
     case ampd::v1::DataSpec::kCsv: return load_csv(spec.csv(), task, data_dir);
     case ampd::v1::DataSpec::kSynthetic: return load_synthetic(spec.synthetic(), task, seed);
     case ampd::v1::DataSpec::kText:
-      return invalid_argument("data.text: text is read by load_text (engine/text_data.h), for "
-                              "language models");
+      return invalid_argument(
+          "data.text: text is read by load_text (engine/text_data.h), for "
+          "language models");
     case ampd::v1::DataSpec::SOURCE_NOT_SET: break;
   }
   return invalid_argument("data: set one of digits, csv, synthetic or text");

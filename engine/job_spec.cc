@@ -207,7 +207,8 @@ void resolve_model(ModelSpec* model, Checker* c) {
     }
     resolve_gpt(model->mutable_gpt(), "model.gpt", *c);
     if (model->loss() != "cross_entropy") {
-      c->add("model.loss", "a gpt model is trained with cross_entropy, got " + quote(model->loss()));
+      c->add("model.loss",
+             "a gpt model is trained with cross_entropy, got " + quote(model->loss()));
     }
     if (model->block_size() != 0 && model->block_size() != model->gpt().block_size()) {
       c->add("model.block_size", "must be unset or equal to gpt.block_size");
@@ -215,7 +216,8 @@ void resolve_model(ModelSpec* model, Checker* c) {
     model->set_block_size(model->gpt().block_size());
     return;
   }
-  if (model->block_size() != 0) c->closed("model.block_size", model->block_size(), 1, kMaxBlockSize);
+  if (model->block_size() != 0)
+    c->closed("model.block_size", model->block_size(), 1, kMaxBlockSize);
   const int n = model->layers_size();
   if (n == 0) c->add("model.layers", "must have at least one layer (the last one linear)");
   const int total = count_layers(model->layers());
@@ -454,8 +456,9 @@ void check_model_fits_data(const JobSpec& spec, Checker* c) {
   const bool tokens = m.has_gpt() || (m.layers_size() > 0 && m.layers(0).has_embedding());
   const bool text = spec.data().has_text();
   if (text && !tokens) {
-    c->add("model", "text data needs a language model: set model.gpt, or start model.layers "
-                    "with an embedding layer");
+    c->add("model",
+           "text data needs a language model: set model.gpt, or start model.layers "
+           "with an embedding layer");
   } else if (tokens && !text && spec.data().source_case() != DataSpec::SOURCE_NOT_SET) {
     c->add("data", "a language model (gpt or embedding) needs text data: set data.text");
   } else if (text && !m.has_gpt() && m.block_size() == 0) {

@@ -9,10 +9,17 @@ namespace ampd::engine {
 namespace {
 
 constexpr std::array<const LayerKind*, 11> kLayerKinds = {
-    &kLinearLayer,    &kReluLayer,         &kGeluLayer,
-    &kTanhLayer,      &kLayerNormLayer,    &kBatchNormLayer,
-    &kDropoutLayer,   &kResidualLayer,     &kEmbeddingLayer,
-    &kPositionEmbeddingLayer, &kCausalSelfAttentionLayer,
+    &kLinearLayer,
+    &kReluLayer,
+    &kGeluLayer,
+    &kTanhLayer,
+    &kLayerNormLayer,
+    &kBatchNormLayer,
+    &kDropoutLayer,
+    &kResidualLayer,
+    &kEmbeddingLayer,
+    &kPositionEmbeddingLayer,
+    &kCausalSelfAttentionLayer,
 };
 
 }  // namespace

@@ -88,11 +88,11 @@ struct BuildContext {
   int64_t max_batch = 0;          // examples per batch
   int64_t index = 0;              // the layer's number in a pre-order walk of the model
   uint64_t seed = 0;
-  int64_t time = 1;              // positions per example
-  bool token_input = false;      // the model's input is token ids (engine/layers/embedding.cc)
-  std::string name;              // "3" or "2.1": the parameter prefix
-  bool named = false;            // `name` was given in the spec (LayerSpec.name): it is also
-                                 // the parameters' display name
+  int64_t time = 1;          // positions per example
+  bool token_input = false;  // the model's input is token ids (engine/layers/embedding.cc)
+  std::string name;          // "3" or "2.1": the parameter prefix
+  bool named = false;        // `name` was given in the spec (LayerSpec.name): it is also
+                             // the parameters' display name
 
   MemoryTally* tally = nullptr;  // set by the model
   // Parameters of the layers built so far, by name (for weight tying); set by the model.

@@ -46,8 +46,7 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   if (o.token_input) {
     AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(DType::kI32, ctx.max_rows(), 1));
   } else {
-    AMPD_ASSIGN_OR_RETURN(input_,
-                          ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
+    AMPD_ASSIGN_OR_RETURN(input_, ctx.make_activation(o.act_dtype, ctx.max_rows(), o.in_features));
   }
   AMPD_RETURN_IF_ERROR(layers_.build(ctx, layer_specs_, o.in_features,
                                      spec.has_gpt() ? "model.gpt" : "model.layers", "", 0,

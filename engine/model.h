@@ -32,8 +32,8 @@ class Model {
  public:
   struct Options {
     DType act_dtype = DType::kF32;
-    int64_t max_batch = 64;  // examples
-    int64_t time = 1;        // positions per example (1 for tabular data)
+    int64_t max_batch = 64;   // examples
+    int64_t time = 1;         // positions per example (1 for tabular data)
     int64_t in_features = 0;  // features, or the vocabulary size for token input
     // The input is token ids (text data; load_tokens), read by the first layer, an
     // embedding. The loss is then cross-entropy over the vocabulary at every position.

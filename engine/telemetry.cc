@@ -50,12 +50,9 @@ StatusOr<double> NumericsTelemetry::mean_loss(Model& model, int64_t n) {
   return sum / static_cast<double>(std::max<int64_t>(1, rows));
 }
 
-StatusOr<ampd::v1::TelemetryEvent> NumericsTelemetry::collect(Model& model, const PassContext& ctx,
-                                                              int64_t n, const float* features,
-                                                              const int32_t* labels,
-                                                              const float* targets, double scale,
-                                                              bool overflow, int64_t step,
-                                                              const int32_t* tokens) {
+StatusOr<ampd::v1::TelemetryEvent> NumericsTelemetry::collect(
+    Model& model, const PassContext& ctx, int64_t n, const float* features, const int32_t* labels,
+    const float* targets, double scale, bool overflow, int64_t step, const int32_t* tokens) {
   ampd::v1::TelemetryEvent ev;
   ev.set_step(step);
   ev.set_loss_scale(scale);

@@ -67,12 +67,11 @@ StatusOr<std::vector<int32_t>> Vocabulary::encode(std::string_view text,
     if (id < 0) {
       char hex[8];
       std::snprintf(hex, sizeof hex, "0x%02x", b);
-      return invalid_argument(source + ": the character " +
-                              (b >= 0x20 && b < 0x7f ? "'" + std::string(1, text[i]) + "'"
-                                                     : std::string(hex)) +
-                              " at byte " + std::to_string(i) +
-                              " is not in the model's vocabulary of " + std::to_string(size()) +
-                              " symbols");
+      return invalid_argument(
+          source + ": the character " +
+          (b >= 0x20 && b < 0x7f ? "'" + std::string(1, text[i]) + "'" : std::string(hex)) +
+          " at byte " + std::to_string(i) + " is not in the model's vocabulary of " +
+          std::to_string(size()) + " symbols");
     }
     out[i] = id;
   }
@@ -134,7 +133,8 @@ StatusOr<TextData> load_text(const ampd::v1::TextSource& spec, const std::string
   std::string text;
   if (spec.has_path()) {
     d.name = spec.path();
-    AMPD_ASSIGN_OR_RETURN(fs::path file, resolve_data_path(data_dir, spec.path(), "data.text.path"));
+    AMPD_ASSIGN_OR_RETURN(fs::path file,
+                          resolve_data_path(data_dir, spec.path(), "data.text.path"));
     AMPD_ASSIGN_OR_RETURN(text, read_text_file(file, "data.text.path " + spec.path()));
   } else {
     d.name = spec.builtin();

@@ -52,7 +52,7 @@ class Vocabulary {
 
  private:
   bool bytes_ = false;
-  std::string symbols_;        // id -> byte
+  std::string symbols_;       // id -> byte
   std::vector<int32_t> ids_;  // byte -> id, -1 when absent
 };
 

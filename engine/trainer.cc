@@ -71,12 +71,12 @@ Status Trainer::init(const ampd::v1::JobSpec& raw_spec) {
     AMPD_ASSIGN_OR_RETURN(text_, load_text(spec_.data().text(), options_.data_dir, time_));
     if (ckpt && !ckpt->meta.vocabulary.empty() &&
         ckpt->meta.vocabulary != text_->vocab.to_string()) {
-      return failed_precondition("checkpoint's vocabulary differs from the text's (" +
-                                 text_->name + " changed since the checkpoint was written)");
+      return failed_precondition("checkpoint's vocabulary differs from the text's (" + text_->name +
+                                 " changed since the checkpoint was written)");
     }
     batch_size_ = spec_.data().batch_size();
-    steps_per_epoch_ = std::max<int64_t>(
-        1, static_cast<int64_t>(text_->train.size()) / (batch_size_ * time_));
+    steps_per_epoch_ =
+        std::max<int64_t>(1, static_cast<int64_t>(text_->train.size()) / (batch_size_ * time_));
     mo.token_input = true;
     mo.in_features = text_->vocab.size();
     mo.out_features = text_->vocab.size();
@@ -458,10 +458,10 @@ Status Trainer::train_step(int64_t step) {
   // Telemetry sees the gradients and the masters this step was computed with: before the
   // optimizer changes them. Off, this is the one integer compare it costs.
   if (telemetry_every_ > 0 && (step + 1) % telemetry_every_ == 0) {
-    AMPD_ASSIGN_OR_RETURN(ampd::v1::TelemetryEvent t,
-                          telemetry_->collect(*model_, ctx, n, batch_x_.data(), batch_y_.data(),
-                                              batch_t_.data(), scale, !bad.empty(), step + 1,
-                                              text_ ? batch_tokens_.data() : nullptr));
+    AMPD_ASSIGN_OR_RETURN(
+        ampd::v1::TelemetryEvent t,
+        telemetry_->collect(*model_, ctx, n, batch_x_.data(), batch_y_.data(), batch_t_.data(),
+                            scale, !bad.empty(), step + 1, text_ ? batch_tokens_.data() : nullptr));
     JobEvent e;
     *e.mutable_telemetry() = std::move(t);
     emit(std::move(e));

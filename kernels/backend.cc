@@ -558,9 +558,9 @@ Status Backend::embedding_forward(const Tensor& ids, const Tensor& table, const 
   AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, table));
   AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, out));
   AMPD_RETURN_IF_ERROR(need_vector(op, "ids", ids, out.rows()));
-  AMPD_RETURN_IF_ERROR(need(table.cols() == out.cols(), op,
-                            "out " + dims(out) + " must have table's " +
-                                std::to_string(table.cols()) + " columns"));
+  AMPD_RETURN_IF_ERROR(
+      need(table.cols() == out.cols(), op,
+           "out " + dims(out) + " must have table's " + std::to_string(table.cols()) + " columns"));
   AMPD_RETURN_IF_ERROR(need(table.rows() > 0 || out.rows() == 0, op, "table has no rows"));
   if (out.numel() == 0) return Status::ok_status();
   return embedding_forward_impl(ids, table, out);
@@ -575,9 +575,9 @@ Status Backend::embedding_backward(const Tensor& ids, const Tensor& dy, const Te
   AMPD_RETURN_IF_ERROR(need_dtype_supported(*this, op, dy));
   AMPD_RETURN_IF_ERROR(need_f32(op, "dtable", dtable));
   AMPD_RETURN_IF_ERROR(need_vector(op, "ids", ids, dy.rows()));
-  AMPD_RETURN_IF_ERROR(need(dtable.cols() == dy.cols(), op,
-                            "dtable " + dims(dtable) + " must have dy's " +
-                                std::to_string(dy.cols()) + " columns"));
+  AMPD_RETURN_IF_ERROR(
+      need(dtable.cols() == dy.cols(), op,
+           "dtable " + dims(dtable) + " must have dy's " + std::to_string(dy.cols()) + " columns"));
   if (dtable.numel() == 0) return Status::ok_status();
   return embedding_backward_impl(ids, dy, dtable, beta);
 }

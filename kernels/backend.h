@@ -281,8 +281,8 @@ class Backend {
   // Embedding backward (scatter-add): dtable = beta * dtable + sum over the i with
   // ids[i] == v of dy[i, :], for every row v. dtable: F32 (V, C); dy: (N, C) floating.
   // Deterministic: no float atomics; a backend gives the same bits on every run and for
-  // every thread count (sums in FP32, the reference in FP64, rounded once). beta == 0: dtable's old values are not read (rows no id selects become
-  // 0). Out-of-range ids contribute nothing.
+  // every thread count (sums in FP32, the reference in FP64, rounded once). beta == 0: dtable's old
+  // values are not read (rows no id selects become 0). Out-of-range ids contribute nothing.
   Status embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
                             float beta = 0.0f);
   // Causal softmax over square score matrices: scores and probs are contiguous (..., T, T)
@@ -299,8 +299,7 @@ class Backend {
   //   dscores[r, j] = probs[r, j] * (dprobs[r, j] - sum_{k <= q} probs[r, k] dprobs[r, k])
   //   for j <= q, and 0 for j > q (masked dprobs are not read). The dot product
   //   accumulates in FP32. dscores may alias dprobs (same dtype).
-  Status causal_softmax_backward(const Tensor& probs, const Tensor& dprobs,
-                                 const Tensor& dscores);
+  Status causal_softmax_backward(const Tensor& probs, const Tensor& dprobs, const Tensor& dscores);
 
   // -- mixed-precision bookkeeping
   // One fused pass over many F32 gradient tensors: g *= inv_scale, and
@@ -371,9 +370,9 @@ class Backend {
                                    float grad_scale) = 0;
   virtual Status argmax_rows_impl(const Tensor& x, const Tensor& out) = 0;
   virtual Status embedding_forward_impl(const Tensor& ids, const Tensor& table,
-                                       const Tensor& out) = 0;
+                                        const Tensor& out) = 0;
   virtual Status embedding_backward_impl(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
-                                        float beta) = 0;
+                                         float beta) = 0;
   virtual Status causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) = 0;
   virtual Status causal_softmax_backward_impl(const Tensor& probs, const Tensor& dprobs,
                                               const Tensor& dscores) = 0;

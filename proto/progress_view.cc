@@ -34,7 +34,9 @@ std::string to_json_line(const google::protobuf::Message& message) {
   return json;
 }
 
-std::string state_name(ampd::v1::JobState state) { return ampd::v1::JobState_Name(state); }
+std::string state_name(ampd::v1::JobState state) {
+  return ampd::v1::JobState_Name(state);
+}
 
 std::string ProgressView::format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -65,8 +67,9 @@ void ProgressView::line(const std::string& text) {
 void ProgressView::draw_bar() {
   const auto& p = last_;
   std::ostringstream s;
-  const double frac =
-      p.total_steps() > 0 ? static_cast<double>(p.step()) / static_cast<double>(p.total_steps()) : 0;
+  const double frac = p.total_steps() > 0
+                          ? static_cast<double>(p.step()) / static_cast<double>(p.total_steps())
+                          : 0;
   if (tty_) {
     constexpr int kWidth = 24;
     const int filled = static_cast<int>(frac * kWidth);
@@ -139,8 +142,9 @@ void ProgressView::print_summary(const ampd::v1::Job& job) {
   clear_line();
   have_progress_ = false;
   const auto& m = job.metrics();
-  out_ << "\n" << state_name(job.state()) << "  job " << job.id() << "  (" << job.precision()
-       << " on " << job.backend() << ")\n";
+  out_ << "\n"
+       << state_name(job.state()) << "  job " << job.id() << "  (" << job.precision() << " on "
+       << job.backend() << ")\n";
   if (!job.failure_reason().empty()) out_ << "  reason:        " << job.failure_reason() << "\n";
   out_ << "  steps:         " << job.step() << "/" << job.total_steps() << "\n"
        << "  train_loss:    " << fmt("%.4f", m.train_loss()) << "\n"

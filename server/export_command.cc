@@ -6,22 +6,9 @@
 
 #include "engine/checkpoint.h"
 #include "engine/export_hf.h"
+#include "server/command_util.h"
 
 namespace ampd::server {
-
-namespace {
-
-int exit_code_for(const Status& s) {
-  switch (s.code()) {
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kNotFound:
-    case StatusCode::kFailedPrecondition:
-    case StatusCode::kDataLoss: return 2;
-    default: return 1;
-  }
-}
-
-}  // namespace
 
 void add_export_command(CLI::App& app, ExportCommandOptions& o, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
@@ -77,18 +64,12 @@ void add_export_command(CLI::App& app, ExportCommandOptions& o, int* exit_code) 
 }
 
 int run_export_command(const ExportCommandOptions& o) {
-  std::string path = o.checkpoint;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    const engine::CheckpointSearch found =
-        engine::find_latest_checkpoint(path, /*remove_partial_writes=*/false);
-    if (found.path.empty()) {
-      std::cerr << "ampd export: no readable checkpoint in " << path
-                << (found.note().empty() ? "" : " (" + found.note() + ")") << "\n";
-      return 2;
-    }
-    path = found.path;
+  auto file = checkpoint_file(o.checkpoint);
+  if (!file.ok()) {
+    std::cerr << "ampd export: " << file.status().message() << "\n";
+    return exit_code_for(file.status());
   }
+  const std::string path = *file;
   auto ck = engine::read_checkpoint(path);
   if (!ck.ok()) {
     std::cerr << "ampd export: " << ck.status().message() << "\n";

@@ -9,21 +9,11 @@
 #include "engine/checkpoint.h"
 #include "engine/sampler.h"
 #include "kernels/backend_factory.h"
+#include "server/command_util.h"
 
 namespace ampd::server {
 
 namespace {
-
-int exit_code_for(const Status& s) {
-  switch (s.code()) {
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kNotFound:
-    case StatusCode::kFailedPrecondition:
-    case StatusCode::kDataLoss: return 2;
-    case StatusCode::kUnavailable: return 3;
-    default: return 1;
-  }
-}
 
 // A float32 array of shape (rows, cols) as a .npy file (format version 1.0, little-endian,
 // C order), numpy.load's format.
@@ -89,18 +79,12 @@ void add_sample_command(CLI::App& app, SampleCommandOptions& o, int* exit_code) 
 }
 
 int run_sample_command(const SampleCommandOptions& o) {
-  std::string path = o.checkpoint;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    const engine::CheckpointSearch found =
-        engine::find_latest_checkpoint(path, /*remove_partial_writes=*/false);
-    if (found.path.empty()) {
-      std::cerr << "ampd sample: no readable checkpoint in " << path
-                << (found.note().empty() ? "" : " (" + found.note() + ")") << "\n";
-      return 2;
-    }
-    path = found.path;
+  auto file = checkpoint_file(o.checkpoint);
+  if (!file.ok()) {
+    std::cerr << "ampd sample: " << file.status().message() << "\n";
+    return exit_code_for(file.status());
   }
+  const std::string path = *file;
   BackendRequest req;
   req.kind = o.backend;
   req.threads = o.threads;

@@ -8,28 +8,19 @@
 #include <filesystem>
 #include <iostream>
 
-#include "proto/progress_view.h"
 #include "engine/job_spec.h"
 #include "engine/trainer.h"
 #include "kernels/backend_factory.h"
+#include "proto/progress_view.h"
+#include "server/command_util.h"
 
 namespace ampd::server {
 
 namespace {
 
 std::atomic<bool> g_cancel{false};
-extern "C" void on_interrupt(int) { g_cancel.store(true); }
-
-int exit_code_for(const Status& s) {
-  switch (s.code()) {
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kNotFound:
-    case StatusCode::kFailedPrecondition:
-    case StatusCode::kDataLoss:
-    case StatusCode::kResourceExhausted: return 2;
-    case StatusCode::kUnavailable: return 3;
-    default: return 1;
-  }
+extern "C" void on_interrupt(int) {
+  g_cancel.store(true);
 }
 
 }  // namespace
@@ -46,11 +37,9 @@ void add_train_command(CLI::App& app, TrainCommandOptions& o, int* exit_code) {
       "proto/ampd/v1/job.proto). Ctrl-C stops at the next step and writes a checkpoint.\n"
       "Exit status: 0 succeeded, 1 failed, 2 bad input, 3 backend unavailable, 130 cancelled.");
   train->add_option("-f,--file", o.job_file, "Job spec (YAML or JSON)")->check(CLI::ExistingFile);
-  train->add_option("--backend", o.backend, "auto | cpu | cuda | reference")
-      ->capture_default_str();
+  train->add_option("--backend", o.backend, "auto | cpu | cuda | reference")->capture_default_str();
   train->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  train->add_option("--out", o.out_dir,
-                    "Checkpoint directory (default: ampd-out/<job name>)");
+  train->add_option("--out", o.out_dir, "Checkpoint directory (default: ampd-out/<job name>)");
   train->add_option("--data-dir", o.data_dir, "Root for csv data paths")->capture_default_str();
   train->add_option("--resume", o.resume, "Continue from this checkpoint (its spec is used)")
       ->check(CLI::ExistingFile);
@@ -91,8 +80,8 @@ int run_train_command(const TrainCommandOptions& o) {
   topts.job_id = name;
   topts.data_dir = o.data_dir;
   topts.resume_from = o.resume;
-  topts.checkpoint_dir = o.out_dir.empty() ? (std::filesystem::path("ampd-out") / name).string()
-                                           : o.out_dir;
+  topts.checkpoint_dir =
+      o.out_dir.empty() ? (std::filesystem::path("ampd-out") / name).string() : o.out_dir;
   topts.cancel = &g_cancel;
   const bool tty = !o.json && ::isatty(STDOUT_FILENO) != 0;
   client::ProgressView view(std::cout, tty);
@@ -116,8 +105,8 @@ int run_train_command(const TrainCommandOptions& o) {
       std::cout << "ampd train: " << t.data().train.describe() << " (train) + "
                 << t.data().validation.num_examples << " validation; ";
     }
-    std::cout << t.model().parameter_count() << " parameters; " << t.job().precision() << " on " << backend.device_description()
-              << "; " << t.total_steps() << " steps\n";
+    std::cout << t.model().parameter_count() << " parameters; " << t.job().precision() << " on "
+              << backend.device_description() << "; " << t.total_steps() << " steps\n";
   }
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);

@@ -47,8 +47,8 @@ class CausalSelfAttention final : public Layer {
       return [=](int64_t i) { return init_normal(seed, index, tensor, i, sd); };
     };
     auto zero = [](int64_t) { return 0.0f; };
-    AMPD_ASSIGN_OR_RETURN(Param wa, ctx.make_param(kind(), "c_attn.weight", 3 * C, C, true, true,
-                                                   normal(0, s1)));
+    AMPD_ASSIGN_OR_RETURN(
+        Param wa, ctx.make_param(kind(), "c_attn.weight", 3 * C, C, true, true, normal(0, s1)));
     params_.push_back(std::move(wa));
     if (bias_) {
       AMPD_ASSIGN_OR_RETURN(Param ba,
@@ -69,7 +69,7 @@ class CausalSelfAttention final : public Layer {
     b_proj_ = bias_ ? &params_[3] : nullptr;
 
     const DType dt = ctx.act_dtype;
-    const int64_t rows = ctx.max_rows();                                     // B * T
+    const int64_t rows = ctx.max_rows();                                    // B * T
     const int64_t score_rows = MemoryTally::sat_mul(ctx.max_batch * H, T);  // B * H * T
     AMPD_ASSIGN_OR_RETURN(qkv_, ctx.make_activation(dt, rows, 3 * C));
     AMPD_ASSIGN_OR_RETURN(yh_, ctx.make_activation(dt, rows, C));
@@ -149,8 +149,7 @@ class CausalSelfAttention final : public Layer {
     const Tensor dyh_heads = heads_view(dyh_, dt, B);
     const Tensor p = square(probs_, dt, B);
     const Tensor pd = dropout_ > 0.0f ? square(dropped_, dt, B) : p;
-    const Tensor dq = head(dqkv3(dt, B), 0), dk = head(dqkv3(dt, B), 1),
-                 dv = head(dqkv3(dt, B), 2);
+    const Tensor dq = head(dqkv3(dt, B), 0), dk = head(dqkv3(dt, B), 1), dv = head(dqkv3(dt, B), 2);
     // dPd = dYh V^T (FP32), dV = Pd^T dYh.
     BatchedMatmulArgs dp;
     dp.a = dyh_heads;
@@ -198,9 +197,7 @@ class CausalSelfAttention final : public Layer {
   }
 
  private:
-  float scale() const {
-    return 1.0f / std::sqrt(static_cast<float>(in_ / heads_));
-  }
+  float scale() const { return 1.0f / std::sqrt(static_cast<float>(in_ / heads_)); }
   static Status weight_grad(Backend& be, Param& w, const Tensor& g, const Tensor& in) {
     MatmulArgs dw;
     dw.a = g;

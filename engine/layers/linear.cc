@@ -43,25 +43,23 @@ class Linear final : public Layer {
       }
       weight_ = w;
     } else {
-      AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", out_, in, /*low_copy=*/true,
-                                                    /*decay=*/true, [&](int64_t i) {
-                                                      return init_std_ >= 0.0f
-                                                                 ? init_normal(seed, index, 0, i,
-                                                                               init_std_)
-                                                                 : init_uniform(seed, index, 0, i,
-                                                                                bound);
-                                                    }));
+      AMPD_ASSIGN_OR_RETURN(Param w,
+                            ctx.make_param(kind(), "weight", out_, in, /*low_copy=*/true,
+                                           /*decay=*/true, [&](int64_t i) {
+                                             return init_std_ >= 0.0f
+                                                        ? init_normal(seed, index, 0, i, init_std_)
+                                                        : init_uniform(seed, index, 0, i, bound);
+                                           }));
       params_.push_back(std::move(w));
     }
     if (bias_) {
       // The bias is added in FP32 inside the matmul epilogue: no low-precision copy.
-      AMPD_ASSIGN_OR_RETURN(Param b, ctx.make_param(kind(), "bias", 1, out_, /*low_copy=*/false,
-                                                    /*decay=*/false, [&](int64_t i) {
-                                                      return init_std_ >= 0.0f
-                                                                 ? 0.0f
-                                                                 : init_uniform(seed, index, 1, i,
-                                                                                bound);
-                                                    }));
+      AMPD_ASSIGN_OR_RETURN(
+          Param b,
+          ctx.make_param(kind(), "bias", 1, out_, /*low_copy=*/false,
+                         /*decay=*/false, [&](int64_t i) {
+                           return init_std_ >= 0.0f ? 0.0f : init_uniform(seed, index, 1, i, bound);
+                         }));
       params_.push_back(std::move(b));
     }
     if (weight_ == nullptr) weight_ = &params_[0];

@@ -20,9 +20,10 @@ class PositionEmbedding final : public Layer {
     const uint64_t seed = ctx.seed;
     const int64_t index = ctx.index;
     // No working copy: the bias add reads the FP32 master and rounds once.
-    AMPD_ASSIGN_OR_RETURN(
-        Param w, ctx.make_param(kind(), "weight", time_, in, /*low_copy=*/false, /*decay=*/true,
-                                [&](int64_t i) { return init_normal(seed, index, 0, i, kInitStd); }));
+    AMPD_ASSIGN_OR_RETURN(Param w, ctx.make_param(kind(), "weight", time_, in, /*low_copy=*/false,
+                                                  /*decay=*/true, [&](int64_t i) {
+                                                    return init_normal(seed, index, 0, i, kInitStd);
+                                                  }));
     params_.push_back(std::move(w));
     return Status::ok_status();
   }
@@ -57,7 +58,7 @@ std::unique_ptr<Layer> make(const ampd::v1::LayerSpec&) {
 
 }  // namespace
 
-const LayerKind kPositionEmbeddingLayer = {
-    "position_embedding", ampd::v1::LayerSpec::kPositionEmbedding, resolve, make};
+const LayerKind kPositionEmbeddingLayer = {"position_embedding",
+                                           ampd::v1::LayerSpec::kPositionEmbedding, resolve, make};
 
 }  // namespace ampd::engine

@@ -95,8 +95,7 @@ class ReferenceBackend final : public Backend {
   Status mse_backward_impl(const Tensor& pred, const Tensor& target, const Tensor& dpred,
                            float grad_scale) override;
   Status argmax_rows_impl(const Tensor& x, const Tensor& out) override;
-  Status embedding_forward_impl(const Tensor& ids, const Tensor& table,
-                                const Tensor& out) override;
+  Status embedding_forward_impl(const Tensor& ids, const Tensor& table, const Tensor& out) override;
   Status embedding_backward_impl(const Tensor& ids, const Tensor& dy, const Tensor& dtable,
                                  float beta) override;
   Status causal_softmax_forward_impl(const Tensor& scores, const Tensor& probs) override;

@@ -72,7 +72,9 @@ TEST_P(SequenceLayerGradient, BackwardMatchesFiniteDifferences) {
   for (auto& v : r) v = n(rng);
   auto alloc = [&](int64_t count) { return std::move(be->allocate(count * 4)).value(); };
   Buffer xb = alloc(x.size()), yb = alloc(r.size()), dyb = alloc(r.size()), dxb = alloc(x.size());
-  auto t3 = [&](const Buffer& b) { return Tensor::contiguous(b.data(), DType::kF32, {kB, kT, kC}); };
+  auto t3 = [&](const Buffer& b) {
+    return Tensor::contiguous(b.data(), DType::kF32, {kB, kT, kC});
+  };
   PassContext ctx{be.get(), true, 1, 5};
   auto loss = [&]() {
     EXPECT_TRUE(be->upload(t3(xb), x.data()).ok());
