@@ -20,6 +20,11 @@ Precision: fp32; bf16 = torch.autocast("cpu", dtype=torch.bfloat16) around forwa
   torch_gpt.py mode=train precision=fp32 iters=2000 eval_batches=200 threads=2
       Trains max_iters and prints the final train and validation loss (mean over
       eval_batches random validation batches), and the wall time.
+
+Other configurations (bench/gpu/engine_check.sh, the GPU example): device=cuda,
+n_layer= n_head= n_embd= block_size= batch= dropout= (dropout on the embeddings, the
+attention probabilities and both residual branches, as nanoGPT). On cuda, bf16 and fp16 are
+torch.autocast("cuda") (fp16 with a GradScaler), and each step's loss read synchronizes.
 """
 import gzip
 import json
@@ -33,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH = 4, 4, 128, 64, 12
+N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, DROPOUT = 4, 4, 128, 64, 12, 0.0
+DEVICE = "cpu"
 LR, MIN_LR_RATIO, WARMUP, WD, BETAS, CLIP = 1e-3, 0.1, 100, 0.1, (0.9, 0.99), 1.0
 
 
@@ -49,8 +55,11 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2)
         k = k.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2)
         v = v.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+                                           dropout_p=DROPOUT if self.training else 0.0,
+                                           is_causal=True)
+        return F.dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)), DROPOUT,
+                         self.training)
 
 
 class Block(nn.Module):
@@ -64,7 +73,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
-        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x))))
+        return x + F.dropout(self.c_proj(F.gelu(self.c_fc(self.ln_2(x)))), DROPOUT, self.training)
 
 
 class GPT(nn.Module):
@@ -90,7 +99,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets):
         T = idx.size(1)
-        x = self.wte(idx) + self.wpe(torch.arange(T, dtype=torch.long))
+        x = F.dropout(self.wte(idx) + self.wpe(torch.arange(T, dtype=torch.long, device=idx.device)),
+                      DROPOUT, self.training)
         for b in self.h:
             x = b(x)
         logits = self.lm_head(self.ln_f(x))
@@ -113,7 +123,7 @@ def get_batch(data, gen=None):
     ix = torch.randint(len(data) - BLOCK, (BATCH,), generator=gen)
     x = torch.stack([data[i:i + BLOCK] for i in ix])
     y = torch.stack([data[i + 1:i + 1 + BLOCK] for i in ix])
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def lr_at(it, total):
@@ -125,7 +135,7 @@ def lr_at(it, total):
 
 def make(vocab, seed):
     torch.manual_seed(seed)
-    model = GPT(vocab)
+    model = GPT(vocab).to(DEVICE)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -135,6 +145,9 @@ def make(vocab, seed):
     return model, opt
 
 
+SCALER = None  # fp16 on cuda: torch.amp.GradScaler
+
+
 def step(model, opt, data, dtype, lr):
     x, y = get_batch(data)
     for g in opt.param_groups:
@@ -142,8 +155,16 @@ def step(model, opt, data, dtype, lr):
     if dtype is None:
         loss = model(x, y)
     else:
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(DEVICE, dtype=dtype):
             loss = model(x, y)
+    if SCALER is not None:
+        SCALER.scale(loss).backward()
+        SCALER.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        SCALER.step(opt)
+        SCALER.update()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
     opt.step()
@@ -153,7 +174,9 @@ def step(model, opt, data, dtype, lr):
 
 def run_steps(args, precision, train, vocab):
     steps, warmup = int(args.get("steps", 50)), int(args.get("warmup", 10))
-    dtype = {"bf16": torch.bfloat16}.get(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    global SCALER
+    SCALER = torch.amp.GradScaler(DEVICE) if precision == "fp16" else None
     model, opt = make(vocab, 1337)
     times = []
     for s in range(warmup + steps):
@@ -180,7 +203,7 @@ def evaluate(model, data, dtype, batches, seed):
         if dtype is None:
             total += float(model(x, y))
         else:
-            with torch.autocast("cpu", dtype=dtype):
+            with torch.autocast(DEVICE, dtype=dtype):
                 total += float(model(x, y))
     model.train()
     return total / batches
@@ -188,7 +211,9 @@ def evaluate(model, data, dtype, batches, seed):
 
 def run_train(args, precision, train, val, vocab):
     iters, batches = int(args.get("iters", 2000)), int(args.get("eval_batches", 200))
-    dtype = {"bf16": torch.bfloat16}.get(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    global SCALER
+    SCALER = torch.amp.GradScaler(DEVICE) if precision == "fp16" else None
     model, opt = make(vocab, int(args.get("seed", 1337)))
     t0 = time.perf_counter()
     window = []
@@ -204,8 +229,16 @@ def run_train(args, precision, train, val, vocab):
 
 
 def main():
+    global N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, DROPOUT, DEVICE
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     torch.set_num_threads(int(args.get("threads", 2)))
+    N_LAYER = int(args.get("n_layer", N_LAYER))
+    N_HEAD = int(args.get("n_head", N_HEAD))
+    N_EMBD = int(args.get("n_embd", N_EMBD))
+    BLOCK = int(args.get("block_size", BLOCK))
+    BATCH = int(args.get("batch", BATCH))
+    DROPOUT = float(args.get("dropout", DROPOUT))
+    DEVICE = args.get("device", DEVICE)
     train, val, vocab = load_data()
     for p in args.get("precision", "fp32").split(","):
         try:

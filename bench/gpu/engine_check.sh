@@ -156,10 +156,20 @@ PY
 ROWS+=("GPT gpu example ($GPT_STEPS iters, bf16, cuda): rc=$rc ${t}s  $gpt_line")
 [ "$rc" -ne 0 ] && { fail "GPT gpu example (rc=$rc)"; tail -5 "$OUT/gpt-gpu.err"; }
 if [ -f "$ROOT/bench/cpu/torch_gpt.py" ]; then
-  PYTHONUNBUFFERED=1 timeout 480 python3 "$ROOT/bench/cpu/torch_gpt.py" device=cuda precision=bf16 \
-    n_layer=6 n_head=6 n_embd=384 block_size=256 batch=64 dropout=0.2 iters=$GPT_STEPS \
-    > "$OUT/torch-gpt.jsonl" 2> "$OUT/torch-gpt.err" || fail "torch_gpt.py device=cuda: $(tail -2 "$OUT/torch-gpt.err")"
-  ROWS+=("GPT gpu, PyTorch AMP bf16: $(tail -1 "$OUT/torch-gpt.jsonl" 2>/dev/null | cut -c1-200)")
+  PYTHONUNBUFFERED=1 timeout 480 python3 "$ROOT/bench/cpu/torch_gpt.py" mode=train device=cuda \
+    precision=bf16 n_layer=6 n_head=6 n_embd=384 block_size=256 batch=64 dropout=0.2 \
+    iters=$GPT_STEPS eval_batches=200 > "$OUT/torch-gpt.jsonl" 2> "$OUT/torch-gpt.err" ||
+    fail "torch_gpt.py device=cuda: $(tail -2 "$OUT/torch-gpt.err")"
+  torch_line=$(python3 - "$OUT/torch-gpt.jsonl" 2>&1 <<'PY'
+import json, sys
+e = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+if "val_loss" in e:
+    print(f"ms/iter {1000 * e['train_s'] / e['iters']:.1f} val_loss {e['val_loss']:.4f}")
+else:
+    print(e)
+PY
+)
+  ROWS+=("GPT gpu example, PyTorch AMP bf16 ($GPT_STEPS iters): $torch_line")
 fi
 
 echo "================================================================================"
