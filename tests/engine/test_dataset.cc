@@ -120,7 +120,7 @@ TEST(LoadDataset, NoSource) {
   auto d = load_dataset(ampd::v1::DataSpec(), TaskKind::kClassification, "", 0);
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(d.status().message(), "data: set one of digits, csv or synthetic");
+  EXPECT_EQ(d.status().message(), "data: set one of digits, csv, synthetic or text");
 }
 
 // ---------------------------------------------------------------------------------
