@@ -327,8 +327,8 @@ StatusOr<CsvTable> read_csv_buffer(std::span<const unsigned char> bytes, const s
                    source, options);
 }
 
-StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& source,
-                                 const CsvOptions& options) {
+StatusOr<std::string> read_file(const std::string& path, const std::string& source,
+                                int64_t max_bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -344,9 +344,9 @@ StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& sou
     return internal(source + ": cannot stat: " + std::strerror(errno));
   }
   if (!S_ISREG(st.st_mode)) return invalid_argument(source + ": not a regular file");
-  if (st.st_size > options.max_bytes) {
+  if (st.st_size > max_bytes) {
     return invalid_argument(source + ": the file is " + std::to_string(st.st_size) +
-                            " bytes, over the " + format_bytes(options.max_bytes) + " limit");
+                            " bytes, over the " + format_bytes(max_bytes) + " limit");
   }
   std::string bytes(static_cast<size_t>(st.st_size), '\0');
   size_t got = 0;
@@ -360,6 +360,12 @@ StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& sou
     got += static_cast<size_t>(r);
   }
   bytes.resize(got);
+  return bytes;
+}
+
+StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& source,
+                                 const CsvOptions& options) {
+  AMPD_ASSIGN_OR_RETURN(const std::string bytes, read_file(path, source, options.max_bytes));
   return read_csv_buffer(std::span<const unsigned char>(
                              reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()),
                          source, options);

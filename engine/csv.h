@@ -54,6 +54,12 @@ StatusOr<CsvTable> read_csv_buffer(std::span<const unsigned char> bytes, const s
 StatusOr<CsvTable> read_csv_file(const std::string& path, const std::string& source,
                                  const CsvOptions& options = {});
 
+// Reads a whole regular file of at most `max_bytes` (NotFound when missing,
+// InvalidArgument when not a regular file or too large; messages start with `source`).
+// The caller vets the path.
+StatusOr<std::string> read_file(const std::string& path, const std::string& source,
+                                int64_t max_bytes);
+
 // Decompresses gzip data (one or more concatenated members), refusing output larger
 // than `max_bytes`.
 StatusOr<std::string> gunzip(std::span<const unsigned char> bytes, const std::string& source,

@@ -1,6 +1,5 @@
 #include "engine/export_hf.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -119,59 +118,6 @@ std::string latin1_to_utf8(std::string_view bytes) {
     }
   }
   return s;
-}
-
-Status write_error(const std::string& path, const char* what, int err) {
-  std::string msg = "write " + path + ": " + what + ": " + std::strerror(err);
-  switch (err) {
-    case ENOSPC:
-    case EDQUOT: return resource_exhausted(std::move(msg));
-    case ENOENT:
-    case EACCES:
-    case EPERM:
-    case EROFS:
-    case ENOTDIR:
-    case EISDIR: return failed_precondition(std::move(msg));
-    default: return internal(std::move(msg));
-  }
-}
-
-// Writes `text` to `path` atomically: a temporary file beside it, fsync, rename.
-Status write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = checkpoint_temp_path(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return write_error(path, "create", errno);
-  const char* p = text.data();
-  size_t left = text.size();
-  int err = 0;
-  while (left > 0 && err == 0) {
-    const ssize_t w = ::write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      err = w < 0 ? errno : EIO;
-      break;
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  const char* stage = "write";
-  if (err == 0 && ::fsync(fd) != 0) {
-    err = errno;
-    stage = "fsync";
-  }
-  if (::close(fd) != 0 && err == 0) {
-    err = errno;
-    stage = "close";
-  }
-  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    stage = "rename";
-  }
-  if (err != 0) {
-    ::unlink(tmp.c_str());
-    return write_error(path, stage, err);
-  }
-  return Status::ok_status();
 }
 
 }  // namespace
@@ -299,10 +245,10 @@ StatusOr<HfExport> export_hf_gpt2(const LoadedCheckpoint& ck, const std::string&
   AMPD_RETURN_IF_ERROR(write_safetensors(model_path, tensors));
   r.files.push_back(model_path);
   const std::string config_path = (d / "config.json").string();
-  AMPD_RETURN_IF_ERROR(write_text_file(config_path, config));
+  AMPD_RETURN_IF_ERROR(write_file_atomically(config_path, config));
   r.files.push_back(config_path);
   const std::string vocab_path = (d / "vocab.json").string();
-  AMPD_RETURN_IF_ERROR(write_text_file(vocab_path, vocab));
+  AMPD_RETURN_IF_ERROR(write_file_atomically(vocab_path, vocab));
   r.files.push_back(vocab_path);
   r.tensors = static_cast<int64_t>(tensors.tensors.size());
   for (const auto& t : tensors.tensors) {

@@ -75,6 +75,14 @@ Status Model::build(const ampd::v1::ModelSpec& spec) {
   return Status::ok_status();
 }
 
+Status Model::check_batch(int64_t n) const {
+  if (n <= 0 || n > options_.max_batch) {
+    return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
+                            std::to_string(options_.max_batch));
+  }
+  return Status::ok_status();
+}
+
 Tensor Model::input(int64_t n) const {
   if (options_.token_input) {
     return Tensor::contiguous(input_.data(), DType::kI32, {n, options_.time, 1});
@@ -91,10 +99,7 @@ Tensor Model::outputs(int64_t n) const {
 Status Model::load_batch(int64_t n, const float* features, const int32_t* labels,
                          const float* targets) {
   if (options_.token_input) return invalid_argument("load_batch: the model's input is tokens");
-  if (n <= 0 || n > options_.max_batch) {
-    return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
-                            std::to_string(options_.max_batch));
-  }
+  AMPD_RETURN_IF_ERROR(check_batch(n));
   const int64_t rows = n * options_.time;
   // The input is rounded to the working dtype on the host (convert.h, the same RNE as
   // Backend::cast) and uploaded at its final size: no FP32 staging buffer on the device,
@@ -121,10 +126,7 @@ Status Model::load_batch(int64_t n, const float* features, const int32_t* labels
 
 Status Model::load_tokens(int64_t n, const int32_t* tokens, const int32_t* labels) {
   if (!options_.token_input) return invalid_argument("load_tokens: the model's input is features");
-  if (n <= 0 || n > options_.max_batch) {
-    return invalid_argument("batch of " + std::to_string(n) + " rows exceeds the model's " +
-                            std::to_string(options_.max_batch));
-  }
+  AMPD_RETURN_IF_ERROR(check_batch(n));
   const int64_t rows = n * options_.time;
   AMPD_RETURN_IF_ERROR(backend_->upload(input_.view(DType::kI32, 1, rows), tokens));
   if (labels != nullptr) {

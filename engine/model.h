@@ -89,6 +89,7 @@ class Model {
   Model(Backend* backend, const Options& options) : backend_(backend), options_(options) {}
   Status build(const ampd::v1::ModelSpec& spec);
   Tensor input(int64_t n) const;
+  Status check_batch(int64_t n) const;  // 0 < n <= max_batch
 
   Backend* backend_;  // nullptr while planning
   Options options_;

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <span>
 #include <system_error>
 #include <tuple>
 #include <utility>
@@ -133,8 +134,9 @@ std::string errno_text(int err) {
 }
 
 // Maps an errno from writing `path` to a Status naming the path, the step and the error.
-Status write_error(const std::string& path, const char* what, int err) {
-  std::string msg = "write checkpoint " + path + ": " + what + ": " + errno_text(err);
+// `noun` precedes the path in the message ("checkpoint ", or "" for any file).
+Status write_error(const std::string& noun, const std::string& path, const char* what, int err) {
+  std::string msg = "write " + noun + path + ": " + what + ": " + errno_text(err);
   switch (err) {
     case ENOSPC:
     case EDQUOT: return resource_exhausted(std::move(msg));
@@ -384,34 +386,35 @@ const StTensor* StFile::find(std::string_view name) const {
   return nullptr;
 }
 
-Status write_safetensors(const std::string& path, const StFile& file, WriteFaults* faults) {
-  const std::vector<const StTensor*> order = layout_order(file);
-  AMPD_ASSIGN_OR_RETURN(const std::string header, build_header(path, file, order));
-  uint8_t prefix[8];
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
+namespace {
 
-  const StWriteFault fault = faults != nullptr ? faults->next(path) : StWriteFault{};
+// Writes `pieces` in order to `path` atomically: a temporary file beside it, fsync, rename,
+// fsync of the directory. `fault` (tests) fails one stage; an injected write fault strikes
+// after the first `write_fault_after` pieces (a half-written file).
+Status atomic_write(const std::string& noun, const std::string& path,
+                    std::span<const std::span<const uint8_t>> pieces, const StWriteFault& fault,
+                    size_t write_fault_after) {
   auto injected = [&](StWriteStage stage) { return fault.err != 0 && fault.stage == stage; };
   const std::string tmp = checkpoint_temp_path(path);
   if (injected(StWriteStage::kCreate)) {
-    return write_error(path, "create temporary file", fault.err);
+    return write_error(noun, path, "create temporary file", fault.err);
   }
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return write_error(path, "create temporary file", errno);
+  if (fd.get() < 0) return write_error(noun, path, "create temporary file", errno);
 
   // Until the rename succeeds, every exit removes the temporary file.
   auto fail = [&](const char* what, int err) {
     fd.close();
     ::unlink(tmp.c_str());
-    return write_error(path, what, err);
+    return write_error(noun, path, what, err);
   };
-  int err = write_all(fd.get(), prefix, sizeof prefix);
-  if (err == 0) {
-    err = write_all(fd.get(), reinterpret_cast<const uint8_t*>(header.data()), header.size());
-  }
-  if (err == 0 && injected(StWriteStage::kWrite)) err = fault.err;  // a half-written file
-  for (size_t i = 0; err == 0 && i < order.size(); ++i) {
-    err = write_all(fd.get(), order[i]->data.data(), order[i]->data.size());
+  int err = 0;
+  for (size_t i = 0; err == 0 && i < pieces.size(); ++i) {
+    if (i == write_fault_after && injected(StWriteStage::kWrite)) {
+      err = fault.err;
+      break;
+    }
+    err = write_all(fd.get(), pieces[i].data(), pieces[i].size());
   }
   if (err != 0) return fail("write", err);
   if (injected(StWriteStage::kFsync)) return fail("fsync", fault.err);
@@ -424,11 +427,33 @@ Status write_safetensors(const std::string& path, const StFile& file, WriteFault
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
   Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() < 0) return write_error(path, "open directory for fsync", errno);
+  if (dfd.get() < 0) return write_error(noun, path, "open directory for fsync", errno);
   if (::fsync(dfd.get()) != 0 && errno != EINVAL) {
-    return write_error(path, "fsync directory", errno);
+    return write_error(noun, path, "fsync directory", errno);
   }
   return Status::ok_status();
+}
+
+}  // namespace
+
+Status write_safetensors(const std::string& path, const StFile& file, WriteFaults* faults) {
+  const std::vector<const StTensor*> order = layout_order(file);
+  AMPD_ASSIGN_OR_RETURN(const std::string header, build_header(path, file, order));
+  uint8_t prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
+  std::vector<std::span<const uint8_t>> pieces;
+  pieces.reserve(order.size() + 2);
+  pieces.emplace_back(prefix, sizeof prefix);
+  pieces.emplace_back(reinterpret_cast<const uint8_t*>(header.data()), header.size());
+  for (const StTensor* t : order) pieces.emplace_back(t->data.data(), t->data.size());
+  const StWriteFault fault = faults != nullptr ? faults->next(path) : StWriteFault{};
+  return atomic_write("checkpoint ", path, pieces, fault, /*write_fault_after=*/2);
+}
+
+Status write_file_atomically(const std::string& path, std::string_view bytes) {
+  const std::span<const uint8_t> piece(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                       bytes.size());
+  return atomic_write("", path, std::span(&piece, 1), StWriteFault{}, 0);
 }
 
 StatusOr<StFile> read_safetensors(const std::string& path) {

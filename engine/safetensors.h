@@ -97,6 +97,10 @@ class WriteFaults {
 Status write_safetensors(const std::string& path, const StFile& file,
                          WriteFaults* faults = nullptr);
 
+// Writes `bytes` to `path` the same way (temporary file, fsync, rename, fsync of the
+// directory), with the same errors; the message reads "write <path>: ...".
+Status write_file_atomically(const std::string& path, std::string_view bytes);
+
 // Reads and validates the file at `path`. Returns the tensors in file order (ascending
 // offset) and the metadata.
 // Errors:

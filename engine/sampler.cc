@@ -75,6 +75,7 @@ Status Sampler::generate(const SampleOptions& o,
   const int64_t V = vocab_.size(), T = block_;
   std::vector<int32_t> window(static_cast<size_t>(T));
   std::vector<float> logits(static_cast<size_t>(V));
+  std::vector<uint16_t> raw(static_cast<size_t>(V));  // FP16/BF16 logits as downloaded
   std::vector<double> probs(static_cast<size_t>(V));
   std::vector<int32_t> order(static_cast<size_t>(V));
   PassContext ctx{backend_, /*training=*/false, 0, 0};
@@ -89,7 +90,6 @@ Status Sampler::generate(const SampleOptions& o,
     if (out.dtype == DType::kF32) {
       AMPD_RETURN_IF_ERROR(backend_->download(logits.data(), out));
     } else {
-      std::vector<uint16_t> raw(static_cast<size_t>(V));
       AMPD_RETURN_IF_ERROR(backend_->download(raw.data(), out));
       convert(raw.data(), out.dtype, logits.data(), DType::kF32, static_cast<size_t>(V));
     }

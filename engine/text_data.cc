@@ -2,9 +2,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <span>
 
 #include "engine/csv.h"
@@ -105,19 +102,9 @@ StatusOr<std::string> tinyshakespeare_text() {
 
 namespace {
 
+// The file's text, decompressed when it is gzip.
 StatusOr<std::string> read_text_file(const fs::path& file, const std::string& source) {
-  std::error_code ec;
-  const auto size = fs::file_size(file, ec);
-  if (ec) return failed_precondition(source + ": cannot read: " + ec.message());
-  if (static_cast<int64_t>(size) > kMaxTextBytes) {
-    return invalid_argument(source + ": the file is " + std::to_string(size) +
-                            " bytes, over the 1 GiB limit");
-  }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return failed_precondition(source + ": cannot open: " + std::strerror(errno));
-  std::string bytes(size, '\0');
-  in.read(bytes.data(), static_cast<std::streamsize>(size));
-  bytes.resize(static_cast<size_t>(in.gcount()));
+  AMPD_ASSIGN_OR_RETURN(std::string bytes, read_file(file.string(), source, kMaxTextBytes));
   const auto* u = reinterpret_cast<const unsigned char*>(bytes.data());
   if (is_gzip(std::span<const unsigned char>(u, bytes.size()))) {
     return gunzip(std::span<const unsigned char>(u, bytes.size()), source, kMaxTextBytes);
